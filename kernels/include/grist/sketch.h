@@ -1,0 +1,101 @@
+/*
+ * The count sketch of MATH.md section 2, bit-exact to the specification.
+ *
+ * A sketch maps a group's flat gradient x (n elements) to m buckets:
+ *   seed_p    = fmix32(job_seed ^ fmix32(group_index + 1))
+ *   key(i)    = fmix32((i * 0x9E3779B1) ^ seed_p)
+ *   bucket(i) = key(i) & (m - 1), sign(i) = key(i) >> 31 ? -1 : +1
+ *   s[bucket(i)] += sign(i) * x_i
+ * The functions accumulate into a caller-owned double array of m entries so
+ * that a group made of several tensors is sketched tensor by tensor (pass
+ * each tensor's element offset within the group). Sums are in double; the
+ * caller converts the finished accumulator to float with
+ * grist_sketch_finish(). All functions are thread-safe and allocate nothing.
+ */
+#ifndef GRIST_SKETCH_H
+#define GRIST_SKETCH_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Smallest and largest sketch dimension m. */
+#define GRIST_SKETCH_MIN_DIM 64u
+#define GRIST_SKETCH_MAX_DIM 65536u
+
+/** The finalizer of MurmurHash3, as used by the sketch. */
+static inline uint32_t grist_fmix32(uint32_t h)
+{
+    h ^= h >> 16;
+    h *= 0x85EBCA6Bu;
+    h ^= h >> 13;
+    h *= 0xC2B2AE35u;
+    h ^= h >> 16;
+    return h;
+}
+
+/** Per-group seed of the sketch: fmix32(job_seed ^ fmix32(group_index + 1)). */
+static inline uint32_t grist_sketch_seed(uint32_t job_seed, uint32_t group_index)
+{
+    return grist_fmix32(job_seed ^ grist_fmix32(group_index + 1u));
+}
+
+/** Key of element i of a group with seed seed_p. */
+static inline uint32_t grist_sketch_key(uint32_t i, uint32_t seed_p)
+{
+    return grist_fmix32((i * 0x9E3779B1u) ^ seed_p);
+}
+
+/**
+ * Check a sketch dimension.
+ *
+ * @return 0 when m is a power of two in [64, 65536], GRIST_EBADDIM otherwise.
+ */
+int grist_sketch_check_dim(uint32_t m);
+
+/**
+ * Accumulate the sketch of float32 elements x[0..n) of a group, which are the
+ * group's elements offset .. offset + n - 1.
+ *
+ * @param seed_p  grist_sketch_seed(job_seed, group_index).
+ * @param x       n values, read only; not retained.
+ * @param n       element count of this chunk.
+ * @param offset  index of x[0] within the group.
+ * @param acc     m doubles, added to (caller zeroes it before the first chunk).
+ * @param m       sketch dimension.
+ * @param sq_norm if not NULL, sum of x_i^2 is added to *sq_norm.
+ * @return 0; GRIST_EBADDIM for a bad m; GRIST_ETOOBIG when offset + n > 2^32;
+ *         -EINVAL for NULL pointers with n > 0.
+ */
+int grist_sketch_accum_f32(uint32_t seed_p, const float *x, uint64_t n, uint64_t offset,
+                           double *acc, uint32_t m, double *sq_norm);
+
+/** As grist_sketch_accum_f32() for float64 input. */
+int grist_sketch_accum_f64(uint32_t seed_p, const double *x, uint64_t n, uint64_t offset,
+                           double *acc, uint32_t m, double *sq_norm);
+
+/**
+ * Accumulate the preconditioned sketch S (g ⊘ √P) of Adam's metric, with
+ * P_i = sqrt(v_i * v_scale) + eps (v = exp_avg_sq, v_scale = 1 / (1 - beta2^t)).
+ * *sq_norm receives sum g_i^2 / P_i (the norm in the metric P^-1).
+ *
+ * @return as grist_sketch_accum_f32(); -EINVAL also for eps <= 0 or v_scale <= 0.
+ */
+int grist_sketch_accum_adam_f32(uint32_t seed_p, const float *g, const float *v, uint64_t n,
+                                uint64_t offset, double v_scale, double eps, double *acc,
+                                uint32_t m, double *sq_norm);
+
+/**
+ * Convert a finished accumulator to the float32 sketch sent on the wire.
+ *
+ * @param acc m doubles; @param out m floats (may not alias acc).
+ */
+void grist_sketch_finish(const double *acc, uint32_t m, float *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GRIST_SKETCH_H */

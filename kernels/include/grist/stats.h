@@ -1,0 +1,178 @@
+/*
+ * Per-(job, group) gradient statistics of MATH.md section 3.
+ *
+ * A grist_stats object lives on one backend (its large arrays in the
+ * backend's memory: host for ref/cpu, device for cuda) and is used by one
+ * thread at a time. Every update validates its whole input first and
+ * returns an error without touching the state when anything is wrong:
+ * a state is never half-updated by bad input.
+ */
+#ifndef GRIST_STATS_H
+#define GRIST_STATS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "grist/families.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct grist_backend;
+struct grist_stats;
+
+/** Largest number of candidates and of autocorrelation lags. */
+#define GRIST_MAX_CANDIDATES 64u
+#define GRIST_MAX_LAGS 64u
+
+/** Configuration of one group's statistics. */
+struct grist_stats_config {
+    uint32_t m;        /**< sketch dimension (power of two, 64..65536) */
+    uint32_t cov_dim;  /**< fold the covariance to min(m, cov_dim) (0, or a power
+                            of two in [8, 65536]); 0: no covariance */
+    uint32_t lags;     /**< L, autocorrelation lags 0..L (>= 2 for acf noise) */
+    uint32_t cov_batch; /**< steps buffered per rank-b SYRK update (1..256) */
+    double gamma;      /**< EMA decay in (0, 1) */
+    uint32_t ncand;    /**< K, number of candidates (1..GRIST_MAX_CANDIDATES) */
+    double cand[GRIST_MAX_CANDIDATES]; /**< candidate betas in [0, 1) */
+};
+
+/**
+ * Fill a configuration with the defaults of MATH.md (m = 1024, cov_dim 256,
+ * L = 16, gamma 0.95, cov_batch 16, default grid in [0, 0.995]).
+ */
+void grist_stats_config_default(struct grist_stats_config *cfg);
+
+/**
+ * The default candidate grid {0} ∪ {1 - 2^(-k/4), k = 1..31}, keeping the
+ * values in [beta_min, beta_max].
+ *
+ * @param out  at least 32 doubles.
+ * @return the number of candidates written (may be 0).
+ */
+uint32_t grist_candidates_default(double beta_min, double beta_max, double *out);
+
+/** One aggregated step (host memory, read only, not retained). */
+struct grist_step {
+    const float *sketch;   /**< aggregated sketch s-bar, len floats */
+    uint32_t len;          /**< must equal the configured m */
+    uint32_t nworkers;     /**< W: ranks that reported this step (>= 1) */
+    const float *worker_sketches; /**< nworkers * m floats, or NULL; used when W >= 2 */
+    uint32_t batch_size;   /**< local batch size b of one worker */
+};
+
+/**
+ * Create a statistics state.
+ *
+ * @param be   backend that owns the arrays; borrowed, must outlive the state.
+ * @param cfg  copied.
+ * @param out  receives the state; free with grist_stats_free().
+ * @return 0; GRIST_EBADDIM; GRIST_EBADCONF for other bad fields; -ENOMEM;
+ *         GRIST_EDEVICE.
+ */
+int grist_stats_new(struct grist_backend *be, const struct grist_stats_config *cfg,
+                    struct grist_stats **out);
+
+/** Free a state. NULL is allowed. */
+void grist_stats_free(struct grist_stats *st);
+
+/** Zero every statistic (keeps the configuration). @return 0 or GRIST_EDEVICE. */
+int grist_stats_reset(struct grist_stats *st);
+
+/** The configuration the state was made with. */
+const struct grist_stats_config *grist_stats_config(const struct grist_stats *st);
+
+/**
+ * Apply nsteps aggregated steps in order (a batched update: the covariance
+ * takes them as one rank-b SYRK). All steps are validated before any is
+ * applied.
+ *
+ * @return 0; -EINVAL for NULL pointers or nsteps = 0; GRIST_ENONFINITE when
+ *         any value is NaN or Inf; GRIST_EBADLEN when a step's len is not m
+ *         or its nworkers is 0 (in all these cases the state is unchanged);
+ *         GRIST_EDEVICE when the device fails (the state is then reset).
+ */
+int grist_stats_update(struct grist_stats *st, const struct grist_step *steps, uint32_t nsteps);
+
+/**
+ * Feed a validation sketch (len = m floats):
+ * J_val_j <- EMA(sqrt(1-b_j^2) <s_val, V_j>).
+ *
+ * @return 0; -EINVAL; GRIST_EBADLEN; GRIST_ENONFINITE (state unchanged in
+ *         all three cases); GRIST_EDEVICE.
+ */
+int grist_stats_validation(struct grist_stats *st, const float *sketch, uint32_t len);
+
+/** Read-only view of the scalar statistics (bias-corrected). */
+struct grist_stats_view {
+    uint64_t steps;        /**< steps applied */
+    uint64_t val_steps;    /**< validation sketches applied */
+    uint32_t ncand;
+    const double *cand;    /**< K betas */
+    const double *J;       /**< alignment per candidate */
+    const double *J_val;   /**< validation alignment per candidate */
+    const double *E;       /**< energy |V_j|^2 per candidate */
+    const double *acf;     /**< r_0 .. r_L (lags beyond steps-1 are 0) */
+    uint32_t lags;
+    double noise_loc;      /**< sigma^2_loc (0 until a step had W >= 2) */
+    double noise_mean;     /**< sigma^2_loc / W: noise of the aggregated sketch */
+    uint64_t worker_steps; /**< steps that had W >= 2 */
+    double batch_size;     /**< EMA of the local batch size */
+    double nworkers;       /**< EMA of W */
+};
+
+/** Fill a view; its pointers stay valid until the next update or free. */
+void grist_stats_get_view(const struct grist_stats *st, struct grist_stats_view *out);
+
+/**
+ * Standard error of J_a - J_b (a == b: of J_a alone), from the EMA
+ * covariance of the per-step alignment samples and the effective sample
+ * size (1 + gamma) / (1 - gamma) of the EMA.
+ */
+double grist_stats_diff_se(const struct grist_stats *st, uint32_t a, uint32_t b);
+
+/**
+ * Flush buffered covariance steps and solve the families of MATH.md section 7
+ * on Sigma (m_cov x m_cov).
+ *
+ * @param delta  regularizer of the Lyapunov metric and of whitening.
+ * @return 0; GRIST_ENOTREADY when there is no covariance (cov_dim 0 or no
+ *         step yet); GRIST_ELAPACK; GRIST_EDEVICE.
+ */
+int grist_stats_families(struct grist_stats *st, double delta, struct grist_families *out);
+
+/**
+ * Copy the bias-corrected covariance Sigma (full, column-major, m_cov^2
+ * doubles) and mean mu (m_cov doubles; may be NULL) to host memory.
+ *
+ * @return 0; GRIST_ENOTREADY; GRIST_EDEVICE.
+ */
+int grist_stats_covariance(struct grist_stats *st, double *sigma, double *mu);
+
+/** m_cov = min(m, cov_dim), 0 without covariance. */
+uint32_t grist_stats_cov_dim(const struct grist_stats *st);
+
+/**
+ * Serialize the whole state (configuration included) into a flat,
+ * versioned, checksummed little-endian buffer.
+ *
+ * @param buf  receives a malloc'd buffer owned by the caller (free()).
+ * @return 0; -ENOMEM; GRIST_EDEVICE.
+ */
+int grist_stats_serialize(struct grist_stats *st, void **buf, size_t *len);
+
+/**
+ * Rebuild a state from grist_stats_serialize() output, on any backend.
+ *
+ * @return 0; GRIST_EBADSTATE for a buffer that is truncated, corrupt or of
+ *         another version; errors of grist_stats_new().
+ */
+int grist_stats_deserialize(struct grist_backend *be, const void *buf, size_t len,
+                            struct grist_stats **out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GRIST_STATS_H */

@@ -1,0 +1,119 @@
+/*
+ * DESIGN: the cpu backend. It starts from the ref table and overrides the
+ * slots where OpenBLAS and LAPACKE beat a plain loop: rowdots (dgemv), syrk
+ * (dsyrk), syevd (dsyevd, divide and conquer) and families (dsyevd + dsyrk).
+ * The momentum slot stays the fused ref loop: one pass over V is already
+ * memory-bound, while a BLAS formulation (daxpby + dgemv + ddot) would make
+ * three passes. Debian's OpenBLAS is the pthreads build; the backend starts
+ * single-threaded (best for per-step calls on small machines, see
+ * kernels/README.md) and grist_backend_set_threads() changes it.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+#include <lapacke.h>
+
+#include "backend_impl.h"
+#include "grist/error.h"
+
+/* OpenBLAS extension, declared by its cblas.h on Debian; repeated here in
+ * case another CBLAS header is found first. */
+void openblas_set_num_threads(int num_threads);
+
+static int cpu_init(struct grist_backend *be)
+{
+    (void)be;
+    openblas_set_num_threads(1);
+    return 0;
+}
+
+static void cpu_set_threads(struct grist_backend *be, int n)
+{
+    (void)be;
+    openblas_set_num_threads(n > 0 ? n : 1);
+}
+
+static int cpu_rowdots(struct grist_backend *be, int L, int m, const double *rows,
+                       const double *s, double *out)
+{
+    (void)be;
+    cblas_dgemv(CblasRowMajor, CblasNoTrans, L, m, 1.0, rows, m, s, 1, 0.0, out, 1);
+    return 0;
+}
+
+static int cpu_syrk(struct grist_backend *be, int n, int k, double alpha, const double *A,
+                    double beta, double *C)
+{
+    (void)be;
+    cblas_dsyrk(CblasColMajor, CblasLower, CblasNoTrans, n, k, alpha, A, n, beta, C, n);
+    return 0;
+}
+
+static int eig(int n, const double *A, double *w, double *U, int vectors)
+{
+    const size_t nn = (size_t)n * (size_t)n;
+    double *a = U;
+    if (!a) {
+        a = malloc(nn * sizeof(*a));
+        if (!a)
+            return -ENOMEM;
+    }
+    memcpy(a, A, nn * sizeof(*a));
+    lapack_int info = LAPACKE_dsyevd(LAPACK_COL_MAJOR, vectors ? 'V' : 'N', 'L', n, a, n, w);
+    if (a != U)
+        free(a);
+    return info == 0 ? 0 : GRIST_ELAPACK;
+}
+
+static int cpu_syevd(struct grist_backend *be, int n, const double *A, double *w, double *U)
+{
+    (void)be;
+    return eig(n, A, w, U, U != NULL);
+}
+
+static int cpu_families(struct grist_backend *be, int n, const double *C, double delta,
+                        struct grist_families *out)
+{
+    (void)be;
+    const size_t nn = (size_t)n * (size_t)n;
+    double *w = malloc((size_t)n * sizeof(*w));
+    double *u = malloc(nn * sizeof(*u));
+    double *sp = malloc(nn * sizeof(*sp));
+    int r = -ENOMEM;
+    if (!w || !u || !sp)
+        goto out;
+    r = eig(n, C, w, u, 1);
+    if (r < 0)
+        goto out;
+    /* sp = (U diag(sqrt w+)) (U diag(sqrt w+))^T */
+    for (int k = 0; k < n; k++) {
+        const double f = w[k] > 0.0 ? sqrt(w[k]) : 0.0;
+        cblas_dscal(n, f, u + (size_t)k * n, 1);
+    }
+    cblas_dsyrk(CblasColMajor, CblasLower, CblasNoTrans, n, n, 1.0, u, n, 0.0, sp, n);
+    for (int j = 0; j < n; j++)
+        for (int i = j + 1; i < n; i++)
+            sp[j + (size_t)i * n] = sp[i + (size_t)j * n];
+    grist__families_finish(n, w, sp, delta, out);
+out:
+    free(w);
+    free(u);
+    free(sp);
+    return r;
+}
+
+int grist__backend_cpu_fill(struct grist_backend_ops *ops)
+{
+    grist__backend_ref_fill(ops);
+    ops->name = "cpu";
+    ops->init = cpu_init;
+    ops->set_threads = cpu_set_threads;
+    ops->rowdots = cpu_rowdots;
+    ops->syrk = cpu_syrk;
+    ops->syevd = cpu_syevd;
+    ops->families = cpu_families;
+    return 0;
+}

@@ -1,0 +1,491 @@
+/*
+ * DESIGN: per-(job, group) statistics of MATH.md section 3.
+ *
+ * The large arrays (momentum buffers V: K x m, lag ring: L x m, covariance
+ * Sigma: m_cov^2, pending covariance columns: m_cov x cov_batch) live in the
+ * backend's memory; the K- and L-sized EMAs live on the host. Each step:
+ *   1. s (m doubles) is uploaded once, the momentum slot updates V and
+ *      returns <s, V_j> and |V_j|^2 (K.m work, one pass);
+ *   2. the rowdots slot gives <s, s_{t-k}> against the ring (L.m), then s
+ *      replaces the oldest ring entry;
+ *   3. the sketch folded to m_cov is scaled and parked as a pending column;
+ *      when cov_batch columns are parked one SYRK applies them all:
+ *        Sigma <- g^b Sigma + sum_i (1-g) g^(b-1-i) s_i s_i^T
+ *      which equals b single EMA steps exactly (columns are pre-scaled by
+ *      sqrt((1-g) g^-i), SYRK uses alpha = g^(b-1), beta = g^b);
+ *   4. worker noise from the per-worker sketches (W.m, host).
+ * All EMAs start at 0 and are bias-corrected on read by 1 - g^t with their
+ * own count t. Every input is validated before the first write, so a bad
+ * step leaves the state exactly as it was.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend_impl.h"
+#include "grist/error.h"
+#include "grist/sketch.h"
+#include "grist/stats.h"
+#include "stats_impl.h"
+
+uint32_t grist_candidates_default(double beta_min, double beta_max, double *out)
+{
+    uint32_t k = 0;
+    if (0.0 >= beta_min && 0.0 <= beta_max)
+        out[k++] = 0.0;
+    for (int i = 1; i <= 31; i++) {
+        const double b = 1.0 - pow(2.0, -i / 4.0);
+        if (b >= beta_min && b <= beta_max)
+            out[k++] = b;
+    }
+    return k;
+}
+
+void grist_stats_config_default(struct grist_stats_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->m = 1024;
+    cfg->cov_dim = 256;
+    cfg->lags = 16;
+    cfg->cov_batch = 16;
+    cfg->gamma = 0.95;
+    cfg->ncand = grist_candidates_default(0.0, 0.995, cfg->cand);
+}
+
+static int check_config(const struct grist_stats_config *cfg)
+{
+    int r = grist_sketch_check_dim(cfg->m);
+    if (r < 0)
+        return r;
+    if (cfg->cov_dim != 0 && (cfg->cov_dim < 8 || cfg->cov_dim > GRIST_SKETCH_MAX_DIM ||
+                              (cfg->cov_dim & (cfg->cov_dim - 1)) != 0))
+        return GRIST_EBADCONF;
+    if (cfg->lags < 1 || cfg->lags > GRIST_MAX_LAGS)
+        return GRIST_EBADCONF;
+    if (cfg->cov_batch < 1 || cfg->cov_batch > 256)
+        return GRIST_EBADCONF;
+    if (!(cfg->gamma > 0.0 && cfg->gamma < 1.0))
+        return GRIST_EBADCONF;
+    if (cfg->ncand < 1 || cfg->ncand > GRIST_MAX_CANDIDATES)
+        return GRIST_EBADCONF;
+    for (uint32_t j = 0; j < cfg->ncand; j++)
+        if (!(cfg->cand[j] >= 0.0 && cfg->cand[j] < 1.0))
+            return GRIST_EBADCONF;
+    return 0;
+}
+
+static size_t dev_bytes_V(const struct grist_stats *st)
+{
+    return (size_t)st->cfg.ncand * st->cfg.m * sizeof(double);
+}
+static size_t dev_bytes_ring(const struct grist_stats *st)
+{
+    return (size_t)st->cfg.lags * st->cfg.m * sizeof(double);
+}
+static size_t dev_bytes_sigma(const struct grist_stats *st)
+{
+    return (size_t)st->mcov * st->mcov * sizeof(double);
+}
+static size_t dev_bytes_pending(const struct grist_stats *st)
+{
+    return (size_t)st->mcov * st->cfg.cov_batch * sizeof(double);
+}
+
+static void clear_host(struct grist_stats *st)
+{
+    st->steps = 0;
+    st->val_steps = 0;
+    st->worker_steps = 0;
+    st->cov_steps = 0;
+    st->sigma_steps = 0;
+    st->npending = 0;
+    st->ring_head = 0;
+    memset(st->J, 0, sizeof(st->J));
+    memset(st->E, 0, sizeof(st->E));
+    memset(st->Jval, 0, sizeof(st->Jval));
+    memset(st->XX, 0, sizeof(st->XX));
+    memset(st->acf, 0, sizeof(st->acf));
+    memset(st->acf_n, 0, sizeof(st->acf_n));
+    st->noise_loc = st->noise_mean = 0.0;
+    st->batch_ema = st->nworkers_ema = 0.0;
+    if (st->mu)
+        memset(st->mu, 0, st->mcov * sizeof(double));
+}
+
+int grist_stats_reset(struct grist_stats *st)
+{
+    clear_host(st);
+    struct grist_backend *be = st->be;
+    int r = be->ops.zero(be, st->V, dev_bytes_V(st));
+    if (r == 0)
+        r = be->ops.zero(be, st->ring, dev_bytes_ring(st));
+    if (r == 0 && st->mcov)
+        r = be->ops.zero(be, st->sigma, dev_bytes_sigma(st));
+    return r;
+}
+
+void grist_stats_free(struct grist_stats *st)
+{
+    if (!st)
+        return;
+    struct grist_backend *be = st->be;
+    if (st->V)
+        be->ops.free(be, st->V);
+    if (st->ring)
+        be->ops.free(be, st->ring);
+    if (st->s_dev)
+        be->ops.free(be, st->s_dev);
+    if (st->sigma)
+        be->ops.free(be, st->sigma);
+    if (st->pending)
+        be->ops.free(be, st->pending);
+    free(st->s_host);
+    free(st->fold);
+    free(st->mu);
+    free(st);
+}
+
+int grist_stats_new(struct grist_backend *be, const struct grist_stats_config *cfg,
+                    struct grist_stats **out)
+{
+    if (!be || !cfg || !out)
+        return -EINVAL;
+    int r = check_config(cfg);
+    if (r < 0)
+        return r;
+    struct grist_stats *st = calloc(1, sizeof(*st));
+    if (!st)
+        return -ENOMEM;
+    st->be = be;
+    st->cfg = *cfg;
+    st->mcov = cfg->cov_dim == 0 ? 0 : (cfg->m < cfg->cov_dim ? cfg->m : cfg->cov_dim);
+    r = -ENOMEM;
+    st->s_host = malloc((size_t)cfg->m * sizeof(double));
+    if (!st->s_host)
+        goto fail;
+    st->V = be->ops.alloc(be, dev_bytes_V(st));
+    st->ring = be->ops.alloc(be, dev_bytes_ring(st));
+    st->s_dev = be->ops.alloc(be, (size_t)cfg->m * sizeof(double));
+    if (!st->V || !st->ring || !st->s_dev)
+        goto fail;
+    if (st->mcov) {
+        st->fold = malloc(st->mcov * sizeof(double));
+        st->mu = calloc(st->mcov, sizeof(double));
+        st->sigma = be->ops.alloc(be, dev_bytes_sigma(st));
+        st->pending = be->ops.alloc(be, dev_bytes_pending(st));
+        if (!st->fold || !st->mu || !st->sigma || !st->pending)
+            goto fail;
+    }
+    clear_host(st);
+    *out = st;
+    return 0;
+fail:
+    grist_stats_free(st);
+    return r;
+}
+
+const struct grist_stats_config *grist_stats_config(const struct grist_stats *st)
+{
+    return &st->cfg;
+}
+
+uint32_t grist_stats_cov_dim(const struct grist_stats *st)
+{
+    return st->mcov;
+}
+
+static int all_finite(const float *x, size_t n)
+{
+    /* Sum of x*0 is NaN iff some x is NaN or Inf; one pass, vectorizable. */
+    float acc = 0.0f;
+    for (size_t i = 0; i < n; i++)
+        acc += x[i] * 0.0f;
+    return acc == 0.0f;
+}
+
+static int check_step(const struct grist_stats *st, const struct grist_step *s)
+{
+    const uint32_t m = st->cfg.m;
+    if (!s->sketch)
+        return -EINVAL;
+    if (s->len != m)
+        return GRIST_EBADLEN;
+    if (s->nworkers < 1)
+        return GRIST_EBADLEN;
+    if (!all_finite(s->sketch, m))
+        return GRIST_ENONFINITE;
+    if (s->nworkers >= 2 && s->worker_sketches &&
+        !all_finite(s->worker_sketches, (size_t)s->nworkers * m))
+        return GRIST_ENONFINITE;
+    return 0;
+}
+
+static inline double ema(double old, double x, double g)
+{
+    return g * old + (1.0 - g) * x;
+}
+
+static int flush_cov(struct grist_stats *st)
+{
+    if (!st->mcov || st->npending == 0)
+        return 0;
+    const double g = st->cfg.gamma;
+    const int b = (int)st->npending;
+    int r = st->be->ops.syrk(st->be, (int)st->mcov, b, pow(g, b - 1), st->pending, pow(g, b),
+                             st->sigma);
+    if (r < 0)
+        return r;
+    st->sigma_steps += st->npending;
+    st->npending = 0;
+    return 0;
+}
+
+static int apply_step(struct grist_stats *st, const struct grist_step *in)
+{
+    struct grist_backend *be = st->be;
+    const uint32_t m = st->cfg.m, K = st->cfg.ncand, L = st->cfg.lags;
+    const double g = st->cfg.gamma;
+    int r;
+
+    double r0 = 0.0;
+    for (uint32_t i = 0; i < m; i++) {
+        const double x = in->sketch[i];
+        st->s_host[i] = x;
+        r0 += x * x;
+    }
+    r = be->ops.upload(be, st->s_dev, st->s_host, m * sizeof(double));
+    if (r < 0)
+        return r;
+
+    /* 1. virtual momentum buffers, alignment and energy */
+    r = be->ops.momentum(be, (int)K, (int)m, st->cfg.cand, st->V, st->s_dev, st->dots,
+                         st->energy);
+    if (r < 0)
+        return r;
+    double x[GRIST_MAX_CANDIDATES];
+    for (uint32_t j = 0; j < K; j++) {
+        const double b = st->cfg.cand[j];
+        x[j] = sqrt(1.0 - b * b) * st->dots[j];
+        st->J[j] = ema(st->J[j], x[j], g);
+        st->E[j] = ema(st->E[j], st->energy[j], g);
+    }
+    for (uint32_t a = 0; a < K; a++)
+        for (uint32_t b = 0; b < K; b++)
+            st->XX[a * K + b] = ema(st->XX[a * K + b], x[a] * x[b], g);
+
+    /* 2. autocorrelation against the ring of the last L sketches */
+    st->acf[0] = ema(st->acf[0], r0, g);
+    st->acf_n[0]++;
+    r = be->ops.rowdots(be, (int)L, (int)m, st->ring, st->s_dev, st->lagd);
+    if (r < 0)
+        return r;
+    for (uint32_t k = 0; k < L; k++) {
+        /* slot k was written lag steps ago */
+        const uint32_t lag = (st->ring_head + L - 1 - k) % L + 1;
+        if (lag <= st->steps) {
+            st->acf[lag] = ema(st->acf[lag], st->lagd[k], g);
+            st->acf_n[lag]++;
+        }
+    }
+    r = be->ops.upload(be, st->ring + (size_t)st->ring_head * m, st->s_host, m * sizeof(double));
+    if (r < 0)
+        return r;
+    st->ring_head = (st->ring_head + 1) % L;
+
+    /* 3. folded second moment and mean */
+    if (st->mcov) {
+        const uint32_t mc = st->mcov;
+        memset(st->fold, 0, mc * sizeof(double));
+        for (uint32_t i = 0; i < m; i++)
+            st->fold[i & (mc - 1)] += st->s_host[i];
+        for (uint32_t i = 0; i < mc; i++)
+            st->mu[i] = ema(st->mu[i], st->fold[i], g);
+        const double w = sqrt((1.0 - g) * pow(g, -(double)st->npending));
+        for (uint32_t i = 0; i < mc; i++)
+            st->fold[i] *= w;
+        r = be->ops.upload(be, st->pending + (size_t)st->npending * mc, st->fold,
+                           mc * sizeof(double));
+        if (r < 0)
+            return r;
+        st->npending++;
+        st->cov_steps++;
+        if (st->npending == st->cfg.cov_batch) {
+            r = flush_cov(st);
+            if (r < 0)
+                return r;
+        }
+    }
+
+    /* 4. worker noise */
+    if (in->nworkers >= 2 && in->worker_sketches) {
+        const uint32_t W = in->nworkers;
+        double v = 0.0;
+        for (uint32_t w = 0; w < W; w++) {
+            const float *sw = in->worker_sketches + (size_t)w * m;
+            for (uint32_t i = 0; i < m; i++) {
+                const double d = (double)sw[i] - (double)in->sketch[i];
+                v += d * d;
+            }
+        }
+        v /= (double)(W - 1);
+        st->noise_loc = ema(st->noise_loc, v, g);
+        st->noise_mean = ema(st->noise_mean, v / W, g);
+        st->worker_steps++;
+    }
+    st->batch_ema = ema(st->batch_ema, in->batch_size, g);
+    st->nworkers_ema = ema(st->nworkers_ema, in->nworkers, g);
+    st->steps++;
+    return 0;
+}
+
+int grist_stats_update(struct grist_stats *st, const struct grist_step *steps, uint32_t nsteps)
+{
+    if (!st || !steps || nsteps == 0)
+        return -EINVAL;
+    for (uint32_t i = 0; i < nsteps; i++) {
+        int r = check_step(st, &steps[i]);
+        if (r < 0)
+            return r;
+    }
+    for (uint32_t i = 0; i < nsteps; i++) {
+        int r = apply_step(st, &steps[i]);
+        if (r < 0) {
+            /* Only a device failure gets here; the state is then unknown. */
+            grist_stats_reset(st);
+            return GRIST_EDEVICE;
+        }
+    }
+    return 0;
+}
+
+int grist_stats_validation(struct grist_stats *st, const float *sketch, uint32_t len)
+{
+    if (!st || !sketch)
+        return -EINVAL;
+    const uint32_t m = st->cfg.m, K = st->cfg.ncand;
+    if (len != m)
+        return GRIST_EBADLEN;
+    if (!all_finite(sketch, m))
+        return GRIST_ENONFINITE;
+    struct grist_backend *be = st->be;
+    for (uint32_t i = 0; i < m; i++)
+        st->s_host[i] = sketch[i];
+    int r = be->ops.upload(be, st->s_dev, st->s_host, m * sizeof(double));
+    if (r == 0)
+        r = be->ops.rowdots(be, (int)K, (int)m, st->V, st->s_dev, st->dots);
+    if (r < 0)
+        return GRIST_EDEVICE;
+    for (uint32_t j = 0; j < K; j++) {
+        const double b = st->cfg.cand[j];
+        st->Jval[j] = ema(st->Jval[j], sqrt(1.0 - b * b) * st->dots[j], st->cfg.gamma);
+    }
+    st->val_steps++;
+    return 0;
+}
+
+static double corr(double g, uint64_t n)
+{
+    return n ? 1.0 / (1.0 - pow(g, (double)n)) : 0.0;
+}
+
+void grist_stats_get_view(const struct grist_stats *cst, struct grist_stats_view *out)
+{
+    struct grist_stats *st = (struct grist_stats *)cst; /* view buffers are caches */
+    const double g = st->cfg.gamma;
+    const double c = corr(g, st->steps), cv = corr(g, st->val_steps);
+    for (uint32_t j = 0; j < st->cfg.ncand; j++) {
+        st->vJ[j] = st->J[j] * c;
+        st->vE[j] = st->E[j] * c;
+        st->vJval[j] = st->Jval[j] * cv;
+    }
+    for (uint32_t k = 0; k <= st->cfg.lags; k++)
+        st->vacf[k] = st->acf[k] * corr(g, st->acf_n[k]);
+    memset(out, 0, sizeof(*out));
+    out->steps = st->steps;
+    out->val_steps = st->val_steps;
+    out->ncand = st->cfg.ncand;
+    out->cand = st->cfg.cand;
+    out->J = st->vJ;
+    out->J_val = st->vJval;
+    out->E = st->vE;
+    out->acf = st->vacf;
+    out->lags = st->cfg.lags;
+    const double cw = corr(g, st->worker_steps);
+    out->noise_loc = st->noise_loc * cw;
+    out->noise_mean = st->noise_mean * cw;
+    out->worker_steps = st->worker_steps;
+    out->batch_size = st->batch_ema * c;
+    out->nworkers = st->nworkers_ema * c;
+}
+
+double grist_stats_diff_se(const struct grist_stats *st, uint32_t a, uint32_t b)
+{
+    const uint32_t K = st->cfg.ncand;
+    if (a >= K || b >= K || st->steps < 2)
+        return INFINITY;
+    const double g = st->cfg.gamma, c = corr(g, st->steps);
+    const double ja = st->J[a] * c, jb = st->J[b] * c;
+    const double caa = st->XX[a * K + a] * c - ja * ja;
+    const double cbb = st->XX[b * K + b] * c - jb * jb;
+    const double cab = st->XX[a * K + b] * c - ja * jb;
+    double var = a == b ? caa : caa + cbb - 2.0 * cab;
+    if (var < 0.0)
+        var = 0.0;
+    /* effective sample size of an EMA, capped by the samples seen */
+    double neff = (1.0 + g) / (1.0 - g);
+    if ((double)st->steps < neff)
+        neff = (double)st->steps;
+    return sqrt(var / neff);
+}
+
+int grist_stats_families(struct grist_stats *st, double delta, struct grist_families *out)
+{
+    if (!st || !out)
+        return -EINVAL;
+    if (!st->mcov || st->cov_steps == 0)
+        return GRIST_ENOTREADY;
+    int r = flush_cov(st);
+    if (r < 0)
+        return GRIST_EDEVICE;
+    /* Sigma-hat = c Sigma; solve on Sigma with delta / c, then rescale. */
+    const double c = corr(st->cfg.gamma, st->sigma_steps);
+    r = st->be->ops.families(st->be, (int)st->mcov, st->sigma, delta / c, out);
+    if (r < 0)
+        return r;
+    const double sc = sqrt(c);
+    out->trace *= c;
+    out->frobenius *= c;
+    out->lambda_max *= c;
+    out->trace_sqrt *= sc;
+    out->value_frobenius *= c;
+    out->value_spectral *= c;
+    out->value_isotropic *= sc;
+    out->value_lyapunov *= sc;
+    out->value_whitened *= sc;
+    out->value_diagonal *= sc;
+    return 0;
+}
+
+int grist_stats_covariance(struct grist_stats *st, double *sigma, double *mu)
+{
+    if (!st || !sigma)
+        return -EINVAL;
+    if (!st->mcov || st->cov_steps == 0)
+        return GRIST_ENOTREADY;
+    if (flush_cov(st) < 0)
+        return GRIST_EDEVICE;
+    const uint32_t n = st->mcov;
+    if (st->be->ops.download(st->be, sigma, st->sigma, dev_bytes_sigma(st)) < 0)
+        return GRIST_EDEVICE;
+    const double c = corr(st->cfg.gamma, st->sigma_steps);
+    for (uint32_t j = 0; j < n; j++)
+        for (uint32_t i = j; i < n; i++)
+            sigma[j + (size_t)i * n] = sigma[i + (size_t)j * n] = sigma[i + (size_t)j * n] * c;
+    if (mu) {
+        const double cm = corr(st->cfg.gamma, st->cov_steps);
+        for (uint32_t i = 0; i < n; i++)
+            mu[i] = st->mu[i] * cm;
+    }
+    return 0;
+}

@@ -1,0 +1,44 @@
+/* Internal layout of struct grist_stats (stats.c, stats_io.c). */
+#ifndef GRIST_STATS_IMPL_H
+#define GRIST_STATS_IMPL_H
+
+#include <stdint.h>
+
+#include "grist/stats.h"
+
+struct grist_stats {
+    struct grist_backend *be; /* borrowed */
+    struct grist_stats_config cfg;
+    uint32_t mcov;
+
+    /* backend memory */
+    double *V;       /* K x m virtual momentum buffers */
+    double *ring;    /* L x m last sketches */
+    double *s_dev;   /* m: the current sketch */
+    double *sigma;   /* mcov x mcov, lower triangle, raw EMA */
+    double *pending; /* mcov x cov_batch pre-scaled columns */
+
+    /* host */
+    double *s_host;  /* m scratch */
+    double *fold;    /* mcov scratch */
+    double *mu;      /* mcov raw EMA of the folded sketch */
+
+    uint64_t steps, val_steps, worker_steps, cov_steps, sigma_steps;
+    uint32_t npending, ring_head;
+
+    double J[GRIST_MAX_CANDIDATES];
+    double E[GRIST_MAX_CANDIDATES];
+    double Jval[GRIST_MAX_CANDIDATES];
+    double XX[GRIST_MAX_CANDIDATES * GRIST_MAX_CANDIDATES];
+    double acf[GRIST_MAX_LAGS + 1];
+    uint64_t acf_n[GRIST_MAX_LAGS + 1];
+    double noise_loc, noise_mean, batch_ema, nworkers_ema;
+
+    /* scratch and view caches (not serialized) */
+    double dots[GRIST_MAX_CANDIDATES], energy[GRIST_MAX_CANDIDATES];
+    double lagd[GRIST_MAX_LAGS];
+    double vJ[GRIST_MAX_CANDIDATES], vE[GRIST_MAX_CANDIDATES], vJval[GRIST_MAX_CANDIDATES];
+    double vacf[GRIST_MAX_LAGS + 1];
+};
+
+#endif /* GRIST_STATS_IMPL_H */
