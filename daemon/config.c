@@ -1,0 +1,229 @@
+/*
+ * DESIGN: the configuration table. Each row names an option, its type,
+ * default, bounds and help; the same rows parse flags ("--name value" or
+ * "--name=value"), parse the config file ("name = value", '#' comments) and
+ * print --help, so the three cannot disagree. Runs on the main thread
+ * before the loop starts.
+ */
+#include <errno.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "grist_config.h"
+
+enum opt_type { OPT_STR, OPT_INT, OPT_DBL, OPT_LISTEN };
+
+struct opt {
+    const char *name;
+    enum opt_type type;
+    size_t off;
+    size_t size; /* strings */
+    const char *def;
+    double min, max;
+    const char *help;
+};
+
+#define F(field) offsetof(struct grist_config, field), sizeof(((struct grist_config *)0)->field)
+
+static const struct opt table[] = {
+    {"listen", OPT_LISTEN, F(listen), "127.0.0.1:7788", 0, 0,
+     "address to serve gRPC on: HOST:PORT (port 0 picks a free port) or unix:PATH; "
+     "repeat for more listeners (at most 4)"},
+    {"ready-fd", OPT_INT, F(ready_fd), "-1", -1, 1 << 20,
+     "once listening, write 'grpc <bound address>' per listener to this fd, then close it"},
+    {"backend", OPT_STR, F(backend), "auto", 0, 0,
+     "kernels backend: auto (first usable of cuda, cpu, ref), cuda, cpu or ref"},
+    {"log-level", OPT_STR, F(log_level), "info", 0, 0, "error, warn, info or debug"},
+    {"max-message-bytes", OPT_INT, F(max_message_bytes), "67108864", 1024, 1 << 30,
+     "largest gRPC message accepted or sent"},
+};
+
+#define NOPT (sizeof(table) / sizeof(table[0]))
+
+static const struct opt *find(const char *name, size_t len)
+{
+    for (size_t i = 0; i < NOPT; i++)
+        if (strlen(table[i].name) == len && strncmp(table[i].name, name, len) == 0)
+            return &table[i];
+    return NULL;
+}
+
+static int set(struct grist_config *cfg, const struct opt *o, const char *val, int from_file)
+{
+    char *base = (char *)cfg + o->off;
+    char *end;
+    switch (o->type) {
+    case OPT_STR:
+        if (strlen(val) >= o->size)
+            goto bad;
+        strcpy(base, val);
+        return 0;
+    case OPT_LISTEN: {
+        /* a flag replaces the file's/default list on first use */
+        if (!from_file && !cfg->listen_from_flags) {
+            cfg->listen_from_flags = 1;
+            cfg->nlisten = 0;
+        }
+        if (cfg->nlisten >= GRIST_MAX_LISTENERS || strlen(val) >= sizeof(cfg->listen[0]) ||
+            val[0] == '\0')
+            goto bad;
+        strcpy(cfg->listen[cfg->nlisten++], val);
+        return 0;
+    }
+    case OPT_INT: {
+        errno = 0;
+        long long v = strtoll(val, &end, 0);
+        if (errno || *end || end == val || v < o->min || v > o->max)
+            goto bad;
+        if (o->size == sizeof(int))
+            *(int *)base = (int)v;
+        else
+            *(int64_t *)base = v;
+        return 0;
+    }
+    case OPT_DBL: {
+        errno = 0;
+        double v = strtod(val, &end);
+        if (errno || *end || end == val || v < o->min || v > o->max)
+            goto bad;
+        *(double *)base = v;
+        return 0;
+    }
+    }
+bad:
+    fprintf(stderr, "gristd: bad value '%s' for %s (see --help)\n", val, o->name);
+    return -EINVAL;
+}
+
+void grist__config_defaults(struct grist_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    for (size_t i = 0; i < NOPT; i++) {
+        if (table[i].type == OPT_LISTEN) {
+            strcpy(cfg->listen[0], table[i].def);
+            cfg->nlisten = 1;
+        } else {
+            set(cfg, &table[i], table[i].def, 1);
+        }
+    }
+}
+
+void grist__config_help(FILE *f)
+{
+    fprintf(f,
+            "usage: gristd [OPTIONS]\n\n"
+            "grist " GRIST_VERSION ": gradient-statistics sidecar daemon.\n"
+            "Options (also accepted as 'name = value' lines in --config FILE):\n\n");
+    fprintf(f, "  --config FILE\n      read options from FILE first; flags override it\n");
+    for (size_t i = 0; i < NOPT; i++) {
+        const struct opt *o = &table[i];
+        const char *t = o->type == OPT_INT ? "INT" : o->type == OPT_DBL ? "NUM" : "STR";
+        fprintf(f, "  --%s %s (default: %s", o->name, t, o->def);
+        if (o->type == OPT_INT || o->type == OPT_DBL)
+            fprintf(f, "; range %g..%g", o->min, o->max);
+        fprintf(f, ")\n      %s\n", o->help);
+    }
+    fprintf(f, "  --help\n      print this and exit\n  --version\n      print the version and exit\n");
+}
+
+static int parse_file(struct grist_config *cfg, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "gristd: cannot open config file %s: %s\n", path, strerror(errno));
+        return -EINVAL;
+    }
+    char line[1024];
+    int lineno = 0, r = 0;
+    while (r == 0 && fgets(line, sizeof(line), f)) {
+        lineno++;
+        char *p = line;
+        p[strcspn(p, "#\r\n")] = '\0';
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (*p == '\0')
+            continue;
+        char *eq = strchr(p, '=');
+        if (!eq) {
+            fprintf(stderr, "gristd: %s:%d: expected 'name = value'\n", path, lineno);
+            r = -EINVAL;
+            break;
+        }
+        char *k_end = eq;
+        while (k_end > p && (k_end[-1] == ' ' || k_end[-1] == '\t'))
+            k_end--;
+        char *v = eq + 1;
+        while (*v == ' ' || *v == '\t')
+            v++;
+        char *v_end = v + strlen(v);
+        while (v_end > v && (v_end[-1] == ' ' || v_end[-1] == '\t'))
+            *--v_end = '\0';
+        const struct opt *o = find(p, (size_t)(k_end - p));
+        if (!o) {
+            fprintf(stderr, "gristd: %s:%d: unknown option '%.*s'\n", path, lineno,
+                    (int)(k_end - p), p);
+            r = -EINVAL;
+            break;
+        }
+        if (o->type == OPT_LISTEN && cfg->nlisten == 1 && strcmp(cfg->listen[0], o->def) == 0)
+            cfg->nlisten = 0; /* the file's first listen replaces the default */
+        r = set(cfg, o, v, 1);
+    }
+    fclose(f);
+    return r;
+}
+
+int grist__config_parse(struct grist_config *cfg, int argc, char **argv)
+{
+    /* config file first, so that flags override it */
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--config") == 0 && i + 1 < argc) {
+            if (parse_file(cfg, argv[i + 1]) < 0)
+                return -EINVAL;
+        } else if (strncmp(a, "--config=", 9) == 0) {
+            if (parse_file(cfg, a + 9) < 0)
+                return -EINVAL;
+        }
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            grist__config_help(stdout);
+            return 1;
+        }
+        if (strcmp(a, "--version") == 0) {
+            printf("gristd " GRIST_VERSION "\n");
+            return 1;
+        }
+        if (strncmp(a, "--", 2) != 0) {
+            fprintf(stderr, "gristd: unexpected argument '%s' (see --help)\n", a);
+            return -EINVAL;
+        }
+        const char *name = a + 2, *eq = strchr(name, '=');
+        const size_t len = eq ? (size_t)(eq - name) : strlen(name);
+        const char *val = eq ? eq + 1 : NULL;
+        if (len == 6 && strncmp(name, "config", 6) == 0) {
+            if (!val)
+                i++;
+            continue;
+        }
+        const struct opt *o = find(name, len);
+        if (!o) {
+            fprintf(stderr, "gristd: unknown option '%s' (see --help)\n", a);
+            return -EINVAL;
+        }
+        if (!val) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "gristd: option --%s needs a value\n", o->name);
+                return -EINVAL;
+            }
+            val = argv[++i];
+        }
+        if (set(cfg, o, val, 0) < 0)
+            return -EINVAL;
+    }
+    return 0;
+}

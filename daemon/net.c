@@ -1,0 +1,418 @@
+/*
+ * DESIGN: gRPC core server + libuv bridge (see net.h).
+ *
+ * Threads: the pump thread only moves (tag, ok) pairs from the completion
+ * queue into net->events and wakes the loop; everything else runs on the
+ * loop thread. Ordering: events reach the loop in completion-queue order.
+ *
+ * Shutdown order (asserted by tests/integration): (1) stop accepting and
+ * cancel every live call (grpc_server_shutdown_and_notify +
+ * grpc_server_cancel_all_calls): clients see a status, never a hang; (2) when
+ * the server's shutdown tag completes, shut the completion queue down; (3)
+ * the pump thread sees GRPC_QUEUE_SHUTDOWN after the last event, posts it and
+ * exits; (4) the loop joins it, closes the async handle and calls
+ * on_stopped.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/alloc.h>
+
+#include "log.h"
+#include "net.h"
+
+#define ACCEPTORS 8
+
+struct acceptor {
+    struct grist_tag tag;
+    struct grist_net *net;
+    grpc_call *call;
+    grpc_call_details details;
+    grpc_metadata_array md;
+};
+
+static void pump_main(void *arg)
+{
+    struct grist_net *net = arg;
+    for (;;) {
+        grpc_event ev = grpc_completion_queue_next(net->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        uv_mutex_lock(&net->mu);
+        if (ev.type == GRPC_QUEUE_SHUTDOWN) {
+            net->cq_drained = 1;
+            uv_mutex_unlock(&net->mu);
+            uv_async_send(&net->async);
+            return;
+        }
+        if (ev.type == GRPC_OP_COMPLETE) {
+            if (net->ev_len == net->ev_cap) {
+                size_t cap = net->ev_cap ? net->ev_cap * 2 : 256;
+                struct grist_net_event *e = malloc(cap * sizeof(*e));
+                if (!e)
+                    abort(); /* cannot lose a tag: the call would leak forever */
+                for (size_t i = 0; i < net->ev_len; i++)
+                    e[i] = net->events[(net->ev_head + i) % net->ev_cap];
+                free(net->events);
+                net->events = e;
+                net->ev_cap = cap;
+                net->ev_head = 0;
+            }
+            net->events[(net->ev_head + net->ev_len) % net->ev_cap] =
+                (struct grist_net_event){ev.tag, ev.success};
+            net->ev_len++;
+        }
+        uv_mutex_unlock(&net->mu);
+        uv_async_send(&net->async);
+    }
+}
+
+static void on_async_closed(uv_handle_t *h)
+{
+    struct grist_net *net = h->data;
+    if (net->on_stopped)
+        net->on_stopped(net);
+}
+
+static void on_async(uv_async_t *a)
+{
+    struct grist_net *net = a->data;
+    for (;;) {
+        uv_mutex_lock(&net->mu);
+        if (net->ev_len == 0) {
+            int drained = net->cq_drained;
+            uv_mutex_unlock(&net->mu);
+            if (drained && net->pump_started) {
+                uv_thread_join(&net->pump);
+                net->pump_started = 0;
+                uv_close((uv_handle_t *)&net->async, on_async_closed);
+            }
+            return;
+        }
+        struct grist_net_event ev = net->events[net->ev_head];
+        net->ev_head = (net->ev_head + 1) % net->ev_cap;
+        net->ev_len--;
+        uv_mutex_unlock(&net->mu);
+        ev.tag->cb(ev.tag, ev.ok);
+    }
+}
+
+static void arm(struct acceptor *a);
+
+struct simple_status {
+    struct grist_tag tag;
+    struct grist_net *net;
+    grpc_call *call;
+    int cancelled;
+    grpc_slice details;
+};
+
+static void simple_status_done(struct grist_tag *tag, int ok)
+{
+    (void)ok;
+    struct simple_status *s = (struct simple_status *)tag;
+    grpc_slice_unref(s->details);
+    grpc_call_unref(s->call);
+    s->net->live_calls--;
+    free(s);
+}
+
+/* Answer a call with a status only (unknown method). */
+static void reply_status(struct grist_net *net, grpc_call *call, grpc_status_code code,
+                         const char *msg)
+{
+    struct simple_status *s = calloc(1, sizeof(*s));
+    if (!s) {
+        grpc_call_cancel(call, NULL);
+        grpc_call_unref(call);
+        net->live_calls--;
+        return;
+    }
+    s->tag.cb = simple_status_done;
+    s->net = net;
+    s->call = call;
+    s->details = grpc_slice_from_copied_string(msg);
+    grpc_op ops[3];
+    memset(ops, 0, sizeof(ops));
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[1].data.send_status_from_server.status = code;
+    ops[1].data.send_status_from_server.status_details = &s->details;
+    ops[2].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    ops[2].data.recv_close_on_server.cancelled = &s->cancelled;
+    if (grpc_call_start_batch(call, ops, 3, &s->tag, NULL) != GRPC_CALL_OK) {
+        GRIST_ERR("cannot answer an unknown method");
+        simple_status_done(&s->tag, 0);
+    }
+}
+
+static void on_accept(struct grist_tag *tag, int ok)
+{
+    struct acceptor *a = (struct acceptor *)tag;
+    struct grist_net *net = a->net;
+    if (!ok || net->shutting_down) {
+        if (a->call) {
+            grpc_call_unref(a->call);
+        }
+        grpc_call_details_destroy(&a->details);
+        grpc_metadata_array_destroy(&a->md);
+        free(a);
+        return;
+    }
+    grpc_call *call = a->call;
+    net->live_calls++;
+    if (grpc_slice_str_cmp(a->details.method, "/grpc.health.v1.Health/Check") == 0) {
+        grist__health_call(net, call);
+    } else {
+        char *m = grpc_slice_to_c_string(a->details.method);
+        GRIST_DEBUG("unknown method %s", m);
+        char msg[400];
+        snprintf(msg, sizeof(msg), "method %s is not served by gristd", m);
+        gpr_free(m);
+        reply_status(net, call, GRPC_STATUS_UNIMPLEMENTED, msg);
+    }
+    grpc_call_details_destroy(&a->details);
+    grpc_metadata_array_destroy(&a->md);
+    arm(a);
+}
+
+static void arm(struct acceptor *a)
+{
+    a->call = NULL;
+    grpc_call_details_init(&a->details);
+    grpc_metadata_array_init(&a->md);
+    a->tag.cb = on_accept;
+    grpc_call_error e = grpc_server_request_call(a->net->server, &a->call, &a->details, &a->md,
+                                                 a->net->cq, a->net->cq, &a->tag);
+    if (e != GRPC_CALL_OK) {
+        GRIST_ERR("grpc_server_request_call failed (%d)", (int)e);
+        grpc_call_details_destroy(&a->details);
+        grpc_metadata_array_destroy(&a->md);
+        free(a);
+    }
+}
+
+/* "host:0" + port 43121 -> "host:43121"; unix: paths as given. */
+static void bound_name(const char *addr, int port, char *out, size_t size)
+{
+    if (strncmp(addr, "unix:", 5) == 0 || strncmp(addr, "unix-abstract:", 14) == 0) {
+        snprintf(out, size, "%s", addr);
+        return;
+    }
+    const char *colon = strrchr(addr, ':');
+    if (!colon) {
+        snprintf(out, size, "%s:%d", addr, port);
+        return;
+    }
+    snprintf(out, size, "%.*s:%d", (int)(colon - addr), addr, port);
+}
+
+int grist__net_start(struct grist_net *net, uv_loop_t *loop, const struct grist_config *cfg)
+{
+    memset(net, 0, sizeof(*net));
+    net->loop = loop;
+    net->cfg = cfg;
+    grpc_arg args[4];
+    memset(args, 0, sizeof(args));
+    args[0].type = GRPC_ARG_INTEGER;
+    args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+    args[0].value.integer = (int)cfg->max_message_bytes;
+    args[1].type = GRPC_ARG_INTEGER;
+    args[1].key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
+    args[1].value.integer = (int)cfg->max_message_bytes;
+    /* allow client keepalive pings (the default minimum is 5 minutes) */
+    args[2].type = GRPC_ARG_INTEGER;
+    args[2].key = GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS;
+    args[2].value.integer = 10000;
+    args[3].type = GRPC_ARG_INTEGER;
+    args[3].key = GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS;
+    args[3].value.integer = 1;
+    grpc_channel_args chargs = {4, args};
+
+    net->cq = grpc_completion_queue_create_for_next(NULL);
+    net->server = grpc_server_create(&chargs, NULL);
+    if (!net->cq || !net->server)
+        return -ENOMEM;
+    grpc_server_register_completion_queue(net->server, net->cq, NULL);
+    for (int i = 0; i < cfg->nlisten; i++) {
+        grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+        int port = grpc_server_add_http2_port(net->server, cfg->listen[i], creds);
+        grpc_server_credentials_release(creds);
+        if (port <= 0) {
+            GRIST_ERR("cannot listen on %s (address in use or invalid)", cfg->listen[i]);
+            grpc_server_destroy(net->server);
+            grpc_completion_queue_shutdown(net->cq);
+            while (grpc_completion_queue_next(net->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL)
+                       .type != GRPC_QUEUE_SHUTDOWN)
+                ;
+            grpc_completion_queue_destroy(net->cq);
+            net->server = NULL;
+            net->cq = NULL;
+            return -EADDRINUSE;
+        }
+        bound_name(cfg->listen[i], port, net->bound[i], sizeof(net->bound[i]));
+        net->nbound++;
+    }
+    grpc_server_start(net->server);
+
+    uv_mutex_init(&net->mu);
+    uv_async_init(loop, &net->async, on_async);
+    net->async.data = net;
+    if (uv_thread_create(&net->pump, pump_main, net) != 0)
+        return -ENOMEM;
+    net->pump_started = 1;
+    for (int i = 0; i < ACCEPTORS; i++) {
+        struct acceptor *a = calloc(1, sizeof(*a));
+        if (!a)
+            return -ENOMEM;
+        a->net = net;
+        arm(a);
+    }
+    for (int i = 0; i < net->nbound; i++)
+        GRIST_INFO("listening on %s", net->bound[i]);
+    return 0;
+}
+
+static void on_server_shutdown(struct grist_tag *tag, int ok)
+{
+    (void)ok;
+    struct grist_net *net = (struct grist_net *)((char *)tag - offsetof(struct grist_net, shutdown_tag));
+    GRIST_INFO("server stopped; draining the completion queue");
+    grpc_completion_queue_shutdown(net->cq);
+}
+
+void grist__net_shutdown(struct grist_net *net, void (*on_stopped)(struct grist_net *net))
+{
+    if (net->shutting_down)
+        return;
+    net->shutting_down = 1;
+    net->on_stopped = on_stopped;
+    net->shutdown_tag.cb = on_server_shutdown;
+    grpc_server_shutdown_and_notify(net->server, net->cq, &net->shutdown_tag);
+    grpc_server_cancel_all_calls(net->server);
+}
+
+void grist__net_destroy(struct grist_net *net)
+{
+    if (net->server)
+        grpc_server_destroy(net->server);
+    if (net->cq)
+        grpc_completion_queue_destroy(net->cq);
+    net->server = NULL;
+    net->cq = NULL;
+    free(net->events);
+    net->events = NULL;
+    uv_mutex_destroy(&net->mu);
+}
+
+grpc_byte_buffer *grist__bb_from(const void *data, size_t len)
+{
+    grpc_slice s = grpc_slice_from_copied_buffer(data, len);
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
+    grpc_slice_unref(s);
+    return bb;
+}
+
+unsigned char *grist__bb_read(grpc_byte_buffer *bb, size_t *len)
+{
+    grpc_byte_buffer_reader r;
+    if (!grpc_byte_buffer_reader_init(&r, bb))
+        return NULL;
+    grpc_slice s = grpc_byte_buffer_reader_readall(&r);
+    grpc_byte_buffer_reader_destroy(&r);
+    *len = GRPC_SLICE_LENGTH(s);
+    unsigned char *p = malloc(*len ? *len : 1);
+    if (p && *len)
+        memcpy(p, GRPC_SLICE_START_PTR(s), *len);
+    grpc_slice_unref(s);
+    return p;
+}
+
+/* ---- unary plumbing ---- */
+
+struct unary {
+    struct grist_tag tag;
+    struct grist_net *net;
+    grpc_call *call;
+    grist_unary_fn *fn;
+    int stage;
+    grpc_byte_buffer *recv;
+    grpc_byte_buffer *send;
+    grpc_slice details;
+    int cancelled;
+};
+
+static void unary_free(struct unary *u)
+{
+    if (u->recv)
+        grpc_byte_buffer_destroy(u->recv);
+    if (u->send)
+        grpc_byte_buffer_destroy(u->send);
+    if (u->stage == 2)
+        grpc_slice_unref(u->details);
+    grpc_call_unref(u->call);
+    u->net->live_calls--;
+    free(u);
+}
+
+static void unary_cb(struct grist_tag *tag, int ok)
+{
+    struct unary *u = (struct unary *)tag;
+    if (u->stage == 2 || !ok || !u->recv) {
+        if (u->stage == 1 && !u->recv && ok)
+            GRIST_DEBUG("unary call closed before its request");
+        unary_free(u);
+        return;
+    }
+    size_t in_len = 0;
+    unsigned char *in = grist__bb_read(u->recv, &in_len);
+    unsigned char *out = NULL;
+    size_t out_len = 0;
+    char msg[256] = "";
+    grpc_status_code code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+    if (in)
+        code = u->fn(u->net, in, in_len, &out, &out_len, msg, sizeof(msg));
+    free(in);
+    u->stage = 2;
+    u->details = grpc_slice_from_copied_string(msg);
+    grpc_op ops[4];
+    memset(ops, 0, sizeof(ops));
+    size_t n = 0;
+    ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+    if (code == GRPC_STATUS_OK) {
+        u->send = grist__bb_from(out ? out : (unsigned char *)"", out_len);
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n++].data.send_message.send_message = u->send;
+    }
+    free(out);
+    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[n].data.send_status_from_server.status = code;
+    ops[n++].data.send_status_from_server.status_details = &u->details;
+    ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    ops[n++].data.recv_close_on_server.cancelled = &u->cancelled;
+    if (grpc_call_start_batch(u->call, ops, n, &u->tag, NULL) != GRPC_CALL_OK)
+        unary_free(u);
+}
+
+void grist__unary_start(struct grist_net *net, grpc_call *call, grist_unary_fn *fn)
+{
+    struct unary *u = calloc(1, sizeof(*u));
+    if (!u) {
+        grpc_call_cancel(call, NULL);
+        grpc_call_unref(call);
+        net->live_calls--;
+        return;
+    }
+    u->tag.cb = unary_cb;
+    u->net = net;
+    u->call = call;
+    u->fn = fn;
+    u->stage = 1;
+    grpc_op op;
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &u->recv;
+    if (grpc_call_start_batch(call, &op, 1, &u->tag, NULL) != GRPC_CALL_OK)
+        unary_free(u);
+}

@@ -1,0 +1,89 @@
+/*
+ * The gRPC core server and its bridge into the libuv loop.
+ *
+ * gRPC core has no libuv integration, so one pump thread blocks in
+ * grpc_completion_queue_next() and hands every completed tag to the loop
+ * thread through a mutex-protected queue and uv_async_send(). Tag callbacks
+ * therefore always run on the loop thread, which owns all daemon state.
+ */
+#ifndef GRIST_DAEMON_NET_H
+#define GRIST_DAEMON_NET_H
+
+#include <grpc/grpc.h>
+#include <uv.h>
+
+#include "config.h"
+
+/** Something waiting for a completion-queue event; embed it first. */
+struct grist_tag {
+    void (*cb)(struct grist_tag *tag, int ok);
+};
+
+/** A server-side call handler: given a new call, take it over. */
+struct grist_net;
+typedef void grist_call_fn(struct grist_net *net, grpc_call *call);
+
+struct grist_net_event {
+    struct grist_tag *tag;
+    int ok;
+};
+
+struct grist_net {
+    uv_loop_t *loop;
+    grpc_server *server;
+    grpc_completion_queue *cq;
+    const struct grist_config *cfg;
+
+    uv_thread_t pump;
+    int pump_started;
+    uv_async_t async;
+    uv_mutex_t mu;
+    struct grist_net_event *events; /* ring, guarded by mu */
+    size_t ev_cap, ev_head, ev_len;
+    int cq_drained;                 /* pump saw GRPC_QUEUE_SHUTDOWN (guarded by mu) */
+
+    char bound[GRIST_MAX_LISTENERS][300];
+    int nbound;
+    int shutting_down;
+    int live_calls;
+    struct grist_tag shutdown_tag;
+    void (*on_stopped)(struct grist_net *net);
+};
+
+/**
+ * Create the server, bind every listener of cfg and start serving.
+ *
+ * @return 0; -EADDRINUSE/-EINVAL when a listener cannot bind (its address is
+ *         logged); -ENOMEM.
+ */
+int grist__net_start(struct grist_net *net, uv_loop_t *loop, const struct grist_config *cfg);
+
+/**
+ * Begin the ordered shutdown: stop accepting, cancel live calls (clients get
+ * UNAVAILABLE/CANCELLED), drain the queue, join the pump thread, then call
+ * on_stopped on the loop thread. Idempotent.
+ */
+void grist__net_shutdown(struct grist_net *net, void (*on_stopped)(struct grist_net *net));
+
+/** Free what grist__net_start() made; after on_stopped ran. */
+void grist__net_destroy(struct grist_net *net);
+
+/* Helpers for handlers. */
+grpc_byte_buffer *grist__bb_from(const void *data, size_t len);
+/* Copy a byte buffer into a malloc'd block (*len set). NULL on ENOMEM. */
+unsigned char *grist__bb_read(grpc_byte_buffer *bb, size_t *len);
+
+/** Handlers (health.c). */
+void grist__health_call(struct grist_net *net, grpc_call *call);
+
+/**
+ * Unary call plumbing shared by every unary method: receive one message,
+ * run fn on the loop thread, send the reply and status, free everything.
+ * fn returns a grpc_status_code; on OK, *out (malloc'd, may be NULL) is sent.
+ */
+typedef grpc_status_code grist_unary_fn(struct grist_net *net, const unsigned char *in,
+                                        size_t in_len, unsigned char **out, size_t *out_len,
+                                        char *msg, size_t msg_size);
+void grist__unary_start(struct grist_net *net, grpc_call *call, grist_unary_fn *fn);
+
+#endif
