@@ -213,7 +213,7 @@ int grist__net_start(struct grist_net *net, uv_loop_t *loop, const struct grist_
     memset(net, 0, sizeof(*net));
     net->loop = loop;
     net->cfg = cfg;
-    grpc_arg args[4];
+    grpc_arg args[5];
     memset(args, 0, sizeof(args));
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
@@ -228,7 +228,12 @@ int grist__net_start(struct grist_net *net, uv_loop_t *loop, const struct grist_
     args[3].type = GRPC_ARG_INTEGER;
     args[3].key = GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS;
     args[3].value.integer = 1;
-    grpc_channel_args chargs = {4, args};
+    /* gRPC sets SO_REUSEPORT by default, which would let a second daemon
+     * bind the same port silently; a taken port must be an error. */
+    args[4].type = GRPC_ARG_INTEGER;
+    args[4].key = GRPC_ARG_ALLOW_REUSEPORT;
+    args[4].value.integer = 0;
+    grpc_channel_args chargs = {5, args};
 
     net->cq = grpc_completion_queue_create_for_next(NULL);
     net->server = grpc_server_create(&chargs, NULL);

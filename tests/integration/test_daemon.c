@@ -1,0 +1,156 @@
+/*
+ * gristd end to end: the real daemon on 127.0.0.1:0 and on a unix socket,
+ * started with --ready-fd, checked with a gRPC core client.
+ */
+#include <check.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "grist/backend.h"
+#include "harness.h"
+
+START_TEST(test_health_and_sigterm)
+{
+    struct gristd_proc p;
+    const char *args[] = {"--listen", "127.0.0.1:0", "--log-level", "warn", NULL};
+    ck_assert_int_eq(gristd_start(&p, args), 0);
+    ck_assert_int_eq(p.naddr, 1);
+    ck_assert_msg(strncmp(p.addr[0], "127.0.0.1:", 10) == 0 && strcmp(p.addr[0], "127.0.0.1:0"),
+                  "bound address %s", p.addr[0]);
+    grpc_init();
+    ck_assert_int_eq(health_check(p.addr[0], ""), 1);              /* SERVING */
+    ck_assert_int_eq(health_check(p.addr[0], "grist.v1.Grist"), 1);
+    ck_assert_int_eq(health_check(p.addr[0], "no.such.Service"), -GRPC_STATUS_NOT_FOUND);
+    grpc_shutdown();
+    ck_assert_int_eq(gristd_stop(&p, SIGTERM), 0);
+}
+END_TEST
+
+START_TEST(test_unknown_method_and_bad_request)
+{
+    struct gristd_proc p;
+    const char *args[] = {"--listen", "127.0.0.1:0", "--log-level", "warn", NULL};
+    ck_assert_int_eq(gristd_start(&p, args), 0);
+    grpc_init();
+    char details[256];
+    ck_assert_int_eq(rpc_unary(p.addr[0], "/grist.v1.Nope/Nothing", "", 0, NULL, NULL, details,
+                               sizeof(details), 10.0),
+                     GRPC_STATUS_UNIMPLEMENTED);
+    ck_assert_ptr_nonnull(strstr(details, "/grist.v1.Nope/Nothing"));
+    /* bytes that are not a HealthCheckRequest */
+    const unsigned char junk[] = {0xff, 0xff, 0xff, 0xff, 0x0f};
+    ck_assert_int_eq(rpc_unary(p.addr[0], "/grpc.health.v1.Health/Check", junk, sizeof(junk),
+                               NULL, NULL, details, sizeof(details), 10.0),
+                     GRPC_STATUS_INVALID_ARGUMENT);
+    /* the daemon still serves */
+    ck_assert_int_eq(health_check(p.addr[0], ""), 1);
+    grpc_shutdown();
+    ck_assert_int_eq(gristd_stop(&p, SIGINT), 0);
+}
+END_TEST
+
+START_TEST(test_unix_and_two_listeners)
+{
+    char sock[64];
+    snprintf(sock, sizeof(sock), "unix:/tmp/gristd-test-%d.sock", (int)getpid());
+    unlink(sock + 5);
+    struct gristd_proc p;
+    const char *args[] = {"--listen", sock, "--listen", "127.0.0.1:0", "--log-level", "warn", NULL};
+    ck_assert_int_eq(gristd_start(&p, args), 0);
+    ck_assert_int_eq(p.naddr, 2);
+    ck_assert_str_eq(p.addr[0], sock);
+    grpc_init();
+    ck_assert_int_eq(health_check(p.addr[0], ""), 1);
+    ck_assert_int_eq(health_check(p.addr[1], ""), 1);
+    grpc_shutdown();
+    ck_assert_int_eq(gristd_stop(&p, SIGTERM), 0);
+    unlink(sock + 5);
+}
+END_TEST
+
+static int run_capture(const char *const *argv, char *out, size_t size)
+{
+    int fds[2];
+    ck_assert_int_eq(pipe(fds), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 1);
+        dup2(fds[1], 2);
+        close(fds[0]);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    size_t len = 0;
+    ssize_t r;
+    while ((r = read(fds[0], out + len, size - 1 - len)) > 0)
+        len += (size_t)r;
+    out[len] = '\0';
+    close(fds[0]);
+    int st;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+START_TEST(test_help_and_bad_flags)
+{
+    static char out[16384];
+    const char *bin = getenv("GRISTD");
+    const char *help[] = {bin, "--help", NULL};
+    ck_assert_int_eq(run_capture(help, out, sizeof(out)), 0);
+    const char *opts[] = {"--listen", "--ready-fd", "--backend", "--log-level",
+                          "--max-message-bytes", "--config"};
+    for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++)
+        ck_assert_msg(strstr(out, opts[i]) != NULL, "--help lacks %s", opts[i]);
+    ck_assert_ptr_nonnull(strstr(out, "default: 127.0.0.1:7788"));
+    const char *bad[] = {bin, "--no-such-flag", NULL};
+    ck_assert_int_eq(run_capture(bad, out, sizeof(out)), 2);
+    ck_assert_ptr_nonnull(strstr(out, "--no-such-flag"));
+    /* an explicit backend that is not usable is an error, not a fallback */
+    if (!grist_backend_usable("cuda")) {
+        const char *cuda[] = {bin, "--backend", "cuda", "--listen", "127.0.0.1:0", NULL};
+        ck_assert_int_eq(run_capture(cuda, out, sizeof(out)), 1);
+        ck_assert_ptr_nonnull(strstr(out, "not available"));
+    }
+}
+END_TEST
+
+START_TEST(test_port_in_use)
+{
+    struct gristd_proc a;
+    const char *args[] = {"--listen", "127.0.0.1:0", "--log-level", "warn", NULL};
+    ck_assert_int_eq(gristd_start(&a, args), 0);
+    struct gristd_proc b;
+    const char *args2[] = {"--listen", a.addr[0], "--log-level", "error", NULL};
+    ck_assert_int_ne(gristd_start(&b, args2), 0); /* no ready line */
+    ck_assert_int_eq(gristd_stop(&b, 0), 1);       /* exits 1 by itself */
+    ck_assert_int_eq(gristd_stop(&a, SIGTERM), 0);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("daemon");
+    TCase *tc = tcase_create("lifecycle");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_health_and_sigterm);
+    tcase_add_test(tc, test_unknown_method_and_bad_request);
+    tcase_add_test(tc, test_unix_and_two_listeners);
+    tcase_add_test(tc, test_help_and_bad_flags);
+    tcase_add_test(tc, test_port_in_use);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
