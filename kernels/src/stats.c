@@ -160,6 +160,7 @@ int grist_stats_new(struct grist_backend *be, const struct grist_stats_config *c
     st->be = be;
     st->cfg = *cfg;
     st->mcov = cfg->cov_dim == 0 ? 0 : (cfg->m < cfg->cov_dim ? cfg->m : cfg->cov_dim);
+    st->pend_w_step = 1.0 / sqrt(cfg->gamma);
     r = -ENOMEM;
     st->s_host = malloc((size_t)cfg->m * sizeof(double));
     if (!st->s_host)
@@ -226,7 +227,7 @@ static inline double ema(double old, double x, double g)
     return g * old + (1.0 - g) * x;
 }
 
-static int flush_cov(struct grist_stats *st)
+int grist__stats_cov_flush(struct grist_stats *st)
 {
     if (!st->mcov || st->npending == 0)
         return 0;
@@ -238,6 +239,37 @@ static int flush_cov(struct grist_stats *st)
         return r;
     st->sigma_steps += st->npending;
     st->npending = 0;
+    return 0;
+}
+
+/* Fold s (m doubles) to m_cov, update mu, stage the column pre-scaled by
+ * sqrt((1-g) g^-i) and flush with one SYRK when cov_batch columns wait.
+ * Folding adds the m/m_cov slices of s, a vectorizable loop. */
+int grist__stats_cov_push(struct grist_stats *st, const double *s)
+{
+    const uint32_t m = st->cfg.m, mc = st->mcov;
+    const double g = st->cfg.gamma;
+    double *restrict f = st->fold;
+    memcpy(f, s, mc * sizeof(double));
+    for (uint32_t c = mc; c < m; c += mc) {
+        const double *restrict sl = s + c;
+        for (uint32_t i = 0; i < mc; i++)
+            f[i] += sl[i];
+    }
+    const double w = st->npending ? st->pend_w * st->pend_w_step : sqrt(1.0 - g);
+    for (uint32_t i = 0; i < mc; i++) {
+        st->mu[i] = g * st->mu[i] + (1.0 - g) * f[i];
+        f[i] *= w;
+    }
+    int r = st->be->ops.upload(st->be, st->pending + (size_t)st->npending * mc, f,
+                               mc * sizeof(double));
+    if (r < 0)
+        return r;
+    st->pend_w = w;
+    st->npending++;
+    st->cov_steps++;
+    if (st->npending == st->cfg.cov_batch)
+        return grist__stats_cov_flush(st);
     return 0;
 }
 
@@ -295,26 +327,9 @@ static int apply_step(struct grist_stats *st, const struct grist_step *in)
 
     /* 3. folded second moment and mean */
     if (st->mcov) {
-        const uint32_t mc = st->mcov;
-        memset(st->fold, 0, mc * sizeof(double));
-        for (uint32_t i = 0; i < m; i++)
-            st->fold[i & (mc - 1)] += st->s_host[i];
-        for (uint32_t i = 0; i < mc; i++)
-            st->mu[i] = ema(st->mu[i], st->fold[i], g);
-        const double w = sqrt((1.0 - g) * pow(g, -(double)st->npending));
-        for (uint32_t i = 0; i < mc; i++)
-            st->fold[i] *= w;
-        r = be->ops.upload(be, st->pending + (size_t)st->npending * mc, st->fold,
-                           mc * sizeof(double));
+        r = grist__stats_cov_push(st, st->s_host);
         if (r < 0)
             return r;
-        st->npending++;
-        st->cov_steps++;
-        if (st->npending == st->cfg.cov_batch) {
-            r = flush_cov(st);
-            if (r < 0)
-                return r;
-        }
     }
 
     /* 4. worker noise */
@@ -445,7 +460,7 @@ int grist_stats_families(struct grist_stats *st, double delta, struct grist_fami
         return -EINVAL;
     if (!st->mcov || st->cov_steps == 0)
         return GRIST_ENOTREADY;
-    int r = flush_cov(st);
+    int r = grist__stats_cov_flush(st);
     if (r < 0)
         return GRIST_EDEVICE;
     /* Sigma-hat = c Sigma; solve on Sigma with delta / c, then rescale. */
@@ -473,7 +488,7 @@ int grist_stats_covariance(struct grist_stats *st, double *sigma, double *mu)
         return -EINVAL;
     if (!st->mcov || st->cov_steps == 0)
         return GRIST_ENOTREADY;
-    if (flush_cov(st) < 0)
+    if (grist__stats_cov_flush(st) < 0)
         return GRIST_EDEVICE;
     const uint32_t n = st->mcov;
     if (st->be->ops.download(st->be, sigma, st->sigma, dev_bytes_sigma(st)) < 0)

@@ -23,6 +23,7 @@ struct grist_stats {
     double *fold;    /* mcov scratch */
     double *mu;      /* mcov raw EMA of the folded sketch */
 
+    double pend_w, pend_w_step; /* scale of the last staged column; 1/sqrt(g) */
     uint64_t steps, val_steps, worker_steps, cov_steps, sigma_steps;
     uint32_t npending, ring_head;
 
@@ -40,5 +41,9 @@ struct grist_stats {
     double vJ[GRIST_MAX_CANDIDATES], vE[GRIST_MAX_CANDIDATES], vJval[GRIST_MAX_CANDIDATES];
     double vacf[GRIST_MAX_LAGS + 1];
 };
+
+/* The covariance path, exposed for the benchmark (tests/bench). */
+int grist__stats_cov_push(struct grist_stats *st, const double *s);
+int grist__stats_cov_flush(struct grist_stats *st);
 
 #endif /* GRIST_STATS_IMPL_H */

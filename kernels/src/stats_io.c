@@ -8,6 +8,7 @@
  * length against the configuration before it builds the state.
  */
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -213,6 +214,8 @@ int grist_stats_deserialize(struct grist_backend *be, const void *buf, size_t le
         e = GRIST_EBADSTATE;
         goto fail;
     }
+    if (st->npending)
+        st->pend_w = sqrt((1.0 - c.gamma) * pow(c.gamma, -(double)(st->npending - 1)));
     e = dev_get(st, &r, st->V, (size_t)K * c.m);
     if (e == 0)
         e = dev_get(st, &r, st->ring, (size_t)L * c.m);

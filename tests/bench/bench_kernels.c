@@ -1,0 +1,291 @@
+/*
+ * Kernels benchmark (not a test; figures go to kernels/README.md).
+ *   1. machine limits: large dgemm (1 and all threads), STREAM-style triad
+ *   2. per-step statistics update per group (K = 32, m = 1024, L = 16), with
+ *      and without the folded covariance, for every usable backend
+ *   3. covariance path (fold + scale + stage b steps + one SYRK) for
+ *      m_cov in {256, 1024, 4096}, b in {1, 16, 64}, against bare OpenBLAS
+ *      dsyrk and ssyrk on the same shapes
+ *   4. symmetric eigendecomposition for the same sizes
+ * Every figure is the median of repeated runs, with min and max.
+ * Usage: bench-kernels [--quick] [--full]   (--full adds m = 4096 eigensolves)
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cblas.h>
+
+#include "backend_impl.h"
+#include "grist/kernels.h"
+#include "stats_impl.h"
+#include "../rng.h"
+
+void openblas_set_num_threads(int n);
+int openblas_get_num_procs(void);
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+struct stat3 {
+    double med, min, max;
+};
+
+static struct stat3 summarize(double *t, int n)
+{
+    qsort(t, (size_t)n, sizeof(double), cmp);
+    return (struct stat3){t[n / 2], t[0], t[n - 1]};
+}
+
+static int g_reps = 7;
+
+/* ---- 1. machine limits ---- */
+
+static double dgemm_gflops(int n, int threads)
+{
+    openblas_set_num_threads(threads);
+    double *a = malloc((size_t)n * n * 8), *b = malloc((size_t)n * n * 8), *c = malloc((size_t)n * n * 8);
+    for (size_t i = 0; i < (size_t)n * n; i++)
+        a[i] = b[i] = 1.0 / (double)(i % 97 + 1), c[i] = 0;
+    cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
+    double t[9];
+    for (int r = 0; r < 5; r++) {
+        double t0 = now();
+        cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
+        t[r] = now() - t0;
+    }
+    struct stat3 s = summarize(t, 5);
+    free(a), free(b), free(c);
+    return 2.0 * n * (double)n * n / s.med * 1e-9;
+}
+
+static double triad_gbs(void)
+{
+    const size_t n = 1 << 24; /* 3 x 128 MiB */
+    double *a = malloc(n * 8), *b = malloc(n * 8), *c = malloc(n * 8);
+    for (size_t i = 0; i < n; i++)
+        b[i] = 1.0, c[i] = 2.0, a[i] = 0;
+    double t[7];
+    for (int r = 0; r < 5; r++) {
+        double t0 = now();
+        for (size_t i = 0; i < n; i++)
+            a[i] = b[i] + 3.0 * c[i];
+        t[r] = now() - t0;
+    }
+    volatile double sink = a[n / 2];
+    (void)sink;
+    struct stat3 s = summarize(t, 5);
+    free(a), free(b), free(c);
+    return 3.0 * n * 8 / s.med * 1e-9;
+}
+
+/* ---- 2. per-step update ---- */
+
+static struct stat3 step_update(struct grist_backend *be, uint32_t cov_dim, int steps)
+{
+    struct grist_stats_config cfg;
+    grist_stats_config_default(&cfg);
+    cfg.m = 1024;
+    cfg.lags = 16;
+    cfg.cov_dim = cov_dim;
+    cfg.ncand = 32;
+    for (uint32_t j = 0; j < 32; j++)
+        cfg.cand[j] = j == 0 ? 0.0 : 1.0 - pow(2.0, -(double)j / 4.0);
+    struct grist_stats *st;
+    if (grist_stats_new(be, &cfg, &st) < 0)
+        return (struct stat3){NAN, NAN, NAN};
+    struct grist_rng r;
+    grist_rng_seed(&r, 1);
+    float *sk = malloc(1024 * 4);
+    for (int i = 0; i < 1024; i++)
+        sk[i] = (float)grist_rng_normal(&r);
+    struct grist_step s = {sk, 1024, 1, NULL, 32};
+    for (int i = 0; i < 32; i++)
+        grist_stats_update(st, &s, 1);
+    double t[32];
+    for (int rep = 0; rep < g_reps; rep++) {
+        double t0 = now();
+        for (int i = 0; i < steps; i++)
+            grist_stats_update(st, &s, 1);
+        t[rep] = (now() - t0) / steps;
+    }
+    grist_stats_free(st);
+    free(sk);
+    return summarize(t, g_reps);
+}
+
+/* ---- 3. covariance path ---- */
+
+struct covres {
+    struct stat3 path, dsyrk, ssyrk;
+};
+
+static struct covres cov_bench(struct grist_backend *be, int n, int b)
+{
+    struct covres res;
+    const int m = n < 1024 ? 1024 : n; /* sketch at least as large as the fold */
+    struct grist_rng r;
+    grist_rng_seed(&r, 2);
+    double *sk = malloc((size_t)m * 8);
+    double *A = malloc((size_t)n * b * 8), *C = calloc((size_t)n * n, 8);
+    float *As = malloc((size_t)n * b * 4), *Cs = calloc((size_t)n * n, 4);
+    for (int i = 0; i < m; i++)
+        sk[i] = grist_rng_normal(&r);
+    for (size_t i = 0; i < (size_t)n * b; i++)
+        A[i] = grist_rng_normal(&r), As[i] = (float)A[i];
+    /* the real code path of grist_stats_update: per step fold + scale + stage
+     * (grist__stats_cov_push), one SYRK per b steps */
+    struct grist_stats_config cfg;
+    grist_stats_config_default(&cfg);
+    cfg.m = (uint32_t)m;
+    cfg.cov_dim = (uint32_t)n;
+    cfg.cov_batch = (uint32_t)b;
+    cfg.ncand = 1;
+    cfg.lags = 1;
+    struct grist_stats *st;
+    grist_stats_new(be, &cfg, &st);
+    const int iters = n >= 4096 ? 2 : n >= 1024 ? 5 : 40;
+    double t[32];
+    for (int rep = 0; rep < g_reps; rep++) {
+        double t0 = now();
+        for (int it = 0; it < iters; it++)
+            for (int s = 0; s < b; s++)
+                grist__stats_cov_push(st, sk);
+        t[rep] = (now() - t0) / iters;
+    }
+    res.path = summarize(t, g_reps);
+    grist_stats_free(st);
+    for (int rep = 0; rep < g_reps; rep++) {
+        double t0 = now();
+        for (int it = 0; it < iters; it++)
+            cblas_dsyrk(CblasColMajor, CblasLower, CblasNoTrans, n, b, 0.5, A, n, 0.95, C, n);
+        t[rep] = (now() - t0) / iters;
+    }
+    res.dsyrk = summarize(t, g_reps);
+    for (int rep = 0; rep < g_reps; rep++) {
+        double t0 = now();
+        for (int it = 0; it < iters; it++)
+            cblas_ssyrk(CblasColMajor, CblasLower, CblasNoTrans, n, b, 0.5f, As, n, 0.95f, Cs, n);
+        t[rep] = (now() - t0) / iters;
+    }
+    res.ssyrk = summarize(t, g_reps);
+    free(sk), free(A), free(C), free(As), free(Cs);
+    return res;
+}
+
+static struct stat3 eig_bench(struct grist_backend *be, int n)
+{
+    struct grist_rng r;
+    grist_rng_seed(&r, 3);
+    const size_t nn = (size_t)n * n;
+    double *A = malloc(nn * 8), *w = malloc((size_t)n * 8), *U = malloc(nn * 8);
+    for (int j = 0; j < n; j++)
+        for (int i = j; i < n; i++)
+            A[i + (size_t)j * n] = A[j + (size_t)i * n] = grist_rng_normal(&r);
+    double *Ad = be->ops.alloc(be, nn * 8);
+    be->ops.upload(be, Ad, A, nn * 8);
+    const int reps = n >= 2048 ? 3 : g_reps;
+    double t[32];
+    for (int rep = 0; rep < reps; rep++) {
+        double t0 = now();
+        be->ops.syevd(be, n, Ad, w, U);
+        t[rep] = now() - t0;
+    }
+    be->ops.free(be, Ad);
+    free(A), free(w), free(U);
+    return summarize(t, reps);
+}
+
+int main(int argc, char **argv)
+{
+    int full = 0, quick = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--full"))
+            full = 1;
+        else if (!strcmp(argv[i], "--quick"))
+            quick = 1;
+    }
+    if (quick)
+        g_reps = 3;
+    const int ncpu = openblas_get_num_procs();
+    printf("## Machine limits\n\n");
+    const double peak1 = dgemm_gflops(1536, 1), peakn = dgemm_gflops(1536, ncpu);
+    printf("| measure | value |\n|---|---|\n");
+    printf("| dgemm 1536^3, 1 thread | %.1f GFLOP/s |\n", peak1);
+    printf("| dgemm 1536^3, %d threads | %.1f GFLOP/s |\n", ncpu, peakn);
+    printf("| triad a = b + 3c, 3 x 128 MiB, 1 thread | %.1f GB/s |\n\n", triad_gbs());
+
+    const char *names[] = {"ref", "cpu", "cuda"};
+    printf("## Per-step statistics update (K = 32, m = 1024, L = 16), one group, 1 thread\n\n");
+    printf("| backend | covariance | us/step median | min | max | GB/s of V+ring traffic |\n|---|---|---|---|---|---|\n");
+    for (int b = 0; b < 3; b++) {
+        if (!grist_backend_usable(names[b]))
+            continue;
+        struct grist_backend *be;
+        grist__backend_open_named(names[b], &be);
+        grist_backend_set_threads(be, 1);
+        const uint32_t covs[] = {0, 256};
+        for (int c = 0; c < 2; c++) {
+            struct stat3 s = step_update(be, covs[c], quick ? 200 : 1000);
+            /* V read + written (2 K m), ring read (L m), doubles */
+            const double bytes = (2.0 * 32 * 1024 + 16.0 * 1024) * 8;
+            printf("| %s | %s | %.1f | %.1f | %.1f | %.1f |\n", names[b],
+                   covs[c] ? "m_cov 256, batch 16" : "none", s.med * 1e6, s.min * 1e6,
+                   s.max * 1e6, bytes / s.med * 1e-9);
+        }
+        grist_backend_close(be);
+    }
+
+    printf("\n## Covariance update: grist path (fold + scale + stage b steps + SYRK) vs bare OpenBLAS, 1 thread\n\n");
+    printf("| m_cov | b | grist ms/update | bare dsyrk ms | grist / dsyrk rate | bare ssyrk ms | grist GFLOP/s | %% of 1-thread dgemm peak |\n|---|---|---|---|---|---|---|---|\n");
+    struct grist_backend *cpu;
+    grist__backend_open_named("cpu", &cpu);
+    grist_backend_set_threads(cpu, 1);
+    openblas_set_num_threads(1);
+    const int ms[] = {256, 1024, 4096}, bs[] = {1, 16, 64};
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++) {
+            if (quick && ms[i] == 4096)
+                continue;
+            struct covres r = cov_bench(cpu, ms[i], bs[j]);
+            const double flops = (double)ms[i] * (ms[i] + 1) * bs[j];
+            printf("| %d | %d | %.3f | %.3f | %.2f | %.3f | %.2f | %.0f%% |\n", ms[i], bs[j],
+                   r.path.med * 1e3, r.dsyrk.med * 1e3, r.dsyrk.med / r.path.med, r.ssyrk.med * 1e3,
+                   flops / r.path.med * 1e-9, 100.0 * flops / r.path.med * 1e-9 / peak1);
+        }
+
+    printf("\n## Symmetric eigendecomposition (values + vectors)\n\n");
+    printf("| backend | n | threads | s median | min | max |\n|---|---|---|---|---|---|\n");
+    for (int b = 0; b < 3; b++) {
+        if (!grist_backend_usable(names[b]))
+            continue;
+        struct grist_backend *be;
+        grist__backend_open_named(names[b], &be);
+        const int ns[] = {256, 1024, 4096};
+        for (int i = 0; i < 3; i++) {
+            if (ns[i] == 4096 && !full)
+                continue;
+            if (b == 0 && ns[i] > 256)
+                continue; /* Jacobi oracle: O(n^3) per sweep */
+            const int th = b == 1 ? ncpu : 1;
+            grist_backend_set_threads(be, th);
+            struct stat3 s = eig_bench(be, ns[i]);
+            printf("| %s | %d | %d | %.4f | %.4f | %.4f |\n", names[b], ns[i], th, s.med, s.min, s.max);
+        }
+        grist_backend_close(be);
+    }
+    grist_backend_close(cpu);
+    return 0;
+}
