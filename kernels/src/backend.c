@@ -17,8 +17,13 @@ static int fill(const char *name, struct grist_backend_ops *ops)
         grist__backend_ref_fill(ops);
         return 0;
     }
-    if (strcmp(name, "cpu") == 0)
+    if (strcmp(name, "cpu") == 0) {
+#if GRIST_HAVE_CPU
         return grist__backend_cpu_fill(ops);
+#else
+        return GRIST_ENOBACKEND;
+#endif
+    }
     if (strcmp(name, "cuda") == 0) {
 #if GRIST_HAVE_CUDA
         return grist__backend_cuda_fill(ops);
