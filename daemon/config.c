@@ -38,6 +38,39 @@ static const struct opt table[] = {
     {"log-level", OPT_STR, F(log_level), "info", 0, 0, "error, warn, info or debug"},
     {"max-message-bytes", OPT_INT, F(max_message_bytes), "67108864", 1024, 1 << 30,
      "largest gRPC message accepted or sent"},
+    {"max-jobs", OPT_INT, F(max_jobs), "1024", 1, 1 << 20,
+     "jobs served at once; a Hello for one more is refused with RESOURCE_EXHAUSTED"},
+    {"max-groups", OPT_INT, F(max_groups), "256", 1, 65536, "parameter groups per job"},
+    {"max-workers", OPT_INT, F(max_workers), "4096", 1, 1 << 20, "world size of a job"},
+    {"max-sketch-dim", OPT_INT, F(max_sketch_dim), "65536", 64, 65536,
+     "largest sketch dimension m a worker may choose"},
+    {"compute-queue", OPT_INT, F(compute_queue), "4096", 16, 1 << 20,
+     "aggregated steps waiting for the compute thread; beyond it steps are dropped and counted"},
+    {"cov-dim", OPT_INT, F(cov_dim), "256", 0, 65536,
+     "fold the sketch covariance to this many dimensions (power of two; 0 = no covariance)"},
+    {"lags", OPT_INT, F(lags), "16", 2, 64, "autocorrelation lags L"},
+    {"cov-batch", OPT_INT, F(cov_batch), "16", 1, 256, "steps per rank-b covariance update"},
+    {"solve-every", OPT_INT, F(solve_every), "50", 1, 1 << 20,
+     "steps between selections and family solves (a job may ask for its own)"},
+    {"min-steps", OPT_INT, F(min_steps), "20", 0, 1 << 20, "no push before this many steps"},
+    {"hysteresis-h", OPT_INT, F(hysteresis_h), "3", 1, 1000,
+     "consecutive evaluations that must agree before beta moves"},
+    {"history", OPT_INT, F(history), "4096", 16, 1 << 22,
+     "evaluations kept per group in the history ring"},
+    {"blas-threads", OPT_INT, F(blas_threads), "1", 1, 256, "threads of the host BLAS"},
+    {"ema-gamma", OPT_DBL, F(ema_gamma), "0.95", 0.5, 0.9999, "EMA decay of every statistic"},
+    {"hysteresis-z", OPT_DBL, F(hysteresis_z), "2", 0, 100,
+     "standard errors by which the best candidate must lead"},
+    {"beta-min", OPT_DBL, F(beta_min), "0", 0, 0.9999, "smallest beta ever pushed"},
+    {"beta-max", OPT_DBL, F(beta_max), "0.995", 0, 0.9999, "largest beta ever pushed"},
+    {"aggregation-timeout", OPT_DBL, F(aggregation_timeout), "2", 0.001, 3600,
+     "seconds to wait for every rank of a step before aggregating those that reported"},
+    {"idle-expiry", OPT_DBL, F(idle_expiry), "3600", 1, 1e9,
+     "seconds after its last worker left before a job and its statistics are dropped"},
+    {"mode", OPT_STR, F(mode), "per_group", 0, 0, "per_group or global"},
+    {"noise-correction", OPT_STR, F(noise_correction), "auto", 0, 0, "off, workers, acf or auto"},
+    {"lr-coupling", OPT_STR, F(lr_coupling), "none", 0, 0, "none, dc, energy or radius"},
+    {"select-on", OPT_STR, F(select_on), "train", 0, 0, "train or validation"},
 };
 
 #define NOPT (sizeof(table) / sizeof(table[0]))
@@ -121,7 +154,9 @@ void grist__config_help(FILE *f)
         const struct opt *o = &table[i];
         const char *t = o->type == OPT_INT ? "INT" : o->type == OPT_DBL ? "NUM" : "STR";
         fprintf(f, "  --%s %s (default: %s", o->name, t, o->def);
-        if (o->type == OPT_INT || o->type == OPT_DBL)
+        if (o->type == OPT_INT)
+            fprintf(f, "; range %.0f..%.0f", o->min, o->max);
+        else if (o->type == OPT_DBL)
             fprintf(f, "; range %g..%g", o->min, o->max);
         fprintf(f, ")\n      %s\n", o->help);
     }

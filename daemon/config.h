@@ -18,6 +18,29 @@ struct grist_config {
     char backend[16];
     char log_level[16];
     int64_t max_message_bytes;
+    int64_t max_jobs;
+    int64_t max_groups;
+    int64_t max_workers;
+    int64_t max_sketch_dim;
+    int64_t compute_queue;
+    int64_t cov_dim;
+    int64_t lags;
+    int64_t cov_batch;
+    int64_t solve_every;
+    int64_t min_steps;
+    int64_t hysteresis_h;
+    int64_t history;
+    int64_t blas_threads;
+    double ema_gamma;
+    double hysteresis_z;
+    double beta_min;
+    double beta_max;
+    double aggregation_timeout;
+    double idle_expiry;
+    char mode[16];
+    char noise_correction[16];
+    char lr_coupling[16];
+    char select_on[16];
 };
 
 /** Fill every field with its default from the table. */

@@ -257,14 +257,20 @@ int grist__stats_cov_push(struct grist_stats *st, const double *s)
             f[i] += sl[i];
     }
     const double w = st->npending ? st->pend_w * st->pend_w_step : sqrt(1.0 - g);
+    /* host backends: write the scaled column straight into its slot */
+    const int host = st->be->ops.upload == grist__host_upload;
+    double *restrict col = st->pending + (size_t)st->npending * mc;
+    double *restrict dst = host ? col : f;
     for (uint32_t i = 0; i < mc; i++) {
-        st->mu[i] = g * st->mu[i] + (1.0 - g) * f[i];
-        f[i] *= w;
+        const double x = f[i];
+        st->mu[i] = g * st->mu[i] + (1.0 - g) * x;
+        dst[i] = x * w;
     }
-    int r = st->be->ops.upload(st->be, st->pending + (size_t)st->npending * mc, f,
-                               mc * sizeof(double));
-    if (r < 0)
-        return r;
+    if (!host) {
+        int r = st->be->ops.upload(st->be, col, f, mc * sizeof(double));
+        if (r < 0)
+            return r;
+    }
     st->pend_w = w;
     st->npending++;
     st->cov_steps++;

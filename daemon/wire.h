@@ -1,0 +1,111 @@
+/*
+ * Decoding and validation of the wire contract: pure functions over bytes,
+ * testable and fuzzable without a socket (tests/fuzz). protobuf-c messages
+ * never leave this file: callers get the daemon's own structs.
+ */
+#ifndef GRIST_DAEMON_WIRE_H
+#define GRIST_DAEMON_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "grist/select.h"
+
+/* Outcome of a decode; maps to a gRPC status in attach.c. */
+enum grist_wire_status {
+    GRIST_WIRE_OK = 0,
+    GRIST_WIRE_INVALID,   /* INVALID_ARGUMENT */
+    GRIST_WIRE_EXHAUSTED, /* RESOURCE_EXHAUSTED: over a limit */
+    GRIST_WIRE_NOMEM,     /* RESOURCE_EXHAUSTED: out of memory */
+};
+
+struct grist_limits {
+    uint32_t max_groups;
+    uint32_t max_workers;
+    uint32_t max_sketch_dim;
+};
+
+#define GRIST_JOB_ID_MAX 128
+#define GRIST_GROUP_NAME_MAX 64
+
+struct grist_group_spec {
+    char name[GRIST_GROUP_NAME_MAX + 1];
+    uint64_t n;
+    enum grist_form form;
+    double lr;
+    double beta0;
+};
+
+/* What a worker asked for; zero / empty fields mean "the daemon's default". */
+struct grist_policy_req {
+    char mode[16], noise[16], coupling[16], select_on[16];
+    uint32_t ncand;
+    double cand[GRIST_MAX_CANDIDATES];
+    double beta_min, beta_max, z, gamma, radius;
+    uint32_t min_steps, solve_every, h;
+};
+
+struct grist_hello {
+    char job_id[GRIST_JOB_ID_MAX + 1];
+    uint32_t rank, world;
+    uint32_t m;
+    uint32_t ngroups;
+    struct grist_group_spec *groups; /* ngroups, malloc'd; grist__hello_free() */
+    struct grist_policy_req policy;
+};
+
+struct grist_summary {
+    uint64_t step;
+    uint32_t ngroups, m;
+    int validation;      /* every group carries a validation sketch */
+    double *sq_norm;     /* ngroups */
+    uint32_t *batch;     /* ngroups */
+    float *sketch;       /* ngroups * m, group-major */
+};
+
+enum grist_wmsg_kind { GRIST_WMSG_HELLO = 1, GRIST_WMSG_SUMMARY = 2 };
+
+/**
+ * Decode one WorkerMessage. A Hello is checked against lim; a Summary
+ * against the job it belongs to (ngroups, m; pass 0, 0 before Hello: the
+ * caller refuses the summary with FAILED_PRECONDITION anyway).
+ *
+ * @param kind  receives the message kind on GRIST_WIRE_OK.
+ * @param err   receives a message naming the offending field.
+ * @return a grist_wire_status; on OK exactly one of hello/summary is filled
+ *         and owns memory (free with grist__hello_free/grist__summary_free).
+ */
+enum grist_wire_status grist__decode_worker(const uint8_t *buf, size_t len,
+                                            const struct grist_limits *lim, uint32_t ngroups,
+                                            uint32_t m, enum grist_wmsg_kind *kind,
+                                            struct grist_hello *hello,
+                                            struct grist_summary *summary, char *err,
+                                            size_t errsz);
+
+void grist__hello_free(struct grist_hello *h);
+void grist__summary_free(struct grist_summary *s);
+
+/** The effective policy of a job: daemon defaults overridden by a request. */
+struct grist_job_policy {
+    struct grist_policy sel;   /* kernels' selection policy */
+    uint32_t solve_every;
+    double gamma;
+    uint32_t ncand;
+    double cand[GRIST_MAX_CANDIDATES];
+};
+
+/** Merge a request into defaults; @return 0 or -1 with err naming the field. */
+int grist__policy_merge(const struct grist_job_policy *defaults, const struct grist_policy_req *req,
+                        struct grist_job_policy *out, char *err, size_t errsz);
+
+/* Encoders: malloc'd buffers, NULL on ENOMEM. */
+struct grist_push_group {
+    double momentum, lr_scale, lr, confidence;
+    const char *reason;
+};
+uint8_t *grist__encode_welcome(uint64_t session, uint32_t seed, const struct grist_job_policy *p,
+                               size_t *len);
+uint8_t *grist__encode_hyperparams(uint64_t version, uint64_t step, uint32_t ngroups,
+                                   const struct grist_push_group *g, size_t *len);
+
+#endif
