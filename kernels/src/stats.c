@@ -219,6 +219,8 @@ static int check_step(const struct grist_stats *st, const struct grist_step *s)
     if (s->nworkers >= 2 && s->worker_sketches &&
         !all_finite(s->worker_sketches, (size_t)s->nworkers * m))
         return GRIST_ENONFINITE;
+    if (s->has_worker_sq && !(isfinite(s->worker_sq_sum) && s->worker_sq_sum >= 0.0))
+        return GRIST_ENONFINITE;
     return 0;
 }
 
@@ -277,6 +279,14 @@ int grist__stats_cov_push(struct grist_stats *st, const double *s)
     if (st->npending == st->cfg.cov_batch)
         return grist__stats_cov_flush(st);
     return 0;
+}
+
+static void noise_update(struct grist_stats *st, double v, uint32_t W)
+{
+    const double g = st->cfg.gamma;
+    st->noise_loc = ema(st->noise_loc, v, g);
+    st->noise_mean = ema(st->noise_mean, v / W, g);
+    st->worker_steps++;
 }
 
 static int apply_step(struct grist_stats *st, const struct grist_step *in)
@@ -350,9 +360,11 @@ static int apply_step(struct grist_stats *st, const struct grist_step *in)
             }
         }
         v /= (double)(W - 1);
-        st->noise_loc = ema(st->noise_loc, v, g);
-        st->noise_mean = ema(st->noise_mean, v / W, g);
-        st->worker_steps++;
+        noise_update(st, v, W);
+    } else if (in->nworkers >= 2 && in->has_worker_sq) {
+        const uint32_t W = in->nworkers;
+        double v = (in->worker_sq_sum - (double)W * r0) / (double)(W - 1);
+        noise_update(st, v > 0.0 ? v : 0.0, W);
     }
     st->batch_ema = ema(st->batch_ema, in->batch_size, g);
     st->nworkers_ema = ema(st->nworkers_ema, in->nworkers, g);

@@ -60,6 +60,10 @@ struct grist_step {
     uint32_t nworkers;     /**< W: ranks that reported this step (>= 1) */
     const float *worker_sketches; /**< nworkers * m floats, or NULL; used when W >= 2 */
     uint32_t batch_size;   /**< local batch size b of one worker */
+    int has_worker_sq;     /**< when worker_sketches is NULL and W >= 2: use worker_sq_sum */
+    double worker_sq_sum;  /**< sum over the W workers of |s_w|^2; with the mean this gives
+                                sum_w |s_w - s-bar|^2 = worker_sq_sum - W |s-bar|^2 without
+                                keeping W sketches (the daemon's aggregation) */
 };
 
 /**

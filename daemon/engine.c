@@ -1,0 +1,543 @@
+/*
+ * DESIGN: the compute thread (see engine.h).
+ *
+ * Threads: the loop enqueues work items under e->mu and signals e->cv; the
+ * compute thread takes the whole queue at once, applies it, and posts
+ * results to e->out (also under e->mu) with uv_async_send. Only the compute
+ * thread touches the backend and the statistics (e_job), so a cuda backend's
+ * handle and stream stay on one thread.
+ *
+ * Order: items of one job are applied in queue order. Consecutive steps of a
+ * job within one taken batch are applied as one grist_stats_update() of n
+ * steps per group (the covariance takes them as one rank-b SYRK): when the
+ * thread falls behind, work merges instead of piling up. Control items
+ * (create, drop) never count against the capacity and are never dropped.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+#include "log.h"
+
+enum item_kind { IT_CREATE, IT_STEP, IT_VALIDATION, IT_DROP, IT_STOP };
+
+struct item {
+    struct item *next;
+    enum item_kind kind;
+    uint64_t key, step;
+    uint32_t nworkers, ngroups, m;
+    struct grist_engine_job_spec *spec; /* IT_CREATE */
+    float *sketch;                      /* ngroups * m */
+    double *worker_sq;                  /* ngroups */
+    uint32_t *batch;                    /* ngroups */
+};
+
+struct e_job {
+    struct e_job *next; /* hash chain */
+    uint64_t key;
+    uint32_t ngroups, m;
+    struct grist_job_policy policy;
+    struct grist_stats **stats;
+    struct grist_selector *sel;
+    uint64_t steps, last_step, next_solve;
+    /* steps of the current batch */
+    struct item **pend;
+    uint32_t npend, cap_pend;
+    struct e_job *dirty_next;
+    int dirty;
+};
+
+#define NBUCKET 1024
+
+struct grist_engine {
+    uv_loop_t *loop;
+    struct grist_backend *be;
+    uv_thread_t thread;
+    uv_mutex_t mu;
+    uv_cond_t cv;
+    struct item *head, *tail; /* in */
+    uint32_t depth, capacity;
+    struct grist_engine_result *out_head, *out_tail;
+    uv_async_t async;
+    grist_engine_result_fn *cb;
+    void *ud;
+    void (*done)(void *ud);
+    int stopped;
+    struct grist_engine_counters cnt; /* guarded by mu */
+    /* compute thread only */
+    struct e_job *jobs[NBUCKET];
+};
+
+static void item_free(struct item *it)
+{
+    if (!it)
+        return;
+    if (it->spec) {
+        free((void *)it->spec->groups);
+        free(it->spec);
+    }
+    free(it->sketch);
+    free(it->worker_sq);
+    free(it->batch);
+    free(it);
+}
+
+static struct e_job **slot(struct grist_engine *e, uint64_t key)
+{
+    struct e_job **p = &e->jobs[key % NBUCKET];
+    while (*p && (*p)->key != key)
+        p = &(*p)->next;
+    return p;
+}
+
+static void job_free(struct e_job *j)
+{
+    if (!j)
+        return;
+    for (uint32_t g = 0; g < j->ngroups && j->stats; g++)
+        grist_stats_free(j->stats[g]);
+    free(j->stats);
+    free(j->sel);
+    free(j->pend);
+    free(j);
+}
+
+static void post(struct grist_engine *e, struct grist_engine_result *r)
+{
+    uv_mutex_lock(&e->mu);
+    r->next = NULL;
+    if (e->out_tail)
+        e->out_tail->next = r;
+    else
+        e->out_head = r;
+    e->out_tail = r;
+    uv_mutex_unlock(&e->mu);
+    uv_async_send(&e->async);
+}
+
+static void do_create(struct grist_engine *e, struct item *it)
+{
+    const struct grist_engine_job_spec *sp = it->spec;
+    struct e_job **p = slot(e, sp->key);
+    if (*p) { /* a re-created job replaces the old state */
+        struct e_job *old = *p;
+        *p = old->next;
+        job_free(old);
+    }
+    struct e_job *j = calloc(1, sizeof(*j));
+    if (!j)
+        goto fail;
+    j->key = sp->key;
+    j->ngroups = sp->ngroups;
+    j->m = sp->m;
+    j->policy = sp->policy;
+    j->next_solve = sp->policy.solve_every;
+    j->stats = calloc(sp->ngroups, sizeof(*j->stats));
+    j->sel = calloc(sp->ngroups, sizeof(*j->sel));
+    if (!j->stats || !j->sel)
+        goto fail;
+    struct grist_stats_config cfg;
+    grist_stats_config_default(&cfg);
+    cfg.m = sp->m;
+    cfg.cov_dim = sp->cov_dim;
+    cfg.lags = sp->lags;
+    cfg.cov_batch = sp->cov_batch;
+    cfg.gamma = sp->policy.gamma;
+    cfg.ncand = sp->policy.ncand;
+    memcpy(cfg.cand, sp->policy.cand, cfg.ncand * sizeof(double));
+    for (uint32_t g = 0; g < sp->ngroups; g++) {
+        int r = grist_stats_new(e->be, &cfg, &j->stats[g]);
+        if (r < 0) {
+            GRIST_ERR("job %llx group %u: statistics: %s", (unsigned long long)sp->key, g,
+                      grist_strerror(r));
+            goto fail;
+        }
+        grist_selector_init(&j->sel[g], sp->groups[g].form, sp->groups[g].beta0, sp->groups[g].n,
+                            cfg.cand, cfg.ncand);
+    }
+    j->next = NULL;
+    *slot(e, sp->key) = j;
+    return;
+fail:
+    job_free(j);
+    GRIST_ERR("job %llx: cannot create its statistics", (unsigned long long)sp->key);
+}
+
+static void evaluate(struct grist_engine *e, struct e_job *j)
+{
+    struct grist_engine_result *r =
+        calloc(1, sizeof(*r) + j->ngroups * sizeof(struct grist_engine_group_result));
+    if (!r)
+        return;
+    r->key = j->key;
+    r->step = j->last_step;
+    r->steps = j->steps;
+    r->ngroups = j->ngroups;
+    struct grist_choice *ch = calloc(j->ngroups, sizeof(*ch));
+    if (!ch) {
+        free(r);
+        return;
+    }
+    if (j->policy.sel.mode == GRIST_MODE_GLOBAL) {
+        if (grist_select_global(&j->policy.sel, j->sel, j->stats, j->ngroups, ch) < 0)
+            r->error = -EINVAL;
+    } else {
+        for (uint32_t g = 0; g < j->ngroups; g++)
+            grist_select_group(&j->policy.sel, &j->sel[g], j->stats[g], &ch[g]);
+    }
+    for (uint32_t g = 0; g < j->ngroups; g++) {
+        struct grist_engine_group_result *o = &r->groups[g];
+        o->choice = ch[g];
+        snprintf(o->reason, sizeof(o->reason), "%s", ch[g].reason ? ch[g].reason : "");
+        o->choice.reason = NULL; /* static text copied above */
+        struct grist_stats_view v;
+        grist_stats_get_view(j->stats[g], &v);
+        o->ncand = v.ncand;
+        o->steps = v.steps;
+        for (uint32_t k = 0; k < v.ncand; k++) {
+            o->cand[k] = v.cand[k];
+            o->J[k] = v.J[k];
+            o->J_se[k] = grist_stats_diff_se(j->stats[g], k, k);
+        }
+        if (grist_stats_cov_dim(j->stats[g]) && grist_stats_families(j->stats[g], 1e-12, &o->fam) == 0)
+            o->have_families = 1;
+    }
+    free(ch);
+    post(e, r);
+    uv_mutex_lock(&e->mu);
+    e->cnt.evaluations++;
+    uv_mutex_unlock(&e->mu);
+}
+
+static void flush(struct grist_engine *e, struct e_job *j)
+{
+    if (j->npend == 0)
+        return;
+    const uint32_t n = j->npend, m = j->m;
+    struct grist_step *steps = calloc(n, sizeof(*steps));
+    int err = 0;
+    if (!steps) {
+        err = -ENOMEM;
+    } else {
+        for (uint32_t g = 0; g < j->ngroups && !err; g++) {
+            for (uint32_t i = 0; i < n; i++) {
+                const struct item *it = j->pend[i];
+                steps[i] = (struct grist_step){
+                    .sketch = it->sketch + (size_t)g * m,
+                    .len = m,
+                    .nworkers = it->nworkers,
+                    .batch_size = it->batch[g],
+                    .has_worker_sq = it->nworkers >= 2,
+                    .worker_sq_sum = it->worker_sq[g],
+                };
+            }
+            int r = grist_stats_update(j->stats[g], steps, n);
+            if (r < 0) {
+                /* input was validated by the loop; only a device failure gets here */
+                GRIST_ERR("job %llx group %u: update failed: %s", (unsigned long long)j->key, g,
+                          grist_strerror(r));
+                err = r;
+            }
+        }
+    }
+    free(steps);
+    if (!err) {
+        j->steps += n;
+        j->last_step = j->pend[n - 1]->step;
+    }
+    for (uint32_t i = 0; i < n; i++)
+        item_free(j->pend[i]);
+    j->npend = 0;
+    uv_mutex_lock(&e->mu);
+    e->cnt.applied += err ? 0 : n;
+    e->cnt.batches++;
+    uv_mutex_unlock(&e->mu);
+    if (!err && j->steps >= j->next_solve) {
+        const uint32_t every = j->policy.solve_every ? j->policy.solve_every : 1;
+        j->next_solve = (j->steps / every + 1) * every;
+        evaluate(e, j);
+    }
+}
+
+static void thread_main(void *arg)
+{
+    struct grist_engine *e = arg;
+    for (;;) {
+        uv_mutex_lock(&e->mu);
+        while (!e->head)
+            uv_cond_wait(&e->cv, &e->mu);
+        struct item *list = e->head;
+        e->head = e->tail = NULL;
+        e->depth = 0;
+        uv_mutex_unlock(&e->mu);
+
+        struct e_job *dirty = NULL;
+        int stop = 0;
+        while (list) {
+            struct item *it = list;
+            list = it->next;
+            it->next = NULL;
+            struct e_job *j = it->kind == IT_STOP ? NULL : *slot(e, it->key);
+            if (j && it->kind != IT_STEP)
+                flush(e, j);
+            switch (it->kind) {
+            case IT_CREATE:
+                do_create(e, it);
+                item_free(it);
+                break;
+            case IT_DROP:
+                if (j) {
+                    struct e_job **p = slot(e, it->key);
+                    *p = j->next;
+                    if (j->dirty) { /* unlink from the dirty list */
+                        for (struct e_job **d = &dirty; *d; d = &(*d)->dirty_next)
+                            if (*d == j) {
+                                *d = j->dirty_next;
+                                break;
+                            }
+                    }
+                    job_free(j);
+                }
+                item_free(it);
+                break;
+            case IT_VALIDATION:
+                for (uint32_t g = 0; j && g < j->ngroups && g < it->ngroups; g++)
+                    grist_stats_validation(j->stats[g], it->sketch + (size_t)g * it->m, it->m);
+                item_free(it);
+                break;
+            case IT_STEP:
+                if (!j || it->ngroups != j->ngroups || it->m != j->m) {
+                    item_free(it);
+                    break;
+                }
+                if (j->npend == j->cap_pend) {
+                    uint32_t cap = j->cap_pend ? j->cap_pend * 2 : 16;
+                    struct item **p = realloc(j->pend, cap * sizeof(*p));
+                    if (!p) {
+                        item_free(it);
+                        break;
+                    }
+                    j->pend = p;
+                    j->cap_pend = cap;
+                }
+                j->pend[j->npend++] = it;
+                if (!j->dirty) {
+                    j->dirty = 1;
+                    j->dirty_next = dirty;
+                    dirty = j;
+                }
+                break;
+            case IT_STOP:
+                stop = 1;
+                item_free(it);
+                break;
+            }
+        }
+        for (struct e_job *j = dirty; j; j = j->dirty_next) {
+            flush(e, j);
+            j->dirty = 0;
+        }
+        if (stop)
+            break;
+    }
+    for (size_t b = 0; b < NBUCKET; b++)
+        while (e->jobs[b]) {
+            struct e_job *j = e->jobs[b];
+            e->jobs[b] = j->next;
+            job_free(j);
+        }
+}
+
+static void on_async(uv_async_t *a)
+{
+    struct grist_engine *e = a->data;
+    uv_mutex_lock(&e->mu);
+    struct grist_engine_result *r = e->out_head;
+    e->out_head = e->out_tail = NULL;
+    uv_mutex_unlock(&e->mu);
+    while (r) {
+        struct grist_engine_result *next = r->next;
+        if (e->stopped)
+            free(r);
+        else
+            e->cb(e->ud, r); /* the callback owns r */
+        r = next;
+    }
+}
+
+int grist__engine_start(struct grist_engine **out, uv_loop_t *loop, struct grist_backend *be,
+                        uint32_t capacity, grist_engine_result_fn *cb, void *ud)
+{
+    struct grist_engine *e = calloc(1, sizeof(*e));
+    if (!e)
+        return -ENOMEM;
+    e->loop = loop;
+    e->be = be;
+    e->capacity = capacity;
+    e->cb = cb;
+    e->ud = ud;
+    uv_mutex_init(&e->mu);
+    uv_cond_init(&e->cv);
+    uv_async_init(loop, &e->async, on_async);
+    e->async.data = e;
+    if (uv_thread_create(&e->thread, thread_main, e) != 0) {
+        uv_close((uv_handle_t *)&e->async, NULL);
+        free(e);
+        return -ENOMEM;
+    }
+    *out = e;
+    return 0;
+}
+
+static void push(struct grist_engine *e, struct item *it)
+{
+    if (e->tail)
+        e->tail->next = it;
+    else
+        e->head = it;
+    e->tail = it;
+    uv_cond_signal(&e->cv);
+}
+
+static void on_async_closed(uv_handle_t *h)
+{
+    struct grist_engine *e = h->data;
+    void (*done)(void *) = e->done;
+    void *ud = e->ud;
+    uv_mutex_destroy(&e->mu);
+    uv_cond_destroy(&e->cv);
+    grist_backend_close(e->be);
+    free(e);
+    if (done)
+        done(ud);
+}
+
+void grist__engine_stop(struct grist_engine *e, void (*done)(void *ud))
+{
+    struct item *it = calloc(1, sizeof(*it));
+    uv_mutex_lock(&e->mu);
+    if (it) {
+        it->kind = IT_STOP;
+        push(e, it);
+    }
+    uv_mutex_unlock(&e->mu);
+    uv_thread_join(&e->thread);
+    /* drop undelivered results and anything queued after STOP */
+    struct item *rest = e->head;
+    while (rest) {
+        struct item *n = rest->next;
+        item_free(rest);
+        rest = n;
+    }
+    struct grist_engine_result *r = e->out_head;
+    while (r) {
+        struct grist_engine_result *n = r->next;
+        free(r);
+        r = n;
+    }
+    e->out_head = e->out_tail = NULL;
+    e->stopped = 1;
+    e->done = done;
+    uv_close((uv_handle_t *)&e->async, on_async_closed);
+}
+
+int grist__engine_create_job(struct grist_engine *e, const struct grist_engine_job_spec *spec)
+{
+    struct item *it = calloc(1, sizeof(*it));
+    struct grist_engine_job_spec *sp = malloc(sizeof(*sp));
+    struct grist_group_spec *gs = malloc(spec->ngroups * sizeof(*gs));
+    if (!it || !sp || !gs) {
+        free(it), free(sp), free(gs);
+        return -ENOMEM;
+    }
+    *sp = *spec;
+    memcpy(gs, spec->groups, spec->ngroups * sizeof(*gs));
+    sp->groups = gs;
+    it->kind = IT_CREATE;
+    it->key = spec->key;
+    it->spec = sp;
+    uv_mutex_lock(&e->mu);
+    push(e, it);
+    uv_mutex_unlock(&e->mu);
+    return 0;
+}
+
+void grist__engine_drop_job(struct grist_engine *e, uint64_t key)
+{
+    struct item *it = calloc(1, sizeof(*it));
+    if (!it)
+        return; /* the state stays until the daemon exits; nothing breaks */
+    it->kind = IT_DROP;
+    it->key = key;
+    uv_mutex_lock(&e->mu);
+    push(e, it);
+    uv_mutex_unlock(&e->mu);
+}
+
+static int queue_data(struct grist_engine *e, enum item_kind kind, uint64_t key, uint64_t step,
+                      uint32_t nworkers, uint32_t ngroups, uint32_t m, const float *sk,
+                      const double *worker_sq, const uint32_t *batch)
+{
+    uv_mutex_lock(&e->mu);
+    if (e->depth >= e->capacity) {
+        e->cnt.dropped++;
+        uv_mutex_unlock(&e->mu);
+        return -EAGAIN;
+    }
+    uv_mutex_unlock(&e->mu);
+    struct item *it = calloc(1, sizeof(*it));
+    if (!it)
+        return -ENOMEM;
+    it->kind = kind;
+    it->key = key;
+    it->step = step;
+    it->nworkers = nworkers;
+    it->ngroups = ngroups;
+    it->m = m;
+    it->sketch = malloc((size_t)ngroups * m * sizeof(float));
+    it->worker_sq = calloc(ngroups, sizeof(double));
+    it->batch = calloc(ngroups, sizeof(uint32_t));
+    if (!it->sketch || !it->worker_sq || !it->batch) {
+        item_free(it);
+        return -ENOMEM;
+    }
+    memcpy(it->sketch, sk, (size_t)ngroups * m * sizeof(float));
+    if (worker_sq)
+        memcpy(it->worker_sq, worker_sq, ngroups * sizeof(double));
+    if (batch)
+        memcpy(it->batch, batch, ngroups * sizeof(uint32_t));
+    uv_mutex_lock(&e->mu);
+    e->depth++;
+    e->cnt.queued++;
+    push(e, it);
+    uv_mutex_unlock(&e->mu);
+    return 0;
+}
+
+int grist__engine_step(struct grist_engine *e, uint64_t key, uint64_t step, uint32_t nworkers,
+                       uint32_t ngroups, uint32_t m, const float *mean, const double *worker_sq,
+                       const uint32_t *batch)
+{
+    return queue_data(e, IT_STEP, key, step, nworkers, ngroups, m, mean, worker_sq, batch);
+}
+
+int grist__engine_validation(struct grist_engine *e, uint64_t key, uint32_t ngroups, uint32_t m,
+                             const float *sketch)
+{
+    return queue_data(e, IT_VALIDATION, key, 0, 1, ngroups, m, sketch, NULL, NULL);
+}
+
+void grist__engine_counters(struct grist_engine *e, struct grist_engine_counters *out)
+{
+    uv_mutex_lock(&e->mu);
+    *out = e->cnt;
+    out->depth = e->depth;
+    uv_mutex_unlock(&e->mu);
+}
+
+const char *grist__engine_backend_name(const struct grist_engine *e)
+{
+    return grist_backend_name(e->be);
+}

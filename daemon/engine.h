@@ -1,0 +1,87 @@
+/*
+ * The compute thread: owns the kernels backend and every job's statistics;
+ * the loop talks to it only through a queue and receives results through
+ * uv_async. Aggregated steps waiting in the queue are applied as one batched
+ * update per job; beyond the queue's capacity steps are dropped and counted,
+ * so the network path never blocks.
+ */
+#ifndef GRIST_DAEMON_ENGINE_H
+#define GRIST_DAEMON_ENGINE_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "grist/kernels.h"
+#include "wire.h"
+
+struct grist_engine;
+
+struct grist_engine_group_result {
+    struct grist_choice choice;
+    int have_families;
+    struct grist_families fam;
+    uint32_t ncand;
+    double cand[GRIST_MAX_CANDIDATES];
+    double J[GRIST_MAX_CANDIDATES];
+    double J_se[GRIST_MAX_CANDIDATES];
+    uint64_t steps;
+    char reason[128];
+};
+
+/** An evaluation of a job (every solve_every of its steps). Loop-owned once delivered. */
+struct grist_engine_result {
+    struct grist_engine_result *next;
+    uint64_t key;
+    uint64_t step;       /* newest step number applied */
+    uint64_t steps;      /* steps applied so far */
+    int error;           /* 0 or a grist error (device failure: statistics were reset) */
+    uint32_t ngroups;
+    struct grist_engine_group_result groups[]; /* ngroups */
+};
+
+typedef void grist_engine_result_fn(void *ud, struct grist_engine_result *r);
+
+struct grist_engine_job_spec {
+    uint64_t key;
+    uint32_t ngroups, m, cov_dim, lags, cov_batch;
+    struct grist_job_policy policy;
+    const struct grist_group_spec *groups; /* copied */
+};
+
+/**
+ * Start the compute thread with the backend (owned by the engine from now
+ * on; closed by grist__engine_stop()).
+ * @return 0; -ENOMEM.
+ */
+int grist__engine_start(struct grist_engine **out, uv_loop_t *loop, struct grist_backend *be,
+                        uint32_t capacity, grist_engine_result_fn *cb, void *ud);
+
+/** Stop the thread (after it drained its queue), free everything. Loop thread. */
+void grist__engine_stop(struct grist_engine *e, void (*done)(void *ud));
+
+/** @return 0; -ENOMEM (the job is then not created and the caller refuses it). */
+int grist__engine_create_job(struct grist_engine *e, const struct grist_engine_job_spec *spec);
+void grist__engine_drop_job(struct grist_engine *e, uint64_t key);
+
+/**
+ * Queue one aggregated step: mean sketch (ngroups * m floats), per group sum
+ * of the workers' |s_w|^2, local batch sizes; copied.
+ * @return 0; -EAGAIN when the queue is full (the step is dropped and
+ *         counted); -ENOMEM.
+ */
+int grist__engine_step(struct grist_engine *e, uint64_t key, uint64_t step, uint32_t nworkers,
+                       uint32_t ngroups, uint32_t m, const float *mean, const double *worker_sq,
+                       const uint32_t *batch);
+
+/** Queue a validation sketch (ngroups * m floats). Same returns. */
+int grist__engine_validation(struct grist_engine *e, uint64_t key, uint32_t ngroups, uint32_t m,
+                             const float *sketch);
+
+struct grist_engine_counters {
+    uint64_t queued, dropped, applied, batches, evaluations;
+    uint32_t depth;
+};
+void grist__engine_counters(struct grist_engine *e, struct grist_engine_counters *out);
+const char *grist__engine_backend_name(const struct grist_engine *e);
+
+#endif
