@@ -1,9 +1,15 @@
 /*
- * DESIGN: gristd's entry point. Order of start: parse config -> open the
+ * DESIGN: gristd's entry point. Start order: parse config -> open the
  * kernels backend (an explicit backend that is unavailable is fatal) ->
- * grpc_init -> bind listeners -> write the ready fd -> run the loop.
- * SIGTERM/SIGINT start the ordered shutdown of net.c; when it completes the
- * loop's remaining handles are closed, the loop returns and gristd exits 0.
+ * start the compute thread -> grpc_init -> bind listeners -> write the
+ * ready fd -> run the loop.
+ *
+ * Shutdown order on SIGTERM/SIGINT (tests/integration asserts what clients
+ * see): (1) every live Attach stream is finished with UNAVAILABLE; (2) the
+ * server stops accepting and gets a grace period for those statuses to go
+ * out, then cancels what is left; (3) the completion queue drains and the
+ * pump thread is joined; (4) the compute thread finishes its queue and is
+ * joined; (5) timers and signal handles close, the loop returns, exit 0.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -14,37 +20,45 @@
 #include <grpc/grpc.h>
 #include <uv.h>
 
-#include "config.h"
+#include "daemon.h"
 #include "grist/kernels.h"
 #include "grist_config.h"
 #include "log.h"
-#include "net.h"
 
-struct daemon {
-    uv_loop_t loop;
-    uv_signal_t sigterm, sigint;
-    struct grist_net net;
-    struct grist_backend *backend;
-};
+static struct grist_daemon g_d;
+static uv_signal_t g_sigterm, g_sigint;
+static struct grist_config g_cfg;
 
-static void on_closed(uv_handle_t *h)
+static void on_engine_stopped(void *ud)
 {
-    (void)h;
+    struct grist_daemon *d = ud;
+    d->engine = NULL;
+    uv_close((uv_handle_t *)&g_sigterm, NULL);
+    uv_close((uv_handle_t *)&g_sigint, NULL);
+    uv_close((uv_handle_t *)&d->tick, NULL);
+    GRIST_INFO("shutdown complete");
 }
 
 static void on_net_stopped(struct grist_net *net)
 {
-    struct daemon *d = (struct daemon *)((char *)net - offsetof(struct daemon, net));
-    uv_close((uv_handle_t *)&d->sigterm, on_closed);
-    uv_close((uv_handle_t *)&d->sigint, on_closed);
-    GRIST_INFO("shutdown complete");
+    struct grist_daemon *d = grist__daemon_of(net);
+    grist__engine_stop(d->engine, on_engine_stopped);
 }
 
 static void on_signal(uv_signal_t *s, int signum)
 {
-    struct daemon *d = s->data;
-    GRIST_INFO("signal %d: shutting down (%d live calls cancelled)", signum, d->net.live_calls);
-    grist__net_shutdown(&d->net, on_net_stopped);
+    struct grist_daemon *d = s->data;
+    if (d->stopping)
+        return;
+    d->stopping = 1;
+    GRIST_INFO("signal %d: shutting down (%u streams, %u jobs)", signum, d->nstreams, d->njobs);
+    grist__streams_finish_all(d);
+    grist__net_shutdown(&d->net, 2.0, on_net_stopped);
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    grist__jobs_tick(t->data);
 }
 
 static int write_ready(int fd, const struct grist_net *net)
@@ -72,50 +86,99 @@ static int write_ready(int fd, const struct grist_net *net)
     return 0;
 }
 
+/* Daemon-wide policy defaults from the configuration. @return 0 or -1. */
+static int make_defaults(const struct grist_config *c, struct grist_job_policy *p)
+{
+    memset(p, 0, sizeof(*p));
+    grist_policy_default(&p->sel);
+    if (grist_mode_parse(c->mode, &p->sel.mode) < 0 ||
+        grist_noise_parse(c->noise_correction, &p->sel.noise) < 0 ||
+        grist_coupling_parse(c->lr_coupling, &p->sel.coupling) < 0 ||
+        grist_select_on_parse(c->select_on, &p->sel.select_on) < 0) {
+        fprintf(stderr, "gristd: bad --mode, --noise-correction, --lr-coupling or --select-on (see --help)\n");
+        return -1;
+    }
+    if (c->beta_min > c->beta_max) {
+        fprintf(stderr, "gristd: --beta-min is above --beta-max\n");
+        return -1;
+    }
+    if (c->cov_dim != 0 && (c->cov_dim < 8 || (c->cov_dim & (c->cov_dim - 1)) != 0)) {
+        fprintf(stderr, "gristd: --cov-dim must be 0 or a power of two >= 8\n");
+        return -1;
+    }
+    p->sel.beta_min = c->beta_min;
+    p->sel.beta_max = c->beta_max;
+    p->sel.min_steps = (uint32_t)c->min_steps;
+    p->sel.z = c->hysteresis_z;
+    p->sel.h = (uint32_t)c->hysteresis_h;
+    p->solve_every = (uint32_t)c->solve_every;
+    p->gamma = c->ema_gamma;
+    p->ncand = grist_candidates_default(0.0, 0.9999, p->cand);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    struct grist_config cfg;
-    grist__config_defaults(&cfg);
-    int r = grist__config_parse(&cfg, argc, argv);
+    struct grist_daemon *d = &g_d;
+    grist__config_defaults(&g_cfg);
+    int r = grist__config_parse(&g_cfg, argc, argv);
     if (r == 1)
         return 0;
     if (r < 0)
         return 2;
     enum grist_log_level lvl;
-    if (grist__log_parse_level(cfg.log_level, &lvl) < 0) {
-        fprintf(stderr, "gristd: bad --log-level '%s' (error, warn, info, debug)\n", cfg.log_level);
+    if (grist__log_parse_level(g_cfg.log_level, &lvl) < 0) {
+        fprintf(stderr, "gristd: bad --log-level '%s' (error, warn, info, debug)\n", g_cfg.log_level);
         return 2;
     }
     grist__log_set_level(lvl);
+    d->cfg = &g_cfg;
+    if (make_defaults(&g_cfg, &d->defaults) < 0)
+        return 2;
+    d->limits.max_groups = (uint32_t)g_cfg.max_groups;
+    d->limits.max_workers = (uint32_t)g_cfg.max_workers;
+    d->limits.max_sketch_dim = (uint32_t)g_cfg.max_sketch_dim;
 
-    static struct daemon d;
-    r = grist_backend_open(cfg.backend, &d.backend);
+    struct grist_backend *be;
+    r = grist_backend_open(g_cfg.backend, &be);
     if (r < 0) {
-        GRIST_ERR("backend '%s': %s", cfg.backend, grist_strerror(r));
+        GRIST_ERR("backend '%s': %s", g_cfg.backend, grist_strerror(r));
         return 1;
     }
-    GRIST_INFO("gristd %s: kernels backend %s", GRIST_VERSION, grist_backend_name(d.backend));
+    grist_backend_set_threads(be, (int)g_cfg.blas_threads);
+    GRIST_INFO("gristd %s: kernels backend %s", GRIST_VERSION, grist_backend_name(be));
 
+    static uv_loop_t loop;
+    uv_loop_init(&loop);
+    d->loop = &loop;
+    if (grist__engine_start(&d->engine, &loop, be, (uint32_t)g_cfg.compute_queue,
+                            grist__job_on_result, d) < 0) {
+        grist_backend_close(be);
+        return 1;
+    }
     grpc_init();
-    uv_loop_init(&d.loop);
-    r = grist__net_start(&d.net, &d.loop, &cfg);
+    r = grist__net_start(&d->net, &loop, &g_cfg);
     if (r < 0) {
-        grist_backend_close(d.backend);
+        grist__engine_stop(d->engine, NULL);
+        uv_run(&loop, UV_RUN_DEFAULT);
         grpc_shutdown();
         return 1;
     }
-    uv_signal_init(&d.loop, &d.sigterm);
-    uv_signal_init(&d.loop, &d.sigint);
-    d.sigterm.data = d.sigint.data = &d;
-    uv_signal_start(&d.sigterm, on_signal, SIGTERM);
-    uv_signal_start(&d.sigint, on_signal, SIGINT);
-    write_ready(cfg.ready_fd, &d.net);
+    uv_signal_init(&loop, &g_sigterm);
+    uv_signal_init(&loop, &g_sigint);
+    g_sigterm.data = g_sigint.data = d;
+    uv_signal_start(&g_sigterm, on_signal, SIGTERM);
+    uv_signal_start(&g_sigint, on_signal, SIGINT);
+    uv_timer_init(&loop, &d->tick);
+    d->tick.data = d;
+    uv_timer_start(&d->tick, on_tick, 50, 50);
+    write_ready(g_cfg.ready_fd, &d->net);
 
-    uv_run(&d.loop, UV_RUN_DEFAULT);
+    uv_run(&loop, UV_RUN_DEFAULT);
 
-    grist__net_destroy(&d.net);
-    uv_loop_close(&d.loop);
-    grist_backend_close(d.backend);
+    grist__jobs_free_all(d);
+    grist__net_destroy(&d->net);
+    uv_loop_close(&loop);
     grpc_shutdown();
     return 0;
 }

@@ -21,6 +21,7 @@
 #include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
 
+#include "daemon.h"
 #include "log.h"
 #include "net.h"
 
@@ -162,8 +163,13 @@ static void on_accept(struct grist_tag *tag, int ok)
     }
     grpc_call *call = a->call;
     net->live_calls++;
-    if (grpc_slice_str_cmp(a->details.method, "/grpc.health.v1.Health/Check") == 0) {
+    char *method = grpc_slice_to_c_string(a->details.method);
+    if (strcmp(method, "/grpc.health.v1.Health/Check") == 0) {
         grist__health_call(net, call);
+    } else if (strcmp(method, "/grist.v1.Grist/Attach") == 0) {
+        grist__attach_call(net, call);
+    } else if (grist__query_method(method)) {
+        grist__query_call(net, call, method);
     } else {
         char *m = grpc_slice_to_c_string(a->details.method);
         GRIST_DEBUG("unknown method %s", m);
@@ -172,6 +178,7 @@ static void on_accept(struct grist_tag *tag, int ok)
         gpr_free(m);
         reply_status(net, call, GRPC_STATUS_UNIMPLEMENTED, msg);
     }
+    gpr_free(method);
     grpc_call_details_destroy(&a->details);
     grpc_metadata_array_destroy(&a->md);
     arm(a);
@@ -284,10 +291,24 @@ static void on_server_shutdown(struct grist_tag *tag, int ok)
     (void)ok;
     struct grist_net *net = (struct grist_net *)((char *)tag - offsetof(struct grist_net, shutdown_tag));
     GRIST_INFO("server stopped; draining the completion queue");
+    if (net->grace_armed && !uv_is_closing((uv_handle_t *)&net->grace)) {
+        uv_timer_stop(&net->grace);
+        uv_close((uv_handle_t *)&net->grace, NULL);
+    }
     grpc_completion_queue_shutdown(net->cq);
 }
 
-void grist__net_shutdown(struct grist_net *net, void (*on_stopped)(struct grist_net *net))
+static void on_grace(uv_timer_t *t)
+{
+    struct grist_net *net = t->data;
+    if (net->live_calls > 0)
+        GRIST_WARN("%d calls still open after the grace period: cancelling them", net->live_calls);
+    grpc_server_cancel_all_calls(net->server);
+    uv_close((uv_handle_t *)t, NULL);
+}
+
+void grist__net_shutdown(struct grist_net *net, double grace_s,
+                         void (*on_stopped)(struct grist_net *net))
 {
     if (net->shutting_down)
         return;
@@ -295,7 +316,12 @@ void grist__net_shutdown(struct grist_net *net, void (*on_stopped)(struct grist_
     net->on_stopped = on_stopped;
     net->shutdown_tag.cb = on_server_shutdown;
     grpc_server_shutdown_and_notify(net->server, net->cq, &net->shutdown_tag);
-    grpc_server_cancel_all_calls(net->server);
+    /* calls that were told to finish get grace_s to deliver their status;
+     * whatever is still open then is cancelled */
+    uv_timer_init(net->loop, &net->grace);
+    net->grace.data = net;
+    net->grace_armed = 1;
+    uv_timer_start(&net->grace, on_grace, (uint64_t)(grace_s * 1000.0), 0);
 }
 
 void grist__net_destroy(struct grist_net *net)

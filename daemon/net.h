@@ -47,6 +47,8 @@ struct grist_net {
     int shutting_down;
     int live_calls;
     struct grist_tag shutdown_tag;
+    uv_timer_t grace;
+    int grace_armed;
     void (*on_stopped)(struct grist_net *net);
 };
 
@@ -59,11 +61,12 @@ struct grist_net {
 int grist__net_start(struct grist_net *net, uv_loop_t *loop, const struct grist_config *cfg);
 
 /**
- * Begin the ordered shutdown: stop accepting, cancel live calls (clients get
- * UNAVAILABLE/CANCELLED), drain the queue, join the pump thread, then call
- * on_stopped on the loop thread. Idempotent.
+ * Begin the ordered shutdown: stop accepting new calls; calls still open
+ * after grace_s seconds are cancelled; then drain the queue, join the pump
+ * thread and call on_stopped on the loop thread. Idempotent.
  */
-void grist__net_shutdown(struct grist_net *net, void (*on_stopped)(struct grist_net *net));
+void grist__net_shutdown(struct grist_net *net, double grace_s,
+                         void (*on_stopped)(struct grist_net *net));
 
 /** Free what grist__net_start() made; after on_stopped ran. */
 void grist__net_destroy(struct grist_net *net);

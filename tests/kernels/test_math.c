@@ -72,7 +72,7 @@ static void run_stream(double rho, int n, uint32_t m, int W, double noise_var, i
             for (uint32_t b = 0; b < m; b++)
                 mean[b] += sk[(size_t)w * m + b] / (float)W;
         }
-        struct grist_step step = {mean, m, (uint32_t)W, W >= 2 ? sk : NULL, 32};
+        struct grist_step step = {mean, m, (uint32_t)W, W >= 2 ? sk : NULL, 32, 0, 0};
         ck_assert_int_eq(grist_stats_update(st, &step, 1), 0);
         if ((t + 1) % 10 == 0)
             for (int k = 0; k < 3; k++)
@@ -336,7 +336,7 @@ START_TEST(test_T4_reported_values)
         for (int t = 0; t < 50; t++) {
             for (int i = 0; i < 64; i++)
                 sk[i] = (float)(grist_rng_normal(&r) * (1.0 + (i % 8)));
-            struct grist_step step = {sk, 64, 1, NULL, 1};
+            struct grist_step step = {sk, 64, 1, NULL, 1, 0, 0};
             ck_assert_int_eq(grist_stats_update(st, &step, 1), 0);
         }
         struct grist_families fam;

@@ -1,0 +1,366 @@
+/*
+ * DESIGN: the Attach stream, one per worker process. Loop thread.
+ *
+ * Per call three tags may be outstanding: recv (one RECV_MESSAGE at a time),
+ * send (one SEND_MESSAGE or the final status at a time: gRPC allows one send
+ * in flight per call) and close (RECV_CLOSE_ON_SERVER, issued at start; it
+ * completes when the call is over, which is how a cancelled or vanished
+ * client is noticed). The stream is freed when no tag is outstanding.
+ *
+ * Sending is latest-wins: while a message is in flight the next one waits
+ * in one slot, and a newer Hyperparams replaces an older one there. Welcome
+ * is the first message (nothing can be in flight before it); the job's
+ * current Hyperparams follows right after, so late joiners start current.
+ *
+ * Errors end the stream with a status naming the field (wire.c); the job
+ * and every other stream carry on, and no partial summary is ever filed.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon.h"
+#include "jobs.h"
+#include "log.h"
+
+struct grist_stream {
+    struct grist_tag recv_tag, send_tag, close_tag;
+    struct grist_daemon *d;
+    grpc_call *call;
+    struct grist_stream *next, *prev; /* d->streams */
+    struct grist_stream *job_next;    /* job->streams */
+    struct grist_job *job;
+    uint32_t rank;
+    uint64_t session;
+    grpc_byte_buffer *recv_buf;
+    grpc_byte_buffer *send_buf;
+    int refs;
+    int md_sent, closed, cancelled, finishing, status_in_flight, status_sent, detached;
+    int send_in_flight;
+    uint8_t *queued;
+    size_t queued_len;
+    grpc_status_code fin_code;
+    grpc_slice fin_details;
+    int fin_details_set;
+};
+
+struct grist_stream *grist__stream_next_in_job(struct grist_stream *s)
+{
+    return s->job_next;
+}
+
+#define STREAM_OF(tag, member) \
+    ((struct grist_stream *)((char *)(tag) - offsetof(struct grist_stream, member)))
+
+static void detach(struct grist_stream *s)
+{
+    if (s->detached)
+        return;
+    s->detached = 1;
+    if (s->job) {
+        for (struct grist_stream **p = &s->job->streams; *p; p = &(*p)->job_next)
+            if (*p == s) {
+                *p = s->job_next;
+                break;
+            }
+        grist__job_detach(s->d, s->job, s);
+        s->job = NULL;
+    }
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        s->d->streams = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    s->d->nstreams--;
+    s->d->cnt.streams_closed++;
+}
+
+static void maybe_free(struct grist_stream *s)
+{
+    if (s->refs > 0)
+        return;
+    detach(s);
+    if (s->recv_buf)
+        grpc_byte_buffer_destroy(s->recv_buf);
+    if (s->send_buf)
+        grpc_byte_buffer_destroy(s->send_buf);
+    if (s->fin_details_set)
+        grpc_slice_unref(s->fin_details);
+    free(s->queued);
+    grpc_call_unref(s->call);
+    s->d->net.live_calls--;
+    free(s);
+}
+
+static void send_status(struct grist_stream *s)
+{
+    grpc_op ops[2];
+    memset(ops, 0, sizeof(ops));
+    size_t n = 0;
+    if (!s->md_sent) {
+        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+        s->md_sent = 1;
+    }
+    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[n].data.send_status_from_server.status = s->fin_code;
+    ops[n++].data.send_status_from_server.status_details = &s->fin_details;
+    s->status_in_flight = 1;
+    s->send_in_flight = 1;
+    s->refs++;
+    if (grpc_call_start_batch(s->call, ops, n, &s->send_tag, NULL) != GRPC_CALL_OK) {
+        s->refs--;
+        s->send_in_flight = 0;
+        grpc_call_cancel(s->call, NULL);
+    }
+}
+
+static void finish(struct grist_stream *s, grpc_status_code code, const char *msg)
+{
+    if (s->finishing)
+        return;
+    s->finishing = 1;
+    s->fin_code = code;
+    s->fin_details = grpc_slice_from_copied_string(msg ? msg : "");
+    s->fin_details_set = 1;
+    free(s->queued);
+    s->queued = NULL;
+    if (code != GRPC_STATUS_OK)
+        GRIST_DEBUG("stream %llu: finishing with status %d: %s", (unsigned long long)s->session,
+                    (int)code, msg);
+    if (!s->send_in_flight && !s->closed)
+        send_status(s);
+}
+
+static void start_send(struct grist_stream *s, const uint8_t *msg, size_t len)
+{
+    s->send_buf = grist__bb_from(msg, len);
+    grpc_op ops[2];
+    memset(ops, 0, sizeof(ops));
+    size_t n = 0;
+    if (!s->md_sent) {
+        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+        s->md_sent = 1;
+    }
+    ops[n].op = GRPC_OP_SEND_MESSAGE;
+    ops[n++].data.send_message.send_message = s->send_buf;
+    s->send_in_flight = 1;
+    s->refs++;
+    s->d->cnt.push_messages++;
+    s->d->cnt.bytes_out += len;
+    if (grpc_call_start_batch(s->call, ops, n, &s->send_tag, NULL) != GRPC_CALL_OK) {
+        s->refs--;
+        s->send_in_flight = 0;
+        grpc_byte_buffer_destroy(s->send_buf);
+        s->send_buf = NULL;
+        finish(s, GRPC_STATUS_INTERNAL, "cannot send");
+    }
+}
+
+void grist__stream_send(struct grist_stream *s, const uint8_t *msg, size_t len)
+{
+    if (s->finishing || s->closed)
+        return;
+    if (!s->send_in_flight) {
+        start_send(s, msg, len);
+        return;
+    }
+    uint8_t *copy = malloc(len ? len : 1);
+    if (!copy)
+        return; /* the next version will come */
+    memcpy(copy, msg, len);
+    free(s->queued); /* latest wins */
+    s->queued = copy;
+    s->queued_len = len;
+}
+
+static void on_send(struct grist_tag *tag, int ok)
+{
+    struct grist_stream *s = STREAM_OF(tag, send_tag);
+    s->refs--;
+    s->send_in_flight = 0;
+    if (s->send_buf) {
+        grpc_byte_buffer_destroy(s->send_buf);
+        s->send_buf = NULL;
+    }
+    if (s->status_in_flight) {
+        s->status_in_flight = 0;
+        s->status_sent = 1;
+    } else if (!ok) {
+        finish(s, GRPC_STATUS_UNAVAILABLE, "send failed");
+    } else if (s->finishing) {
+        if (!s->closed)
+            send_status(s);
+    } else if (s->queued) {
+        uint8_t *m = s->queued;
+        size_t len = s->queued_len;
+        s->queued = NULL;
+        start_send(s, m, len);
+        free(m);
+    }
+    maybe_free(s);
+}
+
+static void on_close(struct grist_tag *tag, int ok)
+{
+    (void)ok;
+    struct grist_stream *s = STREAM_OF(tag, close_tag);
+    s->refs--;
+    s->closed = 1;
+    if (s->cancelled && !s->finishing) {
+        GRIST_DEBUG("stream %llu: cancelled by the client", (unsigned long long)s->session);
+        s->finishing = 1;
+    }
+    detach(s);
+    maybe_free(s);
+}
+
+static void start_recv(struct grist_stream *s);
+
+static void on_hello(struct grist_stream *s, struct grist_hello *h)
+{
+    struct grist_daemon *d = s->d;
+    char err[256] = "";
+    struct grist_job *j;
+    grpc_status_code code = grist__job_attach(d, h, s, &j, err, sizeof(err));
+    if (code != GRPC_STATUS_OK) {
+        finish(s, code, err);
+        return;
+    }
+    s->job = j;
+    s->rank = h->rank;
+    s->session = ++d->next_session;
+    s->job_next = j->streams;
+    j->streams = s;
+    j->nstreams++;
+    size_t len;
+    uint8_t *w = grist__encode_welcome(s->session, j->seed, &j->policy, &len);
+    if (!w) {
+        finish(s, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    grist__stream_send(s, w, len);
+    free(w);
+    const uint8_t *cur = grist__job_current_push(j, &len);
+    if (cur)
+        grist__stream_send(s, cur, len);
+    GRIST_DEBUG("stream %llu: job '%s' rank %u/%u", (unsigned long long)s->session, j->id, h->rank,
+                h->world);
+}
+
+static void on_recv(struct grist_tag *tag, int ok)
+{
+    struct grist_stream *s = STREAM_OF(tag, recv_tag);
+    struct grist_daemon *d = s->d;
+    s->refs--;
+    grpc_byte_buffer *bb = s->recv_buf;
+    s->recv_buf = NULL;
+    if (!ok || !bb || s->finishing) {
+        /* the client half-closed (or the call is over): end with OK */
+        if (bb)
+            grpc_byte_buffer_destroy(bb);
+        finish(s, GRPC_STATUS_OK, "");
+        maybe_free(s);
+        return;
+    }
+    size_t len = 0;
+    uint8_t *buf = grist__bb_read(bb, &len);
+    grpc_byte_buffer_destroy(bb);
+    if (!buf) {
+        finish(s, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        maybe_free(s);
+        return;
+    }
+    d->cnt.bytes_in += len;
+    enum grist_wmsg_kind kind = 0;
+    struct grist_hello hello;
+    struct grist_summary sum;
+    char err[256] = "";
+    const uint32_t ng = s->job ? s->job->ngroups : 0, m = s->job ? s->job->m : 0;
+    enum grist_wire_status st =
+        grist__decode_worker(buf, len, &d->limits, ng, m, &kind, &hello, &sum, err, sizeof(err));
+    free(buf);
+    if (kind == GRIST_WMSG_SUMMARY && !s->job) {
+        if (st == GRIST_WIRE_OK)
+            grist__summary_free(&sum);
+        finish(s, GRPC_STATUS_FAILED_PRECONDITION, "summary before hello: send Hello first");
+    } else if (kind == GRIST_WMSG_HELLO && s->job) {
+        if (st == GRIST_WIRE_OK)
+            grist__hello_free(&hello);
+        finish(s, GRPC_STATUS_FAILED_PRECONDITION, "hello sent twice on one stream");
+    } else if (st != GRIST_WIRE_OK) {
+        if (kind == GRIST_WMSG_SUMMARY) {
+            d->cnt.summaries_rejected++;
+            if (s->job)
+                s->job->rejected++;
+        }
+        finish(s, st == GRIST_WIRE_INVALID ? GRPC_STATUS_INVALID_ARGUMENT
+                                           : GRPC_STATUS_RESOURCE_EXHAUSTED,
+               err[0] ? err : "out of memory");
+    } else if (kind == GRIST_WMSG_HELLO) {
+        on_hello(s, &hello);
+        grist__hello_free(&hello);
+    } else {
+        grist__job_submit(d, s->job, s->rank, &sum);
+    }
+    if (!s->finishing)
+        start_recv(s);
+    maybe_free(s);
+}
+
+static void start_recv(struct grist_stream *s)
+{
+    grpc_op op;
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &s->recv_buf;
+    s->refs++;
+    if (grpc_call_start_batch(s->call, &op, 1, &s->recv_tag, NULL) != GRPC_CALL_OK) {
+        s->refs--;
+        finish(s, GRPC_STATUS_INTERNAL, "cannot receive");
+    }
+}
+
+void grist__attach_call(struct grist_net *net, grpc_call *call)
+{
+    struct grist_daemon *d = grist__daemon_of(net);
+    struct grist_stream *s = calloc(1, sizeof(*s));
+    if (!s) {
+        grpc_call_cancel(call, NULL);
+        grpc_call_unref(call);
+        net->live_calls--;
+        return;
+    }
+    s->d = d;
+    s->call = call;
+    s->recv_tag.cb = on_recv;
+    s->send_tag.cb = on_send;
+    s->close_tag.cb = on_close;
+    s->next = d->streams;
+    if (d->streams)
+        d->streams->prev = s;
+    d->streams = s;
+    d->nstreams++;
+    d->cnt.streams_opened++;
+    grpc_op op;
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    op.data.recv_close_on_server.cancelled = &s->cancelled;
+    s->refs++;
+    if (grpc_call_start_batch(call, &op, 1, &s->close_tag, NULL) != GRPC_CALL_OK) {
+        s->refs--;
+        grpc_call_cancel(call, NULL);
+        maybe_free(s);
+        return;
+    }
+    if (d->stopping) {
+        finish(s, GRPC_STATUS_UNAVAILABLE, "gristd is shutting down");
+        return;
+    }
+    start_recv(s);
+}
+
+void grist__streams_finish_all(struct grist_daemon *d)
+{
+    for (struct grist_stream *s = d->streams; s; s = s->next)
+        finish(s, GRPC_STATUS_UNAVAILABLE, "gristd is shutting down");
+}

@@ -1,0 +1,87 @@
+/*
+ * The daemon's shared state, owned by the loop thread: configuration, the
+ * gRPC side (net), the compute thread (engine), the job registry and the
+ * live streams. Nothing here is touched by another thread.
+ */
+#ifndef GRIST_DAEMON_DAEMON_H
+#define GRIST_DAEMON_DAEMON_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "config.h"
+#include "engine.h"
+#include "net.h"
+#include "wire.h"
+
+struct grist_job;
+struct grist_stream;
+
+struct grist_counters {
+    uint64_t streams_opened, streams_closed;
+    uint64_t summaries, summaries_rejected, summaries_late, summaries_duplicate;
+    uint64_t steps_aggregated, steps_partial, steps_dropped;
+    uint64_t pushes, push_messages;
+    uint64_t bytes_in, bytes_out;
+    uint64_t jobs_created, jobs_expired;
+};
+
+struct grist_daemon {
+    uv_loop_t *loop;
+    const struct grist_config *cfg;
+    struct grist_limits limits;
+    struct grist_job_policy defaults;
+    struct grist_net net;
+    struct grist_engine *engine;
+    uv_timer_t tick;
+    struct grist_job *jobs;      /* all jobs, a list */
+    uint32_t njobs;
+    uint64_t next_key, next_session;
+    struct grist_stream *streams; /* all live Attach streams */
+    uint32_t nstreams;
+    struct grist_counters cnt;
+    int stopping;
+};
+
+uint64_t grist__now_ms(const struct grist_daemon *d);
+
+/* jobs.c */
+struct grist_job *grist__job_find(struct grist_daemon *d, const char *id);
+/* Attach a stream to the job named in hello, creating the job on first use.
+ * On failure returns a gRPC status with err filled. */
+grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_hello *h,
+                                   struct grist_stream *s, struct grist_job **out, char *err,
+                                   size_t errsz);
+void grist__job_detach(struct grist_daemon *d, struct grist_job *j, struct grist_stream *s);
+/* File a validated summary of rank into its step (takes ownership of sum). */
+void grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t rank,
+                       struct grist_summary *sum);
+void grist__job_on_result(void *ud, struct grist_engine_result *r);
+void grist__jobs_tick(struct grist_daemon *d);
+void grist__jobs_free_all(struct grist_daemon *d);
+uint32_t grist__job_seed(const struct grist_job *j);
+uint32_t grist__job_ngroups(const struct grist_job *j);
+uint32_t grist__job_m(const struct grist_job *j);
+const struct grist_job_policy *grist__job_policy(const struct grist_job *j);
+/* The encoded current Hyperparams (NULL before the first push). */
+const uint8_t *grist__job_current_push(const struct grist_job *j, size_t *len);
+
+/* attach.c */
+void grist__attach_call(struct grist_net *net, grpc_call *call);
+/* Queue msg (copied) on s; latest-wins after any message in flight. */
+void grist__stream_send(struct grist_stream *s, const uint8_t *msg, size_t len);
+/* Finish every live stream with UNAVAILABLE (shutdown). */
+void grist__streams_finish_all(struct grist_daemon *d);
+struct grist_stream *grist__stream_next_in_job(struct grist_stream *s);
+
+/* query.c */
+void grist__query_call(struct grist_net *net, grpc_call *call, const char *method);
+int grist__query_method(const char *method);
+
+/* The daemon that owns a net (net is embedded in struct grist_daemon). */
+static inline struct grist_daemon *grist__daemon_of(struct grist_net *net)
+{
+    return (struct grist_daemon *)((char *)net - offsetof(struct grist_daemon, net));
+}
+
+#endif

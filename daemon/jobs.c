@@ -1,0 +1,409 @@
+/*
+ * DESIGN: the job registry and per-step aggregation. Loop thread only.
+ *
+ * A job is created by the first Hello naming it; its shape (groups, element
+ * counts, sketch dim) is fixed then, while its world size follows the newest
+ * Hello (a job can grow or shrink). Summaries are filed under (job, step);
+ * a step is aggregated (mean sketch, sum of the workers' |s_w|^2, batch) and
+ * queued to the compute thread when every rank reported or when
+ * aggregation-timeout passed since its first report. A summary for a step
+ * already aggregated is late: counted and ignored, the stream stays up.
+ * Evaluations coming back from the engine feed the history rings and, when
+ * a group's values change, a new Hyperparams version that goes to every
+ * live stream of the job (latest-wins per stream). A job without streams
+ * expires after idle-expiry.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "grist/sketch.h"
+#include "jobs.h"
+#include "log.h"
+
+#define MAX_OPEN_STEPS 64
+
+uint64_t grist__now_ms(const struct grist_daemon *d)
+{
+    return uv_now(d->loop);
+}
+
+static uint64_t fnv64(const char *s)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+struct grist_job *grist__job_find(struct grist_daemon *d, const char *id)
+{
+    for (struct grist_job *j = d->jobs; j; j = j->next)
+        if (strcmp(j->id, id) == 0)
+            return j;
+    return NULL;
+}
+
+uint32_t grist__job_seed(const struct grist_job *j) { return j->seed; }
+uint32_t grist__job_ngroups(const struct grist_job *j) { return j->ngroups; }
+uint32_t grist__job_m(const struct grist_job *j) { return j->m; }
+const struct grist_job_policy *grist__job_policy(const struct grist_job *j) { return &j->policy; }
+
+const uint8_t *grist__job_current_push(const struct grist_job *j, size_t *len)
+{
+    *len = j->push_len;
+    return j->push_msg;
+}
+
+static void agg_free(struct grist_agg *a)
+{
+    if (!a)
+        return;
+    free(a->seen);
+    free(a->sum);
+    free(a->sq);
+    free(a->batch);
+    free(a);
+}
+
+static void job_free(struct grist_job *j)
+{
+    while (j->aggs) {
+        struct grist_agg *a = j->aggs;
+        j->aggs = a->next;
+        agg_free(a);
+    }
+    for (uint32_t g = 0; j->hist && g < j->ngroups; g++)
+        free(j->hist[g].pts);
+    free(j->hist);
+    free(j->groups);
+    free(j->push);
+    free(j->push_reason);
+    free(j->push_msg);
+    free(j->last);
+    free(j);
+}
+
+static void unlink_job(struct grist_daemon *d, struct grist_job *j)
+{
+    for (struct grist_job **p = &d->jobs; *p; p = &(*p)->next)
+        if (*p == j) {
+            *p = j->next;
+            d->njobs--;
+            return;
+        }
+}
+
+static int same_shape(const struct grist_job *j, const struct grist_hello *h, char *err, size_t errsz)
+{
+    if (h->ngroups != j->ngroups) {
+        snprintf(err, errsz, "hello.groups: job '%s' attached with %u groups, not %u", j->id,
+                 j->ngroups, h->ngroups);
+        return 0;
+    }
+    if (h->m != j->m) {
+        snprintf(err, errsz, "hello.sketch_dim: job '%s' attached with %u, not %u", j->id, j->m, h->m);
+        return 0;
+    }
+    for (uint32_t g = 0; g < h->ngroups; g++)
+        if (h->groups[g].n != j->groups[g].n) {
+            snprintf(err, errsz, "hello.groups[%u].num_elements: job '%s' attached with %llu", g,
+                     j->id, (unsigned long long)j->groups[g].n);
+            return 0;
+        }
+    return 1;
+}
+
+grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_hello *h,
+                                   struct grist_stream *s, struct grist_job **out, char *err,
+                                   size_t errsz)
+{
+    (void)s;
+    struct grist_job *j = grist__job_find(d, h->job_id);
+    if (j) {
+        if (!same_shape(j, h, err, errsz))
+            return GRPC_STATUS_INVALID_ARGUMENT;
+        if (h->world != j->world) {
+            GRIST_INFO("job '%s': world size %u -> %u", j->id, j->world, h->world);
+            j->world = h->world;
+            /* steps already open complete on the new size or on timeout */
+        }
+        *out = j;
+        return GRPC_STATUS_OK;
+    }
+    if (d->njobs >= (uint32_t)d->cfg->max_jobs) {
+        snprintf(err, errsz, "job limit reached (%u jobs); try later or raise --max-jobs", d->njobs);
+        return GRPC_STATUS_RESOURCE_EXHAUSTED;
+    }
+    struct grist_job_policy pol;
+    if (grist__policy_merge(&d->defaults, &h->policy, &pol, err, errsz) < 0)
+        return GRPC_STATUS_INVALID_ARGUMENT;
+    j = calloc(1, sizeof(*j));
+    if (!j)
+        goto nomem;
+    snprintf(j->id, sizeof(j->id), "%s", h->job_id);
+    j->key = ++d->next_key;
+    j->seed = grist_fmix32((uint32_t)fnv64(h->job_id) ^ (uint32_t)(fnv64(h->job_id) >> 32));
+    j->world = h->world;
+    j->ngroups = h->ngroups;
+    j->m = h->m;
+    j->policy = pol;
+    j->created_ms = j->idle_since_ms = grist__now_ms(d);
+    j->groups = malloc(h->ngroups * sizeof(*j->groups));
+    j->push = calloc(h->ngroups, sizeof(*j->push));
+    j->push_reason = calloc(h->ngroups, sizeof(*j->push_reason));
+    j->hist = calloc(h->ngroups, sizeof(*j->hist));
+    if (!j->groups || !j->push || !j->push_reason || !j->hist)
+        goto nomem;
+    memcpy(j->groups, h->groups, h->ngroups * sizeof(*j->groups));
+    const uint32_t hcap = (uint32_t)d->cfg->history;
+    for (uint32_t g = 0; g < h->ngroups; g++) {
+        j->hist[g].pts = malloc(hcap * sizeof(struct grist_hist_point));
+        if (!j->hist[g].pts)
+            goto nomem;
+        j->hist[g].cap = hcap;
+    }
+    uint32_t cov = (uint32_t)d->cfg->cov_dim;
+    if (cov > h->m)
+        cov = h->m;
+    struct grist_engine_job_spec spec = {
+        .key = j->key, .ngroups = j->ngroups, .m = j->m, .cov_dim = cov,
+        .lags = (uint32_t)d->cfg->lags, .cov_batch = (uint32_t)d->cfg->cov_batch,
+        .policy = pol, .groups = j->groups,
+    };
+    if (grist__engine_create_job(d->engine, &spec) < 0)
+        goto nomem;
+    j->next = d->jobs;
+    d->jobs = j;
+    d->njobs++;
+    d->cnt.jobs_created++;
+    GRIST_INFO("job '%s' created: %u groups, m %u, world %u", j->id, j->ngroups, j->m, j->world);
+    *out = j;
+    return GRPC_STATUS_OK;
+nomem:
+    if (j)
+        job_free(j);
+    snprintf(err, errsz, "out of memory creating job '%s'", h->job_id);
+    return GRPC_STATUS_RESOURCE_EXHAUSTED;
+}
+
+void grist__job_detach(struct grist_daemon *d, struct grist_job *j, struct grist_stream *s)
+{
+    (void)s;
+    if (j->nstreams > 0)
+        j->nstreams--;
+    if (j->nstreams == 0)
+        j->idle_since_ms = grist__now_ms(d);
+}
+
+static void complete(struct grist_daemon *d, struct grist_job *j, struct grist_agg *a)
+{
+    const size_t gm = (size_t)j->ngroups * j->m;
+    float *mean = malloc(gm * sizeof(float));
+    uint32_t *batch = malloc(j->ngroups * sizeof(uint32_t));
+    if (mean && batch) {
+        const double inv = 1.0 / a->n;
+        for (size_t i = 0; i < gm; i++)
+            mean[i] = (float)(a->sum[i] * inv);
+        for (uint32_t g = 0; g < j->ngroups; g++)
+            batch[g] = (uint32_t)(a->batch[g] / a->n);
+        int r = grist__engine_step(d->engine, j->key, a->step, a->n, j->ngroups, j->m, mean, a->sq, batch);
+        if (r < 0) {
+            j->dropped++;
+            d->cnt.steps_dropped++;
+        } else {
+            j->steps++;
+            d->cnt.steps_aggregated++;
+            if (a->n < j->world) {
+                j->partial++;
+                d->cnt.steps_partial++;
+            }
+        }
+    } else {
+        j->dropped++;
+        d->cnt.steps_dropped++;
+    }
+    free(mean);
+    free(batch);
+    if (a->step > j->high_step)
+        j->high_step = a->step;
+    for (struct grist_agg **p = &j->aggs; *p; p = &(*p)->next)
+        if (*p == a) {
+            *p = a->next;
+            break;
+        }
+    j->naggs--;
+    agg_free(a);
+}
+
+void grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t rank,
+                       struct grist_summary *sum)
+{
+    d->cnt.summaries++;
+    if (sum->validation) {
+        if (grist__engine_validation(d->engine, j->key, j->ngroups, j->m, sum->sketch) < 0)
+            d->cnt.steps_dropped++;
+        grist__summary_free(sum);
+        return;
+    }
+    struct grist_agg *a = j->aggs;
+    while (a && a->step != sum->step)
+        a = a->next;
+    if (!a) {
+        if (j->steps > 0 && sum->step <= j->high_step) {
+            j->late++;
+            d->cnt.summaries_late++;
+            grist__summary_free(sum);
+            return;
+        }
+        if (j->naggs >= MAX_OPEN_STEPS) { /* a rank far ahead: close the oldest step */
+            struct grist_agg *old = j->aggs;
+            for (struct grist_agg *x = j->aggs; x; x = x->next)
+                if (x->step < old->step)
+                    old = x;
+            complete(d, j, old);
+        }
+        a = calloc(1, sizeof(*a));
+        const size_t gm = (size_t)j->ngroups * j->m;
+        if (a) {
+            a->seen = calloc((j->world + 7) / 8 + 1, 1);
+            a->sum = calloc(gm, sizeof(double));
+            a->sq = calloc(j->ngroups, sizeof(double));
+            a->batch = calloc(j->ngroups, sizeof(uint64_t));
+        }
+        if (!a || !a->seen || !a->sum || !a->sq || !a->batch) {
+            agg_free(a);
+            j->dropped++;
+            d->cnt.steps_dropped++;
+            grist__summary_free(sum);
+            return;
+        }
+        a->step = sum->step;
+        a->t0_ms = grist__now_ms(d);
+        a->next = j->aggs;
+        j->aggs = a;
+        j->naggs++;
+    }
+    if (rank >= j->world || (a->seen[rank / 8] >> (rank % 8)) & 1) {
+        /* a duplicate (a restarted rank resending), or a rank of a bigger world */
+        j->duplicate++;
+        d->cnt.summaries_duplicate++;
+        grist__summary_free(sum);
+        return;
+    }
+    a->seen[rank / 8] |= (uint8_t)(1u << (rank % 8));
+    for (uint32_t g = 0; g < j->ngroups; g++) {
+        const float *s = sum->sketch + (size_t)g * j->m;
+        double *acc = a->sum + (size_t)g * j->m, sq = 0.0;
+        for (uint32_t i = 0; i < j->m; i++) {
+            acc[i] += s[i];
+            sq += (double)s[i] * s[i];
+        }
+        a->sq[g] += sq;
+        a->batch[g] += sum->batch[g];
+    }
+    a->n++;
+    grist__summary_free(sum);
+    if (a->n >= j->world)
+        complete(d, j, a);
+}
+
+static void hist_add(struct grist_hist *h, const struct grist_hist_point *p)
+{
+    if (!h->cap)
+        return;
+    h->pts[(h->head + h->len) % h->cap] = *p;
+    if (h->len < h->cap)
+        h->len++;
+    else
+        h->head = (h->head + 1) % h->cap;
+}
+
+void grist__job_on_result(void *ud, struct grist_engine_result *r)
+{
+    struct grist_daemon *d = ud;
+    struct grist_job *j = NULL;
+    for (struct grist_job *x = d->jobs; x; x = x->next)
+        if (x->key == r->key)
+            j = x;
+    if (!j || r->ngroups != j->ngroups) {
+        free(r);
+        return;
+    }
+    free(j->last);
+    j->last = r;
+    int changed = 0, warm = 0;
+    for (uint32_t g = 0; g < j->ngroups; g++) {
+        const struct grist_engine_group_result *gr = &r->groups[g];
+        const struct grist_choice *c = &gr->choice;
+        struct grist_hist_point p = {r->step, c->beta, c->lr_scale, c->noise, c->noise_scale,
+                                     isfinite(c->confidence) ? c->confidence : 1e9};
+        hist_add(&j->hist[g], &p);
+        if (gr->steps < j->policy.sel.min_steps)
+            warm = 1;
+        if (fabs(c->beta - j->push[g].momentum) > 1e-12 ||
+            fabs(c->lr_scale - j->push[g].lr_scale) > 1e-12 || fabs(c->lr - j->push[g].lr) > 1e-15)
+            changed = 1;
+    }
+    if (warm || (!changed && j->version > 0))
+        return;
+    for (uint32_t g = 0; g < j->ngroups; g++) {
+        const struct grist_choice *c = &r->groups[g].choice;
+        j->push[g] = (struct grist_push_group){c->beta, c->lr_scale, c->lr, c->confidence, NULL};
+        snprintf(j->push_reason[g], sizeof(j->push_reason[g]), "%s", r->groups[g].reason);
+        j->push[g].reason = j->push_reason[g];
+    }
+    size_t len;
+    uint8_t *msg = grist__encode_hyperparams(j->version + 1, r->step, j->ngroups, j->push, &len);
+    if (!msg)
+        return; /* try again at the next evaluation */
+    j->version++;
+    j->push_step = r->step;
+    free(j->push_msg);
+    j->push_msg = msg;
+    j->push_len = len;
+    d->cnt.pushes++;
+    GRIST_DEBUG("job '%s': version %llu at step %llu (group 0 momentum %.4f)", j->id,
+                (unsigned long long)j->version, (unsigned long long)r->step, j->push[0].momentum);
+    for (struct grist_stream *s = j->streams; s; s = grist__stream_next_in_job(s))
+        grist__stream_send(s, msg, len);
+}
+
+void grist__jobs_tick(struct grist_daemon *d)
+{
+    const uint64_t now = grist__now_ms(d);
+    const uint64_t timeout = (uint64_t)(d->cfg->aggregation_timeout * 1000.0);
+    const uint64_t idle = (uint64_t)(d->cfg->idle_expiry * 1000.0);
+    struct grist_job **p = &d->jobs;
+    while (*p) {
+        struct grist_job *j = *p;
+        struct grist_agg *a = j->aggs;
+        while (a) {
+            struct grist_agg *next = a->next;
+            if (now - a->t0_ms >= timeout)
+                complete(d, j, a);
+            a = next;
+        }
+        if (j->nstreams == 0 && now - j->idle_since_ms >= idle) {
+            GRIST_INFO("job '%s' expired after %.0f s without workers", j->id, d->cfg->idle_expiry);
+            *p = j->next;
+            d->njobs--;
+            d->cnt.jobs_expired++;
+            grist__engine_drop_job(d->engine, j->key);
+            job_free(j);
+            continue;
+        }
+        p = &j->next;
+    }
+}
+
+void grist__jobs_free_all(struct grist_daemon *d)
+{
+    while (d->jobs) {
+        struct grist_job *j = d->jobs;
+        unlink_job(d, j);
+        job_free(j);
+    }
+}

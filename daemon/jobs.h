@@ -1,0 +1,53 @@
+/* Internal layout of a job (jobs.c, query.c). Loop thread only. */
+#ifndef GRIST_DAEMON_JOBS_H
+#define GRIST_DAEMON_JOBS_H
+
+#include <stdint.h>
+
+#include "daemon.h"
+
+struct grist_agg {
+    struct grist_agg *next;
+    uint64_t step;
+    uint32_t n;
+    uint64_t t0_ms;
+    uint8_t *seen;        /* world bits */
+    double *sum;          /* ngroups * m */
+    double *sq;           /* ngroups: sum over workers of |s_w|^2 */
+    uint64_t *batch;      /* ngroups */
+};
+
+struct grist_hist_point {
+    uint64_t step;
+    double momentum, lr_scale, noise, noise_scale, confidence;
+};
+
+struct grist_hist {
+    struct grist_hist_point *pts;
+    uint32_t cap, head, len;
+};
+
+struct grist_job {
+    struct grist_job *next;
+    char id[GRIST_JOB_ID_MAX + 1];
+    uint64_t key;
+    uint32_t seed;
+    uint32_t world, ngroups, m;
+    struct grist_group_spec *groups;
+    struct grist_job_policy policy;
+    struct grist_stream *streams;
+    uint32_t nstreams;
+    uint64_t version, push_step;
+    struct grist_push_group *push;
+    char (*push_reason)[128];
+    uint8_t *push_msg;
+    size_t push_len;
+    struct grist_agg *aggs;
+    uint32_t naggs;
+    uint64_t high_step, steps, dropped, partial, late, duplicate, rejected;
+    uint64_t created_ms, idle_since_ms;
+    struct grist_engine_result *last;
+    struct grist_hist *hist;
+};
+
+#endif

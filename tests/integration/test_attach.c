@@ -1,0 +1,448 @@
+/*
+ * gristd's Attach stream and query API end to end, with the real daemon on
+ * 127.0.0.1:0 and gRPC core clients: convergence of several jobs at once,
+ * late joiners, every bad-input case, clients that vanish, and SIGTERM with
+ * live streams.
+ */
+#include <check.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "grist/sketch.h"
+#include "grist/v1/grist.pb-c.h"
+#include "harness.h"
+#include "worker.h"
+#include "../rng.h"
+
+static struct gristd_proc start_daemon(const char *const *extra)
+{
+    const char *args[24] = {"--listen", "127.0.0.1:0", "--log-level", "warn"};
+    int n = 4;
+    for (int i = 0; extra && extra[i]; i++)
+        args[n++] = extra[i];
+    args[n] = NULL;
+    struct gristd_proc p;
+    ck_assert_int_eq(gristd_start(&p, args), 0);
+    return p;
+}
+
+/* GetJob -> decoded response (NULL + *status on error) */
+static Grist__V1__GetJobResponse *get_job(const char *addr, const char *id, grpc_status_code *st)
+{
+    Grist__V1__GetJobRequest req = GRIST__V1__GET_JOB_REQUEST__INIT;
+    req.job_id = (char *)id;
+    uint8_t buf[512];
+    size_t len = grist__v1__get_job_request__pack(&req, buf);
+    void *resp;
+    size_t rlen;
+    *st = rpc_unary(addr, "/grist.v1.Grist/GetJob", buf, len, &resp, &rlen, NULL, 0, 10.0);
+    if (*st != GRPC_STATUS_OK) {
+        free(resp);
+        return NULL;
+    }
+    Grist__V1__GetJobResponse *r = grist__v1__get_job_response__unpack(NULL, rlen, resp);
+    free(resp);
+    return r;
+}
+
+/* Wait (bounded, by polling the query API) until the daemon evaluated a job
+ * at `steps` steps. Returns the job's version. */
+static uint64_t wait_evaluated(const char *addr, const char *id, uint64_t steps)
+{
+    for (int i = 0; i < 2000; i++) {
+        grpc_status_code st;
+        Grist__V1__GetJobResponse *r = get_job(addr, id, &st);
+        if (r && r->n_groups > 0 && r->groups[0]->steps >= steps) {
+            uint64_t v = r->job->version;
+            grist__v1__get_job_response__free_unpacked(r, NULL);
+            return v;
+        }
+        if (r)
+            grist__v1__get_job_response__free_unpacked(r, NULL);
+        usleep(10000);
+    }
+    ck_abort_msg("job %s never reached %llu evaluated steps", id, (unsigned long long)steps);
+    return 0;
+}
+
+/* Read a stream until it delivered `version`. */
+static void read_until(struct tw *w, uint64_t version, struct tw_hp *hp)
+{
+    while (hp->version < version) {
+        int r = tw_next(w, hp, 10.0);
+        ck_assert_msg(r == 1, "stream ended or timed out waiting for version %llu (r=%d)",
+                      (unsigned long long)version, r);
+    }
+}
+
+/* ---- several jobs converge to their own rho ---- */
+
+enum { NJOBS = 3, W = 4, N = 4000, M = 256, STEPS = 600 };
+
+START_TEST(test_jobs_converge)
+{
+    struct gristd_proc p = start_daemon(NULL);
+    grpc_init();
+    const double rho[NJOBS] = {0.3, 0.6, 0.9};
+    const char *ids[NJOBS] = {"job-a", "job-b", "job-c"};
+    struct tw *w[NJOBS][W];
+    uint32_t seed[NJOBS];
+    for (int j = 0; j < NJOBS; j++)
+        for (int r = 0; r < W; r++) {
+            struct tw_opts o = {.job = ids[j], .rank = (uint32_t)r, .world = W, .ngroups = 1,
+                                .m = M, .n = N, .beta0 = 0.45, .solve_every = 10,
+                                .noise = "workers"};
+            w[j][r] = tw_open(p.addr[0], &o);
+            uint32_t s;
+            ck_assert_int_eq(tw_welcome(w[j][r], &s, 10.0), 0);
+            if (r == 0)
+                seed[j] = s;
+            ck_assert_uint_eq(s, seed[j]); /* one seed per job */
+        }
+    ck_assert(seed[0] != seed[1] && seed[1] != seed[2]);
+
+    struct grist_rng rng;
+    grist_rng_seed(&rng, 11);
+    static double g[NJOBS][N], obs[N], acc[M];
+    static float sk[M];
+    for (int j = 0; j < NJOBS; j++)
+        for (int i = 0; i < N; i++)
+            g[j][i] = grist_rng_normal(&rng);
+    for (int t = 1; t <= STEPS; t++) {
+        for (int j = 0; j < NJOBS; j++) {
+            const double a = sqrt(1 - rho[j] * rho[j]);
+            for (int i = 0; i < N; i++)
+                g[j][i] = rho[j] * g[j][i] + a * grist_rng_normal(&rng);
+            const uint32_t sp = grist_sketch_seed(seed[j], 0);
+            for (int r = 0; r < W; r++) {
+                for (int i = 0; i < N; i++) /* per-worker noise: 4x signal power per worker */
+                    obs[i] = g[j][i] + 2.0 * grist_rng_normal(&rng);
+                memset(acc, 0, sizeof(acc));
+                double sq = 0;
+                grist_sketch_accum_f64(sp, obs, N, 0, acc, M, &sq);
+                grist_sketch_finish(acc, M, sk);
+                uint8_t *buf;
+                size_t len = tw_encode_summary(&buf, (uint64_t)t, 1, M, sk, &sq, 32);
+                ck_assert_int_eq(tw_send_raw(w[j][r], buf, len), 0);
+                free(buf);
+            }
+        }
+    }
+    for (int j = 0; j < NJOBS; j++) {
+        const uint64_t v = wait_evaluated(p.addr[0], ids[j], STEPS);
+        ck_assert_uint_ge(v, 1);
+        for (int r = 0; r < W; r++) {
+            struct tw_hp hp = {0};
+            read_until(w[j][r], v, &hp);
+            printf("job %s rho %.1f: rank %d version %llu momentum %.3f (%s)\n", ids[j], rho[j], r,
+                   (unsigned long long)hp.version, hp.momentum[0], hp.reason);
+            ck_assert_msg(fabs(hp.momentum[0] - rho[j]) <= 0.07, "job %s: momentum %.3f, rho %.2f",
+                          ids[j], hp.momentum[0], rho[j]);
+        }
+        grpc_status_code st;
+        Grist__V1__GetJobResponse *r = get_job(p.addr[0], ids[j], &st);
+        ck_assert_ptr_nonnull(r);
+        ck_assert_uint_eq(r->job->step, STEPS);
+        ck_assert_uint_eq(r->job->world_size, W);
+        ck_assert_uint_eq(r->job->live_workers, W);
+        ck_assert_uint_eq(r->groups[0]->steps, STEPS); /* no step of another job counted */
+        ck_assert_uint_eq(r->groups[0]->n_alignment, r->groups[0]->n_candidates);
+        ck_assert(r->groups[0]->noise > 0);
+        ck_assert_ptr_nonnull(r->groups[0]->families);
+        ck_assert(r->groups[0]->families->trace > 0);
+        grist__v1__get_job_response__free_unpacked(r, NULL);
+    }
+    /* ListJobs sees the three */
+    void *resp;
+    size_t rlen;
+    ck_assert_int_eq(rpc_unary(p.addr[0], "/grist.v1.Grist/ListJobs", "", 0, &resp, &rlen, NULL, 0, 10),
+                     GRPC_STATUS_OK);
+    Grist__V1__ListJobsResponse *lj = grist__v1__list_jobs_response__unpack(NULL, rlen, resp);
+    ck_assert_uint_eq(lj->n_jobs, NJOBS);
+    grist__v1__list_jobs_response__free_unpacked(lj, NULL);
+    free(resp);
+    /* history, downsampled: STEPS / 10 evaluations, ask for 20 points */
+    Grist__V1__GetHistoryRequest hr = GRIST__V1__GET_HISTORY_REQUEST__INIT;
+    hr.job_id = (char *)"job-c";
+    hr.series = (char *)"momentum";
+    hr.points = 20;
+    uint8_t hb[256];
+    size_t hl = grist__v1__get_history_request__pack(&hr, hb);
+    ck_assert_int_eq(rpc_unary(p.addr[0], "/grist.v1.Grist/GetHistory", hb, hl, &resp, &rlen, NULL, 0, 10),
+                     GRPC_STATUS_OK);
+    Grist__V1__GetHistoryResponse *h = grist__v1__get_history_response__unpack(NULL, rlen, resp);
+    ck_assert_uint_eq(h->n_steps, 20);
+    ck_assert_uint_eq(h->n_values, 20);
+    ck_assert_uint_le(h->steps[0], 30); /* the first evaluation (batched steps may merge) */
+    ck_assert_uint_eq(h->steps[19], STEPS);
+    for (size_t i = 1; i < h->n_steps; i++)
+        ck_assert_uint_gt(h->steps[i], h->steps[i - 1]);
+    grist__v1__get_history_response__free_unpacked(h, NULL);
+    free(resp);
+
+    /* a late joiner gets Welcome, then the current version at once */
+    struct tw_opts o = {.job = "job-c", .rank = 1, .world = W, .ngroups = 1, .m = M, .n = N,
+                        .beta0 = 0.9};
+    struct tw *late = tw_open(p.addr[0], &o);
+    uint32_t s;
+    ck_assert_int_eq(tw_welcome(late, &s, 10.0), 0);
+    ck_assert_uint_eq(s, seed[2]);
+    struct tw_hp hp = {0};
+    ck_assert_int_eq(tw_next(late, &hp, 10.0), 1);
+    ck_assert_uint_ge(hp.version, 1);
+    ck_assert(fabs(hp.momentum[0] - 0.9) <= 0.07);
+    tw_free(late);
+
+    for (int j = 0; j < NJOBS; j++)
+        for (int r = 0; r < W; r++) {
+            char det[128];
+            ck_assert_int_eq(tw_finish(w[j][r], det, sizeof(det), 10.0), GRPC_STATUS_OK);
+            tw_free(w[j][r]);
+        }
+    grpc_shutdown();
+    ck_assert_int_eq(gristd_stop(&p, SIGTERM), 0);
+}
+END_TEST
+
+/* ---- bad input ---- */
+
+static grpc_status_code expect_end(struct tw *w, char *det, size_t dsz)
+{
+    struct tw_hp hp;
+    int r;
+    while ((r = tw_next(w, &hp, 10.0)) == 1)
+        ;
+    ck_assert_int_lt(r, 0);
+    return tw_status(w, det, dsz);
+}
+
+START_TEST(test_bad_input)
+{
+    const char *extra[] = {"--max-message-bytes", "65536", "--max-workers", "8", NULL};
+    struct gristd_proc p = start_daemon(extra);
+    grpc_init();
+    char det[256];
+    static float sk[M];
+    for (int i = 0; i < M; i++)
+        sk[i] = 0.01f * (float)i;
+    uint8_t *buf;
+    size_t len;
+
+    /* a healthy worker of job "ok" keeps streaming through all of this */
+    struct tw_opts ok = {.job = "ok", .rank = 0, .world = 1, .ngroups = 2, .m = M, .n = 1000, .beta0 = 0.9};
+    struct tw *good = tw_open(p.addr[0], &ok);
+    uint32_t seed;
+    ck_assert_int_eq(tw_welcome(good, &seed, 10), 0);
+    static float sk2[2 * M];
+    len = tw_encode_summary(&buf, 1, 2, M, sk2, NULL, 8);
+    ck_assert_int_eq(tw_send_raw(good, buf, len), 0);
+    free(buf);
+
+    /* summary before hello */
+    struct tw *w = tw_open(p.addr[0], NULL);
+    len = tw_encode_summary(&buf, 1, 1, M, sk, NULL, 8);
+    tw_send_raw(w, buf, len);
+    free(buf);
+    ck_assert_int_eq(expect_end(w, det, sizeof(det)), GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_ptr_nonnull(strstr(det, "hello"));
+    tw_free(w);
+
+    /* bytes that are not a WorkerMessage */
+    w = tw_open(p.addr[0], NULL);
+    const uint8_t junk[] = {0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f};
+    tw_send_raw(w, junk, sizeof(junk));
+    ck_assert_int_eq(expect_end(w, det, sizeof(det)), GRPC_STATUS_INVALID_ARGUMENT);
+    tw_free(w);
+
+    /* a summary of the job "ok" (rank 1 of a second stream) that is bad in
+     * three ways, each on its own stream; the job must not change */
+    struct tw_opts o2 = ok;
+    for (int kind = 0; kind < 3; kind++) {
+        w = tw_open(p.addr[0], &o2);
+        ck_assert_int_eq(tw_welcome(w, &seed, 10), 0);
+        static float bad[2 * M];
+        memcpy(bad, sk2, sizeof(bad));
+        uint32_t ng = 2, mm = M;
+        if (kind == 0)
+            bad[M + 7] = NAN;
+        else if (kind == 1)
+            mm = M / 2;
+        else
+            ng = 1;
+        len = tw_encode_summary(&buf, 2, ng, mm, bad, NULL, 8);
+        tw_send_raw(w, buf, len);
+        free(buf);
+        ck_assert_int_eq(expect_end(w, det, sizeof(det)), GRPC_STATUS_INVALID_ARGUMENT);
+        const char *field[] = {"summary.groups[1].sketch[7]", "sketch", "summary.groups"};
+        ck_assert_msg(strstr(det, field[kind]) != NULL, "kind %d: '%s'", kind, det);
+        tw_free(w);
+    }
+    /* hello over the limits, and a bad hello */
+    struct tw_opts big = ok;
+    big.job = "big";
+    big.world = 9;
+    w = tw_open(p.addr[0], &big);
+    ck_assert_int_eq(tw_welcome(w, &seed, 10), -GRPC_STATUS_RESOURCE_EXHAUSTED);
+    tw_free(w);
+    struct tw_opts badm = ok;
+    badm.job = "badm";
+    badm.m = 1000;
+    w = tw_open(p.addr[0], &badm);
+    ck_assert_int_eq(tw_welcome(w, &seed, 10), -GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr((tw_status(w, det, sizeof(det)), det), "sketch_dim"));
+    tw_free(w);
+    /* a job re-attached with another shape */
+    struct tw_opts shape = ok;
+    shape.n = 999;
+    w = tw_open(p.addr[0], &shape);
+    ck_assert_int_eq(tw_welcome(w, &seed, 10), -GRPC_STATUS_INVALID_ARGUMENT);
+    tw_free(w);
+    /* hello twice */
+    w = tw_open(p.addr[0], &o2);
+    ck_assert_int_eq(tw_welcome(w, &seed, 10), 0);
+    struct tw_opts none = {0};
+    (void)none;
+    {
+        Grist__V1__GroupSpec gs = GRIST__V1__GROUP_SPEC__INIT;
+        gs.num_elements = 1000;
+        Grist__V1__GroupSpec *gp[2] = {&gs, &gs};
+        Grist__V1__Hello h = GRIST__V1__HELLO__INIT;
+        h.job_id = (char *)"ok";
+        h.world_size = 1;
+        h.n_groups = 2;
+        h.groups = gp;
+        h.sketch_dim = M;
+        Grist__V1__WorkerMessage wm = GRIST__V1__WORKER_MESSAGE__INIT;
+        wm.msg_case = GRIST__V1__WORKER_MESSAGE__MSG_HELLO;
+        wm.hello = &h;
+        uint8_t hb[256];
+        size_t hl = grist__v1__worker_message__pack(&wm, hb);
+        tw_send_raw(w, hb, hl);
+    }
+    ck_assert_int_eq(expect_end(w, det, sizeof(det)), GRPC_STATUS_FAILED_PRECONDITION);
+    tw_free(w);
+    /* an oversize message: gRPC refuses it before gristd decodes it */
+    struct tw_opts huge = {.job = "huge", .rank = 0, .world = 1, .ngroups = 1, .m = 32768, .n = 100000, .beta0 = 0.9};
+    w = tw_open(p.addr[0], &huge);
+    ck_assert_int_eq(tw_welcome(w, &seed, 10), 0);
+    float *hs = calloc(32768, sizeof(float));
+    len = tw_encode_summary(&buf, 1, 1, 32768, hs, NULL, 8);
+    tw_send_raw(w, buf, len);
+    free(buf);
+    free(hs);
+    ck_assert_int_eq(expect_end(w, det, sizeof(det)), GRPC_STATUS_RESOURCE_EXHAUSTED);
+    tw_free(w);
+    /* unknown job in the query API */
+    grpc_status_code st;
+    ck_assert_ptr_null(get_job(p.addr[0], "nope", &st));
+    ck_assert_int_eq(st, GRPC_STATUS_NOT_FOUND);
+
+    /* the good stream still works: its step 2 completes the job's second step */
+    len = tw_encode_summary(&buf, 2, 2, M, sk2, NULL, 8);
+    ck_assert_int_eq(tw_send_raw(good, buf, len), 0);
+    free(buf);
+    for (int i = 0; i < 500; i++) {
+        Grist__V1__GetJobResponse *r = get_job(p.addr[0], "ok", &st);
+        ck_assert_ptr_nonnull(r);
+        const uint64_t step = r->job->step;
+        grist__v1__get_job_response__free_unpacked(r, NULL);
+        if (step == 2)
+            break;
+        ck_assert_uint_le(step, 2);
+        usleep(10000);
+    }
+    ck_assert_int_eq(tw_finish(good, det, sizeof(det), 10), GRPC_STATUS_OK);
+    tw_free(good);
+    grpc_shutdown();
+    ck_assert_int_eq(gristd_stop(&p, SIGTERM), 0);
+}
+END_TEST
+
+/* ---- a client that vanishes, and SIGTERM with live streams ---- */
+
+START_TEST(test_vanishing_client_and_sigterm)
+{
+    const char *extra[] = {"--aggregation-timeout", "0.2", NULL};
+    struct gristd_proc p = start_daemon(extra);
+    /* rank 1 of job "v" in a child process that is killed mid-stream */
+    pid_t child = fork();
+    if (child == 0) {
+        grpc_init();
+        struct tw_opts o = {.job = "v", .rank = 1, .world = 2, .ngroups = 1, .m = M, .n = 1000,
+                            .beta0 = 0.9, .solve_every = 5, .min_steps = 5};
+        struct tw *w = tw_open(p.addr[0], &o);
+        uint32_t s;
+        tw_welcome(w, &s, 10);
+        static float sk[M];
+        for (uint64_t t = 1;; t++) {
+            uint8_t *buf;
+            size_t len = tw_encode_summary(&buf, t, 1, M, sk, NULL, 8);
+            tw_send_raw(w, buf, len);
+            free(buf);
+            usleep(5000);
+        }
+    }
+    grpc_init();
+    struct tw_opts o = {.job = "v", .rank = 0, .world = 2, .ngroups = 1, .m = M, .n = 1000,
+                        .beta0 = 0.9, .solve_every = 5, .min_steps = 5};
+    struct tw *w = tw_open(p.addr[0], &o);
+    uint32_t s;
+    ck_assert_int_eq(tw_welcome(w, &s, 10), 0);
+    static float sk[M];
+    struct grist_rng r;
+    grist_rng_seed(&r, 5);
+    for (uint64_t t = 1; t <= 40; t++) {
+        if (t == 10)
+            kill(child, SIGKILL), waitpid(child, NULL, 0);
+        for (int i = 0; i < M; i++)
+            sk[i] = (float)grist_rng_normal(&r);
+        uint8_t *buf;
+        size_t len = tw_encode_summary(&buf, t, 1, M, sk, NULL, 8);
+        ck_assert_int_eq(tw_send_raw(w, buf, len), 0);
+        free(buf);
+    }
+    /* the job goes on with the remaining rank (partial steps after the timeout) */
+    wait_evaluated(p.addr[0], "v", 40);
+    grpc_status_code st;
+    Grist__V1__GetJobResponse *jr = get_job(p.addr[0], "v", &st);
+    ck_assert_ptr_nonnull(jr);
+    ck_assert_uint_eq(jr->job->live_workers, 1);
+    grist__v1__get_job_response__free_unpacked(jr, NULL);
+    ck_assert_int_eq(health_check(p.addr[0], ""), 1);
+
+    /* SIGTERM with a live stream: the client gets UNAVAILABLE, gristd exits 0 */
+    kill(p.pid, SIGTERM);
+    char det[128];
+    ck_assert_int_eq(expect_end(w, det, sizeof(det)), GRPC_STATUS_UNAVAILABLE);
+    ck_assert_ptr_nonnull(strstr(det, "shutting down"));
+    tw_free(w);
+    grpc_shutdown();
+    ck_assert_int_eq(gristd_stop(&p, 0), 0);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("attach");
+    TCase *tc = tcase_create("attach");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_jobs_converge);
+    tcase_add_test(tc, test_bad_input);
+    tcase_add_test(tc, test_vanishing_client_and_sigterm);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
