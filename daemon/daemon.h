@@ -16,6 +16,7 @@
 
 struct grist_job;
 struct grist_stream;
+struct grist_watch;
 
 struct grist_counters {
     uint64_t streams_opened, streams_closed;
@@ -38,6 +39,7 @@ struct grist_daemon {
     uint32_t njobs;
     uint64_t next_key, next_session;
     struct grist_stream *streams; /* all live Attach streams */
+    struct grist_watch *watches;  /* all live WatchJob streams */
     uint32_t nstreams;
     struct grist_counters cnt;
     int stopping;
@@ -77,6 +79,10 @@ struct grist_stream *grist__stream_next_in_job(struct grist_stream *s);
 /* query.c */
 void grist__query_call(struct grist_net *net, grpc_call *call, const char *method);
 int grist__query_method(const char *method);
+/* A job has a new evaluation: every watcher of it gets the new state. */
+void grist__watch_notify(struct grist_daemon *d, const struct grist_job *j);
+/* End watchers of job (NULL: all, with UNAVAILABLE for shutdown). */
+void grist__watch_finish_all(struct grist_daemon *d, const char *job);
 
 /* The daemon that owns a net (net is embedded in struct grist_daemon). */
 static inline struct grist_daemon *grist__daemon_of(struct grist_net *net)

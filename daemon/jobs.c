@@ -347,8 +347,10 @@ void grist__job_on_result(void *ud, struct grist_engine_result *r)
             fabs(c->lr_scale - j->push[g].lr_scale) > 1e-12 || fabs(c->lr - j->push[g].lr) > 1e-15)
             changed = 1;
     }
-    if (warm || (!changed && j->version > 0))
+    if (warm || (!changed && j->version > 0)) {
+        grist__watch_notify(d, j);
         return;
+    }
     for (uint32_t g = 0; g < j->ngroups; g++) {
         const struct grist_choice *c = &r->groups[g].choice;
         j->push[g] = (struct grist_push_group){c->beta, c->lr_scale, c->lr, c->confidence, NULL};
@@ -357,8 +359,10 @@ void grist__job_on_result(void *ud, struct grist_engine_result *r)
     }
     size_t len;
     uint8_t *msg = grist__encode_hyperparams(j->version + 1, r->step, j->ngroups, j->push, &len);
-    if (!msg)
+    if (!msg) {
+        grist__watch_notify(d, j);
         return; /* try again at the next evaluation */
+    }
     j->version++;
     j->push_step = r->step;
     free(j->push_msg);
@@ -369,6 +373,7 @@ void grist__job_on_result(void *ud, struct grist_engine_result *r)
                 (unsigned long long)j->version, (unsigned long long)r->step, j->push[0].momentum);
     for (struct grist_stream *s = j->streams; s; s = grist__stream_next_in_job(s))
         grist__stream_send(s, msg, len);
+    grist__watch_notify(d, j);
 }
 
 void grist__jobs_tick(struct grist_daemon *d)
@@ -392,6 +397,7 @@ void grist__jobs_tick(struct grist_daemon *d)
             d->njobs--;
             d->cnt.jobs_expired++;
             grist__engine_drop_job(d->engine, j->key);
+            grist__watch_finish_all(d, j->id);
             job_free(j);
             continue;
         }

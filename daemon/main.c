@@ -53,6 +53,7 @@ static void on_signal(uv_signal_t *s, int signum)
     d->stopping = 1;
     GRIST_INFO("signal %d: shutting down (%u streams, %u jobs)", signum, d->nstreams, d->njobs);
     grist__streams_finish_all(d);
+    grist__watch_finish_all(d, NULL);
     grist__net_shutdown(&d->net, 2.0, on_net_stopped);
 }
 

@@ -1,8 +1,11 @@
 /*
- * DESIGN: the query API for dashboards (ListJobs, GetJob, GetHistory).
+ * DESIGN: the query API for dashboards (ListJobs, GetJob, GetHistory,
+ * WatchJob).
  * Unary calls answered on the loop thread from the job registry; histories
  * are downsampled on the server with largest-triangle-three-buckets so a
- * long run answers in bounded time and size. Loop thread.
+ * long run answers in bounded time and size. WatchJob streams the job's
+ * state after every evaluation, latest-wins (one send in flight; a newer
+ * state replaces a waiting one). Loop thread.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -54,32 +57,18 @@ static grpc_status_code list_jobs(struct grist_net *net, const unsigned char *in
     return *out ? GRPC_STATUS_OK : GRPC_STATUS_RESOURCE_EXHAUSTED;
 }
 
-static grpc_status_code get_job(struct grist_net *net, const unsigned char *in, size_t in_len,
-                                unsigned char **out, size_t *out_len, char *msg, size_t msz)
+/* Encode a job's GetJobResponse into a malloc'd buffer; NULL on ENOMEM. */
+static uint8_t *encode_job(const struct grist_job *j, size_t *out_len)
 {
-    struct grist_daemon *d = grist__daemon_of(net);
-    Grist__V1__GetJobRequest *req = grist__v1__get_job_request__unpack(NULL, in_len, in);
-    if (!req) {
-        snprintf(msg, msz, "GetJobRequest does not decode");
-        return GRPC_STATUS_INVALID_ARGUMENT;
-    }
-    struct grist_job *j = grist__job_find(d, req->job_id ? req->job_id : "");
-    if (!j) {
-        snprintf(msg, msz, "job_id: no job '%.128s'", req->job_id ? req->job_id : "");
-        grist__v1__get_job_request__free_unpacked(req, NULL);
-        return GRPC_STATUS_NOT_FOUND;
-    }
-    grist__v1__get_job_request__free_unpacked(req, NULL);
     const uint32_t G = j->ngroups;
     Grist__V1__JobBrief b;
     brief(j, &b);
     Grist__V1__GroupState *gs = calloc(G, sizeof(*gs));
     Grist__V1__GroupState **gp = calloc(G, sizeof(*gp));
     Grist__V1__FamilyDiagnostics *fd = calloc(G, sizeof(*fd));
-    if (!gs || !gp || !fd) {
-        free(gs), free(gp), free(fd);
-        return GRPC_STATUS_RESOURCE_EXHAUSTED;
-    }
+    uint8_t *out = NULL;
+    if (!gs || !gp || !fd)
+        goto done;
     for (uint32_t g = 0; g < G; g++) {
         Grist__V1__GroupState *s = &gs[g];
         grist__v1__group_state__init(s);
@@ -119,11 +108,269 @@ static grpc_status_code get_job(struct grist_net *net, const unsigned char *in, 
     resp.n_groups = G;
     resp.groups = gp;
     *out_len = grist__v1__get_job_response__get_packed_size(&resp);
-    *out = malloc(*out_len ? *out_len : 1);
-    if (*out)
-        grist__v1__get_job_response__pack(&resp, *out);
+    out = malloc(*out_len ? *out_len : 1);
+    if (out)
+        grist__v1__get_job_response__pack(&resp, out);
+done:
     free(gs), free(gp), free(fd);
+    return out;
+}
+
+static grpc_status_code get_job(struct grist_net *net, const unsigned char *in, size_t in_len,
+                                unsigned char **out, size_t *out_len, char *msg, size_t msz)
+{
+    struct grist_daemon *d = grist__daemon_of(net);
+    Grist__V1__GetJobRequest *req = grist__v1__get_job_request__unpack(NULL, in_len, in);
+    if (!req) {
+        snprintf(msg, msz, "GetJobRequest does not decode");
+        return GRPC_STATUS_INVALID_ARGUMENT;
+    }
+    struct grist_job *j = grist__job_find(d, req->job_id ? req->job_id : "");
+    if (!j) {
+        snprintf(msg, msz, "job_id: no job '%.128s'", req->job_id ? req->job_id : "");
+        grist__v1__get_job_request__free_unpacked(req, NULL);
+        return GRPC_STATUS_NOT_FOUND;
+    }
+    grist__v1__get_job_request__free_unpacked(req, NULL);
+    *out = encode_job(j, out_len);
     return *out ? GRPC_STATUS_OK : GRPC_STATUS_RESOURCE_EXHAUSTED;
+}
+
+/* ---- WatchJob: a server stream of GetJobResponse, one per evaluation ---- */
+
+struct grist_watch {
+    struct grist_tag recv_tag, send_tag, close_tag;
+    struct grist_daemon *d;
+    grpc_call *call;
+    struct grist_watch *next; /* d->watches */
+    char job[GRIST_JOB_ID_MAX + 1];
+    grpc_byte_buffer *recv_buf, *send_buf;
+    int refs, md_sent, closed, cancelled, finishing, send_in_flight, status_in_flight;
+    int dirty; /* a newer state exists than the one in flight */
+    grpc_status_code code;
+    grpc_slice details;
+    int details_set;
+};
+
+#define WATCH_OF(tag, member) \
+    ((struct grist_watch *)((char *)(tag) - offsetof(struct grist_watch, member)))
+
+static void watch_unlink(struct grist_watch *w)
+{
+    for (struct grist_watch **p = &w->d->watches; *p; p = &(*p)->next)
+        if (*p == w) {
+            *p = w->next;
+            return;
+        }
+}
+
+static void watch_maybe_free(struct grist_watch *w)
+{
+    if (w->refs > 0)
+        return;
+    watch_unlink(w);
+    if (w->recv_buf)
+        grpc_byte_buffer_destroy(w->recv_buf);
+    if (w->send_buf)
+        grpc_byte_buffer_destroy(w->send_buf);
+    if (w->details_set)
+        grpc_slice_unref(w->details);
+    grpc_call_unref(w->call);
+    w->d->net.live_calls--;
+    free(w);
+}
+
+static void watch_batch(struct grist_watch *w, grpc_op *ops, size_t n)
+{
+    w->refs++;
+    w->send_in_flight = 1;
+    if (grpc_call_start_batch(w->call, ops, n, &w->send_tag, NULL) != GRPC_CALL_OK) {
+        w->refs--;
+        w->send_in_flight = 0;
+        grpc_call_cancel(w->call, NULL);
+    }
+}
+
+static void watch_send_status(struct grist_watch *w)
+{
+    grpc_op ops[2];
+    memset(ops, 0, sizeof(ops));
+    size_t n = 0;
+    if (!w->md_sent) {
+        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+        w->md_sent = 1;
+    }
+    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[n].data.send_status_from_server.status = w->code;
+    ops[n++].data.send_status_from_server.status_details = &w->details;
+    w->status_in_flight = 1;
+    watch_batch(w, ops, n);
+}
+
+static void watch_finish(struct grist_watch *w, grpc_status_code code, const char *msg)
+{
+    if (w->finishing)
+        return;
+    w->finishing = 1;
+    w->code = code;
+    w->details = grpc_slice_from_copied_string(msg);
+    w->details_set = 1;
+    if (!w->send_in_flight && !w->closed)
+        watch_send_status(w);
+}
+
+static void watch_send_state(struct grist_watch *w)
+{
+    struct grist_job *j = grist__job_find(w->d, w->job);
+    if (!j) {
+        watch_finish(w, GRPC_STATUS_OK, "the job ended");
+        return;
+    }
+    size_t len;
+    uint8_t *buf = encode_job(j, &len);
+    if (!buf) {
+        w->dirty = 1; /* try at the next evaluation */
+        return;
+    }
+    w->send_buf = grist__bb_from(buf, len);
+    free(buf);
+    grpc_op ops[2];
+    memset(ops, 0, sizeof(ops));
+    size_t n = 0;
+    if (!w->md_sent) {
+        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+        w->md_sent = 1;
+    }
+    ops[n].op = GRPC_OP_SEND_MESSAGE;
+    ops[n++].data.send_message.send_message = w->send_buf;
+    w->dirty = 0;
+    watch_batch(w, ops, n);
+}
+
+static void watch_on_send(struct grist_tag *tag, int ok)
+{
+    struct grist_watch *w = WATCH_OF(tag, send_tag);
+    w->refs--;
+    w->send_in_flight = 0;
+    if (w->send_buf) {
+        grpc_byte_buffer_destroy(w->send_buf);
+        w->send_buf = NULL;
+    }
+    if (w->status_in_flight) {
+        w->status_in_flight = 0;
+    } else if (!ok) {
+        watch_finish(w, GRPC_STATUS_UNAVAILABLE, "send failed");
+    } else if (w->finishing) {
+        if (!w->closed)
+            watch_send_status(w);
+    } else if (w->dirty) {
+        watch_send_state(w);
+    }
+    watch_maybe_free(w);
+}
+
+static void watch_on_close(struct grist_tag *tag, int ok)
+{
+    (void)ok;
+    struct grist_watch *w = WATCH_OF(tag, close_tag);
+    w->refs--;
+    w->closed = 1;
+    w->finishing = 1;
+    watch_unlink(w);
+    watch_maybe_free(w);
+}
+
+static void watch_on_recv(struct grist_tag *tag, int ok)
+{
+    struct grist_watch *w = WATCH_OF(tag, recv_tag);
+    w->refs--;
+    grpc_byte_buffer *bb = w->recv_buf;
+    w->recv_buf = NULL;
+    if (!ok || !bb) {
+        if (bb)
+            grpc_byte_buffer_destroy(bb);
+        watch_finish(w, GRPC_STATUS_INVALID_ARGUMENT, "WatchJob needs a WatchJobRequest");
+        watch_maybe_free(w);
+        return;
+    }
+    size_t len;
+    uint8_t *buf = grist__bb_read(bb, &len);
+    grpc_byte_buffer_destroy(bb);
+    Grist__V1__WatchJobRequest *req = buf ? grist__v1__watch_job_request__unpack(NULL, len, buf) : NULL;
+    free(buf);
+    if (!req) {
+        watch_finish(w, GRPC_STATUS_INVALID_ARGUMENT, "WatchJobRequest does not decode");
+    } else {
+        snprintf(w->job, sizeof(w->job), "%s", req->job_id ? req->job_id : "");
+        grist__v1__watch_job_request__free_unpacked(req, NULL);
+        if (!grist__job_find(w->d, w->job)) {
+            char msg[200];
+            snprintf(msg, sizeof(msg), "job_id: no job '%.128s'", w->job);
+            watch_finish(w, GRPC_STATUS_NOT_FOUND, msg);
+        } else if (w->d->stopping) {
+            watch_finish(w, GRPC_STATUS_UNAVAILABLE, "gristd is shutting down");
+        } else {
+            w->next = w->d->watches;
+            w->d->watches = w;
+            watch_send_state(w);
+        }
+    }
+    watch_maybe_free(w);
+}
+
+static void watch_start(struct grist_net *net, grpc_call *call)
+{
+    struct grist_daemon *d = grist__daemon_of(net);
+    struct grist_watch *w = calloc(1, sizeof(*w));
+    if (!w) {
+        grpc_call_cancel(call, NULL);
+        grpc_call_unref(call);
+        net->live_calls--;
+        return;
+    }
+    w->d = d;
+    w->call = call;
+    w->recv_tag.cb = watch_on_recv;
+    w->send_tag.cb = watch_on_send;
+    w->close_tag.cb = watch_on_close;
+    grpc_op op;
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    op.data.recv_close_on_server.cancelled = &w->cancelled;
+    w->refs++;
+    if (grpc_call_start_batch(call, &op, 1, &w->close_tag, NULL) != GRPC_CALL_OK) {
+        w->refs--;
+        watch_maybe_free(w);
+        return;
+    }
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &w->recv_buf;
+    w->refs++;
+    if (grpc_call_start_batch(call, &op, 1, &w->recv_tag, NULL) != GRPC_CALL_OK) {
+        w->refs--;
+        grpc_call_cancel(call, NULL);
+    }
+}
+
+void grist__watch_notify(struct grist_daemon *d, const struct grist_job *j)
+{
+    for (struct grist_watch *w = d->watches; w; w = w->next) {
+        if (w->finishing || strcmp(w->job, j->id) != 0)
+            continue;
+        if (w->send_in_flight)
+            w->dirty = 1; /* latest wins: the newest state goes after this one */
+        else
+            watch_send_state(w);
+    }
+}
+
+void grist__watch_finish_all(struct grist_daemon *d, const char *job)
+{
+    for (struct grist_watch *w = d->watches; w; w = w->next)
+        if (!job || strcmp(w->job, job) == 0)
+            watch_finish(w, job ? GRPC_STATUS_OK : GRPC_STATUS_UNAVAILABLE,
+                         job ? "the job ended" : "gristd is shutting down");
 }
 
 static int series_index(const char *s)
@@ -273,7 +520,8 @@ int grist__query_method(const char *method)
 {
     return strcmp(method, "/grist.v1.Grist/ListJobs") == 0 ||
            strcmp(method, "/grist.v1.Grist/GetJob") == 0 ||
-           strcmp(method, "/grist.v1.Grist/GetHistory") == 0;
+           strcmp(method, "/grist.v1.Grist/GetHistory") == 0 ||
+           strcmp(method, "/grist.v1.Grist/WatchJob") == 0;
 }
 
 void grist__query_call(struct grist_net *net, grpc_call *call, const char *method)
@@ -282,6 +530,8 @@ void grist__query_call(struct grist_net *net, grpc_call *call, const char *metho
         grist__unary_start(net, call, list_jobs);
     else if (strcmp(method, "/grist.v1.Grist/GetJob") == 0)
         grist__unary_start(net, call, get_job);
+    else if (strcmp(method, "/grist.v1.Grist/WatchJob") == 0)
+        watch_start(net, call);
     else
         grist__unary_start(net, call, get_history);
 }

@@ -35,15 +35,23 @@ int gristd_start(struct gristd_proc *p, const char *const *args)
         close(fds[0]);
         char fdbuf[16];
         snprintf(fdbuf, sizeof(fdbuf), "%d", fds[1]);
-        const char *argv[32];
+        const char *argv[48];
         int n = 0;
+        /* GRISTD_WRAPPER="valgrind --error-exitcode=99 ..." runs the daemon under a tool */
+        static char wrap[512];
+        const char *wr = getenv("GRISTD_WRAPPER");
+        if (wr && *wr) {
+            snprintf(wrap, sizeof(wrap), "%s", wr);
+            for (char *t = strtok(wrap, " "); t && n < 16; t = strtok(NULL, " "))
+                argv[n++] = t;
+        }
         argv[n++] = bin;
         for (int i = 0; args && args[i] && n < 28; i++)
             argv[n++] = args[i];
         argv[n++] = "--ready-fd";
         argv[n++] = fdbuf;
         argv[n] = NULL;
-        execv(bin, (char *const *)argv);
+        execvp(argv[0], (char *const *)argv);
         _exit(127);
     }
     close(fds[1]);

@@ -106,6 +106,15 @@ START_TEST(test_jobs_converge)
         }
     ck_assert(seed[0] != seed[1] && seed[1] != seed[2]);
 
+    /* a dashboard watches job-c from the start */
+    struct tw *watch = tw_open_method(p.addr[0], "/grist.v1.Grist/WatchJob");
+    {
+        Grist__V1__WatchJobRequest wr = GRIST__V1__WATCH_JOB_REQUEST__INIT;
+        wr.job_id = (char *)"job-c";
+        uint8_t wb[64];
+        ck_assert_int_eq(tw_send_raw(watch, wb, grist__v1__watch_job_request__pack(&wr, wb)), 0);
+    }
+
     struct grist_rng rng;
     grist_rng_seed(&rng, 11);
     static double g[NJOBS][N], obs[N], acc[M];
@@ -157,6 +166,37 @@ START_TEST(test_jobs_converge)
         ck_assert(r->groups[0]->families->trace > 0);
         grist__v1__get_job_response__free_unpacked(r, NULL);
     }
+    /* the watcher saw job-c's evaluations, ending with the last one */
+    int updates = 0;
+    for (;;) {
+        uint8_t *buf;
+        size_t len;
+        ck_assert_int_eq(tw_recv_raw(watch, &buf, &len, 10.0), 1);
+        Grist__V1__GetJobResponse *r = grist__v1__get_job_response__unpack(NULL, len, buf);
+        free(buf);
+        ck_assert_ptr_nonnull(r);
+        ck_assert_str_eq(r->job->job_id, "job-c");
+        updates++;
+        const uint64_t steps = r->n_groups ? r->groups[0]->steps : 0;
+        grist__v1__get_job_response__free_unpacked(r, NULL);
+        if (steps == STEPS)
+            break;
+    }
+    ck_assert_int_ge(updates, 2);
+    tw_free(watch);
+    /* watching an unknown job: NOT_FOUND */
+    watch = tw_open_method(p.addr[0], "/grist.v1.Grist/WatchJob");
+    {
+        Grist__V1__WatchJobRequest wr = GRIST__V1__WATCH_JOB_REQUEST__INIT;
+        wr.job_id = (char *)"nope";
+        uint8_t wb[64];
+        tw_send_raw(watch, wb, grist__v1__watch_job_request__pack(&wr, wb));
+        uint8_t *buf;
+        size_t len;
+        ck_assert_int_eq(tw_recv_raw(watch, &buf, &len, 10.0), -GRPC_STATUS_NOT_FOUND - 1);
+    }
+    tw_free(watch);
+
     /* ListJobs sees the three */
     void *resp;
     size_t rlen;

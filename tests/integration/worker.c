@@ -98,7 +98,23 @@ static void post_recv(struct tw *w)
         w->recv_pending = 1;
 }
 
+static struct tw *open_call(const char *target, const char *method);
+static struct tw *tw_hello(struct tw *w, const struct tw_opts *o);
+
+struct tw *tw_open_method(const char *target, const char *method)
+{
+    return open_call(target, method);
+}
+
 struct tw *tw_open(const char *target, const struct tw_opts *o)
+{
+    struct tw *w = open_call(target, "/grist.v1.Grist/Attach");
+    if (!o)
+        return w;
+    return tw_hello(w, o);
+}
+
+static struct tw *open_call(const char *target, const char *method)
 {
     struct tw *w = calloc(1, sizeof(*w));
     grpc_channel_credentials *creds = grpc_insecure_credentials_create();
@@ -109,7 +125,7 @@ struct tw *tw_open(const char *target, const struct tw_opts *o)
     w->ch = grpc_channel_create(target, creds, &ca);
     grpc_channel_credentials_release(creds);
     w->cq = grpc_completion_queue_create_for_next(NULL);
-    grpc_slice m = grpc_slice_from_static_string("/grist.v1.Grist/Attach");
+    grpc_slice m = grpc_slice_from_copied_string(method);
     w->call = grpc_channel_create_call(w->ch, NULL, GRPC_PROPAGATE_DEFAULTS, w->cq, m, NULL,
                                        gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
     w->details = grpc_empty_slice();
@@ -122,8 +138,12 @@ struct tw *tw_open(const char *target, const struct tw_opts *o)
     ops[0].data.recv_status_on_client.status = &w->status;
     ops[0].data.recv_status_on_client.status_details = &w->details;
     start(w, ops, 1, T_STATUS);
-    if (!o)
-        return w;
+    grpc_slice_unref(m);
+    return w;
+}
+
+struct tw *tw_hello(struct tw *w, const struct tw_opts *o)
+{
     /* Hello */
     Grist__V1__GroupSpec *gs = calloc(o->ngroups, sizeof(*gs));
     Grist__V1__GroupSpec **gp = calloc(o->ngroups, sizeof(*gp));
@@ -199,6 +219,28 @@ static int final_status(struct tw *w)
     wait_for(w, T_STATUS, 30.0);
     w->status_done = 3; /* remember */
     return -(int)w->status;
+}
+
+int tw_recv_raw(struct tw *w, uint8_t **buf, size_t *len, double timeout_s)
+{
+    post_recv(w);
+    int r = wait_for(w, T_RECV, timeout_s);
+    if (r < 0)
+        return 0;
+    w->recv_pending = 0;
+    if (!w->recv_buf)
+        return final_status(w) - 1;
+    grpc_byte_buffer_reader rd;
+    grpc_byte_buffer_reader_init(&rd, w->recv_buf);
+    grpc_slice s = grpc_byte_buffer_reader_readall(&rd);
+    grpc_byte_buffer_reader_destroy(&rd);
+    grpc_byte_buffer_destroy(w->recv_buf);
+    w->recv_buf = NULL;
+    *len = GRPC_SLICE_LENGTH(s);
+    *buf = malloc(*len + 1);
+    memcpy(*buf, GRPC_SLICE_START_PTR(s), *len);
+    grpc_slice_unref(s);
+    return 1;
 }
 
 int tw_welcome(struct tw *w, uint32_t *seed, double timeout_s)

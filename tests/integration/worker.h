@@ -26,6 +26,10 @@ struct tw_opts {
     double hysteresis_z;
 };
 
+/* Open a call of any streaming method (nothing sent yet). */
+struct tw *tw_open_method(const char *target, const char *method);
+/* Next raw message (malloc'd); 1 got one, 0 timeout, negative: stream over. */
+int tw_recv_raw(struct tw *w, uint8_t **buf, size_t *len, double timeout_s);
 /* Open the stream and send Hello. Returns NULL on failure to create it. */
 struct tw *tw_open(const char *target, const struct tw_opts *o);
 /* Wait for Welcome (or the stream's end). 0 and *seed on Welcome; else the
