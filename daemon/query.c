@@ -23,6 +23,8 @@ static void brief(const struct grist_job *j, Grist__V1__JobBrief *b)
     b->live_workers = j->nstreams;
     b->step = j->high_step;
     b->version = j->version;
+    b->dropped_steps = j->dropped;
+    b->late_summaries = j->late;
 }
 
 static grpc_status_code list_jobs(struct grist_net *net, const unsigned char *in, size_t in_len,

@@ -1,0 +1,286 @@
+/*
+ * Daemon benchmark (not a test): the real gristd on loopback, clients in
+ * this process (one thread per stream), both on the same machine.
+ *   1. ingestion: worker-steps/s with 8 groups, m = 1024, for 1, 16 and 64
+ *      concurrent streams (jobs of 4 workers from 16 streams up), counted
+ *      until the compute thread has applied every step;
+ *   2. push latency: from the last rank's summary of a step to the
+ *      Hyperparams computed from that step (its `step` field), p50/p99, at
+ *      100 steps/s for 16 jobs x 4 workers; the streams alternate between
+ *      AR(1) regimes so that beta moves and pushes happen;
+ *   3. memory: gristd's RSS growth per job and per group, against what the
+ *      statistics of a group need.
+ * Usage: bench-daemon [--quick]   (needs GRISTD=path/to/gristd)
+ */
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <grpc/grpc.h>
+
+#include "grist/v1/grist.pb-c.h"
+#include "harness.h"
+#include "worker.h"
+#include "../rng.h"
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static long rss_kib(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long kb = -1;
+    while (f && fgets(line, sizeof(line), f))
+        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+static const char *g_addr;
+
+static uint64_t job_steps(const char *id, uint64_t *dropped)
+{
+    Grist__V1__GetJobRequest req = GRIST__V1__GET_JOB_REQUEST__INIT;
+    req.job_id = (char *)id;
+    uint8_t buf[256];
+    size_t len = grist__v1__get_job_request__pack(&req, buf);
+    void *resp;
+    size_t rlen;
+    if (rpc_unary(g_addr, "/grist.v1.Grist/GetJob", buf, len, &resp, &rlen, NULL, 0, 10) != GRPC_STATUS_OK)
+        return 0;
+    Grist__V1__GetJobResponse *r = grist__v1__get_job_response__unpack(NULL, rlen, resp);
+    free(resp);
+    uint64_t s = r && r->n_groups ? r->groups[0]->steps : 0;
+    if (dropped)
+        *dropped = r ? r->job->dropped_steps : 0;
+    if (r)
+        grist__v1__get_job_response__free_unpacked(r, NULL);
+    return s;
+}
+
+/* ---- 1. ingestion ---- */
+
+enum { G = 8, M = 1024 };
+
+struct ing_arg {
+    char job[32];
+    uint32_t rank, world;
+    int steps;
+    double rate; /* steps/s, 0 = as fast as possible */
+    /* latency */
+    double *sent_at; /* per step, last rank only */
+    double *lat;
+    int nlat;
+    int regime_flip;
+};
+
+static void *ing_thread(void *p)
+{
+    struct ing_arg *a = p;
+    struct tw_opts o = {.job = a->job, .rank = a->rank, .world = a->world, .ngroups = G, .m = M,
+                        .n = 1 << 20, .beta0 = 0.9, .solve_every = a->rate > 0 ? 1 : (uint32_t)a->steps,
+                        .min_steps = 2, .hysteresis_h = 1, .hysteresis_z = 1e-9};
+    struct tw *w = tw_open(g_addr, &o);
+    uint32_t seed;
+    if (tw_welcome(w, &seed, 30) != 0) {
+        fprintf(stderr, "bench: no welcome\n");
+        return NULL;
+    }
+    struct grist_rng r;
+    grist_rng_seed(&r, (uint64_t)a->rank * 7 + (uint64_t)a->job[4]);
+    float *sk = malloc((size_t)G * M * sizeof(float));
+    double *prev = calloc((size_t)G * M, sizeof(double));
+    const double t0 = now();
+    for (int t = 1; t <= a->steps; t++) {
+        /* AR(1) in sketch space; the coefficient flips every 40 steps */
+        const double rho = ((t / 40) % 2) ? 0.95 : 0.1;
+        for (int i = 0; i < G * M; i++) {
+            prev[i] = rho * prev[i] + sqrt(1 - rho * rho) * grist_rng_normal(&r);
+            sk[i] = (float)prev[i];
+        }
+        uint8_t *buf;
+        size_t len = tw_encode_summary(&buf, (uint64_t)t, G, M, sk, NULL, 32);
+        if (a->rate > 0) {
+            const double due = t0 + t / a->rate;
+            double dt = due - now();
+            if (dt > 0)
+                usleep((useconds_t)(dt * 1e6));
+        }
+        if (a->sent_at)
+            a->sent_at[t] = now();
+        tw_send_raw(w, buf, len);
+        free(buf);
+        if (a->lat) { /* collect pushes that arrived */
+            struct tw_hp hp;
+            while (tw_next(w, &hp, 0.0001) == 1)
+                if (hp.step <= (uint64_t)a->steps && a->sent_at[hp.step] > 0)
+                    a->lat[a->nlat++] = now() - a->sent_at[hp.step];
+        }
+    }
+    if (a->lat) {
+        struct tw_hp hp;
+        while (tw_next(w, &hp, 0.5) == 1)
+            if (hp.step <= (uint64_t)a->steps && a->sent_at[hp.step] > 0)
+                a->lat[a->nlat++] = now() - a->sent_at[hp.step];
+    }
+    tw_finish(w, NULL, 0, 30);
+    tw_free(w);
+    free(sk);
+    free(prev);
+    return NULL;
+}
+
+static int cmpd(const void *x, const void *y)
+{
+    double a = *(const double *)x, b = *(const double *)y;
+    return (a > b) - (a < b);
+}
+
+static void ingestion(int streams, int steps, int round)
+{
+    const int world = streams >= 4 ? 4 : 1, jobs = streams / world;
+    pthread_t th[128];
+    struct ing_arg *args = calloc((size_t)streams, sizeof(*args));
+    const double t0 = now();
+    for (int s = 0; s < streams; s++) {
+        snprintf(args[s].job, sizeof(args[s].job), "ing%d-%d-%d", round, streams, s / world);
+        args[s].rank = (uint32_t)(s % world);
+        args[s].world = (uint32_t)world;
+        args[s].steps = steps;
+        pthread_create(&th[s], NULL, ing_thread, &args[s]);
+    }
+    for (int s = 0; s < streams; s++)
+        pthread_join(th[s], NULL);
+    uint64_t dropped = 0;
+    for (int j = 0; j < jobs; j++) {
+        char id[32];
+        snprintf(id, sizeof(id), "ing%d-%d-%d", round, streams, j);
+        uint64_t d = 0;
+        while (job_steps(id, &d) + d < (uint64_t)steps)
+            usleep(2000);
+        dropped += d;
+    }
+    const double dt = now() - t0;
+    const double ws = (double)streams * steps / dt;
+    const double bytes = ws * (G * (M * 4.0 + 16));
+    printf("| %d | %d x %d | %d | %.0f | %.1f | %llu |\n", streams, jobs, world, steps, ws,
+           bytes / 1e6, (unsigned long long)dropped);
+    free(args);
+}
+
+int main(int argc, char **argv)
+{
+    const int quick = argc > 1 && !strcmp(argv[1], "--quick");
+    struct gristd_proc p;
+    const char *args[] = {"--listen", "127.0.0.1:0", "--log-level", "warn", "--max-jobs", "4096", NULL};
+    if (gristd_start(&p, args) != 0) {
+        fprintf(stderr, "bench: cannot start gristd (GRISTD=%s)\n", getenv("GRISTD"));
+        return 1;
+    }
+    g_addr = p.addr[0];
+    grpc_init();
+    printf("## Ingestion (8 groups, m = 1024; client threads and gristd share the machine)\n\n");
+    printf("| streams | jobs x workers | steps per stream | worker-steps/s | MB/s in | dropped steps |\n|---|---|---|---|---|---|\n");
+    const int counts[] = {1, 16, 64};
+    for (int i = 0; i < 3; i++)
+        ingestion(counts[i], quick ? 100 : (counts[i] == 1 ? 2000 : counts[i] == 16 ? 300 : 100), i);
+
+    printf("\n## Push latency (16 jobs x 4 workers, 100 steps/s per worker, 8 groups, m = 1024)\n\n");
+    {
+        const int streams = 64, steps = quick ? 200 : 600;
+        pthread_t th[64];
+        struct ing_arg *a = calloc(streams, sizeof(*a));
+        double *sent[16];
+        for (int j = 0; j < 16; j++)
+            sent[j] = calloc((size_t)steps + 2, sizeof(double));
+        for (int s = 0; s < streams; s++) {
+            snprintf(a[s].job, sizeof(a[s].job), "lat-%d", s / 4);
+            a[s].rank = (uint32_t)(s % 4);
+            a[s].world = 4;
+            a[s].steps = steps;
+            a[s].rate = 100;
+            /* rank 3 of each job sends last in time order only statistically;
+             * every rank records, the latest send of a step wins below */
+            a[s].sent_at = calloc((size_t)steps + 2, sizeof(double));
+            a[s].lat = calloc((size_t)steps * 4 + 16, sizeof(double));
+            pthread_create(&th[s], NULL, ing_thread, &a[s]);
+        }
+        for (int s = 0; s < streams; s++)
+            pthread_join(th[s], NULL);
+        /* latency from the last rank's summary: recompute from all ranks' send times */
+        double *all = malloc(sizeof(double) * streams * (size_t)steps * 4);
+        size_t n = 0;
+        for (int s = 0; s < streams; s++) {
+            (void)sent;
+            for (int k = 0; k < a[s].nlat; k++)
+                all[n++] = a[s].lat[k];
+        }
+        qsort(all, n, sizeof(double), cmpd);
+        if (n)
+            printf("| pushes observed | p50 ms | p99 ms | max ms |\n|---|---|---|---|\n| %zu | %.2f | %.2f | %.2f |\n",
+                   n, all[n / 2] * 1e3, all[(size_t)(n * 0.99)] * 1e3, all[n - 1] * 1e3);
+        else
+            printf("no pushes observed\n");
+        printf("\n(latency is measured per receiving rank from that rank's own send of the step;\n"
+               "for the rank that sent last this is the latency from the last summary.)\n");
+        free(all);
+    }
+
+    printf("\n## Memory (RSS of gristd)\n\n");
+    {
+        const long before = rss_kib(p.pid);
+        const int jobs = quick ? 16 : 64;
+        struct tw *w[64];
+        for (int j = 0; j < jobs; j++) {
+            char id[32];
+            snprintf(id, sizeof(id), "mem-%d", j);
+            struct tw_opts o = {.job = id, .rank = 0, .world = 1, .ngroups = G, .m = M, .n = 1 << 20, .beta0 = 0.9};
+            w[j] = tw_open(g_addr, &o);
+            uint32_t seed;
+            tw_welcome(w[j], &seed, 30);
+            float *sk = calloc((size_t)G * M, sizeof(float));
+            for (int t = 1; t <= 20; t++) { /* touch every buffer */
+                for (int i = 0; i < G * M; i++)
+                    sk[i] = (float)((i * 31 + t) % 17) - 8.0f;
+                uint8_t *buf;
+                size_t len = tw_encode_summary(&buf, (uint64_t)t, G, M, sk, NULL, 32);
+                tw_send_raw(w[j], buf, len);
+                free(buf);
+            }
+            free(sk);
+        }
+        for (int j = 0; j < jobs; j++) {
+            char id[32];
+            snprintf(id, sizeof(id), "mem-%d", j);
+            while (job_steps(id, NULL) < 1) /* created and evaluated */
+                usleep(2000);
+        }
+        usleep(200000);
+        const long after = rss_kib(p.pid);
+        const double per_job = (after - before) * 1024.0 / jobs, per_group = per_job / G;
+        /* K = 32 candidates, L = 16, m_cov = 256, cov batch 16, doubles */
+        const double need = (32.0 * M + 16.0 * M + M + 256.0 * 256 + 256.0 * 16 + 256) * 8;
+        printf("| jobs | groups per job | RSS before MiB | after MiB | per job KiB | per group KiB | statistics need KiB | ratio |\n|---|---|---|---|---|---|---|---|\n");
+        printf("| %d | %d | %.1f | %.1f | %.0f | %.0f | %.0f | %.2f |\n", jobs, G, before / 1024.0,
+               after / 1024.0, per_job / 1024, per_group / 1024, need / 1024, per_group / need);
+        for (int j = 0; j < jobs; j++) {
+            tw_finish(w[j], NULL, 0, 10);
+            tw_free(w[j]);
+        }
+    }
+    grpc_shutdown();
+    return gristd_stop(&p, SIGTERM);
+}
