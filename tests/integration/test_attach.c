@@ -263,7 +263,7 @@ static grpc_status_code expect_end(struct tw *w, char *det, size_t dsz)
 
 START_TEST(test_bad_input)
 {
-    const char *extra[] = {"--max-message-bytes", "65536", "--max-workers", "8", NULL};
+    const char *extra[] = {"--max-message-bytes", "65536", "--max-workers", "8", "--max-jobs", "2", NULL};
     struct gristd_proc p = start_daemon(extra);
     grpc_init();
     char det[256];
@@ -377,6 +377,13 @@ START_TEST(test_bad_input)
     free(hs);
     ck_assert_int_eq(expect_end(w, det, sizeof(det)), GRPC_STATUS_RESOURCE_EXHAUSTED);
     tw_free(w);
+    /* a third job is over --max-jobs 2 ("ok" and "huge" exist) */
+    struct tw_opts third = ok;
+    third.job = "third";
+    w = tw_open(p.addr[0], &third);
+    ck_assert_int_eq(tw_welcome(w, &seed, 10), -GRPC_STATUS_RESOURCE_EXHAUSTED);
+    ck_assert_ptr_nonnull(strstr((tw_status(w, det, sizeof(det)), det), "max-jobs"));
+    tw_free(w);
     /* unknown job in the query API */
     grpc_status_code st;
     ck_assert_ptr_null(get_job(p.addr[0], "nope", &st));
@@ -466,6 +473,62 @@ START_TEST(test_vanishing_client_and_sigterm)
 }
 END_TEST
 
+/* ---- world size changes, idle jobs expire ---- */
+
+START_TEST(test_world_change_and_expiry)
+{
+    const char *extra[] = {"--idle-expiry", "1", NULL};
+    struct gristd_proc p = start_daemon(extra);
+    grpc_init();
+    struct tw_opts o = {.job = "ws", .rank = 0, .world = 2, .ngroups = 1, .m = M, .n = 100, .beta0 = 0.9};
+    struct tw *a = tw_open(p.addr[0], &o);
+    uint32_t seed;
+    ck_assert_int_eq(tw_welcome(a, &seed, 10), 0);
+    o.world = 1; /* the job shrinks to one rank */
+    struct tw *b = tw_open(p.addr[0], &o);
+    ck_assert_int_eq(tw_welcome(b, &seed, 10), 0);
+    grpc_status_code st;
+    Grist__V1__GetJobResponse *r = get_job(p.addr[0], "ws", &st);
+    ck_assert_ptr_nonnull(r);
+    ck_assert_uint_eq(r->job->world_size, 1);
+    ck_assert_uint_eq(r->job->live_workers, 2);
+    grist__v1__get_job_response__free_unpacked(r, NULL);
+    /* with one rank, a step aggregates at once */
+    static float sk[M];
+    uint8_t *buf;
+    size_t len = tw_encode_summary(&buf, 1, 1, M, sk, NULL, 8);
+    tw_send_raw(b, buf, len);
+    free(buf);
+    for (int i = 0; i < 500; i++) {
+        r = get_job(p.addr[0], "ws", &st);
+        const uint64_t step = r->job->step;
+        grist__v1__get_job_response__free_unpacked(r, NULL);
+        if (step == 1)
+            break;
+        usleep(10000);
+    }
+    /* both leave; one second later the job is gone */
+    char det[64];
+    ck_assert_int_eq(tw_finish(a, det, sizeof(det), 10), GRPC_STATUS_OK);
+    ck_assert_int_eq(tw_finish(b, det, sizeof(det), 10), GRPC_STATUS_OK);
+    tw_free(a);
+    tw_free(b);
+    int gone = 0;
+    for (int i = 0; i < 500 && !gone; i++) {
+        r = get_job(p.addr[0], "ws", &st);
+        if (!r)
+            gone = st == GRPC_STATUS_NOT_FOUND;
+        else
+            grist__v1__get_job_response__free_unpacked(r, NULL);
+        if (!gone)
+            usleep(10000);
+    }
+    ck_assert_msg(gone, "idle job did not expire");
+    grpc_shutdown();
+    ck_assert_int_eq(gristd_stop(&p, SIGTERM), 0);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("attach");
@@ -474,6 +537,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_jobs_converge);
     tcase_add_test(tc, test_bad_input);
     tcase_add_test(tc, test_vanishing_client_and_sigterm);
+    tcase_add_test(tc, test_world_change_and_expiry);
     suite_add_tcase(s, tc);
     return s;
 }
