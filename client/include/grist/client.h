@@ -1,0 +1,177 @@
+/*
+ * libgrist: the worker side of grist (C API).
+ *
+ * A client owns one gRPC channel to gristd and one background thread; each
+ * session is one Attach stream (one worker of one job). Nothing here blocks
+ * on the network: grist_session_submit() only queues (dropping the oldest
+ * summary when the queue is full), grist_session_latest() only copies the
+ * newest hyperparameters received. When the daemon is slow, absent or
+ * restarted, the background thread reconnects with exponential backoff and
+ * jitter and attaches again; training keeps the last values it received.
+ *
+ * Thread safety: every function may be called from any thread; a session
+ * must not be used after grist_session_close(), a client not after
+ * grist_client_close().
+ *
+ * Errors: functions return 0 or a negative code (-EINVAL, -ENOMEM, or a
+ * GRIST_E* code of grist/error.h); grist_strerror() gives the text.
+ */
+#ifndef GRIST_CLIENT_H
+#define GRIST_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "grist/error.h"
+#include "grist/sketch.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define GRIST_EXPORT __attribute__((visibility("default")))
+#else
+#define GRIST_EXPORT
+#endif
+
+struct grist_client;
+struct grist_session;
+
+/** Client options; fill with grist_client_options_default() first. */
+struct grist_client_options {
+    double backoff_initial_s; /**< first reconnect delay (default 0.1 s) */
+    double backoff_max_s;     /**< cap of the exponential backoff (default 5 s) */
+    uint32_t queue_capacity;  /**< summaries queued per session (default 64) */
+    int32_t max_message_bytes; /**< gRPC message limit (default 64 MiB) */
+};
+
+/** Fill options with their defaults. @param o written. */
+GRIST_EXPORT void grist_client_options_default(struct grist_client_options *o);
+
+/**
+ * Open a client: a channel to address and its background thread. Does not
+ * connect yet (connections are made by sessions, in the background).
+ *
+ * @param address "host:port" or "unix:/path".
+ * @param opt     options or NULL for defaults; copied.
+ * @param out     receives the client; free with grist_client_close().
+ * @return 0; -EINVAL (NULL address/out); -ENOMEM; -EAGAIN (thread creation).
+ */
+GRIST_EXPORT int grist_client_open(const char *address, const struct grist_client_options *opt,
+                                   struct grist_client **out);
+
+/** Close every session still open, stop the thread, free the client. NULL is allowed. */
+GRIST_EXPORT void grist_client_close(struct grist_client *c);
+
+/** Optimizer of a group: how its momentum is defined (MATH.md section 1). */
+enum grist_optimizer { GRIST_OPT_SGD = 1, GRIST_OPT_ADAM = 2 };
+
+/** One parameter group as declared at attach. */
+struct grist_group_desc {
+    const char *name;          /**< shown in dashboards; may be NULL */
+    uint64_t num_elements;     /**< n, below 2^32 */
+    enum grist_optimizer optimizer;
+    double lr;                 /**< the user's configured learning rate */
+    double beta;               /**< the user's configured momentum / beta1 */
+};
+
+/** What a worker attaches with. Zero policy fields take the daemon's defaults. */
+struct grist_attach_options {
+    const char *job;           /**< job id (1..128 bytes) */
+    uint32_t rank, world_size;
+    uint32_t ngroups;
+    const struct grist_group_desc *groups; /**< ngroups entries; copied */
+    uint32_t sketch_dim;       /**< m: a power of two in [64, 65536]; 0 = 1024 */
+    const char *mode;          /**< "per_group" | "global" | NULL */
+    const char *noise_correction; /**< "off" | "workers" | "acf" | "auto" | NULL */
+    const char *lr_coupling;   /**< "none" | "dc" | "energy" | "radius" | NULL */
+    uint32_t solve_every, min_steps;
+    double beta_min, beta_max;
+};
+
+/**
+ * Attach a worker. Returns at once; the background thread connects, sends
+ * Hello and receives Welcome (see grist_session_wait_ready()).
+ *
+ * @return 0; -EINVAL for a missing job, rank >= world_size, no groups, a
+ *         group of 2^32 elements or more (GRIST_ETOOBIG), a bad sketch_dim
+ *         (GRIST_EBADDIM); -ENOMEM.
+ */
+GRIST_EXPORT int grist_session_attach(struct grist_client *c, const struct grist_attach_options *o,
+                                      struct grist_session **out);
+
+/**
+ * Wait until the session received Welcome (the job seed is then known).
+ *
+ * @return 0; -ETIMEDOUT when timeout_s passed first.
+ */
+GRIST_EXPORT int grist_session_wait_ready(struct grist_session *s, double timeout_s);
+
+/**
+ * The job's sketch seed from Welcome (MATH.md section 2), or 0 before it.
+ * Pass it to grist_sketch_group_seed() for each group.
+ */
+GRIST_EXPORT uint32_t grist_session_job_seed(struct grist_session *s);
+
+/** Per-group seed seed_p = fmix32(job_seed ^ fmix32(group + 1)) (exported form of the inline). */
+GRIST_EXPORT uint32_t grist_sketch_group_seed(uint32_t job_seed, uint32_t group_index);
+
+/**
+ * Queue the summary of one step: ngroups sketches of m floats (group-major),
+ * their squared norms and local batch sizes (both may be NULL). Copies; never
+ * blocks on the network. When the queue is full the oldest queued summary is
+ * dropped (counted in grist_session_stats()).
+ *
+ * @param validation nonzero when the sketches are of a held-out-batch gradient.
+ * @return 0; -EINVAL for NULL sketches; GRIST_ENONFINITE for a NaN/Inf value
+ *         (nothing is queued); -ENOMEM.
+ */
+GRIST_EXPORT int grist_session_submit(struct grist_session *s, uint64_t step, const float *sketches,
+                                      const double *sq_norms, const uint32_t *batch_sizes,
+                                      int validation);
+
+/** Hyperparameters of one group. */
+struct grist_group_hyperparams {
+    double momentum;   /**< momentum (SGD) or beta1 (Adam) */
+    double lr_scale;   /**< factor on the user's lr */
+    double lr;         /**< absolute lr (lr_coupling radius), else 0 */
+    double confidence; /**< margin in standard errors */
+};
+
+/**
+ * Copy the newest hyperparameters received. Non-blocking.
+ *
+ * @param out     ngroups entries, written when a version exists.
+ * @param ngroups size of out (must equal the session's group count).
+ * @param version receives the version (0: nothing received yet); may be NULL.
+ * @param step    receives the step they were computed at; may be NULL.
+ * @return 0; -EAGAIN when nothing was received yet; -EINVAL for a wrong ngroups.
+ */
+GRIST_EXPORT int grist_session_latest(struct grist_session *s, struct grist_group_hyperparams *out,
+                                      uint32_t ngroups, uint64_t *version, uint64_t *step);
+
+/** Counters of a session. */
+struct grist_session_stats {
+    uint64_t submitted;  /**< summaries accepted by submit */
+    uint64_t sent;       /**< summaries handed to gRPC */
+    uint64_t dropped;    /**< summaries dropped because the queue was full */
+    uint64_t attaches;   /**< Welcome messages received (1 + re-attaches) */
+    uint64_t failures;   /**< streams that ended (daemon gone, refused, ...) */
+    uint64_t received;   /**< Hyperparams messages received */
+    uint32_t queued;     /**< summaries waiting now */
+    int connected;       /**< 1 while attached */
+    int last_status;     /**< gRPC status of the last stream that ended */
+};
+
+/** Read the counters. */
+GRIST_EXPORT void grist_session_stats(struct grist_session *s, struct grist_session_stats *out);
+
+/** Detach (the stream is cancelled; queued summaries are dropped) and free. NULL is allowed. */
+GRIST_EXPORT void grist_session_close(struct grist_session *s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GRIST_CLIENT_H */

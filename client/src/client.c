@@ -1,0 +1,613 @@
+/*
+ * DESIGN: libgrist (see include/grist/client.h).
+ *
+ * Threads: the caller's threads only take c->mu briefly to queue a summary
+ * (and, when the stream is idle, start its send: grpc_call_start_batch is
+ * thread-safe and non-blocking) or to copy the latest hyperparameters. The
+ * background thread owns the completion queue: it starts calls, handles
+ * every completion under c->mu, and schedules reconnects.
+ *
+ * A session's stream: [SEND_INITIAL_METADATA + Hello], RECV_STATUS_ON_CLIENT,
+ * then always one RECV_MESSAGE outstanding. Summaries are sent one at a time
+ * after Welcome (one send in flight per call). When the stream ends for any
+ * reason, the session waits backoff * (0.8 .. 1.2) and attaches again,
+ * doubling backoff up to its cap; Welcome resets it. Queued summaries
+ * survive reconnects; the oldest are dropped when the queue is full.
+ */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/time.h>
+
+#include "grist/client.h"
+#include "grist/v1/grist.pb-c.h"
+
+enum { TAG_SEND, TAG_RECV, TAG_STATUS };
+
+struct tag {
+    struct grist_session *s;
+    int kind;
+};
+
+struct msg {
+    uint8_t *buf;
+    size_t len;
+};
+
+struct grist_session {
+    struct grist_client *c;
+    struct grist_session *next;
+    uint8_t *hello;
+    size_t hello_len;
+    uint32_t ngroups, m;
+
+    /* queue (ring) */
+    struct msg *q;
+    uint32_t qcap, qhead, qlen;
+
+    /* stream, under c->mu */
+    grpc_call *call;
+    struct tag tags[3];
+    int ops;            /* batches outstanding on the current call */
+    int active, connected, send_in_flight, status_done, closing, dead;
+    grpc_byte_buffer *send_buf, *recv_buf;
+    grpc_metadata_array md_init, md_trail;
+    grpc_status_code status;
+    grpc_slice details;
+    double next_attempt, backoff;
+    uint32_t seed;
+
+    uint64_t version, step;
+    struct grist_group_hyperparams *hp;
+    struct grist_session_stats st;
+    pthread_cond_t cv; /* ready / dead */
+};
+
+struct grist_client {
+    char *target;
+    struct grist_client_options opt;
+    grpc_channel *ch;
+    grpc_completion_queue *cq;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    int stop;
+    struct grist_session *sessions;
+    uint64_t rng;
+};
+
+static double mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void grist_client_options_default(struct grist_client_options *o)
+{
+    o->backoff_initial_s = 0.1;
+    o->backoff_max_s = 5.0;
+    o->queue_capacity = 64;
+    o->max_message_bytes = 64 << 20;
+}
+
+uint32_t grist_sketch_group_seed(uint32_t job_seed, uint32_t group_index)
+{
+    return grist_sketch_seed(job_seed, group_index);
+}
+
+/* ---- stream handling (background thread or caller, under c->mu) ---- */
+
+static void start_send_locked(struct grist_session *s)
+{
+    if (!s->connected || s->send_in_flight || s->qlen == 0 || !s->call)
+        return;
+    struct msg m = s->q[s->qhead];
+    s->qhead = (s->qhead + 1) % s->qcap;
+    s->qlen--;
+    grpc_slice sl = grpc_slice_from_copied_buffer((const char *)m.buf, m.len);
+    free(m.buf);
+    s->send_buf = grpc_raw_byte_buffer_create(&sl, 1);
+    grpc_slice_unref(sl);
+    grpc_op op;
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_SEND_MESSAGE;
+    op.data.send_message.send_message = s->send_buf;
+    if (grpc_call_start_batch(s->call, &op, 1, &s->tags[TAG_SEND], NULL) == GRPC_CALL_OK) {
+        s->send_in_flight = 1;
+        s->ops++;
+        s->st.sent++;
+    } else {
+        grpc_byte_buffer_destroy(s->send_buf);
+        s->send_buf = NULL;
+    }
+}
+
+static void post_recv_locked(struct grist_session *s)
+{
+    grpc_op ops[2];
+    memset(ops, 0, sizeof(ops));
+    size_t n = 0;
+    ops[n].op = GRPC_OP_RECV_MESSAGE;
+    ops[n++].data.recv_message.recv_message = &s->recv_buf;
+    if (grpc_call_start_batch(s->call, ops, n, &s->tags[TAG_RECV], NULL) == GRPC_CALL_OK)
+        s->ops++;
+}
+
+static void start_call_locked(struct grist_client *c, struct grist_session *s)
+{
+    grpc_slice method = grpc_slice_from_static_string("/grist.v1.Grist/Attach");
+    s->call = grpc_channel_create_call(c->ch, NULL, GRPC_PROPAGATE_DEFAULTS, c->cq, method, NULL,
+                                       gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    if (!s->call) {
+        s->next_attempt = mono() + s->backoff;
+        return;
+    }
+    s->active = 1;
+    s->status_done = 0;
+    s->connected = 0;
+    s->ops = 0;
+    grpc_metadata_array_init(&s->md_init);
+    grpc_metadata_array_init(&s->md_trail);
+    s->details = grpc_empty_slice();
+    grpc_slice sl = grpc_slice_from_copied_buffer((const char *)s->hello, s->hello_len);
+    s->send_buf = grpc_raw_byte_buffer_create(&sl, 1);
+    grpc_slice_unref(sl);
+    grpc_op ops[3];
+    memset(ops, 0, sizeof(ops));
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = s->send_buf;
+    if (grpc_call_start_batch(s->call, ops, 2, &s->tags[TAG_SEND], NULL) == GRPC_CALL_OK) {
+        s->send_in_flight = 1;
+        s->ops++;
+    }
+    memset(ops, 0, sizeof(ops));
+    ops[0].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[0].data.recv_status_on_client.trailing_metadata = &s->md_trail;
+    ops[0].data.recv_status_on_client.status = &s->status;
+    ops[0].data.recv_status_on_client.status_details = &s->details;
+    if (grpc_call_start_batch(s->call, ops, 1, &s->tags[TAG_STATUS], NULL) == GRPC_CALL_OK)
+        s->ops++;
+    memset(ops, 0, sizeof(ops));
+    ops[0].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[0].data.recv_initial_metadata.recv_initial_metadata = &s->md_init;
+    ops[1].op = GRPC_OP_RECV_MESSAGE;
+    ops[1].data.recv_message.recv_message = &s->recv_buf;
+    if (grpc_call_start_batch(s->call, ops, 2, &s->tags[TAG_RECV], NULL) == GRPC_CALL_OK)
+        s->ops++;
+}
+
+static void end_call_locked(struct grist_client *c, struct grist_session *s)
+{
+    /* status received and no batch outstanding: release the call */
+    grpc_call_unref(s->call);
+    s->call = NULL;
+    grpc_metadata_array_destroy(&s->md_init);
+    grpc_metadata_array_destroy(&s->md_trail);
+    grpc_slice_unref(s->details);
+    s->active = 0;
+    s->connected = 0;
+    s->st.connected = 0;
+    s->st.failures++;
+    s->st.last_status = (int)s->status;
+    /* jittered exponential backoff */
+    c->rng = c->rng * 6364136223846793005ull + 1442695040888963407ull;
+    const double jitter = 0.8 + 0.4 * (double)(c->rng >> 11) / 9007199254740992.0;
+    s->next_attempt = mono() + s->backoff * jitter;
+    s->backoff = fmin(s->backoff * 2.0, c->opt.backoff_max_s);
+    if (s->closing) {
+        s->dead = 1;
+        pthread_cond_broadcast(&s->cv);
+    }
+}
+
+static void on_message_locked(struct grist_session *s, const uint8_t *buf, size_t len)
+{
+    Grist__V1__ServerMessage *m = grist__v1__server_message__unpack(NULL, len, buf);
+    if (!m)
+        return;
+    if (m->msg_case == GRIST__V1__SERVER_MESSAGE__MSG_WELCOME) {
+        s->seed = m->welcome->job_seed;
+        s->connected = 1;
+        s->st.connected = 1;
+        s->st.attaches++;
+        s->backoff = s->c->opt.backoff_initial_s;
+        pthread_cond_broadcast(&s->cv);
+    } else if (m->msg_case == GRIST__V1__SERVER_MESSAGE__MSG_HYPERPARAMS) {
+        const Grist__V1__Hyperparams *h = m->hyperparams;
+        s->st.received++;
+        /* a restarted daemon counts versions from 1 again: take any new message */
+        if (h->n_groups == s->ngroups) {
+            for (uint32_t g = 0; g < s->ngroups; g++) {
+                s->hp[g].momentum = h->groups[g]->momentum;
+                s->hp[g].lr_scale = h->groups[g]->lr_scale;
+                s->hp[g].lr = h->groups[g]->lr;
+                s->hp[g].confidence = h->groups[g]->confidence;
+            }
+            s->version++; /* local, monotonic across daemon restarts */
+            s->step = h->step;
+        }
+    }
+    grist__v1__server_message__free_unpacked(m, NULL);
+}
+
+static void handle_locked(struct grist_client *c, struct tag *t, int ok)
+{
+    struct grist_session *s = t->s;
+    s->ops--;
+    switch (t->kind) {
+    case TAG_SEND:
+        s->send_in_flight = 0;
+        if (s->send_buf) {
+            grpc_byte_buffer_destroy(s->send_buf);
+            s->send_buf = NULL;
+        }
+        if (ok && !s->closing)
+            start_send_locked(s);
+        break;
+    case TAG_RECV:
+        if (ok && s->recv_buf) {
+            grpc_byte_buffer_reader rd;
+            grpc_byte_buffer_reader_init(&rd, s->recv_buf);
+            grpc_slice sl = grpc_byte_buffer_reader_readall(&rd);
+            grpc_byte_buffer_reader_destroy(&rd);
+            grpc_byte_buffer_destroy(s->recv_buf);
+            s->recv_buf = NULL;
+            on_message_locked(s, GRPC_SLICE_START_PTR(sl), GRPC_SLICE_LENGTH(sl));
+            grpc_slice_unref(sl);
+            if (!s->closing) {
+                post_recv_locked(s);
+                start_send_locked(s);
+            }
+        } else if (s->recv_buf) {
+            grpc_byte_buffer_destroy(s->recv_buf);
+            s->recv_buf = NULL;
+        }
+        break;
+    case TAG_STATUS:
+        s->status_done = 1;
+        s->connected = 0;
+        s->st.connected = 0;
+        break;
+    }
+    if (s->status_done && s->ops == 0)
+        end_call_locked(c, s);
+}
+
+static void *thread_main(void *arg)
+{
+    struct grist_client *c = arg;
+    for (;;) {
+        pthread_mutex_lock(&c->mu);
+        if (c->stop) {
+            pthread_mutex_unlock(&c->mu);
+            break;
+        }
+        const double now = mono();
+        double wake = now + 0.2;
+        for (struct grist_session *s = c->sessions; s; s = s->next) {
+            if (s->active || s->closing)
+                continue;
+            if (now >= s->next_attempt)
+                start_call_locked(c, s);
+            else if (s->next_attempt < wake)
+                wake = s->next_attempt;
+        }
+        pthread_mutex_unlock(&c->mu);
+        gpr_timespec dl = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                                       gpr_time_from_micros((int64_t)((wake - now) * 1e6), GPR_TIMESPAN));
+        grpc_event ev = grpc_completion_queue_next(c->cq, dl, NULL);
+        if (ev.type == GRPC_OP_COMPLETE) {
+            pthread_mutex_lock(&c->mu);
+            handle_locked(c, ev.tag, ev.success);
+            pthread_mutex_unlock(&c->mu);
+        } else if (ev.type == GRPC_QUEUE_SHUTDOWN) {
+            break;
+        }
+    }
+    return NULL;
+}
+
+int grist_client_open(const char *address, const struct grist_client_options *opt,
+                      struct grist_client **out)
+{
+    if (!address || !out)
+        return -EINVAL;
+    struct grist_client *c = calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    if (opt)
+        c->opt = *opt;
+    else
+        grist_client_options_default(&c->opt);
+    if (c->opt.queue_capacity == 0)
+        c->opt.queue_capacity = 64;
+    c->target = strdup(address);
+    c->rng = (uint64_t)(mono() * 1e9) ^ (uint64_t)(uintptr_t)c;
+    grpc_init();
+    grpc_arg args[4] = {
+        {GRPC_ARG_INTEGER, (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, {.integer = c->opt.max_message_bytes}},
+        {GRPC_ARG_INTEGER, (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, {.integer = c->opt.max_message_bytes}},
+        {GRPC_ARG_INTEGER, (char *)GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, {.integer = 100}},
+        {GRPC_ARG_INTEGER, (char *)GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, {.integer = (int)(c->opt.backoff_max_s * 1000)}},
+    };
+    grpc_channel_args ca = {4, args};
+    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    c->ch = grpc_channel_create(address, creds, &ca);
+    grpc_channel_credentials_release(creds);
+    c->cq = grpc_completion_queue_create_for_next(NULL);
+    pthread_mutex_init(&c->mu, NULL);
+    if (!c->target || !c->ch || !c->cq || pthread_create(&c->thread, NULL, thread_main, c) != 0) {
+        if (c->ch)
+            grpc_channel_destroy(c->ch);
+        if (c->cq)
+            grpc_completion_queue_destroy(c->cq);
+        free(c->target);
+        free(c);
+        grpc_shutdown();
+        return -EAGAIN;
+    }
+    *out = c;
+    return 0;
+}
+
+static void session_free(struct grist_session *s)
+{
+    for (uint32_t i = 0; i < s->qlen; i++)
+        free(s->q[(s->qhead + i) % s->qcap].buf);
+    free(s->q);
+    free(s->hello);
+    free(s->hp);
+    pthread_cond_destroy(&s->cv);
+    free(s);
+}
+
+static uint8_t *encode_hello(const struct grist_attach_options *o, uint32_t m, size_t *len)
+{
+    Grist__V1__GroupSpec *gs = calloc(o->ngroups, sizeof(*gs));
+    Grist__V1__GroupSpec **gp = calloc(o->ngroups, sizeof(*gp));
+    uint8_t *buf = NULL;
+    if (!gs || !gp)
+        goto out;
+    for (uint32_t g = 0; g < o->ngroups; g++) {
+        grist__v1__group_spec__init(&gs[g]);
+        gs[g].name = (char *)(o->groups[g].name ? o->groups[g].name : "");
+        gs[g].num_elements = o->groups[g].num_elements;
+        gs[g].optimizer = o->groups[g].optimizer == GRIST_OPT_ADAM
+                              ? GRIST__V1__OPTIMIZER_KIND__OPTIMIZER_KIND_ADAM
+                              : GRIST__V1__OPTIMIZER_KIND__OPTIMIZER_KIND_SGD;
+        gs[g].lr = o->groups[g].lr;
+        gs[g].beta = o->groups[g].beta;
+        gp[g] = &gs[g];
+    }
+    Grist__V1__Policy pol = GRIST__V1__POLICY__INIT;
+    pol.mode = (char *)(o->mode ? o->mode : "");
+    pol.noise_correction = (char *)(o->noise_correction ? o->noise_correction : "");
+    pol.lr_coupling = (char *)(o->lr_coupling ? o->lr_coupling : "");
+    pol.solve_every = o->solve_every;
+    pol.min_steps = o->min_steps;
+    pol.beta_min = o->beta_min;
+    pol.beta_max = o->beta_max;
+    Grist__V1__Hello h = GRIST__V1__HELLO__INIT;
+    h.job_id = (char *)o->job;
+    h.rank = o->rank;
+    h.world_size = o->world_size;
+    h.n_groups = o->ngroups;
+    h.groups = gp;
+    h.sketch_dim = m;
+    h.policy = &pol;
+    Grist__V1__WorkerMessage wm = GRIST__V1__WORKER_MESSAGE__INIT;
+    wm.msg_case = GRIST__V1__WORKER_MESSAGE__MSG_HELLO;
+    wm.hello = &h;
+    *len = grist__v1__worker_message__get_packed_size(&wm);
+    buf = malloc(*len);
+    if (buf)
+        grist__v1__worker_message__pack(&wm, buf);
+out:
+    free(gs);
+    free(gp);
+    return buf;
+}
+
+int grist_session_attach(struct grist_client *c, const struct grist_attach_options *o,
+                         struct grist_session **out)
+{
+    if (!c || !o || !out || !o->job || !o->job[0] || strlen(o->job) > 128 || !o->groups ||
+        o->ngroups == 0 || o->world_size == 0 || o->rank >= o->world_size)
+        return -EINVAL;
+    const uint32_t m = o->sketch_dim ? o->sketch_dim : 1024;
+    int r = grist_sketch_check_dim(m);
+    if (r < 0)
+        return r;
+    for (uint32_t g = 0; g < o->ngroups; g++)
+        if (o->groups[g].num_elements >= ((uint64_t)1 << 32))
+            return GRIST_ETOOBIG;
+    struct grist_session *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    s->c = c;
+    s->ngroups = o->ngroups;
+    s->m = m;
+    s->qcap = c->opt.queue_capacity;
+    s->q = calloc(s->qcap, sizeof(*s->q));
+    s->hp = calloc(o->ngroups, sizeof(*s->hp));
+    s->hello = encode_hello(o, m, &s->hello_len);
+    pthread_cond_init(&s->cv, NULL);
+    if (!s->q || !s->hp || !s->hello) {
+        session_free(s);
+        return -ENOMEM;
+    }
+    for (int k = 0; k < 3; k++)
+        s->tags[k] = (struct tag){s, k};
+    s->backoff = c->opt.backoff_initial_s;
+    s->next_attempt = 0;
+    pthread_mutex_lock(&c->mu);
+    s->next = c->sessions;
+    c->sessions = s;
+    pthread_mutex_unlock(&c->mu);
+    *out = s;
+    return 0;
+}
+
+int grist_session_wait_ready(struct grist_session *s, double timeout_s)
+{
+    struct grist_client *c = s->c;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    const double end = ts.tv_sec + ts.tv_nsec * 1e-9 + timeout_s;
+    ts.tv_sec = (time_t)end;
+    ts.tv_nsec = (long)((end - (double)ts.tv_sec) * 1e9);
+    pthread_mutex_lock(&c->mu);
+    int r = 0;
+    while (!s->connected && r == 0)
+        r = pthread_cond_timedwait(&s->cv, &c->mu, &ts);
+    const int ok = s->connected;
+    pthread_mutex_unlock(&c->mu);
+    return ok ? 0 : -ETIMEDOUT;
+}
+
+uint32_t grist_session_job_seed(struct grist_session *s)
+{
+    pthread_mutex_lock(&s->c->mu);
+    uint32_t seed = s->seed;
+    pthread_mutex_unlock(&s->c->mu);
+    return seed;
+}
+
+int grist_session_submit(struct grist_session *s, uint64_t step, const float *sketches,
+                         const double *sq_norms, const uint32_t *batch_sizes, int validation)
+{
+    if (!s || !sketches)
+        return -EINVAL;
+    const size_t gm = (size_t)s->ngroups * s->m;
+    for (size_t i = 0; i < gm; i++)
+        if (!isfinite(sketches[i]))
+            return GRIST_ENONFINITE;
+    for (uint32_t g = 0; sq_norms && g < s->ngroups; g++)
+        if (!isfinite(sq_norms[g]))
+            return GRIST_ENONFINITE;
+    Grist__V1__GroupSummary *gs = calloc(s->ngroups, sizeof(*gs));
+    Grist__V1__GroupSummary **gp = calloc(s->ngroups, sizeof(*gp));
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    if (gs && gp) {
+        for (uint32_t g = 0; g < s->ngroups; g++) {
+            grist__v1__group_summary__init(&gs[g]);
+            gs[g].sq_norm = sq_norms ? sq_norms[g] : 0.0;
+            gs[g].n_sketch = s->m;
+            gs[g].sketch = (float *)sketches + (size_t)g * s->m;
+            gs[g].batch_size = batch_sizes ? batch_sizes[g] : 0;
+            gs[g].validation = validation != 0;
+            gp[g] = &gs[g];
+        }
+        Grist__V1__Summary sm = GRIST__V1__SUMMARY__INIT;
+        sm.step = step;
+        sm.n_groups = s->ngroups;
+        sm.groups = gp;
+        Grist__V1__WorkerMessage wm = GRIST__V1__WORKER_MESSAGE__INIT;
+        wm.msg_case = GRIST__V1__WORKER_MESSAGE__MSG_SUMMARY;
+        wm.summary = &sm;
+        len = grist__v1__worker_message__get_packed_size(&wm);
+        buf = malloc(len);
+        if (buf)
+            grist__v1__worker_message__pack(&wm, buf);
+    }
+    free(gs);
+    free(gp);
+    if (!buf)
+        return -ENOMEM;
+    struct grist_client *c = s->c;
+    pthread_mutex_lock(&c->mu);
+    if (s->qlen == s->qcap) { /* drop the oldest */
+        free(s->q[s->qhead].buf);
+        s->qhead = (s->qhead + 1) % s->qcap;
+        s->qlen--;
+        s->st.dropped++;
+    }
+    s->q[(s->qhead + s->qlen) % s->qcap] = (struct msg){buf, len};
+    s->qlen++;
+    s->st.submitted++;
+    start_send_locked(s);
+    pthread_mutex_unlock(&c->mu);
+    return 0;
+}
+
+int grist_session_latest(struct grist_session *s, struct grist_group_hyperparams *out,
+                         uint32_t ngroups, uint64_t *version, uint64_t *step)
+{
+    if (!s || !out || ngroups != s->ngroups)
+        return -EINVAL;
+    pthread_mutex_lock(&s->c->mu);
+    const uint64_t v = s->version;
+    if (v)
+        memcpy(out, s->hp, ngroups * sizeof(*out));
+    if (version)
+        *version = v;
+    if (step)
+        *step = s->step;
+    pthread_mutex_unlock(&s->c->mu);
+    return v ? 0 : -EAGAIN;
+}
+
+void grist_session_stats(struct grist_session *s, struct grist_session_stats *out)
+{
+    pthread_mutex_lock(&s->c->mu);
+    *out = s->st;
+    out->queued = s->qlen;
+    pthread_mutex_unlock(&s->c->mu);
+}
+
+void grist_session_close(struct grist_session *s)
+{
+    if (!s)
+        return;
+    struct grist_client *c = s->c;
+    pthread_mutex_lock(&c->mu);
+    s->closing = 1;
+    if (s->active) {
+        grpc_call_cancel(s->call, NULL);
+        while (!s->dead)
+            pthread_cond_wait(&s->cv, &c->mu);
+    }
+    for (struct grist_session **p = &c->sessions; *p; p = &(*p)->next)
+        if (*p == s) {
+            *p = s->next;
+            break;
+        }
+    pthread_mutex_unlock(&c->mu);
+    session_free(s);
+}
+
+void grist_client_close(struct grist_client *c)
+{
+    if (!c)
+        return;
+    for (;;) {
+        pthread_mutex_lock(&c->mu);
+        struct grist_session *s = c->sessions;
+        pthread_mutex_unlock(&c->mu);
+        if (!s)
+            break;
+        grist_session_close(s);
+    }
+    pthread_mutex_lock(&c->mu);
+    c->stop = 1;
+    pthread_mutex_unlock(&c->mu);
+    pthread_join(c->thread, NULL);
+    grpc_completion_queue_shutdown(c->cq);
+    while (grpc_completion_queue_next(c->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+           GRPC_QUEUE_SHUTDOWN)
+        ;
+    grpc_completion_queue_destroy(c->cq);
+    grpc_channel_destroy(c->ch);
+    free(c->target);
+    free(c);
+    grpc_shutdown();
+}
