@@ -1,0 +1,239 @@
+"""ctypes binding of libgrist (client/include/grist/client.h).
+
+One transport implementation, tested once in C: this module only converts
+arguments. The library is found through $GRIST_LIB, then next to this package
+in a source checkout (build/client/libgrist.so), then the system path.
+"""
+import ctypes
+import ctypes.util
+import os
+
+import numpy as np
+
+_here = os.path.dirname(os.path.abspath(__file__))
+
+
+def _find():
+    env = os.environ.get("GRIST_LIB")
+    if env:
+        return env
+    root = os.path.abspath(os.path.join(_here, "..", "..", ".."))
+    for build in ("build", os.environ.get("GRIST_BUILD", "build")):
+        cand = os.path.join(root, build, "client", "libgrist.so")
+        if os.path.exists(cand):
+            return cand
+    found = ctypes.util.find_library("grist")
+    if found:
+        return found
+    raise OSError("libgrist.so not found: build the project (sh tests/run.sh) or set GRIST_LIB")
+
+
+lib_path = _find()
+_lib = ctypes.CDLL(lib_path)
+
+_u32, _u64, _i32, _dbl = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int32, ctypes.c_double
+_pd = ctypes.POINTER(ctypes.c_double)
+_pf = ctypes.POINTER(ctypes.c_float)
+
+
+class _ClientOptions(ctypes.Structure):
+    _fields_ = [("backoff_initial_s", _dbl), ("backoff_max_s", _dbl),
+                ("queue_capacity", _u32), ("max_message_bytes", _i32)]
+
+
+class _GroupDesc(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("num_elements", _u64), ("optimizer", ctypes.c_int),
+                ("lr", _dbl), ("beta", _dbl)]
+
+
+class _AttachOptions(ctypes.Structure):
+    _fields_ = [("job", ctypes.c_char_p), ("rank", _u32), ("world_size", _u32),
+                ("ngroups", _u32), ("groups", ctypes.POINTER(_GroupDesc)),
+                ("sketch_dim", _u32), ("mode", ctypes.c_char_p),
+                ("noise_correction", ctypes.c_char_p), ("lr_coupling", ctypes.c_char_p),
+                ("solve_every", _u32), ("min_steps", _u32), ("beta_min", _dbl),
+                ("beta_max", _dbl)]
+
+
+class _GroupHyperparams(ctypes.Structure):
+    _fields_ = [("momentum", _dbl), ("lr_scale", _dbl), ("lr", _dbl), ("confidence", _dbl)]
+
+
+class _SessionStats(ctypes.Structure):
+    _fields_ = [("submitted", _u64), ("sent", _u64), ("dropped", _u64), ("attaches", _u64),
+                ("failures", _u64), ("received", _u64), ("queued", _u32),
+                ("connected", ctypes.c_int), ("last_status", ctypes.c_int)]
+
+
+def _sig(name, res, *args):
+    f = getattr(_lib, name)
+    f.restype = res
+    f.argtypes = list(args)
+    return f
+
+
+_vp = ctypes.c_void_p
+_options_default = _sig("grist_client_options_default", None, ctypes.POINTER(_ClientOptions))
+_client_open = _sig("grist_client_open", ctypes.c_int, ctypes.c_char_p,
+                    ctypes.POINTER(_ClientOptions), ctypes.POINTER(_vp))
+_client_close = _sig("grist_client_close", None, _vp)
+_attach = _sig("grist_session_attach", ctypes.c_int, _vp, ctypes.POINTER(_AttachOptions),
+               ctypes.POINTER(_vp))
+_wait_ready = _sig("grist_session_wait_ready", ctypes.c_int, _vp, _dbl)
+_job_seed = _sig("grist_session_job_seed", _u32, _vp)
+_group_seed = _sig("grist_sketch_group_seed", _u32, _u32, _u32)
+_submit = _sig("grist_session_submit", ctypes.c_int, _vp, _u64, _pf, _pd,
+               ctypes.POINTER(_u32), ctypes.c_int)
+_latest = _sig("grist_session_latest", ctypes.c_int, _vp, ctypes.POINTER(_GroupHyperparams),
+               _u32, ctypes.POINTER(_u64), ctypes.POINTER(_u64))
+_stats = _sig("grist_session_stats", None, _vp, ctypes.POINTER(_SessionStats))
+_session_close = _sig("grist_session_close", None, _vp)
+_strerror = _sig("grist_strerror", ctypes.c_char_p, ctypes.c_int)
+_sk_f32 = _sig("grist_sketch_accum_f32", ctypes.c_int, _u32, _vp, _u64, _u64, _pd, _u32, _pd)
+_sk_adam = _sig("grist_sketch_accum_adam_f32", ctypes.c_int, _u32, _vp, _vp, _u64, _u64, _dbl,
+                _dbl, _pd, _u32, _pd)
+
+
+class GristError(RuntimeError):
+    def __init__(self, code, what):
+        super().__init__(f"{what}: {_strerror(code).decode()} ({code})")
+        self.code = code
+
+
+def _check(code, what):
+    if code < 0:
+        raise GristError(code, what)
+    return code
+
+
+def _b(s):
+    return None if s is None else s.encode()
+
+
+def group_seed(job_seed, group_index):
+    """seed_p of MATH.md section 2."""
+    return _group_seed(job_seed, group_index)
+
+
+def sketch_f32(seed_p, ptr, n, offset, acc, sq):
+    """Accumulate the sketch of n float32 at address ptr (group offset `offset`)
+    into acc (float64 numpy array of m); sq is a 1-element float64 array that
+    receives sum x^2. Called on tensor memory: no copy."""
+    _check(_sk_f32(seed_p, ptr, n, offset, acc.ctypes.data_as(_pd), acc.size,
+                   sq.ctypes.data_as(_pd)), "sketch")
+
+
+def sketch_adam_f32(seed_p, g_ptr, v_ptr, n, offset, v_scale, eps, acc, sq):
+    """As sketch_f32 for Adam's metric: x = g / sqrt(sqrt(v * v_scale) + eps)."""
+    _check(_sk_adam(seed_p, g_ptr, v_ptr, n, offset, v_scale, eps, acc.ctypes.data_as(_pd),
+                    acc.size, sq.ctypes.data_as(_pd)), "sketch")
+
+
+class Client:
+    """A channel to gristd and libgrist's background thread."""
+
+    def __init__(self, address, queue_capacity=64, backoff_initial_s=0.1, backoff_max_s=5.0):
+        opt = _ClientOptions()
+        _options_default(ctypes.byref(opt))
+        opt.queue_capacity = queue_capacity
+        opt.backoff_initial_s = backoff_initial_s
+        opt.backoff_max_s = backoff_max_s
+        self._h = _vp()
+        _check(_client_open(_b(address), ctypes.byref(opt), ctypes.byref(self._h)), "client_open")
+        self.address = address
+        self._sessions = []
+
+    def close(self):
+        if self._h:
+            for s in self._sessions:  # libgrist frees them with the client
+                s._h = None
+            _client_close(self._h)
+            self._h = None
+
+    def __del__(self):
+        self.close()
+
+
+SGD, ADAM = 1, 2
+
+
+class Session:
+    """One worker attached to a job (libgrist session)."""
+
+    def __init__(self, client, job, groups, rank=0, world_size=1, sketch_dim=1024, policy=None):
+        policy = dict(policy or {})
+        self.client = client
+        self.ngroups = len(groups)
+        self.m = sketch_dim
+        descs = (_GroupDesc * self.ngroups)()
+        self._names = []
+        for i, g in enumerate(groups):
+            name = _b(g.get("name", f"group{i}"))
+            self._names.append(name)
+            descs[i] = _GroupDesc(name, int(g["n"]), ADAM if g.get("optimizer") == "adam" else SGD,
+                                  float(g.get("lr", 0.0)), float(g.get("beta", 0.0)))
+        o = _AttachOptions()
+        o.job = _b(job)
+        o.rank, o.world_size, o.ngroups = rank, world_size, self.ngroups
+        o.groups = descs
+        o.sketch_dim = sketch_dim
+        o.mode = _b(policy.get("mode"))
+        o.noise_correction = _b(policy.get("noise_correction"))
+        o.lr_coupling = _b(policy.get("lr_coupling"))
+        o.solve_every = int(policy.get("solve_every", 0))
+        o.min_steps = int(policy.get("min_steps", 0))
+        o.beta_min = float(policy.get("beta_min", 0.0))
+        o.beta_max = float(policy.get("beta_max", 0.0))
+        self._h = _vp()
+        _check(_attach(client._h, ctypes.byref(o), ctypes.byref(self._h)), "attach")
+        client._sessions.append(self)
+        self._hp = (_GroupHyperparams * self.ngroups)()
+        self._bs = (_u32 * self.ngroups)()
+
+    def wait_ready(self, timeout_s):
+        return _wait_ready(self._h, timeout_s) == 0
+
+    @property
+    def job_seed(self):
+        return _job_seed(self._h)
+
+    def submit(self, step, sketches, sq_norms=None, batch_sizes=None, validation=False):
+        """sketches: float32 array (ngroups, m), C-contiguous."""
+        sk = np.ascontiguousarray(sketches, dtype=np.float32)
+        assert sk.shape == (self.ngroups, self.m), sk.shape
+        sq = None if sq_norms is None else np.ascontiguousarray(sq_norms, dtype=np.float64)
+        bs = None
+        if batch_sizes is not None:
+            for i, b in enumerate(batch_sizes):
+                self._bs[i] = int(b)
+            bs = self._bs
+        r = _submit(self._h, step, sk.ctypes.data_as(_pf),
+                    None if sq is None else sq.ctypes.data_as(_pd), bs, int(bool(validation)))
+        return _check(r, "submit")
+
+    def latest(self):
+        """(version, step, [dict(momentum, lr_scale, lr, confidence)]) or (0, 0, None)."""
+        v, s = _u64(), _u64()
+        r = _latest(self._h, self._hp, self.ngroups, ctypes.byref(v), ctypes.byref(s))
+        if r < 0:
+            return 0, 0, None
+        return v.value, s.value, [dict(momentum=h.momentum, lr_scale=h.lr_scale, lr=h.lr,
+                                       confidence=h.confidence) for h in self._hp]
+
+    def stats(self):
+        st = _SessionStats()
+        _stats(self._h, ctypes.byref(st))
+        return {f: getattr(st, f) for f, _ in _SessionStats._fields_}
+
+    def close(self):
+        if self._h:
+            _session_close(self._h)
+            self._h = None
+            if self in self.client._sessions:
+                self.client._sessions.remove(self)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

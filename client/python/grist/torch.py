@@ -1,0 +1,192 @@
+"""PyTorch integration: two lines attach an optimizer to gristd.
+
+    session = grist.torch.attach(optimizer, job="resnet-a", address="127.0.0.1:7788")
+    ...
+    optimizer.step(); session.step()
+
+session.step() sketches every param group's gradient with libgrist's C
+kernel called on the tensor memory (data_ptr, no copy; only m floats per
+group are kept), submits the summary (never blocks), and applies the newest
+hyperparameters: `momentum` for SGD, `betas[0]` for Adam/AdamW, and
+`lr_scale`, multiplied into the group's lr only for the duration of
+optimizer.step() (the optimizer's step is wrapped), so LR schedulers see
+and set the user's lr and nothing compounds.
+
+Distributed (DDP): pass ddp_model=; a DDP communication hook sketches each
+rank's local gradient bucket before the all-reduce, so the daemon receives
+the per-worker gradients it needs for the noise estimate (MATH.md section 4),
+then the hook runs the standard all-reduce. Rank and world size default
+from torch.distributed when it is initialized.
+"""
+import numpy as np
+import torch as _torch
+
+from grist._native import Client, Session, group_seed, sketch_adam_f32, sketch_f32
+
+
+def _kind(optimizer):
+    name = type(optimizer).__name__.lower()
+    if name in ("adam", "adamw"):
+        return "adam"
+    if name == "sgd":
+        return "sgd"
+    raise TypeError(f"grist.torch.attach supports SGD, Adam and AdamW, not {type(optimizer).__name__}")
+
+
+class GristSession:
+    """The attached optimizer; see attach()."""
+
+    def __init__(self, optimizer, job, address, rank=None, world_size=None, sketch_dim=1024,
+                 policy=None, ddp_model=None, client=None, wait_s=0.0):
+        self.optimizer = optimizer
+        self.kind = _kind(optimizer)
+        dist = _torch.distributed
+        if rank is None:
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        if world_size is None:
+            world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.m = sketch_dim
+        groups = []
+        self._where = {}  # param -> (group index, element offset)
+        for gi, g in enumerate(optimizer.param_groups):
+            off = 0
+            for p in g["params"]:
+                self._where[p] = (gi, off)
+                off += p.numel()
+            beta = g["momentum"] if self.kind == "sgd" else g["betas"][0]
+            groups.append(dict(name=str(g.get("name", f"group{gi}")), n=off, optimizer=self.kind,
+                               lr=float(g["lr"]), beta=float(beta)))
+        self.ngroups = len(groups)
+        self._own_client = client is None
+        self.client = client or Client(address)
+        self.session = Session(self.client, job, groups, rank=rank, world_size=world_size,
+                               sketch_dim=sketch_dim, policy=policy)
+        if wait_s:
+            self.session.wait_ready(wait_s)
+        self.t = 0
+        self.version = 0
+        self.lr_scale = [1.0] * self.ngroups
+        self.history = []  # (step, [momentum per group], [lr_scale per group])
+        self._acc = np.zeros((self.ngroups, self.m))
+        self._sq = np.zeros((self.ngroups, 1))
+        self._sk = np.zeros((self.ngroups, self.m), dtype=np.float32)
+        self._local = None
+        self._orig_step = optimizer.step
+        optimizer.step = self._scaled_step
+        if ddp_model is not None:
+            self._install_hook(ddp_model)
+
+    # -- lr_scale only inside optimizer.step(): schedulers never see it --
+    def _scaled_step(self, *args, **kwargs):
+        groups = self.optimizer.param_groups
+        saved = [g["lr"] for g in groups]
+        for g, s in zip(groups, self.lr_scale):
+            g["lr"] = g["lr"] * s
+        try:
+            return self._orig_step(*args, **kwargs)
+        finally:
+            for g, lr in zip(groups, saved):
+                g["lr"] = lr
+
+    # -- sketches --
+    def _seeds(self):
+        js = self.session.job_seed
+        return None if js == 0 else [group_seed(js, g) for g in range(self.ngroups)]
+
+    def _sketch_param(self, seeds, p, grad, acc, sq, gi, off):
+        if grad.is_cuda:
+            grad = grad.detach().cpu()  # CUDA kernel path: see client/README.md
+        g = grad.detach()
+        if g.dtype != _torch.float32 or not g.is_contiguous():
+            g = g.to(_torch.float32).contiguous()
+        n = g.numel()
+        if self.kind == "adam":
+            st = self.optimizer.state.get(p, {})
+            v = st.get("exp_avg_sq")
+            if v is not None and v.dtype == _torch.float32 and v.is_contiguous() and not v.is_cuda:
+                grp = self.optimizer.param_groups[gi]
+                b2 = grp["betas"][1]
+                t = float(st.get("step", 1))
+                v_scale = 1.0 / (1.0 - b2 ** max(t, 1.0))
+                sketch_adam_f32(seeds[gi], g.data_ptr(), v.data_ptr(), n, off, v_scale,
+                                float(grp["eps"]), acc, sq)
+                return
+        sketch_f32(seeds[gi], g.data_ptr(), n, off, acc, sq)
+
+    def _install_hook(self, ddp_model):
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        def hook(process_group, bucket):
+            seeds = self._seeds()
+            if seeds is not None:
+                if self._local is None:
+                    self._acc[:] = 0
+                    self._sq[:] = 0
+                    self._local = True
+                for p, grad in zip(bucket.parameters(), bucket.gradients()):
+                    where = self._where.get(p)
+                    if where is not None:
+                        gi, off = where
+                        self._sketch_param(seeds, p, grad, self._acc[gi], self._sq[gi], gi, off)
+            return allreduce_hook(process_group, bucket)
+
+        ddp_model.register_comm_hook(None, hook)
+        self._ddp = True
+
+    def step(self, batch_size=0):
+        """Call after optimizer.step(): submit this step's summary and apply
+        the newest hyperparameters for the next step."""
+        self.t += 1
+        seeds = self._seeds()
+        if seeds is not None:
+            if getattr(self, "_ddp", False):
+                ready = self._local is not None
+            else:
+                self._acc[:] = 0
+                self._sq[:] = 0
+                for p, (gi, off) in self._where.items():
+                    if p.grad is not None:
+                        self._sketch_param(seeds, p, p.grad, self._acc[gi], self._sq[gi], gi, off)
+                ready = True
+            if ready:
+                self._sk[:] = self._acc
+                self.session.submit(self.t, self._sk, self._sq[:, 0],
+                                    [batch_size] * self.ngroups)
+            self._local = None
+        version, step, hp = self.session.latest()
+        if hp is not None and version != self.version:
+            self.version = version
+            for g, h in zip(self.optimizer.param_groups, hp):
+                if self.kind == "sgd":
+                    g["momentum"] = h["momentum"]
+                else:
+                    g["betas"] = (h["momentum"], g["betas"][1])
+            self.lr_scale = [h["lr_scale"] for h in hp]
+            self.history.append((self.t, [h["momentum"] for h in hp], list(self.lr_scale)))
+        return hp
+
+    def stats(self):
+        return self.session.stats()
+
+    def close(self):
+        if self.optimizer.step == self._scaled_step:
+            self.optimizer.step = self._orig_step
+        self.session.close()
+        if self._own_client:
+            self.client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def attach(optimizer, job, address, rank=None, world_size=None, sketch_dim=1024, policy=None,
+           ddp_model=None, wait_s=0.0):
+    """Attach optimizer to gristd at address as a worker of job; returns a
+    GristSession (call .step() after optimizer.step(); .close() or use as a
+    context manager). Never raises because the daemon is absent: training
+    goes on with the optimizer's own values until hyperparameters arrive."""
+    return GristSession(optimizer, job, address, rank=rank, world_size=world_size,
+                        sketch_dim=sketch_dim, policy=policy, ddp_model=ddp_model, wait_s=wait_s)
