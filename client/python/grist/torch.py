@@ -72,7 +72,15 @@ class GristSession:
         self._sk = np.zeros((self.ngroups, self.m), dtype=np.float32)
         self._local = None
         self._orig_step = optimizer.step
-        optimizer.step = self._scaled_step
+
+        def step(*args, **kwargs):
+            return self._scaled_step(*args, **kwargs)
+
+        # the original (an LR scheduler's counting wrapper, if any) still
+        # runs inside, so schedulers' call-order check stays valid
+        step._with_counter = True
+        self._step_wrapper = step
+        optimizer.step = step
         if ddp_model is not None:
             self._install_hook(ddp_model)
 
@@ -169,7 +177,7 @@ class GristSession:
         return self.session.stats()
 
     def close(self):
-        if self.optimizer.step == self._scaled_step:
+        if self.optimizer.step is self._step_wrapper:
             self.optimizer.step = self._orig_step
         self.session.close()
         if self._own_client:

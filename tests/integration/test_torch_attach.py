@@ -1,0 +1,169 @@
+"""Real PyTorch training attached to the real gristd (MATH/ARCHITECTURE
+worker side): pushes arrive and are applied to param_groups, the loss falls,
+killing the daemon mid-run does not disturb training (it keeps the last
+hyperparameters) and a restarted daemon is re-attached to. Then the DDP
+example's setup: 2 ranks (gloo, started by torch.multiprocessing.spawn)
+attach to one job through the DDP communication hook, and the daemon sees
+two workers per step (worker noise > 0).
+
+    PYTHONPATH=build/proto GRIST_LIB=build/client/libgrist.so \
+        /usr/bin/python3 tests/integration/test_torch_attach.py build/daemon/gristd
+"""
+import os
+import signal
+import sys
+import tempfile
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from pytest_util import get_job, start_gristd
+
+import grist.torch  # noqa: E402  (path set by pytest_util)
+from sklearn.datasets import load_digits  # noqa: E402
+
+
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return torch.from_numpy((X / 16.0).astype(np.float32)), torch.from_numpy(y)
+
+
+def net(seed):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+
+
+def test_single(gristd):
+    sock = os.path.join(tempfile.mkdtemp(), "gristd.sock")
+    addr = "unix:" + sock
+    proc, _ = start_gristd(gristd, addr)
+    X, y = digits()
+    model = net(0)
+    opt = torch.optim.SGD([{"params": model[0].parameters()}, {"params": model[2].parameters()}],
+                          lr=0.05, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=100, gamma=0.5)
+    session = grist.torch.attach(opt, job="torch-test", address=addr, sketch_dim=256,
+                                 policy={"solve_every": 5, "min_steps": 5}, wait_s=10)
+    g = torch.Generator().manual_seed(0)
+    losses, killed_at, restarted = [], None, None
+    version_at_kill = 0
+    import time
+    deadline = None
+    step = 0
+    while True:
+        step += 1
+        if restarted and step > restarted + 100:
+            # train on until the restarted daemon was re-attached to and
+            # has pushed to us (libgrist's backoff decides when), 30 s at most
+            if session.stats()["attaches"] >= 2 and session.version > version_at_kill:
+                break
+            if deadline is None:
+                deadline = time.monotonic() + 30
+            assert time.monotonic() < deadline, session.stats()
+        idx = torch.randint(0, len(X), (32,), generator=g)
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(X[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        session.step(batch_size=32)
+        sched.step()
+        losses.append(loss.item())
+        if step == 150:  # the daemon dies mid-run
+            version_at_kill = session.version
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            killed_at = step
+            momentum_at_kill = [gr["momentum"] for gr in opt.param_groups]
+        if step == 220:  # and comes back on the same address
+            proc, _ = start_gristd(gristd, addr)
+            restarted = step
+        if killed_at and not restarted:
+            # training goes on with the last hyperparameters received
+            assert [gr["momentum"] for gr in opt.param_groups] == momentum_at_kill
+    st = session.stats()
+    print(f"single: {step} steps, pushes received {st['received']}, attaches {st['attaches']}, "
+          f"failures {st['failures']}, sent {st['sent']}, dropped {st['dropped']}, "
+          f"momentum {[round(gr['momentum'], 3) for gr in opt.param_groups]}")
+    assert version_at_kill >= 1, "no push before the daemon was killed"
+    assert st["attaches"] >= 2, st        # re-attached after the restart
+    assert st["failures"] >= 1, st
+    hp_version, _, hp = session.session.latest()
+    assert hp is not None
+    for gr, h in zip(opt.param_groups, hp):  # the newest push is what the optimizer uses
+        assert abs(gr["momentum"] - h["momentum"]) < 1e-12
+    # lr_scale never leaks into the scheduler's lr: StepLR halves it every 100 steps
+    assert abs(opt.param_groups[0]["lr"] - 0.05 * 0.5 ** (step // 100)) < 1e-12, opt.param_groups[0]["lr"]
+    assert np.mean(losses[-30:]) < 0.5 * np.mean(losses[:30]), (losses[:30], losses[-30:])
+    # the restarted daemon knows the job again, with steps after the restart
+    job = get_job(addr, "torch-test")
+    assert job.job.step > 0
+    session.close()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+
+
+def ddp_rank(rank, world, port, addr, out):
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    X, y = digits()
+    model = torch.nn.parallel.DistributedDataParallel(net(0))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    session = grist.torch.attach(opt, job="ddp-test", address=addr, sketch_dim=256,
+                                 policy={"solve_every": 5, "min_steps": 5,
+                                         "noise_correction": "workers"},
+                                 ddp_model=model, wait_s=10)
+    assert session.ngroups == 1
+    g = torch.Generator().manual_seed(100 + rank)  # each rank its own batches
+    for step in range(1, 151):
+        idx = torch.randint(0, len(X), (32,), generator=g)
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(X[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        session.step(batch_size=32)
+    st = session.stats()
+    out.put((rank, st["sent"], st["received"], opt.param_groups[0]["momentum"]))
+    dist.barrier()
+    session.close()
+    dist.destroy_process_group()
+
+
+def test_ddp(gristd):
+    proc, addr = start_gristd(gristd, "127.0.0.1:0")
+    ctx = mp.get_context("spawn")
+    out = ctx.SimpleQueue()
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    mp.spawn(ddp_rank, args=(2, port, addr, out), nprocs=2, join=True)
+    res = sorted(out.get() for _ in range(2))
+    print("ddp:", res)
+    job = get_job(addr, "ddp-test")
+    gs = job.groups[0]
+    print(f"ddp: job world {job.job.world_size}, step {job.job.step}, steps evaluated {gs.steps}, "
+          f"noise {gs.noise:.4g}, noise scale {gs.noise_scale:.4g}, late {job.job.late_summaries}")
+    assert job.job.world_size == 2
+    assert job.job.step == 150
+    assert gs.noise > 0  # worker noise needs both ranks' local sketches of a step
+    assert all(r[1] > 100 for r in res), res
+    assert res[0][3] == res[1][3], res  # both ranks apply the same pushed momentum
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+
+
+def main():
+    gristd = sys.argv[1]
+    torch.set_num_threads(1)
+    test_single(gristd)
+    test_ddp(gristd)
+    print("torch attach: ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
