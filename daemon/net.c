@@ -220,7 +220,7 @@ int grist__net_start(struct grist_net *net, uv_loop_t *loop, const struct grist_
     memset(net, 0, sizeof(*net));
     net->loop = loop;
     net->cfg = cfg;
-    grpc_arg args[5];
+    grpc_arg args[6];
     memset(args, 0, sizeof(args));
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
@@ -240,7 +240,13 @@ int grist__net_start(struct grist_net *net, uv_loop_t *loop, const struct grist_
     args[4].type = GRPC_ARG_INTEGER;
     args[4].key = GRPC_ARG_ALLOW_REUSEPORT;
     args[4].value.integer = 0;
-    grpc_channel_args chargs = {5, args};
+    /* a large per-stream receive window: workers stream 32 KiB+ summaries
+     * back to back, and the default 64 KiB window would make every second
+     * one wait for a WINDOW_UPDATE round trip through the loop thread */
+    args[5].type = GRPC_ARG_INTEGER;
+    args[5].key = GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES;
+    args[5].value.integer = 8 << 20;
+    grpc_channel_args chargs = {6, args};
 
     net->cq = grpc_completion_queue_create_for_next(NULL);
     net->server = grpc_server_create(&chargs, NULL);
