@@ -52,6 +52,8 @@ static const struct opt table[] = {
     {"cov-batch", OPT_INT, F(cov_batch), "16", 1, 256, "steps per rank-b covariance update"},
     {"solve-every", OPT_INT, F(solve_every), "50", 1, 1 << 20,
      "steps between selections and family solves (a job may ask for its own)"},
+    {"families-every", OPT_INT, F(families_every), "50", 1, 1 << 20,
+     "steps between family solves (one eigendecomposition per group; at most as often as solve-every)"},
     {"min-steps", OPT_INT, F(min_steps), "20", 0, 1 << 20, "no push before this many steps"},
     {"hysteresis-h", OPT_INT, F(hysteresis_h), "3", 1, 1000,
      "consecutive evaluations that must agree before beta moves"},

@@ -41,7 +41,8 @@ struct e_job {
     struct grist_job_policy policy;
     struct grist_stats **stats;
     struct grist_selector *sel;
-    uint64_t steps, last_step, next_solve;
+    uint64_t steps, last_step, next_solve, next_families;
+    uint32_t families_phase;
     /* steps of the current batch */
     struct item **pend;
     uint32_t npend, cap_pend;
@@ -134,6 +135,14 @@ static void do_create(struct grist_engine *e, struct item *it)
     j->m = sp->m;
     j->policy = sp->policy;
     j->next_solve = sp->policy.solve_every;
+    /* family solves are staggered across jobs (a per-job phase within
+     * families_every) so that jobs in lockstep do not all run their
+     * eigendecompositions in the same batch */
+    j->families_phase = (uint32_t)(sp->key * 2654435761u);
+    {
+        const uint32_t fe = sp->policy.families_every ? sp->policy.families_every : 50;
+        j->next_families = 1 + j->families_phase % fe;
+    }
     j->stats = calloc(sp->ngroups, sizeof(*j->stats));
     j->sel = calloc(sp->ngroups, sizeof(*j->sel));
     if (!j->stats || !j->sel)
@@ -167,6 +176,14 @@ fail:
 
 static void evaluate(struct grist_engine *e, struct e_job *j)
 {
+    const int families = j->steps >= j->next_families;
+    if (families) {
+        const uint32_t fe = j->policy.families_every ? j->policy.families_every : 50;
+        const uint64_t off = j->families_phase % fe;
+        j->next_families = ((j->steps + fe - off) / fe + 1) * fe - (fe - off);
+        if (j->next_families <= j->steps)
+            j->next_families += fe;
+    }
     struct grist_engine_result *r =
         calloc(1, sizeof(*r) + j->ngroups * sizeof(struct grist_engine_group_result));
     if (!r)
@@ -201,7 +218,8 @@ static void evaluate(struct grist_engine *e, struct e_job *j)
             o->J[k] = v.J[k];
             o->J_se[k] = grist_stats_diff_se(j->stats[g], k, k);
         }
-        if (grist_stats_cov_dim(j->stats[g]) && grist_stats_families(j->stats[g], 1e-12, &o->fam) == 0)
+        if (families && grist_stats_cov_dim(j->stats[g]) &&
+            grist_stats_families(j->stats[g], 1e-12, &o->fam) == 0)
             o->have_families = 1;
     }
     free(ch);

@@ -332,6 +332,13 @@ void grist__job_on_result(void *ud, struct grist_engine_result *r)
         free(r);
         return;
     }
+    if (!r->groups[0].have_families && j->last && j->last->groups[0].have_families) {
+        /* keep the newest family diagnostics between family solves */
+        for (uint32_t g = 0; g < j->ngroups; g++) {
+            r->groups[g].fam = j->last->groups[g].fam;
+            r->groups[g].have_families = 1;
+        }
+    }
     free(j->last);
     j->last = r;
     int changed = 0, warm = 0;

@@ -113,6 +113,7 @@ static int make_defaults(const struct grist_config *c, struct grist_job_policy *
     p->sel.z = c->hysteresis_z;
     p->sel.h = (uint32_t)c->hysteresis_h;
     p->solve_every = (uint32_t)c->solve_every;
+    p->families_every = (uint32_t)c->families_every;
     p->gamma = c->ema_gamma;
     p->ncand = grist_candidates_default(0.0, 0.9999, p->cand);
     return 0;

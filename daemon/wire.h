@@ -89,6 +89,7 @@ void grist__summary_free(struct grist_summary *s);
 struct grist_job_policy {
     struct grist_policy sel;   /* kernels' selection policy */
     uint32_t solve_every;
+    uint32_t families_every; /* family solves (eigendecompositions); a multiple of solve_every */
     double gamma;
     uint32_t ncand;
     double cand[GRIST_MAX_CANDIDATES];

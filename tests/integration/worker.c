@@ -216,6 +216,18 @@ static Grist__V1__ServerMessage *recv_msg(struct tw *w, double timeout_s, int *t
 
 static int final_status(struct tw *w)
 {
+    /* gRPC delivers the status only after every message was read: drain */
+    for (int i = 0; i < 100000 && w->status_done != 3; i++) {
+        post_recv(w);
+        if (wait_for(w, T_RECV, 30.0) != 1)
+            break;
+        w->recv_pending = 0;
+        if (!w->recv_buf)
+            break;
+        grpc_byte_buffer_destroy(w->recv_buf);
+        w->recv_buf = NULL;
+    }
+    w->recv_pending = 0;
     wait_for(w, T_STATUS, 30.0);
     w->status_done = 3; /* remember */
     return -(int)w->status;
