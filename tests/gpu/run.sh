@@ -20,6 +20,7 @@ fi
 ninja -C "$B"
 rc=0
 "$B/tests/checkasm" --backend cuda --full --seed 1 2>&1 | tee "$OUTDIR/checkasm-cuda.txt" || rc=1
+"$B/tests/test-sketch-cuda" 2>&1 | tee -a "$OUTDIR/checkasm-cuda.txt" || rc=1
 "$B/tests/checkasm" --backend all --seed 2 2>&1 | tee -a "$OUTDIR/checkasm-cuda.txt" || rc=1
 "$B/tests/bench-kernels" --full 2>&1 | tee "$OUTDIR/bench-gpu.md" || rc=1
 exit $rc

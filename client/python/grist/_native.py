@@ -237,3 +237,27 @@ class Session:
             self.close()
         except Exception:
             pass
+
+
+_cuda = None
+
+
+def cuda_sketcher():
+    """grist_sketch_cuda_f32 from libgrist-kernels-cuda.so ($GRIST_CUDA_LIB, or
+    next to libgrist in a build tree), or None when the CUDA backend is not
+    built. Call as f(seed_p, x_ptr, n, offset, acc_ptr, m, sq_ptr, stream)."""
+    global _cuda
+    if _cuda is None:
+        cands = [os.environ.get("GRIST_CUDA_LIB"),
+                 os.path.join(os.path.dirname(lib_path), "..", "kernels", "libgrist-kernels-cuda.so"),
+                 os.path.join(os.path.dirname(lib_path), "libgrist-kernels-cuda.so")]
+        _cuda = False
+        for c in cands:
+            if c and os.path.exists(c):
+                lib = ctypes.CDLL(c)
+                f = lib.grist_sketch_cuda_f32
+                f.restype = ctypes.c_int
+                f.argtypes = [_u32, _vp, _u64, _u64, _vp, _u32, _vp, _vp]
+                _cuda = f
+                break
+    return _cuda or None

@@ -21,7 +21,8 @@ from torch.distributed when it is initialized.
 import numpy as np
 import torch as _torch
 
-from grist._native import Client, Session, group_seed, sketch_adam_f32, sketch_f32
+from grist._native import (Client, GristError, Session, cuda_sketcher, group_seed, sketch_adam_f32,
+                           sketch_f32)
 
 
 def _kind(optimizer):
@@ -71,6 +72,8 @@ class GristSession:
         self._sq = np.zeros((self.ngroups, 1))
         self._sk = np.zeros((self.ngroups, self.m), dtype=np.float32)
         self._local = None
+        self._dacc = None
+        self._dev_used = False
         self._orig_step = optimizer.step
 
         def step(*args, **kwargs):
@@ -103,7 +106,22 @@ class GristSession:
 
     def _sketch_param(self, seeds, p, grad, acc, sq, gi, off):
         if grad.is_cuda:
-            grad = grad.detach().cpu()  # CUDA kernel path: see client/README.md
+            f = cuda_sketcher()
+            if f is not None and grad.dtype == _torch.float32 and self.kind == "sgd":
+                # the CUDA kernel on the tensor memory, on the current stream;
+                # only m doubles per group come back (in _flush_device)
+                g = grad.detach().contiguous()
+                if self._dacc is None or self._dacc.device != g.device:
+                    self._dacc = _torch.zeros((self.ngroups, self.m + 1), dtype=_torch.float64,
+                                              device=g.device)
+                row = self._dacc[gi]
+                r = f(seeds[gi], g.data_ptr(), g.numel(), off, row.data_ptr(), self.m,
+                      row[self.m:].data_ptr(), _torch.cuda.current_stream(g.device).cuda_stream)
+                if r < 0:
+                    raise GristError(r, "cuda sketch")
+                self._dev_used = True
+                return
+            grad = grad.detach().cpu()  # Adam metric or no CUDA backend: host path
         g = grad.detach()
         if g.dtype != _torch.float32 or not g.is_contiguous():
             g = g.to(_torch.float32).contiguous()
@@ -156,6 +174,12 @@ class GristSession:
                     if p.grad is not None:
                         self._sketch_param(seeds, p, p.grad, self._acc[gi], self._sq[gi], gi, off)
                 ready = True
+            if ready and self._dev_used:
+                d = self._dacc.cpu().numpy()  # m + 1 doubles per group leave the device
+                self._acc += d[:, :self.m]
+                self._sq[:, 0] += d[:, self.m]
+                self._dacc.zero_()
+                self._dev_used = False
             if ready:
                 self._sk[:] = self._acc
                 self.session.submit(self.t, self._sk, self._sq[:, 0],

@@ -1,0 +1,89 @@
+/*
+ * DESIGN: the count sketch of MATH.md section 2 on the GPU, for worker
+ * gradients that live in device memory (grist.torch calls it on a tensor's
+ * data_ptr on the current stream). Same hash as sketch.c, bit for bit; the
+ * accumulation order differs (atomics), so values agree to rounding, not
+ * bit-exactly. For m <= 4096 each block accumulates into shared memory and
+ * adds its m partial sums to the output once; larger m uses global atomics.
+ * Only m doubles (and the squared norm) are written; nothing is copied to
+ * the host here.
+ */
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+extern "C" {
+#include "grist/error.h"
+}
+
+__device__ static inline uint32_t fmix32(uint32_t h)
+{
+    h ^= h >> 16;
+    h *= 0x85EBCA6Bu;
+    h ^= h >> 13;
+    h *= 0xC2B2AE35u;
+    h ^= h >> 16;
+    return h;
+}
+
+#define THREADS 256
+#define SHARED_MAX 4096
+
+__global__ static void k_sketch(uint32_t seed_p, const float *__restrict__ x, uint64_t n,
+                                uint32_t offset, double *acc, uint32_t m, double *sq)
+{
+    extern __shared__ double sh[];
+    const int use_shared = m <= SHARED_MAX;
+    if (use_shared)
+        for (uint32_t b = threadIdx.x; b < m; b += blockDim.x)
+            sh[b] = 0.0;
+    __syncthreads();
+    double s2 = 0.0;
+    const uint32_t mask = m - 1;
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;
+         i += (uint64_t)gridDim.x * blockDim.x) {
+        const uint32_t key = fmix32(((uint32_t)(offset + i) * 0x9E3779B1u) ^ seed_p);
+        const double v = (double)x[i];
+        s2 += v * v;
+        const double sv = (key >> 31) ? -v : v;
+        if (use_shared)
+            atomicAdd(&sh[key & mask], sv);
+        else
+            atomicAdd(&acc[key & mask], sv);
+    }
+    /* squared norm: warp shuffle, then one atomic per warp */
+    for (int o = 16; o > 0; o >>= 1)
+        s2 += __shfl_down_sync(0xffffffffu, s2, o);
+    if ((threadIdx.x & 31) == 0)
+        atomicAdd(sq, s2);
+    __syncthreads();
+    if (use_shared)
+        for (uint32_t b = threadIdx.x; b < m; b += blockDim.x)
+            if (sh[b] != 0.0)
+                atomicAdd(&acc[b], sh[b]);
+}
+
+/*
+ * Accumulate the sketch of n float32 at x_dev (device memory; group offset
+ * `offset`) into acc_dev (m doubles, device) and *sq_dev (device), on the
+ * CUDA stream `stream` (a cudaStream_t; NULL = the default stream).
+ * Returns 0, GRIST_EBADDIM, GRIST_ETOOBIG or GRIST_EDEVICE. Asynchronous:
+ * the caller synchronizes the stream before reading acc.
+ */
+extern "C" __attribute__((visibility("default"))) int
+grist_sketch_cuda_f32(uint32_t seed_p, const float *x_dev, uint64_t n, uint64_t offset,
+                      double *acc_dev, uint32_t m, double *sq_dev, void *stream)
+{
+    if (m < 64 || m > 65536 || (m & (m - 1)) != 0)
+        return GRIST_EBADDIM;
+    if (offset > 0xFFFFFFFFull || n > 0x100000000ull - offset)
+        return GRIST_ETOOBIG;
+    if (n == 0)
+        return 0;
+    int blocks = (int)((n + THREADS - 1) / THREADS);
+    if (blocks > 1024)
+        blocks = 1024;
+    const size_t shmem = m <= SHARED_MAX ? m * sizeof(double) : 0;
+    k_sketch<<<blocks, THREADS, shmem, (cudaStream_t)stream>>>(seed_p, x_dev, n, (uint32_t)offset,
+                                                             acc_dev, m, sq_dev);
+    return cudaGetLastError() == cudaSuccess ? 0 : GRIST_EDEVICE;
+}
