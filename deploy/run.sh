@@ -25,6 +25,14 @@ mkfifo "$tmp/ready"
 pid=$!
 read -r proto addr < "$tmp/ready"
 echo "gristd (pid $pid) listening: $proto $addr"
+# grpc.health.v1.Health/Check with an empty request; SERVING is the bytes 08 01
+/usr/bin/python3 - "$addr" <<'PY'
+import sys, grpc
+ch = grpc.insecure_channel(sys.argv[1])
+check = ch.unary_unary("/grpc.health.v1.Health/Check")
+resp = check(b"", timeout=10)
+print("health check:", "SERVING" if resp == b"\x08\x01" else resp)
+PY
 
 rc=0
 GRIST_LIB="$BUILD/client/libgrist.so" /usr/bin/python3 "$ROOT/client/examples/digits_sgd.py" \
