@@ -89,6 +89,9 @@ static void chunk_keys(uint32_t seed_p, uint32_t base, uint32_t len, uint32_t *r
     if (sq_norm)                                                                    \
         *sq_norm += (sq0 + sq1) + (sq2 + sq3);
 
+/* float32 input: the sign goes onto the float's sign bit (32-bit lanes, 8 per
+ * AVX2 vector) and the squared norm is taken from x directly; measured 27 %
+ * faster than the double path below (kernels/README.md). */
 GRIST__CLONES
 int grist_sketch_accum_f32(uint32_t seed_p, const float *x, uint64_t n, uint64_t offset,
                            double *acc, uint32_t m, double *sq_norm)
@@ -96,7 +99,34 @@ int grist_sketch_accum_f32(uint32_t seed_p, const float *x, uint64_t n, uint64_t
     int r = check_args(x, n, offset, acc, m);
     if (r < 0)
         return r;
-    GRIST__SKETCH_BODY((double)x[i])
+    uint32_t key[GRIST__CHUNK];
+    float val[GRIST__CHUNK];
+    const uint32_t mask = m - 1;
+    double sq0 = 0.0, sq1 = 0.0, sq2 = 0.0, sq3 = 0.0;
+    for (uint64_t c0 = 0; c0 < n; c0 += GRIST__CHUNK) {
+        const uint32_t len = (uint32_t)(n - c0 < GRIST__CHUNK ? n - c0 : GRIST__CHUNK);
+        const float *restrict xc = x + c0;
+        chunk_keys(seed_p, (uint32_t)(offset + c0), len, key);
+        for (uint32_t k = 0; k < len; k++) {
+            uint32_t bits;
+            memcpy(&bits, &xc[k], 4);
+            bits ^= key[k] & 0x80000000u;
+            memcpy(&val[k], &bits, 4);
+        }
+        uint32_t k = 0;
+        for (; k + 4 <= len; k += 4) {
+            sq0 += (double)xc[k] * xc[k];
+            sq1 += (double)xc[k + 1] * xc[k + 1];
+            sq2 += (double)xc[k + 2] * xc[k + 2];
+            sq3 += (double)xc[k + 3] * xc[k + 3];
+        }
+        for (; k < len; k++)
+            sq0 += (double)xc[k] * xc[k];
+        for (k = 0; k < len; k++)
+            acc[key[k] & mask] += (double)val[k];
+    }
+    if (sq_norm)
+        *sq_norm += (sq0 + sq1) + (sq2 + sq3);
     return 0;
 }
 
