@@ -18,6 +18,7 @@
 #include "harness.h"
 #include "worker.h"
 #include "../rng.h"
+#include "../check_main.h"
 
 static struct gristd_proc start_daemon(const char *const *extra)
 {
@@ -542,11 +543,4 @@ static Suite *suite(void)
     return s;
 }
 
-int main(void)
-{
-    SRunner *sr = srunner_create(suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+GRIST_CHECK_MAIN(suite)

@@ -12,6 +12,7 @@
 
 #include "grist/backend.h"
 #include "harness.h"
+#include "../check_main.h"
 
 START_TEST(test_health_and_sigterm)
 {
@@ -146,11 +147,4 @@ static Suite *suite(void)
     return s;
 }
 
-int main(void)
-{
-    SRunner *sr = srunner_create(suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+GRIST_CHECK_MAIN(suite)

@@ -16,6 +16,7 @@
 
 #include "grist/kernels.h"
 #include "../rng.h"
+#include "../check_main.h"
 
 /* ---------- T1 / T2: an AR(1) gradient stream through sketch and stats ---------- */
 
@@ -375,11 +376,4 @@ static Suite *suite(void)
     return s;
 }
 
-int main(void)
-{
-    SRunner *sr = srunner_create(suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+GRIST_CHECK_MAIN(suite)

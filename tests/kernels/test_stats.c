@@ -12,6 +12,7 @@
 
 #include "grist/kernels.h"
 #include "../rng.h"
+#include "../check_main.h"
 
 enum { M = 128, W = 3 };
 
@@ -324,11 +325,4 @@ static Suite *suite(void)
     return s;
 }
 
-int main(void)
-{
-    SRunner *sr = srunner_create(suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+GRIST_CHECK_MAIN(suite)

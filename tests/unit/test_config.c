@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "../check_main.h"
 
 START_TEST(test_defaults)
 {
@@ -106,11 +107,4 @@ static Suite *suite(void)
     return s;
 }
 
-int main(void)
-{
-    SRunner *sr = srunner_create(suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+GRIST_CHECK_MAIN(suite)
