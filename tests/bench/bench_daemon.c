@@ -51,7 +51,9 @@ static long rss_kib(pid_t pid)
 
 static const char *g_addr;
 
-static uint64_t job_steps(const char *id, uint64_t *dropped)
+/* GetJob: steps evaluated by the compute thread (returned), dropped steps
+ * and the aggregated step (both optional). */
+static uint64_t job_query(const char *id, uint64_t *dropped, uint64_t *aggregated)
 {
     Grist__V1__GetJobRequest req = GRIST__V1__GET_JOB_REQUEST__INIT;
     req.job_id = (char *)id;
@@ -66,27 +68,24 @@ static uint64_t job_steps(const char *id, uint64_t *dropped)
     uint64_t s = r && r->n_groups ? r->groups[0]->steps : 0;
     if (dropped)
         *dropped = r ? r->job->dropped_steps : 0;
+    if (aggregated)
+        *aggregated = r ? r->job->step : 0;
     if (r)
         grist__v1__get_job_response__free_unpacked(r, NULL);
     return s;
 }
 
+/* the job's aggregated step (JobBrief.step) */
+static uint64_t job_steps(const char *id, uint64_t *dropped)
+{
+    return job_query(id, dropped, NULL);
+}
+
 static uint64_t job_step(const char *id)
 {
-    Grist__V1__GetJobRequest req = GRIST__V1__GET_JOB_REQUEST__INIT;
-    req.job_id = (char *)id;
-    uint8_t buf[256];
-    size_t len = grist__v1__get_job_request__pack(&req, buf);
-    void *resp;
-    size_t rlen;
-    if (rpc_unary(g_addr, "/grist.v1.Grist/GetJob", buf, len, &resp, &rlen, NULL, 0, 10) != GRPC_STATUS_OK)
-        return 0;
-    Grist__V1__GetJobResponse *r = grist__v1__get_job_response__unpack(NULL, rlen, resp);
-    free(resp);
-    uint64_t s = r ? r->job->step : 0;
-    if (r)
-        grist__v1__get_job_response__free_unpacked(r, NULL);
-    return s;
+    uint64_t aggregated = 0;
+    job_query(id, NULL, &aggregated);
+    return aggregated;
 }
 
 /* ---- 1. ingestion ---- */
