@@ -14,6 +14,8 @@
 #include "net.h"
 #include "wire.h"
 
+#define GRIST_MAX_COMPUTE 16
+
 struct grist_job;
 struct grist_stream;
 struct grist_watch;
@@ -33,7 +35,8 @@ struct grist_daemon {
     struct grist_limits limits;
     struct grist_job_policy defaults;
     struct grist_net net;
-    struct grist_engine *engine;
+    struct grist_engine *engines[GRIST_MAX_COMPUTE]; /* jobs are sharded by key */
+    uint32_t nengines, engines_running;
     uv_timer_t tick;
     struct grist_job *jobs;      /* all jobs, a list */
     uint32_t njobs;
@@ -46,6 +49,12 @@ struct grist_daemon {
 };
 
 uint64_t grist__now_ms(const struct grist_daemon *d);
+
+/* The compute thread that owns a job's statistics. */
+static inline struct grist_engine *grist__engine_of(const struct grist_daemon *d, uint64_t key)
+{
+    return d->engines[key % d->nengines];
+}
 
 /* jobs.c */
 struct grist_job *grist__job_find(struct grist_daemon *d, const char *id);

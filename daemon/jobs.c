@@ -173,7 +173,7 @@ grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_he
         .lags = (uint32_t)d->cfg->lags, .cov_batch = (uint32_t)d->cfg->cov_batch,
         .policy = pol, .groups = j->groups,
     };
-    if (grist__engine_create_job(d->engine, &spec) < 0)
+    if (grist__engine_create_job(grist__engine_of(d, j->key), &spec) < 0)
         goto nomem;
     j->next = d->jobs;
     d->jobs = j;
@@ -209,7 +209,7 @@ static void complete(struct grist_daemon *d, struct grist_job *j, struct grist_a
             mean[i] = (float)(a->sum[i] * inv);
         for (uint32_t g = 0; g < j->ngroups; g++)
             batch[g] = (uint32_t)(a->batch[g] / a->n);
-        int r = grist__engine_step(d->engine, j->key, a->step, a->n, j->ngroups, j->m, mean, a->sq, batch);
+        int r = grist__engine_step(grist__engine_of(d, j->key), j->key, a->step, a->n, j->ngroups, j->m, mean, a->sq, batch);
         if (r < 0) {
             j->dropped++;
             d->cnt.steps_dropped++;
@@ -243,7 +243,7 @@ void grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t ran
 {
     d->cnt.summaries++;
     if (sum->validation) {
-        if (grist__engine_validation(d->engine, j->key, j->ngroups, j->m, sum->sketch) < 0)
+        if (grist__engine_validation(grist__engine_of(d, j->key), j->key, j->ngroups, j->m, sum->sketch) < 0)
             d->cnt.steps_dropped++;
         grist__summary_free(sum);
         return;
@@ -403,7 +403,7 @@ void grist__jobs_tick(struct grist_daemon *d)
             *p = j->next;
             d->njobs--;
             d->cnt.jobs_expired++;
-            grist__engine_drop_job(d->engine, j->key);
+            grist__engine_drop_job(grist__engine_of(d, j->key), j->key);
             grist__watch_finish_all(d, j->id);
             job_free(j);
             continue;

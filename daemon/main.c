@@ -32,7 +32,8 @@ static struct grist_config g_cfg;
 static void on_engine_stopped(void *ud)
 {
     struct grist_daemon *d = ud;
-    d->engine = NULL;
+    if (--d->engines_running > 0)
+        return;
     uv_close((uv_handle_t *)&g_sigterm, NULL);
     uv_close((uv_handle_t *)&g_sigint, NULL);
     uv_close((uv_handle_t *)&d->tick, NULL);
@@ -42,7 +43,8 @@ static void on_engine_stopped(void *ud)
 static void on_net_stopped(struct grist_net *net)
 {
     struct grist_daemon *d = grist__daemon_of(net);
-    grist__engine_stop(d->engine, on_engine_stopped);
+    for (uint32_t i = 0; i < d->nengines; i++)
+        grist__engine_stop(d->engines[i], on_engine_stopped);
 }
 
 static void on_signal(uv_signal_t *s, int signum)
@@ -141,27 +143,33 @@ int main(int argc, char **argv)
     d->limits.max_workers = (uint32_t)g_cfg.max_workers;
     d->limits.max_sketch_dim = (uint32_t)g_cfg.max_sketch_dim;
 
-    struct grist_backend *be;
-    r = grist_backend_open(g_cfg.backend, &be);
-    if (r < 0) {
-        GRIST_ERR("backend '%s': %s", g_cfg.backend, grist_strerror(r));
-        return 1;
-    }
-    grist_backend_set_threads(be, (int)g_cfg.blas_threads);
-    GRIST_INFO("gristd %s: kernels backend %s", GRIST_VERSION, grist_backend_name(be));
-
     static uv_loop_t loop;
     uv_loop_init(&loop);
     d->loop = &loop;
-    if (grist__engine_start(&d->engine, &loop, be, (uint32_t)g_cfg.compute_queue,
-                            grist__job_on_result, d) < 0) {
-        grist_backend_close(be);
-        return 1;
+    d->nengines = (uint32_t)g_cfg.compute_threads;
+    for (uint32_t i = 0; i < d->nengines; i++) {
+        struct grist_backend *be;
+        r = grist_backend_open(g_cfg.backend, &be);
+        if (r < 0) {
+            GRIST_ERR("backend '%s': %s", g_cfg.backend, grist_strerror(r));
+            return 1;
+        }
+        grist_backend_set_threads(be, (int)g_cfg.blas_threads);
+        if (i == 0)
+            GRIST_INFO("gristd %s: kernels backend %s, %u compute thread%s", GRIST_VERSION,
+                       grist_backend_name(be), d->nengines, d->nengines > 1 ? "s" : "");
+        if (grist__engine_start(&d->engines[i], &loop, be, (uint32_t)g_cfg.compute_queue,
+                                grist__job_on_result, d) < 0) {
+            grist_backend_close(be);
+            return 1;
+        }
+        d->engines_running++;
     }
     grpc_init();
     r = grist__net_start(&d->net, &loop, &g_cfg);
     if (r < 0) {
-        grist__engine_stop(d->engine, NULL);
+        for (uint32_t i = 0; i < d->nengines; i++)
+            grist__engine_stop(d->engines[i], NULL);
         uv_run(&loop, UV_RUN_DEFAULT);
         grpc_shutdown();
         return 1;

@@ -10,7 +10,7 @@
  *      AR(1) regimes so that beta moves and pushes happen;
  *   3. memory: gristd's RSS growth per job and per group, against what the
  *      statistics of a group need.
- * Usage: bench-daemon [--quick]   (needs GRISTD=path/to/gristd)
+ * Usage: bench-daemon [--quick] [-- GRISTD_OPTIONS]   (needs GRISTD=path/to/gristd)
  */
 #include <math.h>
 #include <pthread.h>
@@ -227,7 +227,16 @@ int main(int argc, char **argv)
     const int quick = argc > 1 && !strcmp(argv[1], "--quick");
     setvbuf(stdout, NULL, _IOLBF, 0);
     struct gristd_proc p;
-    const char *args[] = {"--listen", "127.0.0.1:0", "--log-level", "warn", "--max-jobs", "4096", NULL};
+    const char *args[24] = {"--listen", "127.0.0.1:0", "--log-level", "warn", "--max-jobs", "4096"};
+    int na = 6;
+    /* more gristd options: everything after "--" on the command line */
+    for (int i = 1; i < argc && na < 22; i++)
+        if (!strcmp(argv[i], "--")) {
+            for (int k = i + 1; k < argc && na < 22; k++)
+                args[na++] = argv[k];
+            break;
+        }
+    args[na] = NULL;
     if (gristd_start(&p, args) != 0) {
         fprintf(stderr, "bench: cannot start gristd (GRISTD=%s)\n", getenv("GRISTD"));
         return 1;
