@@ -46,7 +46,7 @@ static const struct opt table[] = {
      "largest sketch dimension m a worker may choose"},
     {"compute-queue", OPT_INT, F(compute_queue), "4096", 16, 1 << 20,
      "aggregated steps waiting for the compute thread; beyond it steps are dropped and counted"},
-    {"compute-threads", OPT_INT, F(compute_threads), "1", 1, 16,
+    {"compute-threads", OPT_INT, F(compute_threads), "2", 1, 16,
      "compute threads, each with its own kernels backend; jobs are sharded over them by id"},
     {"cov-dim", OPT_INT, F(cov_dim), "256", 0, 65536,
      "fold the sketch covariance to this many dimensions (power of two; 0 = no covariance)"},
