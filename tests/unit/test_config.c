@@ -94,6 +94,23 @@ START_TEST(test_help_lists_every_option)
 }
 END_TEST
 
+/* The example file shipped in deploy/ parses and holds the defaults. */
+START_TEST(test_shipped_example)
+{
+    const char *path = getenv("GRIST_CONF");
+    ck_assert_ptr_nonnull(path);
+    struct grist_config c, d;
+    grist__config_defaults(&c);
+    grist__config_defaults(&d);
+    char *argv[] = {"gristd", "--config", (char *)path, NULL};
+    ck_assert_int_eq(grist__config_parse(&c, 3, argv), 0);
+    ck_assert_str_eq(c.listen[0], d.listen[0]);
+    ck_assert_int_eq(c.compute_threads, d.compute_threads);
+    ck_assert_int_eq(c.solve_every, d.solve_every);
+    ck_assert_str_eq(c.noise_correction, d.noise_correction);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("config");
@@ -103,6 +120,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_file_and_precedence);
     tcase_add_test(tc, test_bad_values);
     tcase_add_test(tc, test_help_lists_every_option);
+    tcase_add_test(tc, test_shipped_example);
     suite_add_tcase(s, tc);
     return s;
 }
