@@ -1,14 +1,19 @@
-"""Quality experiment 2/3 of issue P5 (first task only so far): dynamic
+"""Quality experiments 2 and 3 of issue P5: dynamic
 momentum (SGD) / beta1 (Adam) chosen by grist against fixed values, with the
 whole system in the loop (client -> gristd -> push).
 
     sh tests/quality/run.sh [--seeds N] [--optimizer sgd|adam]
 
-Task: digits MLP (scikit-learn's bundled digits, 64-128-10, two param groups,
-batch 32, 12 epochs). For each fixed beta and for grist (started from 0.9),
-over N seeds: final test accuracy (mean +- std) and the first step at which
-the moving-average training loss falls below a target. Prints a markdown
-table. Slow: not part of .ci/run.
+Tasks (--task):
+  mlp   digits (scikit-learn's bundled data), MLP 64-128-10, two param groups
+  cnn   digits as 8x8 images, conv(16)-conv(32)-linear, two param groups
+  char  next-character model (embedding-GRU-linear) on the GPL-3 text that
+        Debian's base-files ships (/usr/share/common-licenses/GPL-3);
+        metric: held-out cross-entropy (lower is better)
+For each fixed beta and for grist (started from 0.9), over N seeds: the final
+test metric (mean +- std) and the first step at which the moving-average
+training loss falls below a target. Prints a markdown table. Slow: not part
+of .ci/run.
 """
 import argparse
 import os
@@ -32,11 +37,81 @@ def digits(seed):
     return [torch.from_numpy(a) for a in (Xtr, ytr, Xte, yte)]
 
 
-def run(args, seed, beta, address=None, job=None):
-    Xtr, ytr, Xte, yte = digits(seed)
+class CharModel(torch.nn.Module):
+    def __init__(self, vocab):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, 32)
+        self.rnn = torch.nn.GRU(32, 96, batch_first=True)
+        self.out = torch.nn.Linear(96, vocab)
+
+    def forward(self, x):
+        h, _ = self.rnn(self.emb(x))
+        return self.out(h)
+
+
+_text = None
+
+
+def char_data(seq=48):
+    global _text
+    if _text is None:
+        raw = open("/usr/share/common-licenses/GPL-3", encoding="utf-8").read()
+        chars = sorted(set(raw))
+        idx = torch.tensor([chars.index(c) for c in raw])
+        cut = int(len(idx) * 0.9)
+        _text = (idx[:cut], idx[cut:], len(chars))
+    return _text
+
+
+def char_batch(data, g, batch, seq=48):
+    starts = torch.randint(0, len(data) - seq - 1, (batch,), generator=g)
+    x = torch.stack([data[s:s + seq] for s in starts])
+    y = torch.stack([data[s + 1:s + seq + 1] for s in starts])
+    return x, y
+
+
+def make_model(task, seed):
     torch.manual_seed(seed)
-    net = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
-    groups = [{"params": net[0].parameters()}, {"params": net[2].parameters()}]
+    if task == "mlp":
+        net = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+        return net, [{"params": net[0].parameters()}, {"params": net[2].parameters()}]
+    if task == "cnn":
+        net = torch.nn.Sequential(
+            torch.nn.Unflatten(1, (1, 8, 8)),
+            torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Flatten(), torch.nn.Linear(32 * 16, 10))
+        convs = list(net[1].parameters()) + list(net[3].parameters())
+        return net, [{"params": convs}, {"params": net[7].parameters()}]
+    net = CharModel(char_data()[2])
+    return net, [{"params": list(net.emb.parameters()) + list(net.rnn.parameters())},
+                 {"params": net.out.parameters()}]
+
+
+def run_char(args, seed, net, opt, session):
+    train, test, vocab = char_data()
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(args.char_steps):
+        x, y = char_batch(train, g, args.batch)
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(x).reshape(-1, vocab), y.reshape(-1))
+        loss.backward()
+        opt.step()
+        if session:
+            session.step(batch_size=args.batch)
+        losses.append(loss.item())
+    gt = torch.Generator().manual_seed(12345)
+    with torch.no_grad():
+        tl = []
+        for _ in range(20):
+            x, y = char_batch(test, gt, 64)
+            tl.append(torch.nn.functional.cross_entropy(net(x).reshape(-1, vocab), y.reshape(-1)).item())
+    return float(np.mean(tl)), losses
+
+
+def run(args, seed, beta, address=None, job=None):
+    net, groups = make_model(args.task, seed)
     if args.optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=args.lr, momentum=beta)
     else:
@@ -45,6 +120,12 @@ def run(args, seed, beta, address=None, job=None):
     if address:
         session = grist.torch.attach(opt, job=job, address=address,
                                      policy={"solve_every": args.solve_every}, wait_s=10)
+    if args.task == "char":
+        metric, losses = run_char(args, seed, net, opt, session)
+        if session:
+            session.close()
+        return metric, first_hit(losses, args.target)
+    Xtr, ytr, Xte, yte = digits(seed)
     g = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(args.epochs):
@@ -62,9 +143,13 @@ def run(args, seed, beta, address=None, job=None):
         acc = (net(Xte).argmax(1) == yte).float().mean().item()
     if session:
         session.close()
+    return acc, first_hit(losses, args.target)
+
+
+def first_hit(losses, target):
     ma = np.convolve(losses, np.ones(20) / 20, mode="valid")
-    hit = np.nonzero(ma < args.target)[0]
-    return acc, (int(hit[0]) + 20 if hit.size else None)
+    hit = np.nonzero(ma < target)[0]
+    return int(hit[0]) + 20 if hit.size else None
 
 
 def main():
@@ -76,10 +161,16 @@ def main():
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--solve-every", type=int, default=10)
-    ap.add_argument("--target", type=float, default=0.15)
+    ap.add_argument("--target", type=float, default=None)
+    ap.add_argument("--task", choices=["mlp", "cnn", "char"], default="mlp")
+    ap.add_argument("--char-steps", type=int, default=400)
     args = ap.parse_args()
     if args.lr is None:
-        args.lr = 0.05 if args.optimizer == "sgd" else 0.002
+        args.lr = {("mlp", "sgd"): 0.05, ("cnn", "sgd"): 0.05, ("char", "sgd"): 0.5,
+                   ("mlp", "adam"): 0.002, ("cnn", "adam"): 0.002, ("char", "adam"): 0.005}[
+                       (args.task, args.optimizer)]
+    if args.target is None:
+        args.target = {"mlp": 0.15, "cnn": 0.1, "char": 2.2}[args.task]
     torch.set_num_threads(1)
     fixed = [0.0, 0.5, 0.8, 0.9, 0.95, 0.99] if args.optimizer == "sgd" else [0.5, 0.8, 0.9, 0.95, 0.99]
     rows = []
@@ -87,7 +178,8 @@ def main():
         accs, hits = [], []
         for seed in range(args.seeds):
             if beta == "grist":
-                acc, hit = run(args, seed, 0.9, args.address, f"quality-{args.optimizer}-{seed}")
+                acc, hit = run(args, seed, 0.9, args.address,
+                               f"quality-{args.task}-{args.optimizer}-{seed}")
             else:
                 acc, hit = run(args, seed, beta)
             accs.append(acc)
@@ -96,9 +188,12 @@ def main():
         rows.append((beta, statistics.mean(accs), statistics.pstdev(accs),
                      statistics.median(ok) if ok else None, len(ok)))
         print(f"  {beta}: {rows[-1]}", file=sys.stderr, flush=True)
-    print(f"digits MLP, {args.optimizer} lr {args.lr}, batch {args.batch}, {args.epochs} epochs, "
+    what = {"mlp": "digits MLP", "cnn": "digits CNN", "char": "GPL-3 char GRU"}[args.task]
+    length = f"{args.char_steps} steps" if args.task == "char" else f"{args.epochs} epochs"
+    metric = "held-out cross-entropy (lower is better)" if args.task == "char" else "test accuracy"
+    print(f"{what}, {args.optimizer} lr {args.lr}, batch {args.batch}, {length}, "
           f"{args.seeds} seeds; steps to moving-average train loss < {args.target}\n")
-    print("| beta | test accuracy (mean ± std) | median steps to target | runs reaching it |")
+    print(f"| beta | {metric} (mean ± std) | median steps to target | runs reaching it |")
     print("|---|---|---|---|")
     for beta, m, s, h, n in rows:
         name = "grist (from 0.9)" if beta == "grist" else f"fixed {beta}"
