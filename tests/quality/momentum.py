@@ -118,8 +118,11 @@ def run(args, seed, beta, address=None, job=None):
         opt = torch.optim.Adam(groups, lr=args.lr, betas=(beta, 0.999))
     session = None
     if address:
-        session = grist.torch.attach(opt, job=job, address=address,
-                                     policy={"solve_every": args.solve_every}, wait_s=10)
+        policy = {"solve_every": args.solve_every}
+        for kv in args.policy:
+            k, v = kv.split("=", 1)
+            policy[k] = v
+        session = grist.torch.attach(opt, job=job, address=address, policy=policy, wait_s=10)
     if args.task == "char":
         metric, losses = run_char(args, seed, net, opt, session)
         if session:
@@ -164,6 +167,9 @@ def main():
     ap.add_argument("--target", type=float, default=None)
     ap.add_argument("--task", choices=["mlp", "cnn", "char"], default="mlp")
     ap.add_argument("--char-steps", type=int, default=400)
+    ap.add_argument("--grist-only", action="store_true", help="skip the fixed-beta runs")
+    ap.add_argument("--policy", action="append", default=[],
+                    help="grist policy field for the attached runs, e.g. lr_coupling=dc")
     args = ap.parse_args()
     if args.lr is None:
         args.lr = {("mlp", "sgd"): 0.05, ("cnn", "sgd"): 0.05, ("char", "sgd"): 0.5,
@@ -173,6 +179,8 @@ def main():
         args.target = {"mlp": 0.15, "cnn": 0.1, "char": 2.2}[args.task]
     torch.set_num_threads(1)
     fixed = [0.0, 0.5, 0.8, 0.9, 0.95, 0.99] if args.optimizer == "sgd" else [0.5, 0.8, 0.9, 0.95, 0.99]
+    if args.grist_only:
+        fixed = []
     rows = []
     for beta in fixed + ["grist"]:
         accs, hits = [], []
@@ -191,8 +199,9 @@ def main():
     what = {"mlp": "digits MLP", "cnn": "digits CNN", "char": "GPL-3 char GRU"}[args.task]
     length = f"{args.char_steps} steps" if args.task == "char" else f"{args.epochs} epochs"
     metric = "held-out cross-entropy (lower is better)" if args.task == "char" else "test accuracy"
+    pol = ", grist policy " + " ".join(args.policy) if args.policy else ""
     print(f"{what}, {args.optimizer} lr {args.lr}, batch {args.batch}, {length}, "
-          f"{args.seeds} seeds; steps to moving-average train loss < {args.target}\n")
+          f"{args.seeds} seeds{pol}; steps to moving-average train loss < {args.target}\n")
     print(f"| beta | {metric} (mean ± std) | median steps to target | runs reaching it |")
     print("|---|---|---|---|")
     for beta, m, s, h, n in rows:
