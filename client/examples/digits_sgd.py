@@ -85,9 +85,9 @@ def main():
     fixed = train(args)
     tuned = train(args, attach_to=args.address)
     print(f"digits, SGD lr {args.lr}, {tuned['steps']} steps, batch {args.batch}")
-    print("momentum pushed by gristd (step: hidden, output):")
+    print("pushed by gristd (step: momentum x lr_scale for hidden, output):")
     for step, mom, scale in tuned["history"]:
-        print(f"  step {step:5d}: " + ", ".join(f"{m:.3f}" for m in mom))
+        print(f"  step {step:5d}: " + ", ".join(f"{m:.3f} x {s:.2f}" for m, s in zip(mom, scale)))
     if not tuned["history"]:
         print("  (none received: is gristd running at %s?)" % args.address)
     st = tuned["stats"]
