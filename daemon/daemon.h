@@ -70,10 +70,6 @@ void grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t ran
 void grist__job_on_result(void *ud, struct grist_engine_result *r);
 void grist__jobs_tick(struct grist_daemon *d);
 void grist__jobs_free_all(struct grist_daemon *d);
-uint32_t grist__job_seed(const struct grist_job *j);
-uint32_t grist__job_ngroups(const struct grist_job *j);
-uint32_t grist__job_m(const struct grist_job *j);
-const struct grist_job_policy *grist__job_policy(const struct grist_job *j);
 /* The encoded current Hyperparams (NULL before the first push). */
 const uint8_t *grist__job_current_push(const struct grist_job *j, size_t *len);
 

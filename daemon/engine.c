@@ -41,6 +41,8 @@ struct e_job {
     struct grist_job_policy policy;
     struct grist_stats **stats;
     struct grist_selector *sel;
+    struct grist_families *fam; /* newest family solve per group */
+    int have_fam;
     uint64_t steps, last_step, next_solve, next_families;
     uint32_t families_phase;
     /* steps of the current batch */
@@ -66,7 +68,6 @@ struct grist_engine {
     void *ud;
     void (*done)(void *ud);
     int stopped;
-    struct grist_engine_counters cnt; /* guarded by mu */
     /* compute thread only */
     struct e_job *jobs[NBUCKET];
 };
@@ -101,6 +102,7 @@ static void job_free(struct e_job *j)
         grist_stats_free(j->stats[g]);
     free(j->stats);
     free(j->sel);
+    free(j->fam);
     free(j->pend);
     free(j);
 }
@@ -145,7 +147,8 @@ static void do_create(struct grist_engine *e, struct item *it)
     }
     j->stats = calloc(sp->ngroups, sizeof(*j->stats));
     j->sel = calloc(sp->ngroups, sizeof(*j->sel));
-    if (!j->stats || !j->sel)
+    j->fam = calloc(sp->ngroups, sizeof(*j->fam));
+    if (!j->stats || !j->sel || !j->fam)
         goto fail;
     struct grist_stats_config cfg;
     grist_stats_config_default(&cfg);
@@ -218,15 +221,15 @@ static void evaluate(struct grist_engine *e, struct e_job *j)
             o->J[k] = v.J[k];
             o->J_se[k] = grist_stats_diff_se(j->stats[g], k, k);
         }
+        /* between family solves every result carries the newest one */
         if (families && grist_stats_cov_dim(j->stats[g]) &&
-            grist_stats_families(j->stats[g], 1e-12, &o->fam) == 0)
-            o->have_families = 1;
+            grist_stats_families(j->stats[g], 1e-12, &j->fam[g]) == 0)
+            j->have_fam = 1;
+        o->fam = j->fam[g];
+        o->have_families = j->have_fam;
     }
     free(ch);
     post(e, r);
-    uv_mutex_lock(&e->mu);
-    e->cnt.evaluations++;
-    uv_mutex_unlock(&e->mu);
 }
 
 static void flush(struct grist_engine *e, struct e_job *j)
@@ -268,10 +271,6 @@ static void flush(struct grist_engine *e, struct e_job *j)
     for (uint32_t i = 0; i < n; i++)
         item_free(j->pend[i]);
     j->npend = 0;
-    uv_mutex_lock(&e->mu);
-    e->cnt.applied += err ? 0 : n;
-    e->cnt.batches++;
-    uv_mutex_unlock(&e->mu);
     if (!err && j->steps >= j->next_solve) {
         const uint32_t every = j->policy.solve_every ? j->policy.solve_every : 1;
         j->next_solve = (j->steps / every + 1) * every;
@@ -500,7 +499,6 @@ static int queue_data(struct grist_engine *e, enum item_kind kind, uint64_t key,
 {
     uv_mutex_lock(&e->mu);
     if (e->depth >= e->capacity) {
-        e->cnt.dropped++;
         uv_mutex_unlock(&e->mu);
         return -EAGAIN;
     }
@@ -528,7 +526,6 @@ static int queue_data(struct grist_engine *e, enum item_kind kind, uint64_t key,
         memcpy(it->batch, batch, ngroups * sizeof(uint32_t));
     uv_mutex_lock(&e->mu);
     e->depth++;
-    e->cnt.queued++;
     push(e, it);
     uv_mutex_unlock(&e->mu);
     return 0;
@@ -545,17 +542,4 @@ int grist__engine_validation(struct grist_engine *e, uint64_t key, uint32_t ngro
                              const float *sketch)
 {
     return queue_data(e, IT_VALIDATION, key, 0, 1, ngroups, m, sketch, NULL, NULL);
-}
-
-void grist__engine_counters(struct grist_engine *e, struct grist_engine_counters *out)
-{
-    uv_mutex_lock(&e->mu);
-    *out = e->cnt;
-    out->depth = e->depth;
-    uv_mutex_unlock(&e->mu);
-}
-
-const char *grist__engine_backend_name(const struct grist_engine *e)
-{
-    return grist_backend_name(e->be);
 }

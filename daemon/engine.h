@@ -77,11 +77,5 @@ int grist__engine_step(struct grist_engine *e, uint64_t key, uint64_t step, uint
 int grist__engine_validation(struct grist_engine *e, uint64_t key, uint32_t ngroups, uint32_t m,
                              const float *sketch);
 
-struct grist_engine_counters {
-    uint64_t queued, dropped, applied, batches, evaluations;
-    uint32_t depth;
-};
-void grist__engine_counters(struct grist_engine *e, struct grist_engine_counters *out);
-const char *grist__engine_backend_name(const struct grist_engine *e);
 
 #endif

@@ -46,11 +46,6 @@ struct grist_job *grist__job_find(struct grist_daemon *d, const char *id)
     return NULL;
 }
 
-uint32_t grist__job_seed(const struct grist_job *j) { return j->seed; }
-uint32_t grist__job_ngroups(const struct grist_job *j) { return j->ngroups; }
-uint32_t grist__job_m(const struct grist_job *j) { return j->m; }
-const struct grist_job_policy *grist__job_policy(const struct grist_job *j) { return &j->policy; }
-
 const uint8_t *grist__job_current_push(const struct grist_job *j, size_t *len)
 {
     *len = j->push_len;
@@ -331,13 +326,6 @@ void grist__job_on_result(void *ud, struct grist_engine_result *r)
     if (!j || r->ngroups != j->ngroups) {
         free(r);
         return;
-    }
-    if (!r->groups[0].have_families && j->last && j->last->groups[0].have_families) {
-        /* keep the newest family diagnostics between family solves */
-        for (uint32_t g = 0; g < j->ngroups; g++) {
-            r->groups[g].fam = j->last->groups[g].fam;
-            r->groups[g].have_families = 1;
-        }
     }
     free(j->last);
     j->last = r;

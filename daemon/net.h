@@ -19,9 +19,7 @@ struct grist_tag {
     void (*cb)(struct grist_tag *tag, int ok);
 };
 
-/** A server-side call handler: given a new call, take it over. */
 struct grist_net;
-typedef void grist_call_fn(struct grist_net *net, grpc_call *call);
 
 struct grist_net_event {
     struct grist_tag *tag;

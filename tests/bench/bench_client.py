@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
                                 "client", "python"))
 import torch  # noqa: E402
 
+import grist  # noqa: E402
 import grist.torch  # noqa: E402
 
 
@@ -69,7 +70,7 @@ def timed(fn, warm=20, n=60, reps=5):
 
 
 def main():
-    address = sys.argv[1]
+    address = sys.argv[1] if len(sys.argv) > 1 else os.environ["GRIST_ADDRESS"]
     torch.set_num_threads(1)
     torch.manual_seed(0)
     print("| model | params | step ms (plain) | step ms (grist) | grist overhead | "
@@ -116,6 +117,18 @@ def main():
               f"({100 * gmem / pbytes:.2f}% of params) | {cb.nbytes() / 2**20:.1f} MiB "
               f"({100 * cb.nbytes() / pbytes:.0f}%) |", flush=True)
         assert st["sent"] > 0
+    # the sketch alone, on the tensor size MATH.md section 2 quotes (5.27M floats)
+    import numpy as np
+    t = torch.randn(5_270_000)
+    acc, sq = np.zeros(1024), np.zeros(1)
+    seed_p = grist.group_seed(12345, 0)
+
+    def sk():
+        grist.sketch_f32(seed_p, t.data_ptr(), t.numel(), 0, acc, sq)
+
+    med, lo, hi = timed(sk, warm=3, n=10)
+    print(f"\nsketch of 5.27M floats (m = 1024, one core): {med * 1e3:.2f} ms median "
+          f"({lo * 1e3:.2f}-{hi * 1e3:.2f})")
     print("\nstep times: median of 5 windows of 60 steps (min-max in the raw run); batch 64, SGD, "
           "1 thread; grist sketch_dim 1024, one param group.")
     return 0

@@ -346,8 +346,6 @@ START_TEST(test_bad_input)
     /* hello twice */
     w = tw_open(p.addr[0], &o2);
     ck_assert_int_eq(tw_welcome(w, &seed, 10), 0);
-    struct tw_opts none = {0};
-    (void)none;
     {
         Grist__V1__GroupSpec gs = GRIST__V1__GROUP_SPEC__INIT;
         gs.num_elements = 1000;

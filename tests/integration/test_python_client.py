@@ -10,7 +10,6 @@ INVALID_ARGUMENT while the other rank keeps working. Run with
 /usr/bin/python3; exit 0 on success."""
 import os
 import queue
-import subprocess
 import sys
 import threading
 
@@ -20,43 +19,13 @@ import numpy as np
 from grist.v1 import grist_pb2 as pb
 from grist.v1 import grist_pb2_grpc as pbg
 
-M32 = np.uint64(0xFFFFFFFF)
-
-
-def fmix32(h):
-    h = h.astype(np.uint64) & M32
-    h ^= h >> np.uint64(16)
-    h = (h * np.uint64(0x85EBCA6B)) & M32
-    h ^= h >> np.uint64(13)
-    h = (h * np.uint64(0xC2B2AE35)) & M32
-    h ^= h >> np.uint64(16)
-    return h
-
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from sketch_ref import numpy_sketch  # noqa: E402
+from pytest_util import start_gristd  # noqa: E402  (imported after grist.v1: it puts
+#                                      client/python, whose `grist` would shadow it, on the path)
 
 def sketch(x, job_seed, group, m):
-    seed = fmix32(np.array([job_seed ^ int(fmix32(np.array([group + 1]))[0])]))[0]
-    i = np.arange(x.size, dtype=np.uint64)
-    key = fmix32(((i * np.uint64(0x9E3779B1)) & M32) ^ seed)
-    sign = np.where(key >> np.uint64(31), -1.0, 1.0)
-    out = np.zeros(m)
-    np.add.at(out, (key & np.uint64(m - 1)).astype(np.int64), sign * x)
-    return out.astype(np.float32)
-
-
-def start_daemon(gristd):
-    r, w = os.pipe()
-    proc = subprocess.Popen([gristd, "--listen", "127.0.0.1:0", "--ready-fd", str(w),
-                             "--log-level", "warn"], pass_fds=(w,))
-    os.close(w)
-    lines = b""
-    while True:
-        chunk = os.read(r, 4096)
-        if not chunk:
-            break
-        lines += chunk
-    os.close(r)
-    addr = lines.decode().split()[1]
-    return proc, addr
+    return numpy_sketch(x, job_seed, group, m).astype(np.float32)
 
 
 class Worker:
@@ -87,7 +56,7 @@ class Worker:
 
 def main():
     gristd = sys.argv[1]
-    proc, addr = start_daemon(gristd)
+    proc, addr = start_gristd(gristd, "127.0.0.1:0")
     ok = False
     try:
         ch = grpc.insecure_channel(addr)

@@ -190,27 +190,17 @@ int tw_send_raw(struct tw *w, const void *buf, size_t len)
 }
 
 /* one received ServerMessage, or NULL when the stream is over */
+/* one received ServerMessage, or NULL when the stream is over or timed out */
 static Grist__V1__ServerMessage *recv_msg(struct tw *w, double timeout_s, int *timed_out)
 {
-    *timed_out = 0;
-    post_recv(w);
-    int r = wait_for(w, T_RECV, timeout_s);
-    if (r < 0) {
-        *timed_out = 1;
+    uint8_t *buf;
+    size_t len;
+    const int r = tw_recv_raw(w, &buf, &len, timeout_s);
+    *timed_out = r == 0;
+    if (r != 1)
         return NULL;
-    }
-    w->recv_pending = 0;
-    if (!w->recv_buf)
-        return NULL;
-    grpc_byte_buffer_reader rd;
-    grpc_byte_buffer_reader_init(&rd, w->recv_buf);
-    grpc_slice s = grpc_byte_buffer_reader_readall(&rd);
-    grpc_byte_buffer_reader_destroy(&rd);
-    grpc_byte_buffer_destroy(w->recv_buf);
-    w->recv_buf = NULL;
-    Grist__V1__ServerMessage *m =
-        grist__v1__server_message__unpack(NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
-    grpc_slice_unref(s);
+    Grist__V1__ServerMessage *m = grist__v1__server_message__unpack(NULL, len, buf);
+    free(buf);
     return m;
 }
 

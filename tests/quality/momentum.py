@@ -157,7 +157,7 @@ def first_hit(losses, target):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("address")
+    ap.add_argument("--address", default=os.environ.get("GRIST_ADDRESS", "127.0.0.1:7788"))
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
     ap.add_argument("--lr", type=float, default=None)
