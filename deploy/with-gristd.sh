@@ -4,6 +4,8 @@
 # grpc.health.v1, run CMD with GRIST_ADDRESS and GRIST_LIB set, then stop
 # gristd with SIGTERM. Exit status: CMD's, or 1 when gristd did not exit 0.
 # Extra gristd options: GRISTD_ARGS="--compute-threads 1 ...".
+# GRISTD_CPUS="1": run gristd on those cores only (taskset), e.g. to keep a
+# benchmark's training loop and the daemon apart on a small machine.
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${GRIST_BUILD:-$ROOT/build}
@@ -11,7 +13,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mkfifo "$tmp/ready"
 # shellcheck disable=SC2086
-"$BUILD/daemon/gristd" --listen 127.0.0.1:0 --ready-fd 3 --log-level warn ${GRISTD_ARGS:-} 3>"$tmp/ready" &
+${GRISTD_CPUS:+taskset -c "$GRISTD_CPUS"} "$BUILD/daemon/gristd" --listen 127.0.0.1:0 --ready-fd 3 --log-level warn ${GRISTD_ARGS:-} 3>"$tmp/ready" &
 pid=$!
 read -r proto addr < "$tmp/ready"
 echo "gristd (pid $pid) listening: $proto $addr"

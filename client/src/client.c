@@ -28,6 +28,8 @@
 
 #include "grist/client.h"
 #include "grist/v1/grist.pb-c.h"
+#include "queue.h"
+#include "sketcher.h"
 
 enum { TAG_SEND, TAG_RECV, TAG_STATUS };
 
@@ -36,21 +38,17 @@ struct tag {
     int kind;
 };
 
-struct msg {
-    uint8_t *buf;
-    size_t len;
-};
-
 struct grist_session {
     struct grist_client *c;
     struct grist_session *next;
     uint8_t *hello;
     size_t hello_len;
     uint32_t ngroups, m;
+    uint64_t *gsize; /* elements per group */
+    float *finished; /* ngroups * m, the committed step sketch */
 
-    /* queue (ring) */
-    struct msg *q;
-    uint32_t qcap, qhead, qlen;
+    struct grist__ring queue; /* encoded summaries waiting to be sent */
+    struct grist__sketcher *sketcher; /* step sketches (lazy) */
 
     /* stream, under c->mu */
     grpc_call *call;
@@ -61,7 +59,8 @@ struct grist_session {
     grpc_metadata_array md_init, md_trail;
     grpc_status_code status;
     grpc_slice details;
-    double next_attempt, backoff;
+    double next_attempt;
+    struct grist__backoff backoff;
     uint32_t seed;
 
     uint64_t version, step;
@@ -106,11 +105,9 @@ uint32_t grist_sketch_group_seed(uint32_t job_seed, uint32_t group_index)
 
 static void start_send_locked(struct grist_session *s)
 {
-    if (!s->connected || s->send_in_flight || s->qlen == 0 || !s->call)
+    struct grist__msg m;
+    if (!s->connected || s->send_in_flight || !s->call || grist__ring_pop(&s->queue, &m) < 0)
         return;
-    struct msg m = s->q[s->qhead];
-    s->qhead = (s->qhead + 1) % s->qcap;
-    s->qlen--;
     grpc_slice sl = grpc_slice_from_copied_buffer((const char *)m.buf, m.len);
     free(m.buf);
     s->send_buf = grpc_raw_byte_buffer_create(&sl, 1);
@@ -146,7 +143,7 @@ static void start_call_locked(struct grist_client *c, struct grist_session *s)
     s->call = grpc_channel_create_call(c->ch, NULL, GRPC_PROPAGATE_DEFAULTS, c->cq, method, NULL,
                                        gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
     if (!s->call) {
-        s->next_attempt = mono() + s->backoff;
+        s->next_attempt = mono() + grist__backoff_next(&s->backoff);
         return;
     }
     s->active = 1;
@@ -184,7 +181,7 @@ static void start_call_locked(struct grist_client *c, struct grist_session *s)
         s->ops++;
 }
 
-static void end_call_locked(struct grist_client *c, struct grist_session *s)
+static void end_call_locked(struct grist_session *s)
 {
     /* status received and no batch outstanding: release the call */
     grpc_call_unref(s->call);
@@ -197,11 +194,7 @@ static void end_call_locked(struct grist_client *c, struct grist_session *s)
     s->st.connected = 0;
     s->st.failures++;
     s->st.last_status = (int)s->status;
-    /* jittered exponential backoff */
-    c->rng = c->rng * 6364136223846793005ull + 1442695040888963407ull;
-    const double jitter = 0.8 + 0.4 * (double)(c->rng >> 11) / 9007199254740992.0;
-    s->next_attempt = mono() + s->backoff * jitter;
-    s->backoff = fmin(s->backoff * 2.0, c->opt.backoff_max_s);
+    s->next_attempt = mono() + grist__backoff_next(&s->backoff);
     if (s->closing) {
         s->dead = 1;
         pthread_cond_broadcast(&s->cv);
@@ -218,7 +211,7 @@ static void on_message_locked(struct grist_session *s, const uint8_t *buf, size_
         s->connected = 1;
         s->st.connected = 1;
         s->st.attaches++;
-        s->backoff = s->c->opt.backoff_initial_s;
+        grist__backoff_reset(&s->backoff);
         pthread_cond_broadcast(&s->cv);
     } else if (m->msg_case == GRIST__V1__SERVER_MESSAGE__MSG_HYPERPARAMS) {
         const Grist__V1__Hyperparams *h = m->hyperparams;
@@ -238,7 +231,7 @@ static void on_message_locked(struct grist_session *s, const uint8_t *buf, size_
     grist__v1__server_message__free_unpacked(m, NULL);
 }
 
-static void handle_locked(struct grist_client *c, struct tag *t, int ok)
+static void handle_locked(struct tag *t, int ok)
 {
     struct grist_session *s = t->s;
     s->ops--;
@@ -278,7 +271,7 @@ static void handle_locked(struct grist_client *c, struct tag *t, int ok)
         break;
     }
     if (s->status_done && s->ops == 0)
-        end_call_locked(c, s);
+        end_call_locked(s);
 }
 
 static void *thread_main(void *arg)
@@ -306,7 +299,7 @@ static void *thread_main(void *arg)
         grpc_event ev = grpc_completion_queue_next(c->cq, dl, NULL);
         if (ev.type == GRPC_OP_COMPLETE) {
             pthread_mutex_lock(&c->mu);
-            handle_locked(c, ev.tag, ev.success);
+            handle_locked(ev.tag, ev.success);
             pthread_mutex_unlock(&c->mu);
         } else if (ev.type == GRPC_QUEUE_SHUTDOWN) {
             break;
@@ -360,9 +353,10 @@ int grist_client_open(const char *address, const struct grist_client_options *op
 
 static void session_free(struct grist_session *s)
 {
-    for (uint32_t i = 0; i < s->qlen; i++)
-        free(s->q[(s->qhead + i) % s->qcap].buf);
-    free(s->q);
+    grist__sketcher_free(s->sketcher);
+    free(s->gsize);
+    free(s->finished);
+    grist__ring_free(&s->queue);
     free(s->hello);
     free(s->hp);
     pthread_cond_destroy(&s->cv);
@@ -435,18 +429,24 @@ int grist_session_attach(struct grist_client *c, const struct grist_attach_optio
     s->c = c;
     s->ngroups = o->ngroups;
     s->m = m;
-    s->qcap = c->opt.queue_capacity;
-    s->q = calloc(s->qcap, sizeof(*s->q));
+    const int qr = grist__ring_init(&s->queue, c->opt.queue_capacity);
+    s->gsize = malloc(o->ngroups * sizeof(*s->gsize));
+    if (s->gsize)
+        for (uint32_t g = 0; g < o->ngroups; g++)
+            s->gsize[g] = o->groups[g].num_elements;
     s->hp = calloc(o->ngroups, sizeof(*s->hp));
     s->hello = encode_hello(o, m, &s->hello_len);
     pthread_cond_init(&s->cv, NULL);
-    if (!s->q || !s->hp || !s->hello) {
+    if (qr < 0 || !s->hp || !s->hello || !s->gsize) {
         session_free(s);
         return -ENOMEM;
     }
     for (int k = 0; k < 3; k++)
         s->tags[k] = (struct tag){s, k};
-    s->backoff = c->opt.backoff_initial_s;
+    pthread_mutex_lock(&c->mu);
+    c->rng = c->rng * 6364136223846793005ull + 1442695040888963407ull;
+    grist__backoff_init(&s->backoff, c->opt.backoff_initial_s, c->opt.backoff_max_s, c->rng);
+    pthread_mutex_unlock(&c->mu);
     s->next_attempt = 0;
     pthread_mutex_lock(&c->mu);
     s->next = c->sessions;
@@ -525,18 +525,65 @@ int grist_session_submit(struct grist_session *s, uint64_t step, const float *sk
         return -ENOMEM;
     struct grist_client *c = s->c;
     pthread_mutex_lock(&c->mu);
-    if (s->qlen == s->qcap) { /* drop the oldest */
-        free(s->q[s->qhead].buf);
-        s->qhead = (s->qhead + 1) % s->qcap;
-        s->qlen--;
-        s->st.dropped++;
-    }
-    s->q[(s->qhead + s->qlen) % s->qcap] = (struct msg){buf, len};
-    s->qlen++;
+    s->st.dropped += grist__ring_push(&s->queue, (struct grist__msg){buf, len});
     s->st.submitted++;
     start_send_locked(s);
     pthread_mutex_unlock(&c->mu);
     return 0;
+}
+
+int grist_session_sketch_begin(struct grist_session *s, const struct grist_tensor *t,
+                               uint32_t ntensors, int async)
+{
+    if (!s)
+        return -EINVAL;
+    const uint32_t job_seed = grist_session_job_seed(s);
+    if (job_seed == 0)
+        return -EAGAIN;
+    /* only the caller's threads touch the sketcher; creating it lazily is
+     * serialized by the caller (one training loop per session) */
+    if (!s->sketcher) {
+        int r = grist__sketcher_new(s->ngroups, s->m, s->gsize, &s->sketcher);
+        if (r < 0)
+            return r;
+    }
+    uint32_t seeds_small[16];
+    uint32_t *seeds = s->ngroups <= 16 ? seeds_small : malloc(s->ngroups * sizeof(*seeds));
+    if (!seeds)
+        return -ENOMEM;
+    for (uint32_t g = 0; g < s->ngroups; g++)
+        seeds[g] = grist_sketch_seed(job_seed, g);
+    const int r = grist__sketcher_begin(s->sketcher, seeds, t, ntensors, async);
+    if (seeds != seeds_small)
+        free(seeds);
+    return r;
+}
+
+int grist_session_sketch_end(struct grist_session *s, uint64_t step, const uint32_t *batch_sizes,
+                             int validation, int commit)
+{
+    if (!s)
+        return -EINVAL;
+    if (!s->sketcher)
+        return -ENOENT;
+    const double *acc, *sq;
+    int r = grist__sketcher_wait(s->sketcher, &acc, &sq);
+    if (r == -ENOENT)
+        return r;
+    if (r == 0 && commit) {
+        const size_t gm = (size_t)s->ngroups * s->m;
+        if (!s->finished)
+            s->finished = malloc(gm * sizeof(*s->finished));
+        if (!s->finished) {
+            r = -ENOMEM;
+        } else {
+            for (uint32_t g = 0; g < s->ngroups; g++)
+                grist_sketch_finish(acc + (size_t)g * s->m, s->m, s->finished + (size_t)g * s->m);
+            r = grist_session_submit(s, step, s->finished, sq, batch_sizes, validation);
+        }
+    }
+    grist__sketcher_reset(s->sketcher);
+    return r;
 }
 
 int grist_session_latest(struct grist_session *s, struct grist_group_hyperparams *out,
@@ -560,7 +607,7 @@ void grist_session_stats(struct grist_session *s, struct grist_session_stats *ou
 {
     pthread_mutex_lock(&s->c->mu);
     *out = s->st;
-    out->queued = s->qlen;
+    out->queued = s->queue.len;
     pthread_mutex_unlock(&s->c->mu);
 }
 

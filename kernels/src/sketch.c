@@ -16,7 +16,11 @@
 #include "grist/error.h"
 #include "grist/sketch.h"
 
-#define GRIST__CHUNK 2048u
+/* Chunk length: keys and values of a chunk (1.5 KiB) stay in L1 next to the
+ * accumulator. Measured with tests/bench/client.sh (kernels/README.md): 2048
+ * was 1.6x slower, its 8 KiB stack arrays aliasing the accumulator modulo
+ * 4 KiB in the store buffer. */
+#define GRIST__CHUNK 128u
 
 int grist_sketch_check_dim(uint32_t m)
 {
@@ -90,8 +94,7 @@ static void chunk_keys(uint32_t seed_p, uint32_t base, uint32_t len, uint32_t *r
         *sq_norm += (sq0 + sq1) + (sq2 + sq3);
 
 /* float32 input: the sign goes onto the float's sign bit (32-bit lanes, 8 per
- * AVX2 vector) and the squared norm is taken from x directly; measured 27 %
- * faster than the double path below (kernels/README.md). */
+ * AVX2 vector) before widening, so no 64-bit sign arithmetic is needed. */
 GRIST__CLONES
 int grist_sketch_accum_f32(uint32_t seed_p, const float *x, uint64_t n, uint64_t offset,
                            double *acc, uint32_t m, double *sq_norm)
@@ -100,30 +103,35 @@ int grist_sketch_accum_f32(uint32_t seed_p, const float *x, uint64_t n, uint64_t
     if (r < 0)
         return r;
     uint32_t key[GRIST__CHUNK];
-    float val[GRIST__CHUNK];
+    double val[GRIST__CHUNK];
     const uint32_t mask = m - 1;
     double sq0 = 0.0, sq1 = 0.0, sq2 = 0.0, sq3 = 0.0;
     for (uint64_t c0 = 0; c0 < n; c0 += GRIST__CHUNK) {
         const uint32_t len = (uint32_t)(n - c0 < GRIST__CHUNK ? n - c0 : GRIST__CHUNK);
         const float *restrict xc = x + c0;
         chunk_keys(seed_p, (uint32_t)(offset + c0), len, key);
+        /* vectorized: sign onto the float's sign bit, widen, bucket index */
         for (uint32_t k = 0; k < len; k++) {
             uint32_t bits;
+            float f;
             memcpy(&bits, &xc[k], 4);
             bits ^= key[k] & 0x80000000u;
-            memcpy(&val[k], &bits, 4);
+            memcpy(&f, &bits, 4);
+            val[k] = f;
+            key[k] &= mask;
         }
         uint32_t k = 0;
         for (; k + 4 <= len; k += 4) {
-            sq0 += (double)xc[k] * xc[k];
-            sq1 += (double)xc[k + 1] * xc[k + 1];
-            sq2 += (double)xc[k + 2] * xc[k + 2];
-            sq3 += (double)xc[k + 3] * xc[k + 3];
+            sq0 += val[k] * val[k];
+            sq1 += val[k + 1] * val[k + 1];
+            sq2 += val[k + 2] * val[k + 2];
+            sq3 += val[k + 3] * val[k + 3];
         }
         for (; k < len; k++)
-            sq0 += (double)xc[k] * xc[k];
+            sq0 += val[k] * val[k];
+        /* the scatter: one load-add-store per element, the floor of this kernel */
         for (k = 0; k < len; k++)
-            acc[key[k] & mask] += (double)val[k];
+            acc[key[k]] += val[k];
     }
     if (sq_norm)
         *sq_norm += (sq0 + sq1) + (sq2 + sq3);

@@ -57,25 +57,34 @@ class CandidateBuffers:
         return sum(b.numel() * b.element_size() for bufs in self.bufs for b in bufs)
 
 
-def timed(fn, warm=20, n=60, reps=5):
-    for _ in range(warm):
-        fn()
-    out = []
+def interleaved(fns, warm=20, n=60, reps=7):
+    """Median seconds per call of each fn, timed in alternating windows of n
+    calls (fn 0, fn 1, ..., fn 0, ...) so that a slow phase of a shared
+    machine hits all of them alike; also (min, max) over the windows."""
+    for f in fns:
+        for _ in range(warm):
+            f()
+    out = [[] for _ in fns]
     for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        out.append((time.perf_counter() - t0) / n)
-    return statistics.median(out), min(out), max(out)
+        for k, f in enumerate(fns):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                f()
+            out[k].append((time.perf_counter() - t0) / n)
+    return [(statistics.median(o), min(o), max(o)) for o in out]
+
+
+def timed(fn, warm=20, n=60, reps=5):
+    return interleaved([fn], warm, n, reps)[0]
 
 
 def main():
     address = sys.argv[1] if len(sys.argv) > 1 else os.environ["GRIST_ADDRESS"]
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    print("| model | params | step ms (plain) | step ms (grist) | grist overhead | "
-          "step ms (K=3 buffers) | buffers overhead | grist memory | K=3 buffers memory |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | params | step ms (plain) | grist (default: sketch in session.step) | grist, async_sketch "
+          "(beside the step) | K=3 buffers | grist memory | K=3 buffers memory |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, width, depth in SIZES:
         net = mlp(width, depth)
         nparam = sum(p.numel() for p in net.parameters())
@@ -88,35 +97,53 @@ def main():
             torch.nn.functional.cross_entropy(net(x), y).backward()
             opt.step()
 
-        plain = timed(train_step)
         session = grist.torch.attach(opt, job=f"bench-{name}", address=address, wait_s=10)
         assert session.session.job_seed != 0, "gristd not reachable"
+        wrapped, raw = opt.step, session._orig_step
+        cb = CandidateBuffers(net.parameters())
 
-        def grist_step():
+        def plain_step():
+            opt.step = raw  # the optimizer as the user had it
+            train_step()
+            opt.step = wrapped
+
+        def sync_step():
+            session.async_sketch = False
             train_step()
             session.step(batch_size=64)
 
-        with_grist = timed(grist_step)
-        st = session.stats()
-        # what grist keeps per worker: per group an m-double accumulator, an
-        # m-float sketch and its norm, plus libgrist's queue of encoded summaries
-        msg = session.ngroups * (session.m * 4 + 16) + 32
-        gmem = session._acc.nbytes + session._sk.nbytes + session._sq.nbytes + \
-            64 * msg  # queue capacity 64, worst case full
-        session.close()
-        cb = CandidateBuffers(net.parameters())
+        def async_step():
+            session.async_sketch = True
+            train_step()
+            session.step(batch_size=64)
 
         def buffers_step():
+            opt.step = raw
             train_step()
             cb.step()
+            opt.step = wrapped
 
-        with_buffers = timed(buffers_step)
-        print(f"| {name} | {nparam / 1e6:.2f}M | {plain[0] * 1e3:.2f} | {with_grist[0] * 1e3:.2f} | "
-              f"{100 * (with_grist[0] / plain[0] - 1):+.1f}% | {with_buffers[0] * 1e3:.2f} | "
-              f"{100 * (with_buffers[0] / plain[0] - 1):+.1f}% | {gmem / 1024:.0f} KiB "
-              f"({100 * gmem / pbytes:.2f}% of params) | {cb.nbytes() / 2**20:.1f} MiB "
-              f"({100 * cb.nbytes() / pbytes:.0f}%) |", flush=True)
-        assert st["sent"] > 0
+        plain, sync, asy, buf = interleaved([plain_step, sync_step, async_step, buffers_step])
+        st = session.stats()
+        assert session.discarded == 0 and st["submitted"] > 0, (session.discarded, st)
+        # what grist keeps per worker: libgrist's step sketcher (an m-double
+        # accumulator, an m-float finished sketch and a norm per group), the
+        # Python side's arrays for the DDP/GPU path (same sizes), libgrist's
+        # queue of encoded summaries when full (capacity 64), and the tensor
+        # descriptors (48 bytes per parameter tensor). The sketch thread's
+        # stack is virtual memory; it touches about 2 KiB of it.
+        G, m = session.ngroups, session.m
+        msg = G * (m * 4 + 16) + 32
+        gmem = (G * m * 12 + G * 8) + session._acc.nbytes + session._sk.nbytes + \
+            session._sq.nbytes + 64 * msg + 48 * len(session._params)
+        session.close()
+
+        def pct(a):
+            return f"{a[0] * 1e3:.2f} ({100 * (a[0] / plain[0] - 1):+.1f}%)"
+
+        print(f"| {name} | {nparam / 1e6:.2f}M | {plain[0] * 1e3:.2f} | {pct(sync)} | {pct(asy)} | "
+              f"{pct(buf)} | {gmem / 1024:.0f} KiB ({100 * gmem / pbytes:.2f}% of params) | "
+              f"{cb.nbytes() / 2**20:.1f} MiB ({100 * cb.nbytes() / pbytes:.0f}%) |", flush=True)
     # the sketch alone, on the tensor size MATH.md section 2 quotes (5.27M floats)
     import numpy as np
     t = torch.randn(5_270_000)
@@ -129,8 +156,8 @@ def main():
     med, lo, hi = timed(sk, warm=3, n=10)
     print(f"\nsketch of 5.27M floats (m = 1024, one core): {med * 1e3:.2f} ms median "
           f"({lo * 1e3:.2f}-{hi * 1e3:.2f})")
-    print("\nstep times: median of 5 windows of 60 steps (min-max in the raw run); batch 64, SGD, "
-          "1 thread; grist sketch_dim 1024, one param group.")
+    print("\nstep ms: median of 7 windows of 60 steps, the four variants in alternating windows; "
+          "batch 64, SGD, 1 torch thread; grist sketch_dim 1024, one param group.")
     return 0
 
 

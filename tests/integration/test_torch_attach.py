@@ -1,7 +1,9 @@
 """Real PyTorch training attached to the real gristd (MATH/ARCHITECTURE
 worker side): pushes arrive and are applied to param_groups, the loss falls,
 killing the daemon mid-run does not disturb training (it keeps the last
-hyperparameters) and a restarted daemon is re-attached to. Then the DDP
+hyperparameters) and a restarted daemon is re-attached to. The sketch run
+on libgrist's thread during optimizer.step() equals the synchronous one.
+Then the DDP
 example's setup: 2 ranks (gloo, started by torch.multiprocessing.spawn)
 attach to one job through the DDP communication hook, and the daemon sees
 two workers per step (worker noise > 0).
@@ -13,6 +15,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 
 if os.environ.get("GRISTD_WRAPPER"):
     # meson's valgrind setup runs this interpreter under memcheck, where
@@ -111,6 +114,66 @@ def test_single(gristd):
     assert proc.wait(timeout=30) == 0
 
 
+def test_async_sketch(gristd):
+    """The sketch begun at optimizer.step() on libgrist's thread (SGD's
+    default) is the sketch of that step: two identical replicas attached as
+    ranks 0 (async) and 1 (sync) of one job send identical summaries, so the
+    daemon's worker noise, which measures how the ranks' sketches of a step
+    differ, stays exactly 0. No solves run (min_steps above the run), so no
+    push makes the replicas diverge. Then a gradient changed in place between
+    optimizer.step() and session.step() is detected: the sketch is discarded,
+    and after three such steps the session sketches synchronously."""
+    proc, addr = start_gristd(gristd, "127.0.0.1:0")
+    X, y = digits()
+    models = [net(0), net(0)]
+    opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in models]
+    sessions = [grist.torch.attach(o, job="async-test", address=addr, sketch_dim=256, rank=r,
+                                   world_size=2, policy={"min_steps": 100000}, wait_s=10,
+                                   async_sketch=(r == 0))
+                for r, o in enumerate(opts)]
+    assert sessions[0].async_sketch and not sessions[1].async_sketch
+    g = torch.Generator().manual_seed(1)
+    for step in range(60):
+        idx = torch.randint(0, len(X), (32,), generator=g)
+        for m, o, s in zip(models, opts, sessions):
+            o.zero_grad()
+            torch.nn.functional.cross_entropy(m(X[idx]), y[idx]).backward()
+            o.step()
+            s.step(batch_size=32)
+    for s in sessions:
+        for _ in range(100):  # let the queues drain
+            if s.stats()["queued"] == 0:
+                break
+            time.sleep(0.05)
+    job = get_job(addr, "async-test")
+    gs = job.groups[0]
+    print(f"async: step {job.job.step}, world {job.job.world_size}, noise {gs.noise!r}, "
+          f"discarded {sessions[0].discarded}")
+    assert sessions[0].discarded == 0
+    assert job.job.step == 60 and job.job.world_size == 2
+    assert gs.noise == 0.0, gs.noise  # bit-identical sketches from both ranks
+    # in-place changes after optimizer.step(): discarded, then synchronous
+    s0, o0, m0 = sessions[0], opts[0], models[0]
+    sent = s0.stats()["submitted"]
+    import warnings
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        for step in range(5):
+            o0.zero_grad()
+            torch.nn.functional.cross_entropy(m0(X[:32]), y[:32]).backward()
+            o0.step()
+            o0.zero_grad(set_to_none=False)  # in place, while the sketch may run
+            s0.step(batch_size=32)
+    assert s0.discarded == 3, s0.discarded
+    assert not s0.async_sketch
+    assert any("synchronously" in str(x.message) for x in w), [str(x.message) for x in w]
+    assert s0.stats()["submitted"] == sent + 2  # the two synchronous steps
+    for s in sessions:
+        s.close()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+
+
 def ddp_rank(rank, world, port, addr, out):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
@@ -167,6 +230,7 @@ def main():
     gristd = sys.argv[1]
     torch.set_num_threads(1)
     test_single(gristd)
+    test_async_sketch(gristd)
     test_ddp(gristd)
     print("torch attach: ok")
     return 0

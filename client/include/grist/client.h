@@ -131,6 +131,52 @@ GRIST_EXPORT int grist_session_submit(struct grist_session *s, uint64_t step, co
                                       const double *sq_norms, const uint32_t *batch_sizes,
                                       int validation);
 
+/** One gradient tensor of a step, for grist_session_sketch_begin(). */
+struct grist_tensor {
+    const float *grad;       /**< float32, contiguous, n elements */
+    const float *exp_avg_sq; /**< Adam's second moment (float32, n) for the
+                                  preconditioned sketch, or NULL for the plain one */
+    uint64_t n;              /**< elements */
+    uint64_t offset;         /**< element offset of this tensor within its group */
+    uint32_t group;          /**< group index */
+    double v_scale;          /**< Adam: 1 / (1 - beta2^t) (bias correction of v) */
+    double eps;              /**< Adam: epsilon */
+};
+
+/**
+ * Start the sketch of one step: every tensor is sketched into its group's
+ * sketch (MATH.md section 2; for Adam tensors g / sqrt(sqrt(v * v_scale) + eps))
+ * with the job's seed. With async nonzero it runs on the session's sketch
+ * thread (created on first use) and this call returns at once; otherwise it
+ * runs here. The tensor memory must stay valid and unmodified until
+ * grist_session_sketch_end() returns. Everything is validated before any
+ * work starts.
+ *
+ * The intended use: begin when the gradients are final (a framework calls
+ * it at the start of optimizer.step(), which only reads them), end after
+ * the optimizer ran, so the sketch overlaps the optimizer on another core.
+ *
+ * @return 0; -EAGAIN before Welcome (no job seed yet; nothing started);
+ *         -EBUSY when the previous sketch was not ended; -EINVAL (NULL
+ *         pointers, group out of range, Adam eps/v_scale not positive);
+ *         GRIST_EBADLEN when offset + n exceeds the group's size.
+ */
+GRIST_EXPORT int grist_session_sketch_begin(struct grist_session *s, const struct grist_tensor *t,
+                                            uint32_t ntensors, int async);
+
+/**
+ * Finish the begun sketch: wait for it when it still runs, then submit it
+ * as the summary of step (commit nonzero; see grist_session_submit) or
+ * discard it (commit 0, e.g. because the caller saw a tensor change while
+ * it ran). Either way a new sketch may begin afterwards.
+ *
+ * @return submit's result when committed (GRIST_ENONFINITE for a
+ *         non-finite gradient: nothing queued); 0 when discarded; a kernel
+ *         error of the sketch; -ENOENT when nothing was begun.
+ */
+GRIST_EXPORT int grist_session_sketch_end(struct grist_session *s, uint64_t step,
+                                          const uint32_t *batch_sizes, int validation, int commit);
+
 /** Hyperparameters of one group. */
 struct grist_group_hyperparams {
     double momentum;   /**< momentum (SGD) or beta1 (Adam) */

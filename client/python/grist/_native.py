@@ -55,6 +55,12 @@ class _AttachOptions(ctypes.Structure):
                 ("beta_max", _dbl)]
 
 
+class Tensor(ctypes.Structure):
+    """struct grist_tensor: one gradient tensor of a step (sketch_begin)."""
+    _fields_ = [("grad", ctypes.c_void_p), ("exp_avg_sq", ctypes.c_void_p), ("n", _u64),
+                ("offset", _u64), ("group", _u32), ("v_scale", _dbl), ("eps", _dbl)]
+
+
 class _GroupHyperparams(ctypes.Structure):
     _fields_ = [("momentum", _dbl), ("lr_scale", _dbl), ("lr", _dbl), ("confidence", _dbl)]
 
@@ -86,6 +92,10 @@ _submit = _sig("grist_session_submit", ctypes.c_int, _vp, _u64, _pf, _pd,
                ctypes.POINTER(_u32), ctypes.c_int)
 _latest = _sig("grist_session_latest", ctypes.c_int, _vp, ctypes.POINTER(_GroupHyperparams),
                _u32, ctypes.POINTER(_u64), ctypes.POINTER(_u64))
+_sk_begin = _sig("grist_session_sketch_begin", ctypes.c_int, _vp, ctypes.POINTER(Tensor), _u32,
+                 ctypes.c_int)
+_sk_end = _sig("grist_session_sketch_end", ctypes.c_int, _vp, _u64, ctypes.POINTER(_u32),
+               ctypes.c_int, ctypes.c_int)
 _stats = _sig("grist_session_stats", None, _vp, ctypes.POINTER(_SessionStats))
 _session_close = _sig("grist_session_close", None, _vp)
 _strerror = _sig("grist_strerror", ctypes.c_char_p, ctypes.c_int)
@@ -210,6 +220,27 @@ class Session:
         r = _submit(self._h, step, sk.ctypes.data_as(_pf),
                     None if sq is None else sq.ctypes.data_as(_pd), bs, int(bool(validation)))
         return _check(r, "submit")
+
+    def sketch_begin(self, tensors, count, run_async):
+        """Start the sketch of one step over tensors (a ctypes array of Tensor,
+        the first count used), on libgrist's sketch thread when run_async.
+        Returns 0, or -EAGAIN before Welcome (nothing started); raises on
+        other errors. The tensors must stay alive and unmodified until
+        sketch_end()."""
+        r = _sk_begin(self._h, tensors, count, int(bool(run_async)))
+        if r == -11:  # EAGAIN: no job seed yet
+            return r
+        return _check(r, "sketch_begin")
+
+    def sketch_end(self, step, batch_sizes=None, validation=False, commit=True):
+        """Wait for the begun sketch and submit it (commit) or discard it."""
+        bs = None
+        if batch_sizes is not None:
+            for i, b in enumerate(batch_sizes):
+                self._bs[i] = int(b)
+            bs = self._bs
+        return _check(_sk_end(self._h, step, bs, int(bool(validation)), int(bool(commit))),
+                      "sketch_end")
 
     def latest(self):
         """(version, step, [dict(momentum, lr_scale, lr, confidence)]) or (0, 0, None)."""

@@ -18,11 +18,15 @@ the per-worker gradients it needs for the noise estimate (MATH.md section 4),
 then the hook runs the standard all-reduce. Rank and world size default
 from torch.distributed when it is initialized.
 """
+import warnings
+
 import numpy as np
 import torch as _torch
 
-from grist._native import (Client, GristError, Session, cuda_sketcher, group_seed, sketch_adam_f32,
-                           sketch_f32)
+from grist._native import (Client, GristError, Session, Tensor, cuda_sketcher, group_seed,
+                           sketch_adam_f32, sketch_f32)
+
+_ENONFINITE = -4001
 
 
 def _kind(optimizer):
@@ -38,7 +42,7 @@ class GristSession:
     """The attached optimizer; see attach()."""
 
     def __init__(self, optimizer, job, address, rank=None, world_size=None, sketch_dim=1024,
-                 policy=None, ddp_model=None, client=None, wait_s=0.0):
+                 policy=None, ddp_model=None, client=None, wait_s=0.0, async_sketch=False):
         self.optimizer = optimizer
         self.kind = _kind(optimizer)
         dist = _torch.distributed
@@ -74,6 +78,16 @@ class GristSession:
         self._local = None
         self._dacc = None
         self._dev_used = False
+        self._params = [(p, gi, off) for p, (gi, off) in self._where.items()]
+        self._tdesc = (Tensor * max(1, len(self._params)))()
+        self._pending = None  # [(tensor, version)] of a sketch begun on libgrist's thread
+        # SGD reads the gradients without changing them, so their sketch can
+        # run during optimizer.step() on another core; Adam's metric reads
+        # exp_avg_sq, which the step rewrites, so Adam sketches afterwards.
+        self.async_sketch = bool(async_sketch) and self.kind == "sgd" and ddp_model is None
+        self.discarded = 0  # async sketches dropped: a gradient changed in place meanwhile
+        self.rejected = 0   # steps whose gradient was not finite (nothing sent)
+        self._discard_run = 0
         self._orig_step = optimizer.step
 
         def step(*args, **kwargs):
@@ -89,6 +103,9 @@ class GristSession:
 
     # -- lr_scale only inside optimizer.step(): schedulers never see it --
     def _scaled_step(self, *args, **kwargs):
+        if self.async_sketch and self._pending is None:
+            # the gradients are final here; sketch them while the step runs
+            self._pending = self._begin(True)
         groups = self.optimizer.param_groups
         saved = [g["lr"] for g in groups]
         for g, s in zip(groups, self.lr_scale):
@@ -139,6 +156,60 @@ class GristSession:
                 return
         sketch_f32(seeds[gi], g.data_ptr(), n, off, acc, sq)
 
+    def _begin(self, run_async):
+        """Describe every CPU gradient of the step to libgrist and start its
+        sketch; returns the [(tensor, version)] to check at the end, or None
+        (gradients on a GPU, or no job seed yet)."""
+        refs = []
+        k = 0
+        for p, gi, off in self._params:
+            g = p.grad
+            if g is None:
+                continue
+            if g.is_cuda:
+                return None
+            g = g.detach()  # shares storage and version counter with p.grad
+            if g.dtype != _torch.float32 or not g.is_contiguous():
+                g = g.to(_torch.float32).contiguous()
+            d = self._tdesc[k]
+            d.grad, d.n, d.offset, d.group = g.data_ptr(), g.numel(), off, gi
+            d.exp_avg_sq = None
+            if self.kind == "adam":
+                st = self.optimizer.state.get(p, {})
+                v = st.get("exp_avg_sq")
+                if v is not None and v.dtype == _torch.float32 and v.is_contiguous():
+                    grp = self.optimizer.param_groups[gi]
+                    t = float(st.get("step", 1))
+                    d.exp_avg_sq = v.data_ptr()
+                    d.v_scale = 1.0 / (1.0 - grp["betas"][1] ** max(t, 1.0))
+                    d.eps = float(grp["eps"])
+                    refs.append((v, v._version))
+            refs.append((g, g._version))
+            k += 1
+        if self.session.sketch_begin(self._tdesc, k, run_async) < 0:
+            return None
+        return refs
+
+    def _end(self, refs, batch_sizes):
+        fresh = all(t._version == v for t, v in refs)
+        try:
+            self.session.sketch_end(self.t, batch_sizes, commit=fresh)
+        except GristError as e:
+            if e.code != _ENONFINITE:
+                raise
+            self.rejected += 1
+        if fresh:
+            self._discard_run = 0
+            return
+        self.discarded += 1
+        self._discard_run += 1
+        if self._discard_run >= 3 and self.async_sketch:
+            # e.g. zero_grad(set_to_none=False) between optimizer.step() and
+            # session.step(): sketch after the step instead
+            self.async_sketch = False
+            warnings.warn("grist: gradients change in place after optimizer.step(); "
+                          "sketching synchronously in session.step() from now on")
+
     def _install_hook(self, ddp_model):
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
@@ -163,7 +234,15 @@ class GristSession:
         """Call after optimizer.step(): submit this step's summary and apply
         the newest hyperparameters for the next step."""
         self.t += 1
-        seeds = self._seeds()
+        batch_sizes = [batch_size] * self.ngroups
+        seeds = None
+        if self._pending is not None:
+            refs, self._pending = self._pending, None
+            self._end(refs, batch_sizes)
+        elif not getattr(self, "_ddp", False) and (refs := self._begin(False)) is not None:
+            self._end(refs, batch_sizes)
+        else:
+            seeds = self._seeds()  # DDP hook or GPU tensors: per-tensor path below
         if seeds is not None:
             if getattr(self, "_ddp", False):
                 ready = self._local is not None
@@ -182,8 +261,12 @@ class GristSession:
                 self._dev_used = False
             if ready:
                 self._sk[:] = self._acc
-                self.session.submit(self.t, self._sk, self._sq[:, 0],
-                                    [batch_size] * self.ngroups)
+                try:
+                    self.session.submit(self.t, self._sk, self._sq[:, 0], batch_sizes)
+                except GristError as e:
+                    if e.code != _ENONFINITE:
+                        raise
+                    self.rejected += 1
             self._local = None
         version, step, hp = self.session.latest()
         if hp is not None and version != self.version:
@@ -201,6 +284,9 @@ class GristSession:
         return self.session.stats()
 
     def close(self):
+        if self._pending is not None:  # let libgrist's thread finish with the tensors
+            self._pending = None
+            self.session.sketch_end(self.t, commit=False)
         if self.optimizer.step is self._step_wrapper:
             self.optimizer.step = self._orig_step
         self.session.close()
@@ -215,10 +301,18 @@ class GristSession:
 
 
 def attach(optimizer, job, address, rank=None, world_size=None, sketch_dim=1024, policy=None,
-           ddp_model=None, wait_s=0.0):
+           ddp_model=None, wait_s=0.0, async_sketch=False):
     """Attach optimizer to gristd at address as a worker of job; returns a
     GristSession (call .step() after optimizer.step(); .close() or use as a
     context manager). Never raises because the daemon is absent: training
-    goes on with the optimizer's own values until hyperparameters arrive."""
+    goes on with the optimizer's own values until hyperparameters arrive.
+
+    async_sketch=True (SGD without DDP; opt-in): the step's sketch starts
+    when optimizer.step() starts and runs on libgrist's thread beside it; it
+    is collected by session.step() and discarded (counted in .discarded) if
+    a gradient was changed in place meanwhile. It only hides the sketch
+    behind the optimizer's own step, on a spare core (client/README.md has
+    the measurement)."""
     return GristSession(optimizer, job, address, rank=rank, world_size=world_size,
-                        sketch_dim=sketch_dim, policy=policy, ddp_model=ddp_model, wait_s=wait_s)
+                        sketch_dim=sketch_dim, policy=policy, ddp_model=ddp_model, wait_s=wait_s,
+                        async_sketch=async_sketch)
