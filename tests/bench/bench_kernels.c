@@ -83,6 +83,29 @@ static double dgemm_gflops(int n, int threads)
 #endif
 }
 
+static double sgemm_gflops(int n, int threads)
+{
+#if !GRIST_HAVE_CPU
+    (void)n, (void)threads;
+    return NAN;
+#else
+    openblas_set_num_threads(threads);
+    float *a = malloc((size_t)n * n * 4), *b = malloc((size_t)n * n * 4), *c = malloc((size_t)n * n * 4);
+    for (size_t i = 0; i < (size_t)n * n; i++)
+        a[i] = b[i] = 1.0f / (float)(i % 97 + 1), c[i] = 0;
+    cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
+    double t[9];
+    for (int r = 0; r < 5; r++) {
+        double t0 = now();
+        cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
+        t[r] = now() - t0;
+    }
+    struct stat3 s = summarize(t, 5);
+    free(a), free(b), free(c);
+    return 2.0 * n * (double)n * n / s.med * 1e-9;
+#endif
+}
+
 static double triad_gbs(void)
 {
     const size_t n = 1 << 24; /* 3 x 128 MiB */
@@ -241,11 +264,17 @@ int main(int argc, char **argv)
     printf("| measure | value |\n|---|---|\n");
     printf("| dgemm 1536^3, 1 thread | %.1f GFLOP/s |\n", peak1);
     printf("| dgemm 1536^3, %d threads | %.1f GFLOP/s |\n", ncpu, peakn);
-    printf("| triad a = b + 3c, 3 x 128 MiB, 1 thread | %.1f GB/s |\n\n", triad_gbs());
+    const double speak1 = sgemm_gflops(1536, 1), speakn = sgemm_gflops(1536, ncpu);
+    printf("| sgemm 1536^3, 1 thread | %.1f GFLOP/s |\n", speak1);
+    printf("| sgemm 1536^3, %d threads | %.1f GFLOP/s |\n", ncpu, speakn);
+    const double triad = triad_gbs();
+    printf("| triad a = b + 3c, 3 x 128 MiB, 1 thread | %.1f GB/s |\n\n", triad);
+    printf("#result dgemm_1t=%.2f\n#result dgemm_nt=%.2f\n#result sgemm_1t=%.2f\n#result triad_1t=%.2f\n",
+           peak1, peakn, speak1, triad);
 
     const char *names[] = {"ref", "cpu", "cuda"};
     printf("## Per-step statistics update (K = 32, m = 1024, L = 16), one group, 1 thread\n\n");
-    printf("| backend | covariance | us/step median | min | max | GB/s of V+ring traffic |\n|---|---|---|---|---|---|\n");
+    printf("| backend | covariance | us/step median | min | max | GB/s of V+ring traffic | %% of triad |\n|---|---|---|---|---|---|---|\n");
     for (int b = 0; b < 3; b++) {
         if (!grist_backend_usable(names[b]))
             continue;
@@ -257,9 +286,12 @@ int main(int argc, char **argv)
             struct stat3 s = step_update(be, covs[c], quick ? 200 : 1000);
             /* V read + written (2 K m), ring read (L m), doubles */
             const double bytes = (2.0 * 32 * 1024 + 16.0 * 1024) * 8;
-            printf("| %s | %s | %.1f | %.1f | %.1f | %.1f |\n", names[b],
+            printf("| %s | %s | %.1f | %.1f | %.1f | %.1f | %.0f%% |\n", names[b],
                    covs[c] ? "m_cov 256, batch 16" : "none", s.med * 1e6, s.min * 1e6,
-                   s.max * 1e6, bytes / s.med * 1e-9);
+                   s.max * 1e6, bytes / s.med * 1e-9, 100.0 * bytes / s.med * 1e-9 / triad);
+            if (b == 1 && covs[c])
+                printf("#result step_us_cpu=%.2f\n#result step_frac_triad=%.3f\n", s.med * 1e6,
+                       bytes / s.med * 1e-9 / triad);
         }
         grist_backend_close(be);
     }
@@ -284,6 +316,8 @@ int main(int argc, char **argv)
                        bs[j], r.path.med * 1e3, r.dsyrk.med * 1e3, r.dsyrk.med / r.path.med,
                        r.ssyrk.med * 1e3, flops / r.path.med * 1e-9,
                        100.0 * flops / r.path.med * 1e-9 / peak1);
+                if (bk == 1 && bs[j] >= 16) /* the batched path the daemon runs */
+                    printf("#result cov_ratio_%d_%d=%.3f\n", ms[i], bs[j], r.dsyrk.med / r.path.med);
             }
         grist_backend_close(be);
     }

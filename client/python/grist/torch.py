@@ -42,7 +42,7 @@ class GristSession:
     """The attached optimizer; see attach()."""
 
     def __init__(self, optimizer, job, address, rank=None, world_size=None, sketch_dim=1024,
-                 policy=None, ddp_model=None, client=None, wait_s=0.0, async_sketch=False):
+                 policy=None, ddp_model=None, client=None, wait_s=0.0, async_sketch=True):
         self.optimizer = optimizer
         self.kind = _kind(optimizer)
         dist = _torch.distributed
@@ -301,18 +301,18 @@ class GristSession:
 
 
 def attach(optimizer, job, address, rank=None, world_size=None, sketch_dim=1024, policy=None,
-           ddp_model=None, wait_s=0.0, async_sketch=False):
+           ddp_model=None, wait_s=0.0, async_sketch=True):
     """Attach optimizer to gristd at address as a worker of job; returns a
     GristSession (call .step() after optimizer.step(); .close() or use as a
     context manager). Never raises because the daemon is absent: training
     goes on with the optimizer's own values until hyperparameters arrive.
 
-    async_sketch=True (SGD without DDP; opt-in): the step's sketch starts
-    when optimizer.step() starts and runs on libgrist's thread beside it; it
-    is collected by session.step() and discarded (counted in .discarded) if
-    a gradient was changed in place meanwhile. It only hides the sketch
-    behind the optimizer's own step, on a spare core (client/README.md has
-    the measurement)."""
+    async_sketch (default; SGD without DDP): the step's sketch starts when
+    optimizer.step() starts and runs on libgrist's thread beside it; it is
+    collected by session.step() and discarded (counted in .discarded) if a
+    gradient was changed in place meanwhile. It hides the sketch behind the
+    optimizer's step when a core is spare (client/README.md has the
+    measurement); async_sketch=False sketches in session.step()."""
     return GristSession(optimizer, job, address, rank=rank, world_size=world_size,
                         sketch_dim=sketch_dim, policy=policy, ddp_model=ddp_model, wait_s=wait_s,
                         async_sketch=async_sketch)

@@ -1,0 +1,147 @@
+"""The performance report: runs every benchmark once, in sequence, and
+writes docs/PERFORMANCE.md (issue P6). Every figure in the report comes
+from this run.
+
+    sh tests/bench/report.sh [--quick]
+
+Benchmarks print markdown; lines "#result key=value" carry the figures the
+targets table is judged on and are not copied into the report.
+"""
+import datetime
+import os
+import re
+import subprocess
+import sys
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BUILD = os.environ.get("GRIST_BUILD", os.path.join(ROOT, "build"))
+
+
+def run(cmd, env=None):
+    t0 = time.monotonic()
+    e = dict(os.environ)
+    e.update(env or {})
+    p = subprocess.run(cmd, cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True)
+    dt = time.monotonic() - t0
+    if p.returncode != 0:
+        sys.stderr.write(p.stdout)
+        raise SystemExit(f"report: {' '.join(cmd)} failed ({p.returncode})")
+    results, lines = {}, []
+    for line in p.stdout.splitlines():
+        m = re.match(r"#result (\S+)=(\S+)", line)
+        if m:
+            results[m.group(1)] = float(m.group(2))
+        elif not re.match(r"(gristd \(pid|health check:|gristd stopped)", line):
+            lines.append(line)
+    return "\n".join(lines).strip() + "\n", results, dt
+
+
+def demote(md):
+    """Headings one level down, so that each benchmark sits under its section."""
+    return re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", md, flags=re.M)
+
+
+def machine():
+    cpu = "?"
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = 0
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemTotal"):
+            mem = int(line.split()[1]) / 2**20
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE).stdout.strip()
+    return f"{os.cpu_count()} vCPU {cpu}, {mem:.0f} GiB, Linux {os.uname().release}, commit {commit}"
+
+
+def main():
+    quick = "--quick" in sys.argv
+    q = ["--quick"] if quick else []
+    t_start = time.monotonic()
+    sections, R, times = [], {}, {}
+
+    md, r, dt = run([os.path.join(BUILD, "tests", "bench-kernels")] + q,
+                    env={"OPENBLAS_NUM_THREADS": "1"})
+    R.update(r)
+    times["kernels"] = dt
+    sections.append(("Machine limits and kernels",
+                     "Command: `build/tests/bench-kernels" + (" --quick" if quick else "") +
+                     "` (one thread unless a row says otherwise; medians of repeated runs, "
+                     "min-max where shown).", md))
+
+    md, r, dt = run(["sh", "tests/bench/run.sh", "--quick"])
+    numpy = md[md.find("## Whole per-step update against NumPy"):]
+    times["numpy"] = dt
+    sections.append(("Kernels against NumPy", "Command: `sh tests/bench/run.sh --quick` (the "
+                     "NumPy table only; its C tables are the ones above).", numpy))
+
+    md, r, dt = run([os.path.join(BUILD, "tests", "bench-daemon")] + q,
+                    env={"GRISTD": os.path.join(BUILD, "daemon", "gristd")})
+    R.update(r)
+    times["daemon"] = dt
+    sections.append(("Daemon", "Command: `GRISTD=build/daemon/gristd build/tests/bench-daemon"
+                     + (" --quick" if quick else "") + "` (gristd with its defaults: 2 compute "
+                     "threads; the load generator runs on the same machine, one thread per "
+                     "stream).", md))
+
+    md, r, dt = run(["sh", "tests/bench/client.sh"])
+    R.update(r)
+    times["client"] = dt
+    sections.append(("Client", "Command: `sh tests/bench/client.sh` (MLPs on CPU, batch 64, "
+                     "SGD, one torch thread).", md))
+
+    # targets
+    cov = [v for k, v in R.items() if k.startswith("cov_ratio_")]
+    rows = []
+    if cov:
+        rows.append(("kernel covariance path >= 70% of bare dsyrk on the same shapes (cpu, "
+                     "batched b >= 16)", f"{min(cov):.2f}-{max(cov):.2f} of dsyrk",
+                     "met" if min(cov) >= 0.70 else "not met"))
+    if "step_frac_triad" in R:
+        rows.append(("kernel per-step update (memory bound: V and ring traffic) against the "
+                     "triad bandwidth", f"{100 * R['step_frac_triad']:.0f}% of triad "
+                     f"({R['step_us_cpu']:.1f} us/step)",
+                     "met" if R["step_frac_triad"] >= 0.70 else "not met"))
+    if "cluster_streams_w8" in R:
+        n = int(R["cluster_streams_w8"])
+        rows.append((">= 500 worker streams at 10 steps/s (8 groups, m 1024), p99 push <= 10 ms, "
+                     "no drops", f"{n} streams (W = 8)", "met" if n >= 500 else "not met"))
+    over = [(k, v) for k, v in R.items() if k.startswith("client_overhead_")]
+    if over:
+        worst = max(v for _, v in over)
+        rows.append(("client overhead <= 2% of step time, models >= 1M parameters",
+                     ", ".join(f"{k[16:].replace('_', ' ')}: {v:+.1f}%" for k, v in over),
+                     "met" if worst <= 2.0 else "not met"))
+
+    total = time.monotonic() - t_start
+    out = [f"# Performance\n",
+           f"Generated by `sh tests/bench/report.sh{' --quick' if quick else ''}` on "
+           f"{datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, {machine()}. The whole run took "
+           f"{total / 60:.1f} min (kernels {times['kernels']:.0f} s, NumPy {times['numpy']:.0f} s, "
+           f"daemon {times['daemon']:.0f} s, client {times['client']:.0f} s). Every figure below "
+           f"comes from that run; nothing is edited by hand except the analysis section at the "
+           f"end, which `report.py` copies from `docs/PERFORMANCE.analysis.md`.\n",
+           "## Targets (issue P6)\n",
+           "| target | measured | verdict |", "|---|---|---|"]
+    out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    out.append("\nGPU: no NVIDIA device was available to this run; the CUDA backend is built and "
+               "its benchmark rows appear above only when a device is present "
+               "(`sh tests/gpu/run.sh` is the prepared device script).\n"
+               if not os.path.exists("/dev/nvidia0") else
+               "\nGPU: the cuda rows above were measured on this machine's device.\n")
+    for title, how, md in sections:
+        out += [f"## {title}\n", how + "\n", demote(md)]
+    analysis = os.path.join(ROOT, "docs", "PERFORMANCE.analysis.md")
+    if os.path.exists(analysis):
+        out.append(open(analysis).read())
+    with open(os.path.join(ROOT, "docs", "PERFORMANCE.md"), "w") as f:
+        f.write("\n".join(out))
+    print(f"wrote docs/PERFORMANCE.md in {total / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
