@@ -472,20 +472,9 @@ double grist_stats_diff_se(const struct grist_stats *st, uint32_t a, uint32_t b)
     return sqrt(var / neff);
 }
 
-int grist_stats_families(struct grist_stats *st, double delta, struct grist_families *out)
+/* The families of Sigma-hat = c Sigma from a solve on Sigma with delta / c. */
+static void families_rescale(double c, struct grist_families *out)
 {
-    if (!st || !out)
-        return -EINVAL;
-    if (!st->mcov || st->cov_steps == 0)
-        return GRIST_ENOTREADY;
-    int r = grist__stats_cov_flush(st);
-    if (r < 0)
-        return GRIST_EDEVICE;
-    /* Sigma-hat = c Sigma; solve on Sigma with delta / c, then rescale. */
-    const double c = corr(st->cfg.gamma, st->sigma_steps);
-    r = st->be->ops.families(st->be, (int)st->mcov, st->sigma, delta / c, out);
-    if (r < 0)
-        return r;
     const double sc = sqrt(c);
     out->trace *= c;
     out->frobenius *= c;
@@ -497,6 +486,54 @@ int grist_stats_families(struct grist_stats *st, double delta, struct grist_fami
     out->value_lyapunov *= sc;
     out->value_whitened *= sc;
     out->value_diagonal *= sc;
+}
+
+int grist_stats_families(struct grist_stats *st, double delta, struct grist_families *out)
+{
+    if (!st || !out)
+        return -EINVAL;
+    if (!st->mcov || st->cov_steps == 0)
+        return GRIST_ENOTREADY;
+    int r = grist__stats_cov_flush(st);
+    if (r < 0)
+        return GRIST_EDEVICE;
+    const double c = corr(st->cfg.gamma, st->sigma_steps);
+    r = st->be->ops.families(st->be, (int)st->mcov, st->sigma, delta / c, out);
+    if (r < 0)
+        return r;
+    families_rescale(c, out);
+    return 0;
+}
+
+int grist_stats_sigma_snapshot(struct grist_stats *st, double *sigma, double *c)
+{
+    if (!st || !sigma || !c)
+        return -EINVAL;
+    if (!st->mcov || st->cov_steps == 0)
+        return GRIST_ENOTREADY;
+    if (grist__stats_cov_flush(st) < 0 ||
+        st->be->ops.download(st->be, sigma, st->sigma, dev_bytes_sigma(st)) < 0)
+        return GRIST_EDEVICE;
+    *c = corr(st->cfg.gamma, st->sigma_steps);
+    return 0;
+}
+
+int grist_families_from_snapshot(struct grist_backend *be, uint32_t n, const double *sigma,
+                                 double c, double delta, struct grist_families *out)
+{
+    if (!be || !sigma || !out || n == 0 || !(c > 0.0))
+        return -EINVAL;
+    const size_t bytes = (size_t)n * n * sizeof(double);
+    double *dev = be->ops.alloc(be, bytes);
+    if (!dev)
+        return -ENOMEM;
+    int r = be->ops.upload(be, dev, sigma, bytes);
+    if (r == 0)
+        r = be->ops.families(be, (int)n, dev, delta / c, out);
+    be->ops.free(be, dev);
+    if (r < 0)
+        return r;
+    families_rescale(c, out);
     return 0;
 }
 

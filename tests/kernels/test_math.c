@@ -8,6 +8,7 @@
  *   T4 family solutions: on their constraint, better than 10^4 random feasible
  *      Q, Lyapunov reductions, and the backends' reported values agree.
  */
+#include <errno.h>
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -356,6 +357,17 @@ START_TEST(test_T4_reported_values)
                           names[b], f, got[f], v[f]);
         }
         ck_assert_double_eq_tol(fam.effective_rank, fam.trace * fam.trace / (fam.frobenius * fam.frobenius), 1e-12);
+        /* a snapshot solved on another backend instance (gristd's families
+         * thread) gives the same values, bit for bit on the same backend kind */
+        double snap[64], c = 0;
+        ck_assert_int_eq(grist_stats_sigma_snapshot(st, snap, &c), 0);
+        struct grist_backend *be2;
+        ck_assert_int_eq(grist_backend_open(names[b], &be2), 0);
+        struct grist_families fam2;
+        ck_assert_int_eq(grist_families_from_snapshot(be2, 8, snap, c, delta, &fam2), 0);
+        ck_assert_mem_eq(&fam, &fam2, sizeof(fam));
+        ck_assert_int_eq(grist_families_from_snapshot(be2, 8, snap, 0.0, delta, &fam2), -EINVAL);
+        grist_backend_close(be2);
         grist_stats_free(st);
         grist_backend_close(be);
     }

@@ -147,6 +147,26 @@ double grist_stats_diff_se(const struct grist_stats *st, uint32_t a, uint32_t b)
 int grist_stats_families(struct grist_stats *st, double delta, struct grist_families *out);
 
 /**
+ * For family solves away from the thread that updates the statistics: copy
+ * the raw second-moment state (m_cov^2 doubles, the layout the backend
+ * keeps; c is its bias correction) to host memory. Pass both to
+ * grist_families_from_snapshot() on any backend instance, e.g. one owned by
+ * a low-priority thread, so that eigendecompositions never delay updates.
+ *
+ * @return 0; -EINVAL; GRIST_ENOTREADY; GRIST_EDEVICE.
+ */
+int grist_stats_sigma_snapshot(struct grist_stats *st, double *sigma, double *c);
+
+/**
+ * The families of a snapshot (n = m_cov), solved on backend be; the same
+ * values grist_stats_families() returns for the state it was taken from.
+ *
+ * @return 0; -EINVAL; -ENOMEM; GRIST_ELAPACK; GRIST_EDEVICE.
+ */
+int grist_families_from_snapshot(struct grist_backend *be, uint32_t n, const double *sigma,
+                                 double c, double delta, struct grist_families *out);
+
+/**
  * Copy the bias-corrected covariance Sigma (full, column-major, m_cov^2
  * doubles) and mean mu (m_cov doubles; may be NULL) to host memory.
  *
