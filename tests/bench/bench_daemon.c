@@ -117,6 +117,8 @@ struct ing_arg {
     uint64_t *arr_step; /* the step each push was computed from */
     int nlat;
     int regime_flip;
+    pthread_barrier_t *start; /* all streams attached and prepared: the clock starts */
+    double phase; /* s: the job's offset within a step period (jobs are not in lockstep) */
 };
 
 static void *ing_thread(void *p)
@@ -129,6 +131,8 @@ static void *ing_thread(void *p)
     uint32_t seed;
     if (tw_welcome(w, &seed, 30) != 0) {
         fprintf(stderr, "bench: no welcome\n");
+        if (a->start)
+            pthread_barrier_wait(a->start);
         return NULL;
     }
     /* the load generator must not be the bottleneck: sketches of an AR(1)
@@ -147,7 +151,9 @@ static void *ing_thread(void *p)
         }
     }
     free(prev);
-    const double t0 = now();
+    if (a->start) /* no stream sends while another still prepares (CPU contention) */
+        pthread_barrier_wait(a->start);
+    const double t0 = now() + a->phase;
     for (int t = 1; t <= a->steps; t++) {
         const float *sk = pre + (size_t)(t % CYCLE) * G * M;
         uint8_t *buf;
@@ -208,16 +214,21 @@ static void ingestion(int streams, int steps, int round)
     const int world = streams >= 4 ? 4 : 1, jobs = streams / world;
     pthread_t th[128];
     struct ing_arg *args = calloc((size_t)streams, sizeof(*args));
-    const double t0 = now(), c0 = cpu_s(g_pid);
+    pthread_barrier_t start; /* the streams and this thread: timing starts when all are ready */
+    pthread_barrier_init(&start, NULL, (unsigned)streams + 1);
     for (int s = 0; s < streams; s++) {
+        args[s].start = &start;
         snprintf(args[s].job, sizeof(args[s].job), "ing%d-%d-%d", round, streams, s / world);
         args[s].rank = (uint32_t)(s % world);
         args[s].world = (uint32_t)world;
         args[s].steps = steps;
         pthread_create(&th[s], NULL, ing_thread, &args[s]);
     }
+    pthread_barrier_wait(&start);
+    const double t0 = now(), c0 = cpu_s(g_pid);
     for (int s = 0; s < streams; s++)
         pthread_join(th[s], NULL);
+    pthread_barrier_destroy(&start);
     const double t_sent = now() - t0;
     uint64_t dropped = 0;
     for (int j = 0; j < jobs; j++) {
@@ -255,7 +266,13 @@ static void latency_run(const char *tag, int jobs, int world, double rate, int s
     const int streams = jobs * world;
     pthread_t *th = calloc((size_t)streams, sizeof(*th));
     struct ing_arg *a = calloc((size_t)streams, sizeof(*a));
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, (unsigned)streams);
     for (int s = 0; s < streams; s++) {
+        a[s].start = &start;
+        /* the ranks of a job step together; jobs have independent phases
+         * (golden-ratio spread over the step period) */
+        a[s].phase = fmod((s / world) * 0.6180339887498949, 1.0) / rate;
         snprintf(a[s].job, sizeof(a[s].job), "%s-%d", tag, s / world);
         a[s].rank = (uint32_t)(s % world);
         a[s].world = (uint32_t)world;
@@ -268,6 +285,7 @@ static void latency_run(const char *tag, int jobs, int world, double rate, int s
     }
     for (int s = 0; s < streams; s++)
         pthread_join(th[s], NULL);
+    pthread_barrier_destroy(&start);
     double *all = malloc(sizeof(double) * streams * ((size_t)steps * 4 + 16));
     size_t n = 0;
     for (int s = 0; s < streams; s++) {
