@@ -33,6 +33,11 @@ static const struct opt table[] = {
      "repeat for more listeners (at most 4)"},
     {"ready-fd", OPT_INT, F(ready_fd), "-1", -1, 1 << 20,
      "once listening, write 'grpc <bound address>' per listener to this fd, then close it"},
+    {"http", OPT_STR, F(http), "", 0, 0,
+     "serve /metrics (Prometheus), /api/v1 (JSON) and the dashboard page / on HOST:PORT "
+     "(port 0 picks a free port; the ready fd also gets 'http <bound address>'); off when empty"},
+    {"metrics-max-jobs", OPT_INT, F(metrics_max_jobs), "100", 0, 1 << 20,
+     "jobs with per-group series in /metrics (bounds the cardinality; the rest are counted)"},
     {"backend", OPT_STR, F(backend), "auto", 0, 0,
      "kernels backend: auto (first usable of cuda, cpu, ref), cuda, cpu or ref"},
     {"log-level", OPT_STR, F(log_level), "info", 0, 0, "error, warn, info or debug"},

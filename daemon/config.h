@@ -15,6 +15,8 @@ struct grist_config {
     int nlisten;
     int listen_from_flags; /* internal: a --listen flag replaced the list */
     int ready_fd;
+    char http[256];
+    int64_t metrics_max_jobs;
     char backend[16];
     char log_level[16];
     int64_t max_message_bytes;

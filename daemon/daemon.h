@@ -29,6 +29,18 @@ struct grist_counters {
     uint64_t jobs_created, jobs_expired;
 };
 
+/* A Prometheus-style histogram (cumulative buckets are made when printed). */
+#define GRIST_HIST_NB 14
+extern const double grist__hist_bounds[GRIST_HIST_NB];
+struct grist_histogram {
+    uint64_t count;
+    double sum;
+    uint64_t bucket[GRIST_HIST_NB]; /* observations <= bound[i] and > bound[i - 1] */
+};
+void grist__hist_observe(struct grist_histogram *h, double v);
+
+struct grist_http;
+
 struct grist_daemon {
     uv_loop_t *loop;
     const struct grist_config *cfg;
@@ -45,6 +57,9 @@ struct grist_daemon {
     struct grist_watch *watches;  /* all live WatchJob streams */
     uint32_t nstreams;
     struct grist_counters cnt;
+    struct grist_histogram solve_seconds;        /* selection time per evaluation */
+    struct grist_histogram push_latency_seconds; /* step queued -> push handed to its streams */
+    struct grist_http *http;                     /* NULL without --http */
     int stopping;
 };
 
@@ -88,6 +103,17 @@ int grist__query_method(const char *method);
 void grist__watch_notify(struct grist_daemon *d, const struct grist_job *j);
 /* End watchers of job (NULL: all, with UNAVAILABLE for shutdown). */
 void grist__watch_finish_all(struct grist_daemon *d, const char *job);
+
+/* http.c: the HTTP endpoint (/metrics, /api/v1, the page) on the loop */
+int grist__http_start(struct grist_daemon *d, const char *address, struct grist_http **out);
+const char *grist__http_bound(const struct grist_http *h);
+void grist__http_stop(struct grist_http *h); /* closes the listener and every connection */
+/* query.c: the history of one series of a group, downsampled with LTTB to at
+ * most `points` (steps[] and vals[] malloc'ed). 0; -ENOENT (no such group);
+ * -EINVAL (unknown series); -ENOMEM. */
+int grist__history(const struct grist_job *j, uint32_t group, const char *series, uint64_t from,
+                   uint64_t to, size_t points, uint64_t **steps, double **vals, size_t *n);
+int grist__series_index(const char *series);
 
 /* The daemon that owns a net (net is embedded in struct grist_daemon). */
 static inline struct grist_daemon *grist__daemon_of(struct grist_net *net)

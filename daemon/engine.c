@@ -41,7 +41,7 @@ enum item_kind { IT_CREATE, IT_STEP, IT_VALIDATION, IT_DROP, IT_STOP };
 struct item {
     struct item *next;
     enum item_kind kind;
-    uint64_t key, step;
+    uint64_t key, step, queued_ns;
     uint32_t nworkers, ngroups, m;
     struct grist_engine_job_spec *spec; /* IT_CREATE */
     float *sketch;                      /* ngroups * m */
@@ -72,7 +72,7 @@ struct e_job {
     struct grist_stats **stats;
     struct grist_selector *sel;
     struct fam_box *box;
-    uint64_t steps, last_step, next_solve, next_families;
+    uint64_t steps, last_step, last_queued_ns, next_solve, next_families;
     uint32_t families_phase;
     /* steps of the current batch */
     struct item **pend;
@@ -326,6 +326,7 @@ fail:
 
 static void evaluate(struct grist_engine *e, struct e_job *j)
 {
+    const uint64_t t0 = uv_hrtime();
     const int families = j->steps >= j->next_families;
     if (families) {
         const uint32_t fe = j->policy.families_every ? j->policy.families_every : 50;
@@ -342,6 +343,7 @@ static void evaluate(struct grist_engine *e, struct e_job *j)
     r->step = j->last_step;
     r->steps = j->steps;
     r->ngroups = j->ngroups;
+    r->queued_ns = j->last_queued_ns;
     struct grist_choice *ch = calloc(j->ngroups, sizeof(*ch));
     if (!ch) {
         free(r);
@@ -378,6 +380,7 @@ static void evaluate(struct grist_engine *e, struct e_job *j)
     }
     uv_mutex_unlock(&e->fmu);
     free(ch);
+    r->solve_s = (double)(uv_hrtime() - t0) * 1e-9;
     post(e, r);
     if (families) /* after the result is posted: the push does not wait for the snapshot */
         families_request(e, j);
@@ -418,6 +421,7 @@ static void flush(struct grist_engine *e, struct e_job *j)
     if (!err) {
         j->steps += n;
         j->last_step = j->pend[n - 1]->step;
+        j->last_queued_ns = j->pend[n - 1]->queued_ns;
     }
     for (uint32_t i = 0; i < n; i++)
         item_free(j->pend[i]);
@@ -690,6 +694,7 @@ static int queue_data(struct grist_engine *e, enum item_kind kind, uint64_t key,
     it->kind = kind;
     it->key = key;
     it->step = step;
+    it->queued_ns = uv_hrtime();
     it->nworkers = nworkers;
     it->ngroups = ngroups;
     it->m = m;
@@ -723,4 +728,12 @@ int grist__engine_validation(struct grist_engine *e, uint64_t key, uint32_t ngro
                              const float *sketch)
 {
     return queue_data(e, IT_VALIDATION, key, 0, 1, ngroups, m, sketch, NULL, NULL);
+}
+
+uint32_t grist__engine_depth(struct grist_engine *e)
+{
+    uv_mutex_lock(&e->mu);
+    const uint32_t d = e->depth;
+    uv_mutex_unlock(&e->mu);
+    return d;
 }

@@ -35,11 +35,16 @@ struct grist_engine_result {
     uint64_t step;       /* newest step number applied */
     uint64_t steps;      /* steps applied so far */
     int error;           /* 0 or a grist error (device failure: statistics were reset) */
+    double solve_s;      /* seconds the selection (and snapshot) took on the compute thread */
+    uint64_t queued_ns;  /* uv_hrtime() when the newest step of this evaluation was queued */
     uint32_t ngroups;
     struct grist_engine_group_result groups[]; /* ngroups */
 };
 
 typedef void grist_engine_result_fn(void *ud, struct grist_engine_result *r);
+
+/** Aggregated steps waiting in the engine's queue now (thread-safe). */
+uint32_t grist__engine_depth(struct grist_engine *e);
 
 struct grist_engine_job_spec {
     uint64_t key;

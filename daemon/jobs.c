@@ -329,6 +329,7 @@ void grist__job_on_result(void *ud, struct grist_engine_result *r)
     }
     free(j->last);
     j->last = r;
+    grist__hist_observe(&d->solve_seconds, r->solve_s);
     int changed = 0, warm = 0;
     for (uint32_t g = 0; g < j->ngroups; g++) {
         const struct grist_engine_group_result *gr = &r->groups[g];
@@ -368,7 +369,23 @@ void grist__job_on_result(void *ud, struct grist_engine_result *r)
                 (unsigned long long)j->version, (unsigned long long)r->step, j->push[0].momentum);
     for (struct grist_stream *s = j->streams; s; s = grist__stream_next_in_job(s))
         grist__stream_send(s, msg, len);
+    if (r->queued_ns)
+        grist__hist_observe(&d->push_latency_seconds, (double)(uv_hrtime() - r->queued_ns) * 1e-9);
     grist__watch_notify(d, j);
+}
+
+const double grist__hist_bounds[GRIST_HIST_NB] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                                  0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5};
+
+void grist__hist_observe(struct grist_histogram *h, double v)
+{
+    h->count++;
+    h->sum += v;
+    for (int i = 0; i < GRIST_HIST_NB; i++)
+        if (v <= grist__hist_bounds[i]) {
+            h->bucket[i]++;
+            break;
+        }
 }
 
 void grist__jobs_tick(struct grist_daemon *d)

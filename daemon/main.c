@@ -54,6 +54,8 @@ static void on_signal(uv_signal_t *s, int signum)
         return;
     d->stopping = 1;
     GRIST_INFO("signal %d: shutting down (%u streams, %u jobs)", signum, d->nstreams, d->njobs);
+    grist__http_stop(d->http);
+    d->http = NULL;
     grist__streams_finish_all(d);
     grist__watch_finish_all(d, NULL);
     grist__net_shutdown(&d->net, 2.0, on_net_stopped);
@@ -64,14 +66,16 @@ static void on_tick(uv_timer_t *t)
     grist__jobs_tick(t->data);
 }
 
-static int write_ready(int fd, const struct grist_net *net)
+static int write_ready(int fd, const struct grist_net *net, const struct grist_http *http)
 {
     if (fd < 0)
         return 0;
-    char buf[GRIST_MAX_LISTENERS * 320];
+    char buf[(GRIST_MAX_LISTENERS + 1) * 320];
     size_t len = 0;
     for (int i = 0; i < net->nbound; i++)
         len += (size_t)snprintf(buf + len, sizeof(buf) - len, "grpc %s\n", net->bound[i]);
+    if (http)
+        len += (size_t)snprintf(buf + len, sizeof(buf) - len, "http %s\n", grist__http_bound(http));
     const char *p = buf;
     while (len > 0) {
         ssize_t w = write(fd, p, len);
@@ -182,7 +186,17 @@ int main(int argc, char **argv)
     uv_timer_init(&loop, &d->tick);
     d->tick.data = d;
     uv_timer_start(&d->tick, on_tick, 50, 50);
-    write_ready(g_cfg.ready_fd, &d->net);
+    if (g_cfg.http[0] && grist__http_start(d, g_cfg.http, &d->http) < 0) {
+        fprintf(stderr, "gristd: --http %s: cannot serve (HOST:PORT, e.g. 127.0.0.1:9788)\n", g_cfg.http);
+        on_signal(&g_sigterm, SIGTERM);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        grist__jobs_free_all(d);
+        grist__net_destroy(&d->net);
+        uv_loop_close(&loop);
+        grpc_shutdown();
+        return 1;
+    }
+    write_ready(g_cfg.ready_fd, &d->net, d->http);
 
     uv_run(&loop, UV_RUN_DEFAULT);
 

@@ -7,6 +7,7 @@
  * state after every evaluation, latest-wins (one send in flight; a newer
  * state replaces a waiting one). Loop thread.
  */
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -375,7 +376,7 @@ void grist__watch_finish_all(struct grist_daemon *d, const char *job)
                          job ? "the job ended" : "gristd is shutting down");
 }
 
-static int series_index(const char *s)
+int grist__series_index(const char *s)
 {
     static const char *const names[] = {"momentum", "lr_scale", "noise", "noise_scale",
                                         "confidence"};
@@ -440,6 +441,51 @@ static size_t lttb(const double *x, const double *y, size_t n, size_t points, si
     return out;
 }
 
+int grist__history(const struct grist_job *j, uint32_t group, const char *series, uint64_t from,
+                   uint64_t to, size_t points, uint64_t **steps_out, double **vals_out, size_t *n_out)
+{
+    if (group >= j->ngroups)
+        return -ENOENT;
+    const int k = grist__series_index(series && series[0] ? series : "momentum");
+    if (k < 0)
+        return -EINVAL;
+    const struct grist_hist *h = &j->hist[group];
+    if (to == 0)
+        to = UINT64_MAX;
+    double *x = malloc((h->len + 1) * sizeof(double)), *y = malloc((h->len + 1) * sizeof(double));
+    size_t *idx = malloc((h->len + 1) * sizeof(size_t));
+    int r = -ENOMEM;
+    if (!x || !y || !idx)
+        goto done;
+    size_t n = 0;
+    for (uint32_t i = 0; i < h->len; i++) {
+        const struct grist_hist_point *p = &h->pts[(h->head + i) % h->cap];
+        if (p->step < from || p->step > to)
+            continue;
+        x[n] = (double)p->step;
+        y[n] = series_value(p, k);
+        n++;
+    }
+    const size_t kept = lttb(x, y, n, points ? points : 500, idx);
+    uint64_t *steps = malloc((kept + 1) * sizeof(uint64_t));
+    double *vals = malloc((kept + 1) * sizeof(double));
+    if (!steps || !vals) {
+        free(steps), free(vals);
+        goto done;
+    }
+    for (size_t i = 0; i < kept; i++) {
+        steps[i] = (uint64_t)x[idx[i]];
+        vals[i] = y[idx[i]];
+    }
+    *steps_out = steps;
+    *vals_out = vals;
+    *n_out = kept;
+    r = 0;
+done:
+    free(x), free(y), free(idx);
+    return r;
+}
+
 static grpc_status_code get_history(struct grist_net *net, const unsigned char *in, size_t in_len,
                                     unsigned char **out, size_t *out_len, char *msg, size_t msz)
 {
@@ -451,70 +497,37 @@ static grpc_status_code get_history(struct grist_net *net, const unsigned char *
     }
     grpc_status_code code = GRPC_STATUS_OK;
     struct grist_job *j = grist__job_find(d, req->job_id ? req->job_id : "");
-    int k = series_index(req->series && req->series[0] ? req->series : "momentum");
-    double *x = NULL, *y = NULL;
-    size_t *idx = NULL;
     uint64_t *steps = NULL;
     double *vals = NULL;
+    size_t kept = 0;
+    int r;
     if (!j) {
         snprintf(msg, msz, "job_id: no job '%.128s'", req->job_id ? req->job_id : "");
         code = GRPC_STATUS_NOT_FOUND;
-        goto done;
-    }
-    if (req->group >= j->ngroups) {
+    } else if ((r = grist__history(j, req->group, req->series, req->from_step, req->to_step,
+                                   req->points, &steps, &vals, &kept)) == -ENOENT) {
         snprintf(msg, msz, "group: %u is not below the job's %u groups", req->group, j->ngroups);
         code = GRPC_STATUS_INVALID_ARGUMENT;
-        goto done;
-    }
-    if (k < 0) {
+    } else if (r == -EINVAL) {
         snprintf(msg, msz, "series: '%.64s' is not momentum, lr_scale, noise, noise_scale or confidence",
                  req->series);
         code = GRPC_STATUS_INVALID_ARGUMENT;
-        goto done;
-    }
-    const struct grist_hist *h = &j->hist[req->group];
-    const uint64_t to = req->to_step ? req->to_step : UINT64_MAX;
-    x = malloc((h->len + 1) * sizeof(double));
-    y = malloc((h->len + 1) * sizeof(double));
-    idx = malloc((h->len + 1) * sizeof(size_t));
-    if (!x || !y || !idx) {
+    } else if (r < 0) {
         code = GRPC_STATUS_RESOURCE_EXHAUSTED;
-        goto done;
+    } else {
+        Grist__V1__GetHistoryResponse resp = GRIST__V1__GET_HISTORY_RESPONSE__INIT;
+        resp.n_steps = resp.n_values = kept;
+        resp.steps = steps;
+        resp.values = vals;
+        *out_len = grist__v1__get_history_response__get_packed_size(&resp);
+        *out = malloc(*out_len ? *out_len : 1);
+        if (*out)
+            grist__v1__get_history_response__pack(&resp, *out);
+        else
+            code = GRPC_STATUS_RESOURCE_EXHAUSTED;
     }
-    size_t n = 0;
-    for (uint32_t i = 0; i < h->len; i++) {
-        const struct grist_hist_point *p = &h->pts[(h->head + i) % h->cap];
-        if (p->step < req->from_step || p->step > to)
-            continue;
-        x[n] = (double)p->step;
-        y[n] = series_value(p, k);
-        n++;
-    }
-    const size_t want = req->points ? req->points : 500;
-    const size_t kept = lttb(x, y, n, want, idx);
-    steps = malloc((kept + 1) * sizeof(uint64_t));
-    vals = malloc((kept + 1) * sizeof(double));
-    if (!steps || !vals) {
-        code = GRPC_STATUS_RESOURCE_EXHAUSTED;
-        goto done;
-    }
-    for (size_t i = 0; i < kept; i++) {
-        steps[i] = (uint64_t)x[idx[i]];
-        vals[i] = y[idx[i]];
-    }
-    Grist__V1__GetHistoryResponse resp = GRIST__V1__GET_HISTORY_RESPONSE__INIT;
-    resp.n_steps = resp.n_values = kept;
-    resp.steps = steps;
-    resp.values = vals;
-    *out_len = grist__v1__get_history_response__get_packed_size(&resp);
-    *out = malloc(*out_len ? *out_len : 1);
-    if (*out)
-        grist__v1__get_history_response__pack(&resp, *out);
-    else
-        code = GRPC_STATUS_RESOURCE_EXHAUSTED;
-done:
     grist__v1__get_history_request__free_unpacked(req, NULL);
-    free(x), free(y), free(idx), free(steps), free(vals);
+    free(steps), free(vals);
     return code;
 }
 

@@ -8,13 +8,14 @@ set -eu
 
 PKGS="
 build-essential pkg-config meson ninja-build
-libuv1-dev
+libuv1-dev libhttp-parser-dev
 libgrpc-dev protobuf-compiler-grpc
 libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
 libopenblas-dev liblapacke-dev
 check valgrind
 python3 python3-torch python3-grpcio python3-protobuf python3-numpy
 python3-matplotlib python3-sklearn
+prometheus chromium
 "
 
 missing=""

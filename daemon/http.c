@@ -1,0 +1,874 @@
+/*
+ * DESIGN: gristd's HTTP endpoint (--http HOST:PORT), for Prometheus,
+ * dashboards and people: GET /metrics (Prometheus text format 0.0.4),
+ * /api/v1/jobs, /api/v1/jobs/{job}, /api/v1/jobs/{job}/history, and / (the
+ * page, daemon/www/index.html, compiled in).
+ *
+ * Threads: everything runs on the libuv loop that owns the jobs, so a
+ * response is a consistent snapshot and nothing is locked. Requests are
+ * parsed by Node's http-parser (Debian's libhttp-parser, 2.9): maintained,
+ * callback-based and allocation-free, it fits a libuv read callback
+ * directly; llhttp, its successor, is not packaged in Debian 12. Each
+ * connection serves one request at a time (keep-alive honoured), requests
+ * are limited to 8 KiB of URL and headers, and a response is built in
+ * memory and written with one uv_write, so the loop never blocks on a slow
+ * client: a stalled reader only holds its own buffer. Work per request is
+ * bounded: /metrics by --metrics-max-jobs, history by LTTB downsampling.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <http_parser.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon.h"
+#include "jobs.h"
+#include "log.h"
+#include "www_index.h"
+
+#define URL_MAX 4096
+#define HEADER_MAX 8192
+
+struct sbuf {
+    char *p;
+    size_t len, cap;
+    int oom;
+};
+
+static void sb_grow(struct sbuf *b, size_t need)
+{
+    if (b->oom || b->len + need + 1 <= b->cap)
+        return;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + need + 1)
+        cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p) {
+        b->oom = 1;
+        return;
+    }
+    b->p = p;
+    b->cap = cap;
+}
+
+static void sb_put(struct sbuf *b, const char *s, size_t n)
+{
+    sb_grow(b, n);
+    if (b->oom)
+        return;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = 0;
+}
+
+__attribute__((format(printf, 2, 3))) static void sb_printf(struct sbuf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char tmp[512];
+    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n < sizeof(tmp)) {
+        sb_put(b, tmp, (size_t)n);
+        return;
+    }
+    sb_grow(b, (size_t)n);
+    if (b->oom)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+/* a JSON string literal */
+static void sb_jstr(struct sbuf *b, const char *s)
+{
+    sb_put(b, "\"", 1);
+    for (; *s; s++) {
+        const unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            sb_printf(b, "\\%c", c);
+        else if (c < 0x20)
+            sb_printf(b, "\\u%04x", c);
+        else
+            sb_put(b, s, 1);
+    }
+    sb_put(b, "\"", 1);
+}
+
+/* a JSON number; NaN and infinities are not JSON: null */
+static void sb_jnum(struct sbuf *b, double v)
+{
+    if (isfinite(v))
+        sb_printf(b, "%.17g", v);
+    else
+        sb_put(b, "null", 4);
+}
+
+/* a Prometheus label value: backslash, quote and newline escaped */
+static void sb_plabel(struct sbuf *b, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '\\' || *s == '"')
+            sb_printf(b, "\\%c", *s);
+        else if (*s == '\n')
+            sb_put(b, "\\n", 2);
+        else
+            sb_put(b, s, 1);
+    }
+}
+
+static void sb_pnum(struct sbuf *b, double v)
+{
+    if (isnan(v))
+        sb_put(b, "NaN", 3);
+    else if (isinf(v))
+        sb_put(b, v > 0 ? "+Inf" : "-Inf", 4);
+    else
+        sb_printf(b, "%.17g", v);
+}
+
+/* ---- connections ---- */
+
+struct conn {
+    uv_tcp_t tcp;
+    struct grist_http *h;
+    struct conn *next;
+    http_parser parser;
+    char url[URL_MAX + 1];
+    size_t url_len, header_bytes;
+    int too_long, busy, closing;
+};
+
+struct grist_http {
+    uv_tcp_t srv;
+    struct grist_daemon *d;
+    char bound[80];
+    struct conn *conns;
+    int stopping;
+};
+
+struct wreq {
+    uv_write_t w;
+    struct conn *c;
+    char *buf;
+    int close_after;
+};
+
+static void conn_closed(uv_handle_t *hd)
+{
+    struct conn *c = hd->data;
+    for (struct conn **p = c->h ? &c->h->conns : &c->next; c->h && *p; p = &(*p)->next)
+        if (*p == c) {
+            *p = c->next;
+            break;
+        }
+    free(c);
+}
+
+static void conn_close(struct conn *c)
+{
+    if (c->closing)
+        return;
+    c->closing = 1;
+    uv_close((uv_handle_t *)&c->tcp, conn_closed);
+}
+
+static void on_written(uv_write_t *w, int status)
+{
+    struct wreq *r = (struct wreq *)w;
+    struct conn *c = r->c;
+    free(r->buf);
+    c->busy = 0;
+    if (status < 0 || r->close_after)
+        conn_close(c);
+    free(r);
+}
+
+static const char *reason_of(int code)
+{
+    switch (code) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 414: return "URI Too Long";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    default: return "Error";
+    }
+}
+
+static void respond(struct conn *c, int code, const char *ctype, struct sbuf *body, int keep)
+{
+    if (body->oom) {
+        free(body->p);
+        *body = (struct sbuf){0};
+        code = 500;
+        ctype = "application/json";
+        sb_printf(body, "{\"error\":\"out of memory\"}\n");
+    }
+    struct sbuf out = {0};
+    sb_printf(&out,
+              "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+              "Cache-Control: no-store\r\nConnection: %s\r\n\r\n",
+              code, reason_of(code), ctype, body->len, keep ? "keep-alive" : "close");
+    if (body->len)
+        sb_put(&out, body->p, body->len);
+    free(body->p);
+    struct wreq *r = calloc(1, sizeof(*r));
+    if (!r || out.oom) {
+        free(r);
+        free(out.p);
+        conn_close(c);
+        return;
+    }
+    r->c = c;
+    r->buf = out.p;
+    r->close_after = !keep;
+    c->busy = 1;
+    uv_buf_t b = uv_buf_init(out.p, (unsigned)out.len);
+    if (uv_write(&r->w, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0) {
+        free(r->buf);
+        free(r);
+        conn_close(c);
+    }
+}
+
+static void respond_error(struct conn *c, int code, const char *msg, int keep)
+{
+    struct sbuf b = {0};
+    sb_put(&b, "{\"error\":", 9);
+    sb_jstr(&b, msg);
+    sb_printf(&b, ",\"status\":%d}\n", code);
+    respond(c, code, "application/json", &b, keep);
+}
+
+/* ---- /metrics ---- */
+
+static void metric_head(struct sbuf *b, const char *name, const char *type, const char *help)
+{
+    sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void metric_u64(struct sbuf *b, const char *name, const char *type, const char *help,
+                       uint64_t v)
+{
+    metric_head(b, name, type, help);
+    sb_printf(b, "%s %llu\n", name, (unsigned long long)v);
+}
+
+static void metric_hist(struct sbuf *b, const char *name, const char *help,
+                        const struct grist_histogram *h)
+{
+    metric_head(b, name, "histogram", help);
+    uint64_t cum = 0;
+    for (int i = 0; i < GRIST_HIST_NB; i++) {
+        cum += h->bucket[i];
+        sb_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, grist__hist_bounds[i],
+                  (unsigned long long)cum);
+    }
+    sb_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)h->count);
+    sb_printf(b, "%s_sum ", name);
+    sb_pnum(b, h->sum);
+    sb_printf(b, "\n%s_count %llu\n", name, (unsigned long long)h->count);
+}
+
+/* per-group gauges; the value of group g of job j */
+typedef double group_value_fn(const struct grist_job *j, uint32_t g, int *have);
+
+static double gv_momentum(const struct grist_job *j, uint32_t g, int *have)
+{
+    *have = 1;
+    return j->version ? j->push[g].momentum : j->groups[g].beta0;
+}
+
+static double gv_lr_scale(const struct grist_job *j, uint32_t g, int *have)
+{
+    *have = 1;
+    return j->version ? j->push[g].lr_scale : 1.0;
+}
+
+static double gv_alignment(const struct grist_job *j, uint32_t g, int *have)
+{
+    if (!j->last)
+        return *have = 0, 0;
+    const struct grist_engine_group_result *r = &j->last->groups[g];
+    *have = r->choice.index < r->ncand;
+    return *have ? r->J[r->choice.index] : 0;
+}
+
+static double gv_noise_scale(const struct grist_job *j, uint32_t g, int *have)
+{
+    *have = j->last != NULL;
+    return *have ? j->last->groups[g].choice.noise_scale : 0;
+}
+
+static double gv_trace(const struct grist_job *j, uint32_t g, int *have)
+{
+    *have = j->last && j->last->groups[g].have_families;
+    return *have ? j->last->groups[g].fam.trace : 0;
+}
+
+static double gv_erank(const struct grist_job *j, uint32_t g, int *have)
+{
+    *have = j->last && j->last->groups[g].have_families;
+    return *have ? j->last->groups[g].fam.effective_rank : 0;
+}
+
+static void metrics(struct conn *c, int keep)
+{
+    struct grist_daemon *d = c->h->d;
+    struct sbuf b = {0};
+    metric_u64(&b, "gristd_streams", "gauge", "Live Attach streams (workers connected).",
+               d->nstreams);
+    metric_u64(&b, "gristd_jobs", "gauge", "Jobs known to the daemon.", d->njobs);
+    metric_head(&b, "gristd_compute_queue_depth", "gauge",
+                "Aggregated steps waiting for a compute thread.");
+    for (uint32_t i = 0; i < d->nengines; i++)
+        sb_printf(&b, "gristd_compute_queue_depth{thread=\"%u\"} %u\n", i,
+                  d->engines[i] ? grist__engine_depth(d->engines[i]) : 0);
+    const struct grist_counters *k = &d->cnt;
+    metric_u64(&b, "gristd_streams_opened_total", "counter", "Attach streams opened.",
+               k->streams_opened);
+    metric_u64(&b, "gristd_summaries_total", "counter", "Worker summaries received.", k->summaries);
+    metric_u64(&b, "gristd_summaries_rejected_total", "counter",
+               "Summaries refused (malformed, non-finite, wrong size).", k->summaries_rejected);
+    metric_u64(&b, "gristd_summaries_late_total", "counter",
+               "Summaries for a step already aggregated.", k->summaries_late);
+    metric_u64(&b, "gristd_steps_aggregated_total", "counter", "Steps aggregated over ranks.",
+               k->steps_aggregated);
+    metric_u64(&b, "gristd_steps_dropped_total", "counter",
+               "Aggregated steps dropped because the compute queue was full.", k->steps_dropped);
+    metric_u64(&b, "gristd_pushes_total", "counter", "Hyperparameter versions pushed.", k->pushes);
+    metric_u64(&b, "gristd_received_bytes_total", "counter", "Bytes of worker messages received.",
+               k->bytes_in);
+    metric_u64(&b, "gristd_sent_bytes_total", "counter", "Bytes of messages sent to workers.",
+               k->bytes_out);
+    metric_u64(&b, "gristd_jobs_created_total", "counter", "Jobs created.", k->jobs_created);
+    metric_u64(&b, "gristd_jobs_expired_total", "counter", "Jobs dropped after idling.",
+               k->jobs_expired);
+    metric_hist(&b, "gristd_solve_duration_seconds",
+                "Selection time per evaluation on a compute thread.", &d->solve_seconds);
+    metric_hist(&b, "gristd_push_latency_seconds",
+                "From a step queued for a compute thread to its push handed to the streams.",
+                &d->push_latency_seconds);
+
+    static const struct {
+        const char *name, *help;
+        group_value_fn *fn;
+    } gm[] = {
+        {"gristd_group_momentum", "Momentum (SGD) or beta1 (Adam) in force for the group.", gv_momentum},
+        {"gristd_group_lr_scale", "Factor on the group's learning rate in force.", gv_lr_scale},
+        {"gristd_group_alignment", "Alignment J of the chosen candidate (sketch units).", gv_alignment},
+        {"gristd_group_noise_scale", "Gradient noise scale B_noise (examples).", gv_noise_scale},
+        {"gristd_group_sigma_trace", "Trace of the sketch covariance.", gv_trace},
+        {"gristd_group_effective_rank", "Effective rank tr(S)^2/|S|_F^2 of the sketch covariance.", gv_erank},
+    };
+    const uint32_t limit = (uint32_t)d->cfg->metrics_max_jobs;
+    uint32_t omitted = 0;
+    for (size_t m = 0; m < sizeof(gm) / sizeof(gm[0]); m++) {
+        metric_head(&b, gm[m].name, "gauge", gm[m].help);
+        uint32_t shown = 0;
+        for (const struct grist_job *j = d->jobs; j; j = j->next) {
+            if (shown++ >= limit) {
+                if (m == 0)
+                    omitted++;
+                continue;
+            }
+            for (uint32_t g = 0; g < j->ngroups; g++) {
+                int have = 0;
+                const double v = gm[m].fn(j, g, &have);
+                if (!have)
+                    continue;
+                sb_printf(&b, "%s{job=\"", gm[m].name);
+                sb_plabel(&b, j->id);
+                sb_put(&b, "\",group=\"", 9);
+                sb_plabel(&b, j->groups[g].name);
+                sb_put(&b, "\"} ", 3);
+                sb_pnum(&b, v);
+                sb_put(&b, "\n", 1);
+            }
+        }
+    }
+    metric_u64(&b, "gristd_metrics_jobs_omitted", "gauge",
+               "Jobs left out of the per-group series (beyond --metrics-max-jobs).", omitted);
+    respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", &b, keep);
+}
+
+/* ---- JSON API ---- */
+
+static void job_brief(struct sbuf *b, const struct grist_job *j)
+{
+    sb_put(b, "{\"id\":", 6);
+    sb_jstr(b, j->id);
+    sb_printf(b,
+              ",\"world_size\":%u,\"live_workers\":%u,\"groups\":%u,\"sketch_dim\":%u,"
+              "\"step\":%llu,\"version\":%llu,\"dropped_steps\":%llu,\"late_summaries\":%llu}",
+              j->world, j->nstreams, j->ngroups, j->m, (unsigned long long)j->high_step,
+              (unsigned long long)j->version, (unsigned long long)j->dropped,
+              (unsigned long long)j->late);
+}
+
+static void api_jobs(struct conn *c, int keep)
+{
+    struct sbuf b = {0};
+    sb_put(&b, "{\"jobs\":[", 9);
+    int first = 1;
+    for (const struct grist_job *j = c->h->d->jobs; j; j = j->next) {
+        if (!first)
+            sb_put(&b, ",", 1);
+        first = 0;
+        job_brief(&b, j);
+    }
+    sb_put(&b, "]}\n", 3);
+    respond(c, 200, "application/json", &b, keep);
+}
+
+static void api_job(struct conn *c, const struct grist_job *j, int keep)
+{
+    struct sbuf b = {0};
+    sb_put(&b, "{\"job\":", 7);
+    job_brief(&b, j);
+    sb_put(&b, ",\"groups\":[", 11);
+    for (uint32_t g = 0; g < j->ngroups; g++) {
+        int have;
+        if (g)
+            sb_put(&b, ",", 1);
+        sb_put(&b, "{\"name\":", 8);
+        sb_jstr(&b, j->groups[g].name);
+        sb_put(&b, ",\"momentum\":", 12);
+        sb_jnum(&b, gv_momentum(j, g, &have));
+        sb_put(&b, ",\"lr_scale\":", 12);
+        sb_jnum(&b, gv_lr_scale(j, g, &have));
+        if (j->last) {
+            const struct grist_engine_group_result *r = &j->last->groups[g];
+            sb_printf(&b, ",\"steps\":%llu,\"noise\":", (unsigned long long)r->steps);
+            sb_jnum(&b, r->choice.noise);
+            sb_put(&b, ",\"noise_scale\":", 15);
+            sb_jnum(&b, r->choice.noise_scale);
+            sb_put(&b, ",\"confidence\":", 14);
+            sb_jnum(&b, r->choice.confidence);
+            sb_put(&b, ",\"reason\":", 10);
+            sb_jstr(&b, r->reason);
+            const char *arr[3] = {"candidates", "alignment", "alignment_se"};
+            const double *src[3] = {r->cand, r->J, r->J_se};
+            for (int a = 0; a < 3; a++) {
+                sb_printf(&b, ",\"%s\":[", arr[a]);
+                for (uint32_t i = 0; i < r->ncand; i++) {
+                    if (i)
+                        sb_put(&b, ",", 1);
+                    sb_jnum(&b, src[a][i]);
+                }
+                sb_put(&b, "]", 1);
+            }
+            if (r->have_families) {
+                const struct grist_families *f = &r->fam;
+                sb_put(&b, ",\"families\":{\"trace\":", 21);
+                sb_jnum(&b, f->trace);
+                sb_put(&b, ",\"frobenius\":", 13);
+                sb_jnum(&b, f->frobenius);
+                sb_put(&b, ",\"lambda_max\":", 14);
+                sb_jnum(&b, f->lambda_max);
+                sb_put(&b, ",\"effective_rank\":", 18);
+                sb_jnum(&b, f->effective_rank);
+                sb_put(&b, ",\"value_frobenius\":", 19);
+                sb_jnum(&b, f->value_frobenius);
+                sb_put(&b, ",\"value_spectral\":", 18);
+                sb_jnum(&b, f->value_spectral);
+                sb_put(&b, ",\"value_isotropic\":", 19);
+                sb_jnum(&b, f->value_isotropic);
+                sb_put(&b, ",\"value_lyapunov\":", 18);
+                sb_jnum(&b, f->value_lyapunov);
+                sb_put(&b, "}", 1);
+            }
+        }
+        sb_put(&b, "}", 1);
+    }
+    sb_put(&b, "]}\n", 3);
+    respond(c, 200, "application/json", &b, keep);
+}
+
+/* value of query parameter `key` (percent-decoded into out); 1 if present */
+static int query_param(const char *q, const char *key, char *out, size_t outsz)
+{
+    const size_t kl = strlen(key);
+    while (q && *q) {
+        const char *amp = strchr(q, '&');
+        const size_t len = amp ? (size_t)(amp - q) : strlen(q);
+        if (len > kl && strncmp(q, key, kl) == 0 && q[kl] == '=') {
+            size_t o = 0;
+            for (size_t i = kl + 1; i < len && o + 1 < outsz; i++) {
+                unsigned v;
+                if (q[i] == '%' && i + 2 < len && isxdigit((unsigned char)q[i + 1]) &&
+                    isxdigit((unsigned char)q[i + 2]) && sscanf(q + i + 1, "%2x", &v) == 1) {
+                    out[o++] = (char)v;
+                    i += 2;
+                    continue;
+                }
+                out[o++] = q[i] == '+' ? ' ' : q[i];
+            }
+            out[o] = 0;
+            return 1;
+        }
+        q = amp ? amp + 1 : NULL;
+    }
+    return 0;
+}
+
+/* an unsigned integer parameter; 0 absent, 1 ok, -1 malformed */
+static int query_u64(const char *q, const char *key, uint64_t *v)
+{
+    char s[32];
+    if (!query_param(q, key, s, sizeof(s)))
+        return 0;
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(s, &end, 10);
+    if (!s[0] || *end || errno || s[0] == '-')
+        return -1;
+    *v = x;
+    return 1;
+}
+
+static void api_history(struct conn *c, const struct grist_job *j, const char *q, int keep)
+{
+    char series[32] = "momentum", gname[GRIST_GROUP_NAME_MAX + 1] = "";
+    uint64_t group = 0, from = 0, to = 0, points = 500;
+    if (query_param(q, "series", series, sizeof(series)) && grist__series_index(series) < 0) {
+        respond_error(c, 400, "series: not momentum, lr_scale, noise, noise_scale or confidence", keep);
+        return;
+    }
+    if (query_param(q, "group", gname, sizeof(gname))) {
+        /* a group index or a group name */
+        char *end;
+        unsigned long gi = strtoul(gname, &end, 10);
+        if (gname[0] && !*end) {
+            group = gi;
+        } else {
+            group = UINT64_MAX;
+            for (uint32_t g = 0; g < j->ngroups; g++)
+                if (strcmp(j->groups[g].name, gname) == 0)
+                    group = g;
+        }
+        if (group >= j->ngroups) {
+            respond_error(c, 404, "group: no such group in this job", keep);
+            return;
+        }
+    }
+    if (query_u64(q, "from", &from) < 0 || query_u64(q, "to", &to) < 0 ||
+        query_u64(q, "points", &points) < 0) {
+        respond_error(c, 400, "from, to and points must be unsigned integers", keep);
+        return;
+    }
+    if (points < 2 || points > 100000) {
+        respond_error(c, 400, "points: between 2 and 100000", keep);
+        return;
+    }
+    if (to && from > to) {
+        respond_error(c, 400, "from is after to", keep);
+        return;
+    }
+    uint64_t *steps = NULL;
+    double *vals = NULL;
+    size_t n = 0;
+    if (grist__history(j, (uint32_t)group, series, from, to, (size_t)points, &steps, &vals, &n) < 0) {
+        respond_error(c, 500, "history: out of memory", keep);
+        return;
+    }
+    struct sbuf b = {0};
+    sb_put(&b, "{\"job\":", 7);
+    sb_jstr(&b, j->id);
+    sb_put(&b, ",\"group\":", 9);
+    sb_jstr(&b, j->groups[group].name);
+    sb_put(&b, ",\"series\":", 10);
+    sb_jstr(&b, series);
+    sb_put(&b, ",\"steps\":[", 10);
+    for (size_t i = 0; i < n; i++)
+        sb_printf(&b, i ? ",%llu" : "%llu", (unsigned long long)steps[i]);
+    sb_put(&b, "],\"values\":[", 12);
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            sb_put(&b, ",", 1);
+        sb_jnum(&b, vals[i]);
+    }
+    sb_put(&b, "]}\n", 3);
+    free(steps);
+    free(vals);
+    respond(c, 200, "application/json", &b, keep);
+}
+
+/* percent-decode a path segment in place; -1 on a bad escape */
+static int pct_decode(char *s)
+{
+    char *o = s;
+    for (char *p = s; *p; p++) {
+        if (*p == '%') {
+            unsigned v;
+            if (!p[1] || !p[2] || sscanf(p + 1, "%2x", &v) != 1 || v == 0)
+                return -1;
+            *o++ = (char)v;
+            p += 2;
+        } else {
+            *o++ = *p;
+        }
+    }
+    *o = 0;
+    return 0;
+}
+
+static void route(struct conn *c)
+{
+    const int keep = http_should_keep_alive(&c->parser);
+    if (c->too_long) {
+        respond_error(c, 414, "request URL or headers too long", 0);
+        return;
+    }
+    if (c->parser.method != HTTP_GET && c->parser.method != HTTP_HEAD) {
+        respond_error(c, 405, "only GET is served", keep);
+        return;
+    }
+    char path[URL_MAX + 1];
+    const char *q = strchr(c->url, '?');
+    const size_t plen = q ? (size_t)(q - c->url) : c->url_len;
+    memcpy(path, c->url, plen);
+    path[plen] = 0;
+    q = q ? q + 1 : "";
+    if (strcmp(path, "/metrics") == 0) {
+        metrics(c, keep);
+        return;
+    }
+    if (strcmp(path, "/") == 0 || strcmp(path, "/index.html") == 0) {
+        struct sbuf b = {0};
+        sb_put(&b, (const char *)grist_www_index, grist_www_index_len); {
+        respond(c, 200, "text/html; charset=utf-8", &b, keep);
+        return;
+    }
+    }
+    if (strcmp(path, "/api/v1/jobs") == 0 || strcmp(path, "/api/v1/jobs/") == 0) {
+        api_jobs(c, keep);
+        return;
+    }
+    static const char prefix[] = "/api/v1/jobs/";
+    if (strncmp(path, prefix, sizeof(prefix) - 1) == 0) {
+        char *id = path + sizeof(prefix) - 1;
+        char *rest = strchr(id, '/');
+        if (rest)
+            *rest++ = 0;
+        if (pct_decode(id) < 0) {
+            respond_error(c, 400, "job id: bad percent-encoding", keep);
+            return;
+        }
+        struct grist_job *j = grist__job_find(c->h->d, id);
+        if (!j) {
+            respond_error(c, 404, "no such job", keep);
+            return;
+        }
+        if (!rest || !*rest) {
+            api_job(c, j, keep);
+            return;
+        }
+        if (strcmp(rest, "history") == 0) {
+            api_history(c, j, q, keep);
+            return;
+        }
+    }
+    respond_error(c, 404, "no such resource (see /api/v1/jobs, /metrics, /)", keep);
+}
+
+/* ---- parsing ---- */
+
+static int on_message_begin(http_parser *p)
+{
+    struct conn *c = p->data;
+    c->url_len = 0;
+    c->url[0] = 0;
+    c->header_bytes = 0;
+    c->too_long = 0;
+    return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    if (c->url_len + len > URL_MAX) {
+        c->too_long = 1;
+        return 0;
+    }
+    memcpy(c->url + c->url_len, at, len);
+    c->url_len += len;
+    c->url[c->url_len] = 0;
+    return 0;
+}
+
+static int on_header_bytes(http_parser *p, const char *at, size_t len)
+{
+    (void)at;
+    struct conn *c = p->data;
+    c->header_bytes += len;
+    if (c->header_bytes > HEADER_MAX)
+        c->too_long = 1;
+    return 0;
+}
+
+static int on_message_complete(http_parser *p)
+{
+    struct conn *c = p->data;
+    route(c);
+    /* one request at a time: stop parsing until the response is written */
+    http_parser_pause(p, 1);
+    return 0;
+}
+
+static http_parser_settings g_settings;
+
+static void on_alloc(uv_handle_t *hd, size_t sz, uv_buf_t *b)
+{
+    (void)hd;
+    b->base = malloc(sz);
+    b->len = b->base ? sz : 0;
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+    struct conn *c = s->data;
+    if (n < 0) {
+        free(b->base);
+        conn_close(c);
+        return;
+    }
+    if (n == 0 || c->closing) {
+        free(b->base);
+        return;
+    }
+    if (c->busy) { /* pipelined request while one is being answered: not supported */
+        free(b->base);
+        conn_close(c);
+        return;
+    }
+    const size_t used = http_parser_execute(&c->parser, &g_settings, b->base, (size_t)n);
+    const enum http_errno err = HTTP_PARSER_ERRNO(&c->parser);
+    if (err == HPE_PAUSED) {
+        http_parser_pause(&c->parser, 0);
+        if (used + 1 < (size_t)n && !c->busy) /* more bytes after the request: pipelining */
+            conn_close(c);
+    } else if (err != HPE_OK) {
+        if (!c->busy)
+            respond_error(c, 400, http_errno_description(err), 0);
+        else
+            conn_close(c);
+    }
+    free(b->base);
+}
+
+static void on_connection(uv_stream_t *srv, int status)
+{
+    struct grist_http *h = srv->data;
+    if (status < 0 || h->stopping)
+        return;
+    struct conn *c = calloc(1, sizeof(*c));
+    if (!c)
+        return;
+    c->h = h;
+    uv_tcp_init(h->d->loop, &c->tcp);
+    c->tcp.data = c;
+    if (uv_accept(srv, (uv_stream_t *)&c->tcp) < 0) {
+        uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+        return;
+    }
+    c->next = h->conns;
+    h->conns = c;
+    http_parser_init(&c->parser, HTTP_REQUEST);
+    c->parser.data = c;
+    uv_tcp_nodelay(&c->tcp, 1);
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}
+
+int grist__http_start(struct grist_daemon *d, const char *address, struct grist_http **out)
+{
+    char host[256];
+    const char *colon = strrchr(address, ':');
+    if (!colon || colon == address || (size_t)(colon - address) >= sizeof(host))
+        return -EINVAL;
+    memcpy(host, address, (size_t)(colon - address));
+    host[colon - address] = 0;
+    char *end;
+    const long port = strtol(colon + 1, &end, 10);
+    if (*end || port < 0 || port > 65535)
+        return -EINVAL;
+    struct sockaddr_storage ss;
+    if (host[0] == '[') { /* [v6]:port */
+        size_t hl = strlen(host);
+        if (hl < 2 || host[hl - 1] != ']')
+            return -EINVAL;
+        host[hl - 1] = 0;
+        if (uv_ip6_addr(host + 1, (int)port, (struct sockaddr_in6 *)&ss) < 0)
+            return -EINVAL;
+    } else if (uv_ip4_addr(strcmp(host, "localhost") == 0 ? "127.0.0.1" : host, (int)port,
+                           (struct sockaddr_in *)&ss) < 0) {
+        return -EINVAL;
+    }
+    http_parser_settings_init(&g_settings);
+    g_settings.on_message_begin = on_message_begin;
+    g_settings.on_url = on_url;
+    g_settings.on_header_field = on_header_bytes;
+    g_settings.on_header_value = on_header_bytes;
+    g_settings.on_message_complete = on_message_complete;
+    struct grist_http *h = calloc(1, sizeof(*h));
+    if (!h)
+        return -ENOMEM;
+    h->d = d;
+    uv_tcp_init(d->loop, &h->srv);
+    h->srv.data = h;
+    int r = uv_tcp_bind(&h->srv, (const struct sockaddr *)&ss, 0);
+    if (r == 0)
+        r = uv_listen((uv_stream_t *)&h->srv, 128, on_connection);
+    if (r < 0) {
+        GRIST_ERR("--http %s: %s", address, uv_strerror(r));
+        uv_close((uv_handle_t *)&h->srv, (uv_close_cb)free);
+        return r;
+    }
+    struct sockaddr_storage bound;
+    int blen = sizeof(bound);
+    uv_tcp_getsockname(&h->srv, (struct sockaddr *)&bound, &blen);
+    char ip[64] = "?";
+    if (bound.ss_family == AF_INET6) {
+        uv_ip6_name((struct sockaddr_in6 *)&bound, ip, sizeof(ip));
+        snprintf(h->bound, sizeof(h->bound), "[%s]:%d", ip,
+                 ntohs(((struct sockaddr_in6 *)&bound)->sin6_port));
+    } else {
+        uv_ip4_name((struct sockaddr_in *)&bound, ip, sizeof(ip));
+        snprintf(h->bound, sizeof(h->bound), "%s:%d", ip,
+                 ntohs(((struct sockaddr_in *)&bound)->sin_port));
+    }
+    GRIST_INFO("http: serving /metrics, /api/v1 and / on %s", h->bound);
+    *out = h;
+    return 0;
+}
+
+const char *grist__http_bound(const struct grist_http *h)
+{
+    return h->bound;
+}
+
+void grist__http_stop(struct grist_http *h)
+{
+    if (!h)
+        return;
+    h->stopping = 1;
+    /* libuv runs close callbacks in its own order: detach the connections
+     * from h before h goes with its listener */
+    for (struct conn *c = h->conns, *n; c; c = n) {
+        n = c->next;
+        c->h = NULL;
+        conn_close(c);
+    }
+    h->conns = NULL;
+    uv_close((uv_handle_t *)&h->srv, (uv_close_cb)free);
+}

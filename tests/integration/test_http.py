@@ -1,0 +1,265 @@
+"""gristd's HTTP endpoint against a live daemon fed by libgrist (issue P7):
+the ready fd's http line, the JSON API (jobs, job, history with LTTB
+downsampling: points requested = points returned), 400/404/405/414 with a
+JSON error, /metrics checked by `promtool check metrics` and scraped by a
+real Prometheus server that answers a PromQL query for a job's momentum,
+the cardinality limit, and the page loaded in headless Chromium (DOM
+checked, screenshot saved next to the test logs).
+
+    PYTHONPATH=build/proto GRIST_LIB=build/client/libgrist.so \\
+        /usr/bin/python3 tests/integration/test_http.py build/daemon/gristd
+"""
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+if os.environ.get("GRISTD_WRAPPER"):
+    print("skipped under the valgrind setup (Prometheus and Chromium are not run under memcheck)")
+    sys.exit(77)
+
+import pytest_util  # noqa: F401  (puts client/python on the path)
+import numpy as np
+
+from grist._native import Client, Session, group_seed, sketch_f32
+
+
+def start(gristd, *extra):
+    """gristd with --http on a free port; returns (proc, grpc address, http address)."""
+    r, w = os.pipe()
+    proc = subprocess.Popen([gristd, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0",
+                             "--ready-fd", str(w), "--log-level", "warn", *extra], pass_fds=(w,))
+    os.close(w)
+    out = b""
+    while chunk := os.read(r, 4096):
+        out += chunk
+    os.close(r)
+    lines = dict(line.split(" ", 1) for line in out.decode().splitlines())
+    assert "grpc" in lines and "http" in lines, out
+    return proc, lines["grpc"], lines["http"]
+
+
+def get(http, path, method="GET"):
+    """(status, content type, body bytes)"""
+    req = urllib.request.Request(f"http://{http}{path}", method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.headers.get("Content-Type"), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type"), e.read()
+
+
+def get_json(http, path, want=200):
+    st, ct, body = get(http, path)
+    assert st == want, (path, st, body[:300])
+    assert ct.startswith("application/json"), ct
+    return json.loads(body)
+
+
+def feed(addr, job, steps, groups=("conv", "head"), m=256):
+    """A real libgrist session submitting sketches of an AR(1) gradient."""
+    client = Client(addr, queue_capacity=4096)
+    sess = Session(client, job, [dict(name=g, n=4096, beta=0.9, lr=0.1) for g in groups],
+                   sketch_dim=m, policy={"solve_every": 1, "min_steps": 2})
+    assert sess.wait_ready(10)
+    seeds = [group_seed(sess.job_seed, g) for g in range(len(groups))]
+    rng = np.random.default_rng(1)
+    g = rng.standard_normal((len(groups), 4096)).astype(np.float32)
+    for t in range(1, steps + 1):
+        g = (0.8 * g + 0.6 * rng.standard_normal(g.shape)).astype(np.float32)
+        acc = np.zeros((len(groups), m))
+        sq = np.zeros((len(groups), 1))
+        for k in range(len(groups)):
+            sketch_f32(seeds[k], g[k].ctypes.data, g.shape[1], 0, acc[k], sq[k])
+        sess.submit(t, acc.astype(np.float32), sq[:, 0], [32] * len(groups))
+    return client, sess
+
+
+def wait_step(http, job, steps, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = get_json(http, "/api/v1/jobs")["jobs"]
+        j = [x for x in jobs if x["id"] == job]
+        if j and j[0]["step"] >= steps:
+            return j[0]
+        time.sleep(0.1)
+    raise AssertionError(f"job {job} did not reach step {steps}")
+
+
+def check_api(http):
+    jobs = get_json(http, "/api/v1/jobs")["jobs"]
+    a = [j for j in jobs if j["id"] == "http a/1"][0]
+    assert a["groups"] == 2 and a["world_size"] == 1 and a["sketch_dim"] == 256, a
+    job = get_json(http, "/api/v1/jobs/" + urllib.parse.quote("http a/1", safe=""))
+    assert [g["name"] for g in job["groups"]] == ["conv", "head"]
+    for g in job["groups"]:
+        assert 0.0 <= g["momentum"] < 1.0 and g["lr_scale"] > 0
+        assert len(g["candidates"]) == len(g["alignment"]) == len(g["alignment_se"]) > 3
+        assert g["steps"] >= 600
+        assert g["families"]["trace"] > 0 and g["families"]["effective_rank"] >= 1, g["families"]
+    q = "/api/v1/jobs/http%20a%2F1/history"
+    full = get_json(http, q + "?group=conv&series=momentum&points=100000")
+    n = len(full["steps"])
+    # one evaluation per batch of steps the compute thread took at once
+    assert n >= 300 and full["steps"] == sorted(full["steps"]), n
+    for points in (2, 3, 100, 257):
+        h = get_json(http, f"{q}?group=1&series=noise_scale&points={points}")
+        assert len(h["steps"]) == len(h["values"]) == points, (points, len(h["steps"]))
+        assert h["steps"][0] == full["steps"][0] and h["steps"][-1] == full["steps"][-1]
+    part = get_json(http, f"{q}?group=head&series=lr_scale&from=100&to=199&points=1000")
+    inside = [s for s in full["steps"] if 100 <= s <= 199]  # fewer than asked: all of them
+    assert part["steps"] == inside and len(inside) > 10, (part["steps"], inside)
+    assert all(v is None or math.isfinite(v) for v in part["values"])
+    # errors: a JSON body with the status
+    for path, code in [("/api/v1/jobs/nope", 404), (q + "?group=nope", 404), (q + "?group=7", 404),
+                       (q + "?series=bogus", 400), (q + "?points=abc", 400), (q + "?points=1", 400),
+                       (q + "?from=10&to=5", 400), ("/api/v1/jobs/%zz", 400), ("/nothing", 404),
+                       ("/api/v1/jobs/http%20a%2F1/nothing", 404)]:
+        err = get_json(http, path, want=code)
+        assert err["status"] == code and err["error"], (path, err)
+    st, _, body = get(http, "/api/v1/jobs", method="POST")
+    assert st == 405 and json.loads(body)["status"] == 405
+    st, _, _ = get(http, "/api/v1/jobs?x=" + "a" * 6000)
+    assert st == 414, st
+    print(f"api: {len(jobs)} jobs, history of {n} evaluations downsampled exactly, errors ok")
+
+
+def check_metrics(http):
+    st, ct, body = get(http, "/metrics")
+    assert st == 200 and ct.startswith("text/plain; version=0.0.4"), (st, ct)
+    text = body.decode()
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: sh deploy/setup.sh installs Debian's prometheus"
+    p = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    for needle in ['gristd_group_momentum{job="http a/1",group="conv"}',
+                   'gristd_group_effective_rank{job="http a/1",group="head"}',
+                   "gristd_push_latency_seconds_bucket{le=\"+Inf\"}",
+                   "gristd_solve_duration_seconds_count", "gristd_streams 2",
+                   "# TYPE gristd_summaries_total counter"]:
+        assert needle in text, needle
+    count = [ln for ln in text.splitlines() if ln.startswith("gristd_solve_duration_seconds_count")]
+    assert int(count[0].split()[1]) >= 300, count  # one per evaluation
+    print(f"metrics: {len(text.splitlines())} lines, promtool check metrics passed")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def check_prometheus(http):
+    prom = shutil.which("prometheus")
+    assert prom, "prometheus missing: sh deploy/setup.sh installs it"
+    tmp = tempfile.mkdtemp()
+    conf = os.path.join(tmp, "prometheus.yml")
+    with open(conf, "w") as f:
+        f.write("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: gristd\n"
+                f"    static_configs:\n      - targets: ['{http}']\n")
+    port = free_port()
+    proc = subprocess.Popen([prom, f"--config.file={conf}", f"--storage.tsdb.path={tmp}/data",
+                             f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        query = urllib.parse.quote('gristd_group_momentum{exported_job="http a/1",group="conv"}')
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline, "Prometheus never returned the series"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/query?query={query}",
+                                            timeout=5) as r:
+                    res = json.load(r)["data"]["result"]
+                if res:
+                    break
+            except (urllib.error.URLError, ConnectionError, KeyError):
+                pass
+            time.sleep(0.5)
+        v = float(res[0]["value"][1])
+        assert 0.0 <= v < 1.0, res
+        print(f"prometheus: scraped gristd, PromQL momentum of http a/1 conv = {v:.4f}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_page(http, artifacts):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium missing: sh deploy/setup.sh installs it"
+    st, ct, body = get(http, "/")
+    assert st == 200 and ct.startswith("text/html") and b"<title>gristd</title>" in body
+    base = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--virtual-time-budget=10000", "--window-size=1300,1100", f"--user-data-dir={tempfile.mkdtemp()}"]
+    page = f"http://{http}/#job=" + urllib.parse.quote("http a/1", safe="")
+    p = subprocess.run(base + ["--dump-dom", page], capture_output=True, timeout=120)
+    dom = p.stdout.decode()
+    assert 'data-job="http a/1"' in dom, dom[:2000]
+    assert dom.count('class="group"') >= 2, "the selected job's groups are not drawn"
+    assert "momentum over steps" in dom and ("<canvas" in dom or "uplot" in dom), dom[:3000]
+    assert "live," in dom, "the page did not finish a refresh"
+    shot = os.path.join(artifacts, "http-page.png")
+    subprocess.run(base + [f"--screenshot={shot}", page], capture_output=True,
+                   timeout=120)
+    assert os.path.getsize(shot) > 10000, "screenshot missing or empty"
+    print(f"page: DOM has the job and its charts ({'uPlot' if 'uplot' in dom else 'canvas'}); "
+          f"screenshot {shot}")
+
+
+def check_cardinality(gristd):
+    proc, addr, http = start(gristd, "--metrics-max-jobs", "1")
+    try:
+        c1, s1 = feed(addr, "card-1", 5)
+        c2, s2 = feed(addr, "card-2", 5)
+        wait_step(http, "card-2", 5)
+        wait_step(http, "card-1", 5)
+        text = get(http, "/metrics")[2].decode()
+        jobs = {ln.split('job="')[1].split('"')[0] for ln in text.splitlines()
+                if ln.startswith("gristd_group_momentum{")}
+        assert len(jobs) == 1, jobs
+        assert "gristd_metrics_jobs_omitted 1" in text
+        for s, c in ((s1, c1), (s2, c2)):
+            s.close()
+            c.close()
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+    print("cardinality: --metrics-max-jobs 1 keeps one job's series, counts the other")
+
+
+def main():
+    gristd = sys.argv[1]
+    artifacts = os.path.join(os.path.dirname(os.path.abspath(gristd)), "..", "meson-logs")
+    proc, addr, http = start(gristd)
+    try:
+        c1, s1 = feed(addr, "http a/1", 650)
+        c2, s2 = feed(addr, "http-b", 30, groups=("all",))
+        wait_step(http, "http a/1", 650)
+        wait_step(http, "http-b", 30)
+        check_api(http)
+        check_metrics(http)
+        check_prometheus(http)
+        check_page(http, artifacts)
+        for s, c in ((s1, c1), (s2, c2)):
+            s.close()
+            c.close()
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+    check_cardinality(gristd)
+    print("http: ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
