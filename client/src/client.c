@@ -28,6 +28,7 @@
 
 #include "grist/client.h"
 #include "grist/v1/grist.pb-c.h"
+#include "internal.h"
 #include "queue.h"
 #include "sketcher.h"
 
@@ -94,6 +95,11 @@ void grist_client_options_default(struct grist_client_options *o)
     o->backoff_max_s = 5.0;
     o->queue_capacity = 64;
     o->max_message_bytes = 64 << 20;
+}
+
+grpc_channel *grist__client_channel(struct grist_client *c)
+{
+    return c->ch;
 }
 
 uint32_t grist_sketch_group_seed(uint32_t job_seed, uint32_t group_index)

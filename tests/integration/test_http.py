@@ -151,6 +151,46 @@ def check_metrics(http):
     print(f"metrics: {len(text.splitlines())} lines, promtool check metrics passed")
 
 
+def check_gristctl(gristd, addr, http):
+    """gristctl (libgrist's query calls) against the same daemon: what it
+    prints agrees with the JSON API, errors map to exit statuses."""
+    ctl = os.path.join(os.path.dirname(os.path.abspath(gristd)), "..", "client", "gristctl")
+
+    def run(*args, code=0):
+        p = subprocess.run([ctl, "--address", addr, "--timeout", "5", *args], capture_output=True,
+                           text=True, timeout=60)
+        assert p.returncode == code, (args, p.returncode, p.stdout[-500:], p.stderr[-500:])
+        return p.stdout
+
+    jobs = json.loads(run("jobs", "--json"))["jobs"]
+    assert {"http a/1", "http-b"} <= {j["id"] for j in jobs}, jobs
+    assert "http a/1" in run("jobs")
+    job = json.loads(run("job", "http a/1", "--json"))
+    api = get_json(http, "/api/v1/jobs/http%20a%2F1")
+    assert [g["name"] for g in job["groups"]] == ["conv", "head"]
+    for g, a in zip(job["groups"], api["groups"]):
+        assert g["momentum"] == a["momentum"] and g["candidates"] == a["candidates"], (g, a)
+        assert g["families"]["trace"] == a["families"]["trace"]
+    table = run("job", "http a/1")
+    assert "conv" in table and "momentum" in table
+    h = json.loads(run("history", "http a/1", "--group", "1", "--series", "noise_scale",
+                       "--points", "100", "--json"))
+    ha = get_json(http, "/api/v1/jobs/http%20a%2F1/history?group=1&series=noise_scale&points=100")
+    assert len(h["steps"]) == 100 and h["steps"] == ha["steps"] and h["values"] == ha["values"]
+    assert len(run("history", "http a/1", "--points", "10").strip().splitlines()) == 11
+    lines = [ln for ln in run("watch", "http a/1", "--for", "1.5", "--json").splitlines() if ln]
+    assert lines and json.loads(lines[0])["job"]["id"] == "http a/1", lines
+    run("job", "nope", code=3)
+    run("history", "http a/1", "--series", "bogus", code=3)
+    run("history", "http a/1", "--group", "9", code=3)
+    p = subprocess.run([ctl, "--address", f"127.0.0.1:{free_port()}", "--timeout", "2", "jobs"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "gristctl" in p.stderr, (p.returncode, p.stderr)
+    run("frobnicate", code=2)
+    print(f"gristctl: jobs, job, history (= the JSON API's downsampling), watch "
+          f"({len(lines)} states in 1.5 s), exit statuses 1/2/3")
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -250,6 +290,7 @@ def main():
         check_metrics(http)
         check_prometheus(http)
         check_page(http, artifacts)
+        check_gristctl(gristd, addr, http)
         for s, c in ((s1, c1), (s2, c2)):
             s.close()
             c.close()

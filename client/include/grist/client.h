@@ -216,6 +216,81 @@ GRIST_EXPORT void grist_session_stats(struct grist_session *s, struct grist_sess
 /** Detach (the stream is cancelled; queued summaries are dropped) and free. NULL is allowed. */
 GRIST_EXPORT void grist_session_close(struct grist_session *s);
 
+/* ---- queries (dashboards, gristctl): blocking calls on the client's channel ---- */
+
+/** One job, as ListJobs / GetJob describe it. */
+struct grist_job_info {
+    char id[129];
+    uint32_t world_size;     /**< ranks of the job */
+    uint32_t live_workers;   /**< Attach streams open now */
+    uint64_t step;           /**< newest aggregated step */
+    uint64_t version;        /**< hyperparameter versions pushed */
+    uint64_t dropped_steps;  /**< steps lost because a compute thread was behind */
+    uint64_t late_summaries; /**< summaries for a step already aggregated */
+};
+
+/** Maximum candidates a grist_group_info carries. */
+#define GRIST_QUERY_MAX_CANDIDATES 128
+
+/** One parameter group's state, as GetJob / WatchJob describe it. */
+struct grist_group_info {
+    char name[65];
+    double momentum, lr_scale;   /**< in force */
+    double noise, noise_scale;   /**< sigma-hat^2 and B_noise */
+    uint64_t steps;              /**< steps evaluated */
+    uint32_t ncand;              /**< candidates below (0 before the first evaluation) */
+    double cand[GRIST_QUERY_MAX_CANDIDATES], J[GRIST_QUERY_MAX_CANDIDATES],
+        J_se[GRIST_QUERY_MAX_CANDIDATES];
+    int have_families;           /**< the family diagnostics below are set */
+    double trace, frobenius, lambda_max, effective_rank;
+    double value_frobenius, value_spectral, value_isotropic, value_lyapunov;
+};
+
+/**
+ * Every job the daemon serves. *jobs is malloc'ed (free() it); *n its length.
+ *
+ * @return 0; -ETIMEDOUT; -ECONNREFUSED (daemon unreachable); -EPROTO (bad
+ *         answer); -ENOMEM.
+ */
+GRIST_EXPORT int grist_query_jobs(struct grist_client *c, double timeout_s,
+                                  struct grist_job_info **jobs, uint32_t *n);
+
+/**
+ * One job and its groups. *groups is malloc'ed (free() it).
+ *
+ * @return 0; -ENOENT (no such job); the codes of grist_query_jobs().
+ */
+GRIST_EXPORT int grist_query_job(struct grist_client *c, const char *job, double timeout_s,
+                                 struct grist_job_info *info, struct grist_group_info **groups,
+                                 uint32_t *ngroups);
+
+/**
+ * One series ("momentum", "lr_scale", "noise", "noise_scale", "confidence")
+ * of a group between steps from and to (0: up to now), downsampled by the
+ * daemon (largest-triangle-three-buckets) to at most points. *steps and
+ * *values are malloc'ed.
+ *
+ * @return 0; -ENOENT (no such job); -EINVAL (group or series); as above.
+ */
+GRIST_EXPORT int grist_query_history(struct grist_client *c, const char *job, uint32_t group,
+                                     const char *series, uint64_t from, uint64_t to,
+                                     uint32_t points, double timeout_s, uint64_t **steps,
+                                     double **values, uint32_t *n);
+
+/** Called by grist_query_watch() with each new state; return nonzero to stop. */
+typedef int grist_watch_fn(void *ud, const struct grist_job_info *info,
+                           const struct grist_group_info *groups, uint32_t ngroups);
+
+/**
+ * Follow a job: fn gets the current state, then every new evaluation, until
+ * it returns nonzero, the job ends, or duration_s passes (0: no limit).
+ *
+ * @return 0 (stopped by fn, the job ended, or the duration passed); -ENOENT;
+ *         the codes of grist_query_jobs().
+ */
+GRIST_EXPORT int grist_query_watch(struct grist_client *c, const char *job, double duration_s,
+                                   grist_watch_fn *fn, void *ud);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,12 @@
+/* libgrist internals shared between its source files. */
+#ifndef GRIST_CLIENT_INTERNAL_H
+#define GRIST_CLIENT_INTERNAL_H
+
+#include <grpc/grpc.h>
+
+#include "grist/client.h"
+
+/* The client's channel (query.c makes its blocking calls on it). */
+grpc_channel *grist__client_channel(struct grist_client *c);
+
+#endif

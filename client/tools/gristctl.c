@@ -1,0 +1,301 @@
+/*
+ * gristctl: gristd from the command line, through libgrist's query calls.
+ *
+ *   gristctl [--address HOST:PORT|unix:PATH] [--timeout S] COMMAND ...
+ *     jobs [--json]                       every job
+ *     job ID [--json]                     a job and its groups
+ *     watch ID [--for S] [--json]         the job's state at each evaluation
+ *                                         (a table redrawn in place on a terminal)
+ *     history ID [--group G] [--series NAME] [--points N] [--from S] [--to S] [--json]
+ *
+ * The address defaults to $GRIST_ADDRESS, then 127.0.0.1:7788. Exit status:
+ * 0; 1 the daemon failed or is unreachable; 2 usage; 3 no such job, group or
+ * series.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "grist/client.h"
+
+static double g_timeout = 10.0;
+static int g_json;
+
+static int usage(void)
+{
+    fprintf(stderr,
+            "usage: gristctl [--address HOST:PORT|unix:PATH] [--timeout S] COMMAND\n"
+            "  jobs [--json]\n"
+            "  job ID [--json]\n"
+            "  watch ID [--for SECONDS] [--json]\n"
+            "  history ID [--group G] [--series momentum|lr_scale|noise|noise_scale|confidence]\n"
+            "             [--points N] [--from STEP] [--to STEP] [--json]\n");
+    return 2;
+}
+
+static int fail(const char *what, int r)
+{
+    fprintf(stderr, "gristctl: %s: %s\n", what,
+            r == -ENOENT ? "no such job" : r == -EINVAL ? "invalid argument (group or series)"
+                                                        : strerror(-r));
+    return r == -ENOENT || r == -EINVAL ? 3 : 1;
+}
+
+static void json_str(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            printf("\\%c", *s);
+        else if ((unsigned char)*s < 0x20)
+            printf("\\u%04x", *s);
+        else
+            putchar(*s);
+    }
+    putchar('"');
+}
+
+static void json_num(double v)
+{
+    if (isfinite(v))
+        printf("%.17g", v);
+    else
+        printf("null");
+}
+
+static void json_job(const struct grist_job_info *j)
+{
+    printf("{\"id\":");
+    json_str(j->id);
+    printf(",\"world_size\":%u,\"live_workers\":%u,\"step\":%llu,\"version\":%llu,"
+           "\"dropped_steps\":%llu,\"late_summaries\":%llu}",
+           j->world_size, j->live_workers, (unsigned long long)j->step,
+           (unsigned long long)j->version, (unsigned long long)j->dropped_steps,
+           (unsigned long long)j->late_summaries);
+}
+
+static void json_groups(const struct grist_group_info *g, uint32_t n)
+{
+    printf("[");
+    for (uint32_t i = 0; i < n; i++) {
+        printf(i ? ",{\"name\":" : "{\"name\":");
+        json_str(g[i].name);
+        printf(",\"momentum\":");
+        json_num(g[i].momentum);
+        printf(",\"lr_scale\":");
+        json_num(g[i].lr_scale);
+        printf(",\"noise\":");
+        json_num(g[i].noise);
+        printf(",\"noise_scale\":");
+        json_num(g[i].noise_scale);
+        printf(",\"steps\":%llu,\"candidates\":[", (unsigned long long)g[i].steps);
+        for (uint32_t k = 0; k < g[i].ncand; k++) {
+            if (k)
+                putchar(',');
+            json_num(g[i].cand[k]);
+        }
+        printf("],\"alignment\":[");
+        for (uint32_t k = 0; k < g[i].ncand; k++) {
+            if (k)
+                putchar(',');
+            json_num(g[i].J[k]);
+        }
+        printf("]");
+        if (g[i].have_families) {
+            printf(",\"families\":{\"trace\":");
+            json_num(g[i].trace);
+            printf(",\"effective_rank\":");
+            json_num(g[i].effective_rank);
+            printf(",\"lambda_max\":");
+            json_num(g[i].lambda_max);
+            printf("}");
+        }
+        printf("}");
+    }
+    printf("]");
+}
+
+static void table_job(const struct grist_job_info *j, const struct grist_group_info *g, uint32_t n)
+{
+    printf("job %s: step %llu, version %llu, workers %u/%u, dropped steps %llu\n", j->id,
+           (unsigned long long)j->step, (unsigned long long)j->version, j->live_workers,
+           j->world_size, (unsigned long long)j->dropped_steps);
+    printf("%-20s %9s %9s %12s %12s %8s %10s %8s\n", "group", "momentum", "lr_scale", "noise",
+           "noise_scale", "steps", "tr Sigma", "eff.rank");
+    for (uint32_t i = 0; i < n; i++) {
+        printf("%-20s %9.4f %9.4f %12.4g %12.4g %8llu", g[i].name, g[i].momentum, g[i].lr_scale,
+               g[i].noise, g[i].noise_scale, (unsigned long long)g[i].steps);
+        if (g[i].have_families)
+            printf(" %10.4g %8.2f\n", g[i].trace, g[i].effective_rank);
+        else
+            printf(" %10s %8s\n", "-", "-");
+    }
+}
+
+struct watch_state {
+    int tty, updates;
+};
+
+static int on_watch(void *ud, const struct grist_job_info *j, const struct grist_group_info *g,
+                    uint32_t n)
+{
+    struct watch_state *w = ud;
+    w->updates++;
+    if (g_json) {
+        printf("{\"job\":");
+        json_job(j);
+        printf(",\"groups\":");
+        json_groups(g, n);
+        printf("}\n");
+    } else {
+        if (w->tty)
+            printf("\033[H\033[J"); /* home, clear: the table is redrawn in place */
+        table_job(j, g, n);
+        if (!w->tty)
+            printf("\n");
+    }
+    fflush(stdout);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *address = getenv("GRIST_ADDRESS");
+    if (!address || !*address)
+        address = "127.0.0.1:7788";
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (!strcmp(argv[i], "--address") && i + 1 < argc)
+            address = argv[++i];
+        else if (!strcmp(argv[i], "--timeout") && i + 1 < argc)
+            g_timeout = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+            return usage() == 2 ? 0 : 0;
+        else
+            return usage();
+    }
+    if (i >= argc)
+        return usage();
+    const char *cmd = argv[i++];
+    const char *id = NULL;
+    uint32_t group = 0, points = 100;
+    const char *series = "momentum";
+    uint64_t from = 0, to = 0;
+    double duration = 0;
+    for (; i < argc; i++) {
+        const char *a = argv[i];
+        const int has = i + 1 < argc;
+        if (!strcmp(a, "--json"))
+            g_json = 1;
+        else if (!strcmp(a, "--group") && has)
+            group = (uint32_t)strtoul(argv[++i], NULL, 10);
+        else if (!strcmp(a, "--series") && has)
+            series = argv[++i];
+        else if (!strcmp(a, "--points") && has)
+            points = (uint32_t)strtoul(argv[++i], NULL, 10);
+        else if (!strcmp(a, "--from") && has)
+            from = strtoull(argv[++i], NULL, 10);
+        else if (!strcmp(a, "--to") && has)
+            to = strtoull(argv[++i], NULL, 10);
+        else if (!strcmp(a, "--for") && has)
+            duration = atof(argv[++i]);
+        else if (a[0] != '-' && !id)
+            id = a;
+        else
+            return usage();
+    }
+    struct grist_client *c;
+    int r = grist_client_open(address, NULL, &c);
+    if (r < 0)
+        return fail("open", r);
+    int rc = 0;
+    if (!strcmp(cmd, "jobs")) {
+        struct grist_job_info *jobs;
+        uint32_t n;
+        r = grist_query_jobs(c, g_timeout, &jobs, &n);
+        if (r < 0) {
+            rc = fail(address, r);
+        } else {
+            if (g_json) {
+                printf("{\"jobs\":[");
+                for (uint32_t k = 0; k < n; k++) {
+                    if (k)
+                        putchar(',');
+                    json_job(&jobs[k]);
+                }
+                printf("]}\n");
+            } else {
+                printf("%-32s %8s %8s %10s %8s %8s\n", "job", "workers", "world", "step", "version",
+                       "dropped");
+                for (uint32_t k = 0; k < n; k++)
+                    printf("%-32s %8u %8u %10llu %8llu %8llu\n", jobs[k].id, jobs[k].live_workers,
+                           jobs[k].world_size, (unsigned long long)jobs[k].step,
+                           (unsigned long long)jobs[k].version,
+                           (unsigned long long)jobs[k].dropped_steps);
+            }
+            free(jobs);
+        }
+    } else if (!strcmp(cmd, "job") && id) {
+        struct grist_job_info info;
+        struct grist_group_info *g;
+        uint32_t n;
+        r = grist_query_job(c, id, g_timeout, &info, &g, &n);
+        if (r < 0) {
+            rc = fail(id, r);
+        } else {
+            if (g_json) {
+                printf("{\"job\":");
+                json_job(&info);
+                printf(",\"groups\":");
+                json_groups(g, n);
+                printf("}\n");
+            } else {
+                table_job(&info, g, n);
+            }
+            free(g);
+        }
+    } else if (!strcmp(cmd, "watch") && id) {
+        struct watch_state w = {isatty(STDOUT_FILENO), 0};
+        r = grist_query_watch(c, id, duration, on_watch, &w);
+        if (r < 0)
+            rc = fail(id, r);
+    } else if (!strcmp(cmd, "history") && id) {
+        uint64_t *steps;
+        double *vals;
+        uint32_t n;
+        r = grist_query_history(c, id, group, series, from, to, points, g_timeout, &steps, &vals, &n);
+        if (r < 0) {
+            rc = fail(id, r);
+        } else {
+            if (g_json) {
+                printf("{\"job\":");
+                json_str(id);
+                printf(",\"group\":%u,\"series\":", group);
+                json_str(series);
+                printf(",\"steps\":[");
+                for (uint32_t k = 0; k < n; k++)
+                    printf(k ? ",%llu" : "%llu", (unsigned long long)steps[k]);
+                printf("],\"values\":[");
+                for (uint32_t k = 0; k < n; k++) {
+                    if (k)
+                        putchar(',');
+                    json_num(vals[k]);
+                }
+                printf("]}\n");
+            } else {
+                printf("%10s %14s\n", "step", series);
+                for (uint32_t k = 0; k < n; k++)
+                    printf("%10llu %14.6g\n", (unsigned long long)steps[k], vals[k]);
+            }
+            free(steps);
+            free(vals);
+        }
+    } else {
+        rc = usage();
+    }
+    grist_client_close(c);
+    return rc;
+}
