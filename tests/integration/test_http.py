@@ -12,6 +12,7 @@ checked, screenshot saved next to the test logs).
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -227,7 +228,22 @@ def check_prometheus(http):
             time.sleep(0.5)
         v = float(res[0]["value"][1])
         assert 0.0 <= v < 1.0, res
-        print(f"prometheus: scraped gristd, PromQL momentum of http a/1 conv = {v:.4f}")
+        # every query of the shipped Grafana dashboard parses and names series
+        # gristd exports (the dashboard's $job variable set to the test job)
+        dash = json.load(open(os.path.join(os.path.dirname(__file__), "..", "..", "deploy",
+                                           "grafana", "grist.json")))
+        exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+        with urllib.request.urlopen(f"http://{http}/metrics", timeout=10) as r:
+            exported = r.read().decode()
+        for e in exprs:
+            for name in re.findall(r"gristd_[a-z_]+", e):
+                assert name in exported, (e, name)
+            q = urllib.parse.quote(e.replace("$job", "http a/1"))
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/query?query={q}",
+                                        timeout=5) as r:
+                assert json.load(r)["status"] == "success", e
+        print(f"prometheus: scraped gristd, PromQL momentum of http a/1 conv = {v:.4f}; "
+              f"the {len(exprs)} queries of deploy/grafana/grist.json evaluate")
     finally:
         proc.terminate()
         proc.wait(timeout=30)
