@@ -58,6 +58,60 @@ def machine():
     return f"{os.cpu_count()} vCPU {cpu}, {mem:.0f} GiB, Linux {os.uname().release}, commit {commit}"
 
 
+def profile_daemon(quick):
+    """A flat CPU profile of gristd under the daemon benchmark's load, or
+    None without perf (or without permission to sample)."""
+    import shutil
+    import tempfile
+    perf = shutil.which("perf")
+    if not perf:
+        return None
+    data = os.path.join(tempfile.mkdtemp(), "gristd.perf")
+    bench = subprocess.Popen([os.path.join(BUILD, "tests", "bench-daemon"), "--quick"], cwd=ROOT,
+                             env=dict(os.environ, GRISTD=os.path.join(BUILD, "daemon", "gristd")),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid = None
+    for _ in range(200):  # gristd is the benchmark's child
+        try:
+            kids = open(f"/proc/{bench.pid}/task/{bench.pid}/children").read().split()
+        except OSError:
+            kids = []
+        for k in kids:
+            try:
+                if "gristd" in open(f"/proc/{k}/cmdline").read():
+                    pid = k
+            except OSError:
+                pass
+        if pid or bench.poll() is not None:
+            break
+        time.sleep(0.05)
+    if not pid:
+        bench.wait()
+        return None
+    rec = subprocess.Popen([perf, "record", "-q", "-e", "cpu-clock", "-F", "499", "-p", pid,
+                            "-o", data], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bench.wait()
+    rec.send_signal(2)  # SIGINT: perf writes its data and exits
+    rec.wait(timeout=60)
+    if not os.path.exists(data):
+        return None
+    rep = subprocess.run([perf, "report", "-i", data, "--no-children", "--sort", "dso,symbol",
+                          "--stdio", "-q"], capture_output=True, text=True).stdout
+    rows = []
+    for line in rep.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[[.k]\]\s+(.+?)\s*$", line)
+        if m:
+            rows.append((float(m.group(1)), m.group(2), m.group(3)))
+    if not rows:
+        return None
+    rows.sort(reverse=True)
+    out = ["| share | object | symbol |", "|---|---|---|"]
+    out += [f"| {pct:.1f}% | {dso} | `{sym.split()[0][:60] if sym.split() else sym}` |" for pct, dso, sym in rows[:15]]
+    out.append(f"\n(the top 15 of {len(rows)} symbols; {sum(r[0] for r in rows[:15]):.0f}% of "
+               "the samples)")
+    return "\n".join(out) + "\n"
+
+
 def main():
     quick = "--quick" in sys.argv
     q = ["--quick"] if quick else []
@@ -97,6 +151,14 @@ def main():
                      + (" --quick" if quick else "") + "` (gristd with its defaults: 2 compute "
                      "threads; the load generator runs on the same machine, one thread per "
                      "stream).", md))
+
+    prof = profile_daemon(quick)
+    if prof:
+        sections.append(("Where gristd's CPU goes", "Command: `perf record -e cpu-clock -F 499` "
+                         "around gristd during `bench-daemon --quick` (its tables discarded), then "
+                         "`perf report --no-children --sort dso,symbol`: the share of gristd's "
+                         "samples, all its threads together (loop, pump, compute, families, "
+                         "gRPC's own).", prof))
 
     md, r, dt = run(["sh", "tests/bench/client.sh"])
     R.update(r)
