@@ -61,57 +61,92 @@ static int take_bytes(grpc_byte_buffer *bb, uint8_t **out, size_t *len)
     return *out ? 0 : -ENOMEM;
 }
 
+/* One call on its own pluck queue: what unary and streaming calls share. */
+struct qcall {
+    grpc_completion_queue *cq;
+    grpc_call *call;
+    grpc_byte_buffer *send;
+    grpc_metadata_array md_init, md_trail;
+    grpc_status_code status;
+    grpc_slice details;
+};
+
+static void qcall_open(struct qcall *q, struct grist_client *c, const char *method,
+                       const uint8_t *req, size_t req_len, double timeout_s)
+{
+    q->cq = grpc_completion_queue_create_for_pluck(NULL);
+    grpc_slice m = grpc_slice_from_static_string(method);
+    q->call = grpc_channel_create_call(grist__client_channel(c), NULL, GRPC_PROPAGATE_DEFAULTS,
+                                       q->cq, m, NULL, deadline_in(timeout_s), NULL);
+    grpc_slice sl = grpc_slice_from_copied_buffer((const char *)req, req_len);
+    q->send = grpc_raw_byte_buffer_create(&sl, 1);
+    grpc_slice_unref(sl);
+    grpc_metadata_array_init(&q->md_init);
+    grpc_metadata_array_init(&q->md_trail);
+    q->status = GRPC_STATUS_UNKNOWN;
+    q->details = grpc_empty_slice();
+}
+
+static void qcall_close(struct qcall *q)
+{
+    grpc_byte_buffer_destroy(q->send);
+    grpc_metadata_array_destroy(&q->md_init);
+    grpc_metadata_array_destroy(&q->md_trail);
+    grpc_slice_unref(q->details);
+    if (q->call)
+        grpc_call_unref(q->call);
+    grpc_completion_queue_shutdown(q->cq);
+    while (grpc_completion_queue_pluck(q->cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+           GRPC_QUEUE_SHUTDOWN)
+        ;
+    grpc_completion_queue_destroy(q->cq);
+}
+
+/* the ops that send the request and half-close */
+static int qcall_send(struct qcall *q, grpc_op *ops)
+{
+    memset(ops, 0, 3 * sizeof(*ops));
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = q->send;
+    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    return 3;
+}
+
+static void qcall_status_op(struct qcall *q, grpc_op *op)
+{
+    memset(op, 0, sizeof(*op));
+    op->op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    op->data.recv_status_on_client.trailing_metadata = &q->md_trail;
+    op->data.recv_status_on_client.status = &q->status;
+    op->data.recv_status_on_client.status_details = &q->details;
+}
+
 /* one unary call: request bytes in, response bytes out (malloc'ed) */
 static int unary(struct grist_client *c, const char *method, const uint8_t *req, size_t req_len,
                  double timeout_s, uint8_t **resp, size_t *resp_len)
 {
-    grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
-    grpc_slice m = grpc_slice_from_static_string(method);
-    grpc_call *call = grpc_channel_create_call(grist__client_channel(c), NULL, GRPC_PROPAGATE_DEFAULTS,
-                                               cq, m, NULL, deadline_in(timeout_s), NULL);
-    grpc_slice sl = grpc_slice_from_copied_buffer((const char *)req, req_len);
-    grpc_byte_buffer *send = grpc_raw_byte_buffer_create(&sl, 1);
-    grpc_slice_unref(sl);
+    struct qcall q;
+    qcall_open(&q, c, method, req, req_len, timeout_s);
     grpc_byte_buffer *recv = NULL;
-    grpc_metadata_array md_init, md_trail;
-    grpc_metadata_array_init(&md_init);
-    grpc_metadata_array_init(&md_trail);
-    grpc_status_code status = GRPC_STATUS_UNKNOWN;
-    grpc_slice details = grpc_empty_slice();
     grpc_op ops[6];
-    memset(ops, 0, sizeof(ops));
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[1].op = GRPC_OP_SEND_MESSAGE;
-    ops[1].data.send_message.send_message = send;
-    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[3].data.recv_initial_metadata.recv_initial_metadata = &md_init;
-    ops[4].op = GRPC_OP_RECV_MESSAGE;
-    ops[4].data.recv_message.recv_message = &recv;
-    ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-    ops[5].data.recv_status_on_client.trailing_metadata = &md_trail;
-    ops[5].data.recv_status_on_client.status = &status;
-    ops[5].data.recv_status_on_client.status_details = &details;
+    const int n = qcall_send(&q, ops);
+    memset(ops + n, 0, 3 * sizeof(*ops));
+    ops[n].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[n].data.recv_initial_metadata.recv_initial_metadata = &q.md_init;
+    ops[n + 1].op = GRPC_OP_RECV_MESSAGE;
+    ops[n + 1].data.recv_message.recv_message = &recv;
+    qcall_status_op(&q, &ops[n + 2]);
     int r = -EPROTO;
-    if (call && grpc_call_start_batch(call, ops, 6, (void *)1, NULL) == GRPC_CALL_OK) {
-        wait_tag(cq, (void *)1, NULL);
-        r = status_to_errno(status);
+    if (q.call && grpc_call_start_batch(q.call, ops, 6, (void *)1, NULL) == GRPC_CALL_OK) {
+        wait_tag(q.cq, (void *)1, NULL);
+        r = status_to_errno(q.status);
         if (r == 0)
             r = recv ? take_bytes(recv, resp, resp_len) : -EPROTO;
     }
     if (recv)
         grpc_byte_buffer_destroy(recv);
-    grpc_byte_buffer_destroy(send);
-    grpc_metadata_array_destroy(&md_init);
-    grpc_metadata_array_destroy(&md_trail);
-    grpc_slice_unref(details);
-    if (call)
-        grpc_call_unref(call);
-    grpc_completion_queue_shutdown(cq);
-    while (grpc_completion_queue_pluck(cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
-           GRPC_QUEUE_SHUTDOWN)
-        ;
-    grpc_completion_queue_destroy(cq);
+    qcall_close(&q);
     return r;
 }
 
@@ -289,34 +324,16 @@ int grist_query_watch(struct grist_client *c, const char *job, double duration_s
     if (!buf)
         return -ENOMEM;
     grist__v1__watch_job_request__pack(&req, buf);
-    grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
-    grpc_slice m = grpc_slice_from_static_string("/grist.v1.Grist/WatchJob");
-    grpc_call *call = grpc_channel_create_call(grist__client_channel(c), NULL, GRPC_PROPAGATE_DEFAULTS,
-                                               cq, m, NULL, deadline_in(duration_s), NULL);
-    grpc_slice sl = grpc_slice_from_copied_buffer((const char *)buf, len);
+    struct qcall q;
+    qcall_open(&q, c, "/grist.v1.Grist/WatchJob", buf, len, duration_s);
     free(buf);
-    grpc_byte_buffer *send = grpc_raw_byte_buffer_create(&sl, 1);
-    grpc_slice_unref(sl);
-    grpc_metadata_array md_init, md_trail;
-    grpc_metadata_array_init(&md_init);
-    grpc_metadata_array_init(&md_trail);
-    grpc_status_code status = GRPC_STATUS_UNKNOWN;
-    grpc_slice details = grpc_empty_slice();
     int r = -EPROTO, stopped = 0;
-    grpc_op ops[4];
-    memset(ops, 0, sizeof(ops));
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[1].op = GRPC_OP_SEND_MESSAGE;
-    ops[1].data.send_message.send_message = send;
-    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-    if (call && grpc_call_start_batch(call, ops, 3, (void *)1, NULL) == GRPC_CALL_OK) {
-        wait_tag(cq, (void *)1, NULL);
-        memset(ops, 0, sizeof(ops));
-        ops[0].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-        ops[0].data.recv_status_on_client.trailing_metadata = &md_trail;
-        ops[0].data.recv_status_on_client.status = &status;
-        ops[0].data.recv_status_on_client.status_details = &details;
-        grpc_call_start_batch(call, ops, 1, (void *)2, NULL);
+    grpc_op ops[3];
+    const int nsend = qcall_send(&q, ops);
+    if (q.call && grpc_call_start_batch(q.call, ops, (size_t)nsend, (void *)1, NULL) == GRPC_CALL_OK) {
+        wait_tag(q.cq, (void *)1, NULL);
+        qcall_status_op(&q, &ops[0]);
+        grpc_call_start_batch(q.call, ops, 1, (void *)2, NULL);
         /* the first receive also takes the initial metadata (gRPC core wants
          * it before any message) */
         int first = 1;
@@ -326,15 +343,15 @@ int grist_query_watch(struct grist_client *c, const char *job, double duration_s
             size_t nops = 0;
             if (first) {
                 ops[nops].op = GRPC_OP_RECV_INITIAL_METADATA;
-                ops[nops++].data.recv_initial_metadata.recv_initial_metadata = &md_init;
+                ops[nops++].data.recv_initial_metadata.recv_initial_metadata = &q.md_init;
                 first = 0;
             }
             ops[nops].op = GRPC_OP_RECV_MESSAGE;
             ops[nops++].data.recv_message.recv_message = &recv;
-            if (grpc_call_start_batch(call, ops, nops, (void *)3, NULL) != GRPC_CALL_OK)
+            if (grpc_call_start_batch(q.call, ops, nops, (void *)3, NULL) != GRPC_CALL_OK)
                 break;
             int ok = 0;
-            wait_tag(cq, (void *)3, &ok);
+            wait_tag(q.cq, (void *)3, &ok);
             if (!ok || !recv) /* the stream ended (status follows) */
                 break;
             uint8_t *bytes = NULL;
@@ -355,24 +372,14 @@ int grist_query_watch(struct grist_client *c, const char *job, double duration_s
             free(groups);
             if (stop) {
                 stopped = 1;
-                grpc_call_cancel(call, NULL);
+                grpc_call_cancel(q.call, NULL);
                 break;
             }
         }
-        wait_tag(cq, (void *)2, NULL);
+        wait_tag(q.cq, (void *)2, NULL);
         /* a deadline at the end of the asked duration or a cancel by fn are normal ends */
-        r = stopped || status == GRPC_STATUS_DEADLINE_EXCEEDED ? 0 : status_to_errno(status);
+        r = stopped || q.status == GRPC_STATUS_DEADLINE_EXCEEDED ? 0 : status_to_errno(q.status);
     }
-    grpc_byte_buffer_destroy(send);
-    grpc_metadata_array_destroy(&md_init);
-    grpc_metadata_array_destroy(&md_trail);
-    grpc_slice_unref(details);
-    if (call)
-        grpc_call_unref(call);
-    grpc_completion_queue_shutdown(cq);
-    while (grpc_completion_queue_pluck(cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
-           GRPC_QUEUE_SHUTDOWN)
-        ;
-    grpc_completion_queue_destroy(cq);
+    qcall_close(&q);
     return r;
 }

@@ -66,6 +66,17 @@ static void json_num(double v)
         printf("null");
 }
 
+static void json_arr(const double *v, uint32_t n)
+{
+    putchar('[');
+    for (uint32_t k = 0; k < n; k++) {
+        if (k)
+            putchar(',');
+        json_num(v[k]);
+    }
+    putchar(']');
+}
+
 static void json_job(const struct grist_job_info *j)
 {
     printf("{\"id\":");
@@ -91,19 +102,10 @@ static void json_groups(const struct grist_group_info *g, uint32_t n)
         json_num(g[i].noise);
         printf(",\"noise_scale\":");
         json_num(g[i].noise_scale);
-        printf(",\"steps\":%llu,\"candidates\":[", (unsigned long long)g[i].steps);
-        for (uint32_t k = 0; k < g[i].ncand; k++) {
-            if (k)
-                putchar(',');
-            json_num(g[i].cand[k]);
-        }
-        printf("],\"alignment\":[");
-        for (uint32_t k = 0; k < g[i].ncand; k++) {
-            if (k)
-                putchar(',');
-            json_num(g[i].J[k]);
-        }
-        printf("]");
+        printf(",\"steps\":%llu,\"candidates\":", (unsigned long long)g[i].steps);
+        json_arr(g[i].cand, g[i].ncand);
+        printf(",\"alignment\":");
+        json_arr(g[i].J, g[i].ncand);
         if (g[i].have_families) {
             printf(",\"families\":{\"trace\":");
             json_num(g[i].trace);
@@ -278,13 +280,9 @@ int main(int argc, char **argv)
                 printf(",\"steps\":[");
                 for (uint32_t k = 0; k < n; k++)
                     printf(k ? ",%llu" : "%llu", (unsigned long long)steps[k]);
-                printf("],\"values\":[");
-                for (uint32_t k = 0; k < n; k++) {
-                    if (k)
-                        putchar(',');
-                    json_num(vals[k]);
-                }
-                printf("]}\n");
+                printf("],\"values\":");
+                json_arr(vals, n);
+                printf("}\n");
             } else {
                 printf("%10s %14s\n", "step", series);
                 for (uint32_t k = 0; k < n; k++)

@@ -60,45 +60,33 @@ static int g_reps = 7;
 
 /* ---- 1. machine limits ---- */
 
-static double dgemm_gflops(int n, int threads)
+/* GFLOP/s of one large OpenBLAS gemm (double, or single when single != 0),
+ * median of 5 after a warm-up */
+static double gemm_gflops(int n, int threads, int single)
 {
 #if !GRIST_HAVE_CPU
-    (void)n, (void)threads;
+    (void)n, (void)threads, (void)single;
     return NAN;
 #else
     openblas_set_num_threads(threads);
-    double *a = malloc((size_t)n * n * 8), *b = malloc((size_t)n * n * 8), *c = malloc((size_t)n * n * 8);
-    for (size_t i = 0; i < (size_t)n * n; i++)
-        a[i] = b[i] = 1.0 / (double)(i % 97 + 1), c[i] = 0;
-    cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
-    double t[9];
-    for (int r = 0; r < 5; r++) {
-        double t0 = now();
-        cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
-        t[r] = now() - t0;
+    const size_t nn = (size_t)n * n, es = single ? 4 : 8;
+    void *a = malloc(nn * es), *b = malloc(nn * es), *c = calloc(nn, es);
+    for (size_t i = 0; i < nn; i++) {
+        const double v = 1.0 / (double)(i % 97 + 1);
+        if (single)
+            ((float *)a)[i] = ((float *)b)[i] = (float)v;
+        else
+            ((double *)a)[i] = ((double *)b)[i] = v;
     }
-    struct stat3 s = summarize(t, 5);
-    free(a), free(b), free(c);
-    return 2.0 * n * (double)n * n / s.med * 1e-9;
-#endif
-}
-
-static double sgemm_gflops(int n, int threads)
-{
-#if !GRIST_HAVE_CPU
-    (void)n, (void)threads;
-    return NAN;
-#else
-    openblas_set_num_threads(threads);
-    float *a = malloc((size_t)n * n * 4), *b = malloc((size_t)n * n * 4), *c = malloc((size_t)n * n * 4);
-    for (size_t i = 0; i < (size_t)n * n; i++)
-        a[i] = b[i] = 1.0f / (float)(i % 97 + 1), c[i] = 0;
-    cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
     double t[9];
-    for (int r = 0; r < 5; r++) {
+    for (int r = -1; r < 5; r++) {
         double t0 = now();
-        cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
-        t[r] = now() - t0;
+        if (single)
+            cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
+        else
+            cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
+        if (r >= 0)
+            t[r] = now() - t0;
     }
     struct stat3 s = summarize(t, 5);
     free(a), free(b), free(c);
@@ -260,11 +248,11 @@ int main(int argc, char **argv)
         g_reps = 3;
     const int ncpu = openblas_get_num_procs();
     printf("## Machine limits\n\n");
-    const double peak1 = dgemm_gflops(1536, 1), peakn = dgemm_gflops(1536, ncpu);
+    const double peak1 = gemm_gflops(1536, 1, 0), peakn = gemm_gflops(1536, ncpu, 0);
     printf("| measure | value |\n|---|---|\n");
     printf("| dgemm 1536^3, 1 thread | %.1f GFLOP/s |\n", peak1);
     printf("| dgemm 1536^3, %d threads | %.1f GFLOP/s |\n", ncpu, peakn);
-    const double speak1 = sgemm_gflops(1536, 1), speakn = sgemm_gflops(1536, ncpu);
+    const double speak1 = gemm_gflops(1536, 1, 1), speakn = gemm_gflops(1536, ncpu, 1);
     printf("| sgemm 1536^3, 1 thread | %.1f GFLOP/s |\n", speak1);
     printf("| sgemm 1536^3, %d threads | %.1f GFLOP/s |\n", ncpu, speakn);
     const double triad = triad_gbs();
