@@ -126,6 +126,7 @@ def run(args, seed, beta, address=None, job=None):
     if args.task == "char":
         metric, losses = run_char(args, seed, net, opt, session)
         if session:
+            trace(args, seed, session)
             session.close()
         return metric, first_hit(losses, args.target)
     Xtr, ytr, Xte, yte = digits(seed)
@@ -145,8 +146,18 @@ def run(args, seed, beta, address=None, job=None):
     with torch.no_grad():
         acc = (net(Xte).argmax(1) == yte).float().mean().item()
     if session:
+        trace(args, seed, session)
         session.close()
     return acc, first_hit(losses, args.target)
+
+
+def trace(args, seed, session):
+    """--trace: the values gristd pushed during the run (step: momentum x lr_scale per group)."""
+    if not args.trace:
+        return
+    moves = ", ".join(f"{t}: " + "/".join(f"{m:.2f}x{s:.2f}" for m, s in zip(ms, ss))
+                      for t, ms, ss in session.history)
+    print(f"  seed {seed} pushes: {moves or 'none'}", file=sys.stderr, flush=True)
 
 
 def first_hit(losses, target):
@@ -168,6 +179,8 @@ def main():
     ap.add_argument("--task", choices=["mlp", "cnn", "char"], default="mlp")
     ap.add_argument("--char-steps", type=int, default=400)
     ap.add_argument("--grist-only", action="store_true", help="skip the fixed-beta runs")
+    ap.add_argument("--trace", action="store_true",
+                    help="print the values gristd pushed in each grist run (stderr)")
     ap.add_argument("--policy", action="append", default=[],
                     help="grist policy field for the attached runs, e.g. lr_coupling=dc")
     args = ap.parse_args()
