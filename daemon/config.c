@@ -78,8 +78,8 @@ static const struct opt table[] = {
      "seconds after its last worker left before a job and its statistics are dropped"},
     {"mode", OPT_STR, F(mode), "per_group", 0, 0, "per_group or global"},
     {"noise-correction", OPT_STR, F(noise_correction), "auto", 0, 0, "off, workers, acf or auto"},
-    {"lr-coupling", OPT_STR, F(lr_coupling), "dc", 0, 0,
-     "none, dc, energy or radius (dc chosen from docs/QUALITY.md; it is the identity for Adam)"},
+    {"lr-coupling", OPT_STR, F(lr_coupling), "energy", 0, 0,
+     "none, dc, energy or radius (energy chosen from the option study in docs/QUALITY.md)"},
     {"select-on", OPT_STR, F(select_on), "train", 0, 0, "train or validation"},
 };
 

@@ -118,7 +118,7 @@ def run(args, seed, beta, address=None, job=None):
         opt = torch.optim.Adam(groups, lr=args.lr, betas=(beta, 0.999))
     session = None
     if address:
-        policy = {"solve_every": args.solve_every}
+        policy = {} if args.solve_every is None else {"solve_every": args.solve_every}
         for kv in args.policy:
             k, v = kv.split("=", 1)
             policy[k] = v
@@ -174,7 +174,8 @@ def main():
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--solve-every", type=int, default=10)
+    ap.add_argument("--solve-every", type=int, default=None,
+                    help="selection cadence sent in the policy (default: gristd's own, 50)")
     ap.add_argument("--target", type=float, default=None)
     ap.add_argument("--task", choices=["mlp", "cnn", "char"], default="mlp")
     ap.add_argument("--char-steps", type=int, default=400)
