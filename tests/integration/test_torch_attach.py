@@ -140,11 +140,9 @@ def test_async_sketch(gristd):
             torch.nn.functional.cross_entropy(m(X[idx]), y[idx]).backward()
             o.step()
             s.step(batch_size=32)
-    for s in sessions:
-        for _ in range(100):  # let the queues drain
-            if s.stats()["queued"] == 0:
-                break
-            time.sleep(0.05)
+    deadline = time.monotonic() + 30  # libgrist sends in the background
+    while get_job(addr, "async-test").groups[0].steps < 60 and time.monotonic() < deadline:
+        time.sleep(0.05)
     job = get_job(addr, "async-test")
     gs = job.groups[0]
     print(f"async: step {job.job.step}, world {job.job.world_size}, noise {gs.noise!r}, "
@@ -194,6 +192,11 @@ def ddp_rank(rank, world, port, addr, out):
         loss.backward()
         opt.step()
         session.step(batch_size=32)
+    # close() drops what is still queued: wait until the daemon aggregated the
+    # last step from both ranks (libgrist sends in the background)
+    deadline = time.monotonic() + 30
+    while get_job(addr, "ddp-test").job.step < 150 and time.monotonic() < deadline:
+        time.sleep(0.05)
     st = session.stats()
     out.put((rank, st["sent"], st["received"], opt.param_groups[0]["momentum"]))
     dist.barrier()
