@@ -141,7 +141,7 @@ def test_async_sketch(gristd):
             o.step()
             s.step(batch_size=32)
     deadline = time.monotonic() + 30  # libgrist sends in the background
-    while get_job(addr, "async-test").groups[0].steps < 60 and time.monotonic() < deadline:
+    while get_job(addr, "async-test").job.step < 60 and time.monotonic() < deadline:
         time.sleep(0.05)
     job = get_job(addr, "async-test")
     gs = job.groups[0]
