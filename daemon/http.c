@@ -286,13 +286,13 @@ typedef double group_value_fn(const struct grist_job *j, uint32_t g, int *have);
 static double gv_momentum(const struct grist_job *j, uint32_t g, int *have)
 {
     *have = 1;
-    return j->version ? j->push[g].momentum : j->groups[g].beta0;
+    return grist__job_momentum(j, g);
 }
 
 static double gv_lr_scale(const struct grist_job *j, uint32_t g, int *have)
 {
     *have = 1;
-    return j->version ? j->push[g].lr_scale : 1.0;
+    return grist__job_lr_scale(j, g);
 }
 
 static double gv_alignment(const struct grist_job *j, uint32_t g, int *have)

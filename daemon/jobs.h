@@ -50,4 +50,16 @@ struct grist_job {
     struct grist_hist *hist;
 };
 
+/* The values in force for group g: the newest push, or the group's own
+ * starting momentum and lr_scale 1 before the first one. */
+static inline double grist__job_momentum(const struct grist_job *j, uint32_t g)
+{
+    return j->version ? j->push[g].momentum : j->groups[g].beta0;
+}
+
+static inline double grist__job_lr_scale(const struct grist_job *j, uint32_t g)
+{
+    return j->version ? j->push[g].lr_scale : 1.0;
+}
+
 #endif

@@ -77,8 +77,8 @@ static uint8_t *encode_job(const struct grist_job *j, size_t *out_len)
         grist__v1__group_state__init(s);
         grist__v1__family_diagnostics__init(&fd[g]);
         s->name = j->groups[g].name;
-        s->momentum = j->version ? j->push[g].momentum : j->groups[g].beta0;
-        s->lr_scale = j->version ? j->push[g].lr_scale : 1.0;
+        s->momentum = grist__job_momentum(j, g);
+        s->lr_scale = grist__job_lr_scale(j, g);
         if (j->last) {
             struct grist_engine_group_result *r = &j->last->groups[g];
             s->n_candidates = s->n_alignment = s->n_alignment_se = r->ncand;

@@ -71,14 +71,16 @@ struct qcall {
     grpc_slice details;
 };
 
+/* the request is packed straight into the slice gRPC sends */
 static void qcall_open(struct qcall *q, struct grist_client *c, const char *method,
-                       const uint8_t *req, size_t req_len, double timeout_s)
+                       const ProtobufCMessage *req, double timeout_s)
 {
     q->cq = grpc_completion_queue_create_for_pluck(NULL);
     grpc_slice m = grpc_slice_from_static_string(method);
     q->call = grpc_channel_create_call(grist__client_channel(c), NULL, GRPC_PROPAGATE_DEFAULTS,
                                        q->cq, m, NULL, deadline_in(timeout_s), NULL);
-    grpc_slice sl = grpc_slice_from_copied_buffer((const char *)req, req_len);
+    grpc_slice sl = grpc_slice_malloc(protobuf_c_message_get_packed_size(req));
+    protobuf_c_message_pack(req, GRPC_SLICE_START_PTR(sl));
     q->send = grpc_raw_byte_buffer_create(&sl, 1);
     grpc_slice_unref(sl);
     grpc_metadata_array_init(&q->md_init);
@@ -123,11 +125,11 @@ static void qcall_status_op(struct qcall *q, grpc_op *op)
 }
 
 /* one unary call: request bytes in, response bytes out (malloc'ed) */
-static int unary(struct grist_client *c, const char *method, const uint8_t *req, size_t req_len,
+static int unary(struct grist_client *c, const char *method, const ProtobufCMessage *req,
                  double timeout_s, uint8_t **resp, size_t *resp_len)
 {
     struct qcall q;
-    qcall_open(&q, c, method, req, req_len, timeout_s);
+    qcall_open(&q, c, method, req, timeout_s);
     grpc_byte_buffer *recv = NULL;
     grpc_op ops[6];
     const int n = qcall_send(&q, ops);
@@ -219,9 +221,9 @@ int grist_query_jobs(struct grist_client *c, double timeout_s, struct grist_job_
     if (!c || !jobs || !n)
         return -EINVAL;
     Grist__V1__ListJobsRequest req = GRIST__V1__LIST_JOBS_REQUEST__INIT;
-    uint8_t buf[16], *resp = NULL;
-    size_t len = grist__v1__list_jobs_request__pack(&req, buf), rlen = 0;
-    int r = unary(c, "/grist.v1.Grist/ListJobs", buf, len, timeout_s, &resp, &rlen);
+    uint8_t *resp = NULL;
+    size_t rlen = 0;
+    int r = unary(c, "/grist.v1.Grist/ListJobs", &req.base, timeout_s, &resp, &rlen);
     if (r < 0)
         return r;
     Grist__V1__ListJobsResponse *m = grist__v1__list_jobs_response__unpack(NULL, rlen, resp);
@@ -247,14 +249,9 @@ int grist_query_job(struct grist_client *c, const char *job, double timeout_s,
         return -EINVAL;
     Grist__V1__GetJobRequest req = GRIST__V1__GET_JOB_REQUEST__INIT;
     req.job_id = (char *)job;
-    const size_t len = grist__v1__get_job_request__get_packed_size(&req);
-    uint8_t *buf = malloc(len ? len : 1), *resp = NULL;
-    if (!buf)
-        return -ENOMEM;
-    grist__v1__get_job_request__pack(&req, buf);
+    uint8_t *resp = NULL;
     size_t rlen = 0;
-    int r = unary(c, "/grist.v1.Grist/GetJob", buf, len, timeout_s, &resp, &rlen);
-    free(buf);
+    int r = unary(c, "/grist.v1.Grist/GetJob", &req.base, timeout_s, &resp, &rlen);
     if (r < 0)
         return r;
     Grist__V1__GetJobResponse *m = grist__v1__get_job_response__unpack(NULL, rlen, resp);
@@ -279,14 +276,9 @@ int grist_query_history(struct grist_client *c, const char *job, uint32_t group,
     req.from_step = from;
     req.to_step = to;
     req.points = points;
-    const size_t len = grist__v1__get_history_request__get_packed_size(&req);
-    uint8_t *buf = malloc(len ? len : 1), *resp = NULL;
-    if (!buf)
-        return -ENOMEM;
-    grist__v1__get_history_request__pack(&req, buf);
+    uint8_t *resp = NULL;
     size_t rlen = 0;
-    int r = unary(c, "/grist.v1.Grist/GetHistory", buf, len, timeout_s, &resp, &rlen);
-    free(buf);
+    int r = unary(c, "/grist.v1.Grist/GetHistory", &req.base, timeout_s, &resp, &rlen);
     if (r < 0)
         return r;
     Grist__V1__GetHistoryResponse *m = grist__v1__get_history_response__unpack(NULL, rlen, resp);
@@ -319,14 +311,8 @@ int grist_query_watch(struct grist_client *c, const char *job, double duration_s
         return -EINVAL;
     Grist__V1__WatchJobRequest req = GRIST__V1__WATCH_JOB_REQUEST__INIT;
     req.job_id = (char *)job;
-    const size_t len = grist__v1__watch_job_request__get_packed_size(&req);
-    uint8_t *buf = malloc(len ? len : 1);
-    if (!buf)
-        return -ENOMEM;
-    grist__v1__watch_job_request__pack(&req, buf);
     struct qcall q;
-    qcall_open(&q, c, "/grist.v1.Grist/WatchJob", buf, len, duration_s);
-    free(buf);
+    qcall_open(&q, c, "/grist.v1.Grist/WatchJob", &req.base, duration_s);
     int r = -EPROTO, stopped = 0;
     grpc_op ops[3];
     const int nsend = qcall_send(&q, ops);

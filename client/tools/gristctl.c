@@ -66,6 +66,13 @@ static void json_num(double v)
         printf("null");
 }
 
+/* ,"key":value */
+static void json_kv(const char *key, double v)
+{
+    printf(",\"%s\":", key);
+    json_num(v);
+}
+
 static void json_arr(const double *v, uint32_t n)
 {
     putchar('[');
@@ -94,14 +101,10 @@ static void json_groups(const struct grist_group_info *g, uint32_t n)
     for (uint32_t i = 0; i < n; i++) {
         printf(i ? ",{\"name\":" : "{\"name\":");
         json_str(g[i].name);
-        printf(",\"momentum\":");
-        json_num(g[i].momentum);
-        printf(",\"lr_scale\":");
-        json_num(g[i].lr_scale);
-        printf(",\"noise\":");
-        json_num(g[i].noise);
-        printf(",\"noise_scale\":");
-        json_num(g[i].noise_scale);
+        json_kv("momentum", g[i].momentum);
+        json_kv("lr_scale", g[i].lr_scale);
+        json_kv("noise", g[i].noise);
+        json_kv("noise_scale", g[i].noise_scale);
         printf(",\"steps\":%llu,\"candidates\":", (unsigned long long)g[i].steps);
         json_arr(g[i].cand, g[i].ncand);
         printf(",\"alignment\":");
@@ -109,15 +112,23 @@ static void json_groups(const struct grist_group_info *g, uint32_t n)
         if (g[i].have_families) {
             printf(",\"families\":{\"trace\":");
             json_num(g[i].trace);
-            printf(",\"effective_rank\":");
-            json_num(g[i].effective_rank);
-            printf(",\"lambda_max\":");
-            json_num(g[i].lambda_max);
+            json_kv("effective_rank", g[i].effective_rank);
+            json_kv("lambda_max", g[i].lambda_max);
             printf("}");
         }
         printf("}");
     }
     printf("]");
+}
+
+/* {"job":{...},"groups":[...]} and a newline */
+static void json_state(const struct grist_job_info *j, const struct grist_group_info *g, uint32_t n)
+{
+    printf("{\"job\":");
+    json_job(j);
+    printf(",\"groups\":");
+    json_groups(g, n);
+    printf("}\n");
 }
 
 static void table_job(const struct grist_job_info *j, const struct grist_group_info *g, uint32_t n)
@@ -147,11 +158,7 @@ static int on_watch(void *ud, const struct grist_job_info *j, const struct grist
     struct watch_state *w = ud;
     w->updates++;
     if (g_json) {
-        printf("{\"job\":");
-        json_job(j);
-        printf(",\"groups\":");
-        json_groups(g, n);
-        printf("}\n");
+        json_state(j, g, n);
     } else {
         if (w->tty)
             printf("\033[H\033[J"); /* home, clear: the table is redrawn in place */
@@ -249,11 +256,7 @@ int main(int argc, char **argv)
             rc = fail(id, r);
         } else {
             if (g_json) {
-                printf("{\"job\":");
-                json_job(&info);
-                printf(",\"groups\":");
-                json_groups(g, n);
-                printf("}\n");
+                json_state(&info, g, n);
             } else {
                 table_job(&info, g, n);
             }

@@ -13,16 +13,7 @@
 
 extern "C" {
 #include "grist/error.h"
-}
-
-__device__ static inline uint32_t fmix32(uint32_t h)
-{
-    h ^= h >> 16;
-    h *= 0x85EBCA6Bu;
-    h ^= h >> 13;
-    h *= 0xC2B2AE35u;
-    h ^= h >> 16;
-    return h;
+#include "grist/sketch.h"
 }
 
 #define THREADS 256
@@ -41,7 +32,7 @@ __global__ static void k_sketch(uint32_t seed_p, const float *__restrict__ x, ui
     const uint32_t mask = m - 1;
     for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;
          i += (uint64_t)gridDim.x * blockDim.x) {
-        const uint32_t key = fmix32(((uint32_t)(offset + i) * 0x9E3779B1u) ^ seed_p);
+        const uint32_t key = grist_sketch_key((uint32_t)(offset + i), seed_p);
         const double v = (double)x[i];
         s2 += v * v;
         const double sv = (key >> 31) ? -v : v;

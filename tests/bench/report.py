@@ -10,8 +10,10 @@ targets table is judged on and are not copied into the report.
 import datetime
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -61,8 +63,6 @@ def machine():
 def profile_daemon(quick):
     """A flat CPU profile of gristd under the daemon benchmark's load, or
     None without perf (or without permission to sample)."""
-    import shutil
-    import tempfile
     perf = shutil.which("perf")
     if not perf:
         return None

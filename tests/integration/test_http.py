@@ -84,6 +84,12 @@ def feed(addr, job, steps, groups=("conv", "head"), m=256):
     return client, sess
 
 
+def close(*sessions_and_clients):
+    """Close libgrist sessions before their clients: close(s1, c1, s2, c2)."""
+    for x in sessions_and_clients:
+        x.close()
+
+
 def wait_step(http, job, steps, timeout=60):
     """Until the job aggregated `steps` steps and a compute thread evaluated them all."""
     deadline = time.monotonic() + timeout
@@ -289,9 +295,7 @@ def check_cardinality(gristd):
                 if ln.startswith("gristd_group_momentum{")}
         assert len(jobs) == 1, jobs
         assert "gristd_metrics_jobs_omitted 1" in text
-        for s, c in ((s1, c1), (s2, c2)):
-            s.close()
-            c.close()
+        close(s1, c1, s2, c2)
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) == 0
@@ -312,9 +316,7 @@ def main():
         check_prometheus(http)
         check_page(http, artifacts)
         check_gristctl(gristd, addr, http)
-        for s, c in ((s1, c1), (s2, c2)):
-            s.close()
-            c.close()
+        close(s1, c1, s2, c2)
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) == 0

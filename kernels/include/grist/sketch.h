@@ -21,12 +21,20 @@
 extern "C" {
 #endif
 
+/* The hash helpers below are also compiled for the GPU (kernels/cuda/sketch_cuda.cu
+ * includes this header), so the C and CUDA sketches share one definition. */
+#ifdef __CUDACC__
+#define GRIST_HD __host__ __device__
+#else
+#define GRIST_HD
+#endif
+
 /** Smallest and largest sketch dimension m. */
 #define GRIST_SKETCH_MIN_DIM 64u
 #define GRIST_SKETCH_MAX_DIM 65536u
 
 /** The finalizer of MurmurHash3, as used by the sketch. */
-static inline uint32_t grist_fmix32(uint32_t h)
+GRIST_HD static inline uint32_t grist_fmix32(uint32_t h)
 {
     h ^= h >> 16;
     h *= 0x85EBCA6Bu;
@@ -37,13 +45,13 @@ static inline uint32_t grist_fmix32(uint32_t h)
 }
 
 /** Per-group seed of the sketch: fmix32(job_seed ^ fmix32(group_index + 1)). */
-static inline uint32_t grist_sketch_seed(uint32_t job_seed, uint32_t group_index)
+GRIST_HD static inline uint32_t grist_sketch_seed(uint32_t job_seed, uint32_t group_index)
 {
     return grist_fmix32(job_seed ^ grist_fmix32(group_index + 1u));
 }
 
 /** Key of element i of a group with seed seed_p. */
-static inline uint32_t grist_sketch_key(uint32_t i, uint32_t seed_p)
+GRIST_HD static inline uint32_t grist_sketch_key(uint32_t i, uint32_t seed_p)
 {
     return grist_fmix32((i * 0x9E3779B1u) ^ seed_p);
 }
