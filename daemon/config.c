@@ -68,6 +68,8 @@ static const struct opt table[] = {
      "evaluations kept per group in the history ring"},
     {"blas-threads", OPT_INT, F(blas_threads), "1", 1, 256, "threads of the host BLAS"},
     {"ema-gamma", OPT_DBL, F(ema_gamma), "0.95", 0.5, 0.9999, "EMA decay of every statistic"},
+    {"j-ema", OPT_DBL, F(j_ema), "0", 0, 0.9999,
+     "EMA decay of the alignment J before each argmax (MATH.md 5; 0 = off)"},
     {"hysteresis-z", OPT_DBL, F(hysteresis_z), "2", 0, 100,
      "standard errors by which the best candidate must lead"},
     {"beta-min", OPT_DBL, F(beta_min), "0", 0, 0.9999, "smallest beta ever pushed"},

@@ -37,6 +37,7 @@ struct grist_config {
     int64_t blas_threads;
     double ema_gamma;
     double hysteresis_z;
+    double j_ema;
     double beta_min;
     double beta_max;
     double aggregation_timeout;

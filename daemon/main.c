@@ -117,6 +117,7 @@ static int make_defaults(const struct grist_config *c, struct grist_job_policy *
     p->sel.beta_max = c->beta_max;
     p->sel.min_steps = (uint32_t)c->min_steps;
     p->sel.z = c->hysteresis_z;
+    p->sel.j_ema = c->j_ema;
     p->sel.h = (uint32_t)c->hysteresis_h;
     p->solve_every = (uint32_t)c->solve_every;
     p->families_every = (uint32_t)c->families_every;

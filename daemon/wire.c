@@ -143,6 +143,7 @@ static enum grist_wire_status decode_hello(const Grist__V1__Hello *in, const str
         q->h = p->hysteresis_h;
         q->gamma = p->ema_gamma;
         q->radius = p->radius;
+        q->j_ema = p->j_ema;
     }
     return GRIST_WIRE_OK;
 }
@@ -256,6 +257,11 @@ int grist__policy_merge(const struct grist_job_policy *d, const struct grist_pol
             return snprintf(err, errsz, "hello.policy.radius: must be finite and > 0"), -1;
         p->radius = q->radius;
     }
+    if (q->j_ema != 0.0) {
+        if (!(q->j_ema > 0.0 && q->j_ema < 1.0))
+            return snprintf(err, errsz, "hello.policy.j_ema: not in (0, 1)"), -1;
+        p->j_ema = q->j_ema;
+    }
     if (q->ncand) {
         out->ncand = 0;
         for (uint32_t i = 0; i < q->ncand; i++) {
@@ -291,6 +297,7 @@ uint8_t *grist__encode_welcome(uint64_t session, uint32_t seed, const struct gri
     pol.hysteresis_h = jp->sel.h;
     pol.ema_gamma = jp->gamma;
     pol.radius = jp->sel.radius;
+    pol.j_ema = jp->sel.j_ema;
     Grist__V1__Welcome w = GRIST__V1__WELCOME__INIT;
     w.session_id = session;
     w.job_seed = seed;

@@ -41,7 +41,7 @@ struct grist_policy_req {
     char mode[16], noise[16], coupling[16], select_on[16];
     uint32_t ncand;
     double cand[GRIST_MAX_CANDIDATES];
-    double beta_min, beta_max, z, gamma, radius;
+    double beta_min, beta_max, z, gamma, radius, j_ema;
     uint32_t min_steps, solve_every, h;
 };
 

@@ -60,6 +60,7 @@ struct grist_session {
     grpc_metadata_array md_init, md_trail;
     grpc_status_code status;
     grpc_slice details;
+    char last_error[256]; /* details of the last stream that ended with an error */
     double next_attempt;
     struct grist__backoff backoff;
     uint32_t seed;
@@ -194,6 +195,13 @@ static void end_call_locked(struct grist_session *s)
     s->call = NULL;
     grpc_metadata_array_destroy(&s->md_init);
     grpc_metadata_array_destroy(&s->md_trail);
+    if (s->status != GRPC_STATUS_OK) {
+        size_t n = GRPC_SLICE_LENGTH(s->details);
+        if (n >= sizeof(s->last_error))
+            n = sizeof(s->last_error) - 1;
+        memcpy(s->last_error, GRPC_SLICE_START_PTR(s->details), n);
+        s->last_error[n] = '\0';
+    }
     grpc_slice_unref(s->details);
     s->active = 0;
     s->connected = 0;
@@ -395,6 +403,14 @@ static uint8_t *encode_hello(const struct grist_attach_options *o, uint32_t m, s
     pol.min_steps = o->min_steps;
     pol.beta_min = o->beta_min;
     pol.beta_max = o->beta_max;
+    pol.n_candidates = o->ncandidates;
+    pol.candidates = (double *)o->candidates;
+    pol.select_on = (char *)(o->select_on ? o->select_on : "");
+    pol.hysteresis_z = o->hysteresis_z;
+    pol.hysteresis_h = o->hysteresis_h;
+    pol.ema_gamma = o->ema_gamma;
+    pol.j_ema = o->j_ema;
+    pol.radius = o->radius;
     Grist__V1__Hello h = GRIST__V1__HELLO__INIT;
     h.job_id = (char *)o->job;
     h.rank = o->rank;
@@ -429,6 +445,11 @@ int grist_session_attach(struct grist_client *c, const struct grist_attach_optio
     for (uint32_t g = 0; g < o->ngroups; g++)
         if (o->groups[g].num_elements >= ((uint64_t)1 << 32))
             return GRIST_ETOOBIG;
+    if (o->ncandidates > 64 || (o->ncandidates && !o->candidates))
+        return -EINVAL;
+    for (uint32_t k = 0; k < o->ncandidates; k++)
+        if (!(o->candidates[k] >= 0.0 && o->candidates[k] < 1.0))
+            return -EINVAL;
     struct grist_session *s = calloc(1, sizeof(*s));
     if (!s)
         return -ENOMEM;
@@ -615,6 +636,20 @@ void grist_session_stats(struct grist_session *s, struct grist_session_stats *ou
     *out = s->st;
     out->queued = s->queue.len;
     pthread_mutex_unlock(&s->c->mu);
+}
+
+int grist_session_last_error(struct grist_session *s, char *buf, size_t len)
+{
+    if (!s)
+        return -EINVAL;
+    pthread_mutex_lock(&s->c->mu);
+    const int st = s->last_error[0] ? s->st.last_status : 0;
+    if (buf && len) {
+        strncpy(buf, s->last_error, len - 1);
+        buf[len - 1] = '\0';
+    }
+    pthread_mutex_unlock(&s->c->mu);
+    return st;
 }
 
 void grist_session_close(struct grist_session *s)

@@ -11,6 +11,7 @@ two workers per step (worker noise > 0).
     PYTHONPATH=build/proto GRIST_LIB=build/client/libgrist.so \
         /usr/bin/python3 tests/integration/test_torch_attach.py build/daemon/gristd
 """
+import hashlib
 import os
 import signal
 import sys
@@ -198,7 +199,9 @@ def ddp_rank(rank, world, port, addr, out):
     while get_job(addr, "ddp-test").job.step < 150 and time.monotonic() < deadline:
         time.sleep(0.05)
     st = session.stats()
-    out.put((rank, st["sent"], st["received"], opt.param_groups[0]["momentum"]))
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()]).numpy().tobytes()
+    out.put((rank, st["sent"], st["received"], opt.param_groups[0]["momentum"],
+             session.history, hashlib.sha1(flat).hexdigest()))
     dist.barrier()
     session.close()
     dist.destroy_process_group()
@@ -225,6 +228,58 @@ def test_ddp(gristd):
     assert gs.noise > 0  # worker noise needs both ranks' local sketches of a step
     assert all(r[1] > 100 for r in res), res
     assert res[0][3] == res[1][3], res  # both ranks apply the same pushed momentum
+    # ... at the same steps (rank 0 broadcasts them), so the replicas stay
+    # bit-identical: DDP averages gradients, not momentum changes
+    assert res[0][4] == res[1][4] and len(res[0][4]) >= 1, (res[0][4], res[1][4])
+    assert res[0][5] == res[1][5], "DDP replicas diverged"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+
+def test_policy(gristd):
+    """Every Policy field reaches the daemon through libgrist: an explicit
+    candidate list (the paper's discrete {0.5, 0.9, 0.99}) is the grid the
+    job evaluates and every pushed momentum is one of them; a value the
+    daemon refuses raises ValueError with its message; an unknown key too."""
+    proc, addr = start_gristd(gristd, "127.0.0.1:0")
+    X, y = digits()
+    model = net(1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    paper = [0.5, 0.9, 0.99]
+    session = grist.torch.attach(opt, job="policy-test", address=addr, sketch_dim=256,
+                                 policy={"candidates": paper, "solve_every": 5, "min_steps": 5,
+                                         "j_ema": 0.8, "hysteresis_h": 1, "hysteresis_z": 0.5,
+                                         "ema_gamma": 0.9, "select_on": "train"},
+                                 wait_s=10)
+    g = torch.Generator().manual_seed(1)
+    for step in range(1, 81):
+        idx = torch.randint(0, len(X), (32,), generator=g)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
+        opt.step()
+        session.step(batch_size=32)
+    deadline = time.monotonic() + 30
+    while get_job(addr, "policy-test").job.step < 80 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    gs = get_job(addr, "policy-test").groups[0]
+    print(f"policy: candidates {list(gs.candidates)}, pushes {session.history[-3:]}")
+    assert list(gs.candidates) == paper, list(gs.candidates)
+    assert all(m in paper for _, ms, _ in session.history for m in ms), session.history
+    session.close()
+    for bad, word in (({"j_ema": 1.5}, "j_ema"), ({"mode": "sideways"}, "mode"),
+                      ({"candidates": [0.5, 1.2]}, "attach")):
+        try:
+            grist.torch.attach(opt, job="policy-bad", address=addr, policy=bad, wait_s=5)
+        except (ValueError, grist.torch.GristError) as e:
+            print(f"policy: {bad} -> {e}")
+            assert word in str(e), e
+        else:
+            raise AssertionError(f"{bad} was accepted")
+    try:
+        grist.torch.attach(opt, job="policy-bad", address=addr, policy={"jema": 0.5})
+    except ValueError as e:
+        assert "jema" in str(e), e
+    else:
+        raise AssertionError("an unknown policy key was accepted")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
 
@@ -234,6 +289,7 @@ def main():
     torch.set_num_threads(1)
     test_single(gristd)
     test_async_sketch(gristd)
+    test_policy(gristd)
     test_ddp(gristd)
     print("torch attach: ok")
     return 0

@@ -88,19 +88,38 @@ def make_model(task, seed):
                  {"params": net.out.parameters()}]
 
 
-def run_char(args, seed, net, opt, session):
+class Ranks:
+    """The data-parallel context of one run: rank r of R trains on rows r::R
+    of every global batch (the same batches as the single-process run, so
+    DDP's averaged gradient is the single-process gradient)."""
+
+    def __init__(self, rank=0, world=1):
+        self.rank, self.world = rank, world
+
+    def part(self, *tensors):
+        return [t[self.rank::self.world] for t in tensors]
+
+    def mean(self, x):
+        if self.world == 1:
+            return x
+        t = torch.tensor([x], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return t.item() / self.world
+
+
+def run_char(args, seed, net, opt, session, ranks):
     train, test, vocab = char_data()
     g = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(args.char_steps):
-        x, y = char_batch(train, g, args.batch)
+        x, y = ranks.part(*char_batch(train, g, args.batch))
         opt.zero_grad()
         loss = torch.nn.functional.cross_entropy(net(x).reshape(-1, vocab), y.reshape(-1))
         loss.backward()
         opt.step()
         if session:
-            session.step(batch_size=args.batch)
-        losses.append(loss.item())
+            session.step(batch_size=len(x))
+        losses.append(ranks.mean(loss.item()))
     gt = torch.Generator().manual_seed(12345)
     with torch.no_grad():
         tl = []
@@ -111,7 +130,40 @@ def run_char(args, seed, net, opt, session):
 
 
 def run(args, seed, beta, address=None, job=None):
+    """One training run; with --ranks R > 1, R processes (gloo, DDP) of which
+    rank 0 reports."""
+    if args.ranks == 1:
+        return train_run(args, seed, beta, address, job, Ranks())
+    import socket
+    import torch.multiprocessing as mp
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    ctx = mp.get_context("spawn")
+    out = ctx.SimpleQueue()
+    mp.spawn(ddp_rank, args=(args, seed, beta, address, job, port, out), nprocs=args.ranks,
+             join=True)
+    return out.get()
+
+
+def ddp_rank(rank, args, seed, beta, address, job, port, out):
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=args.ranks)
+    res = train_run(args, seed, beta, address, job, Ranks(rank, args.ranks))
+    if rank == 0:
+        out.put(res)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def train_run(args, seed, beta, address, job, ranks):
     net, groups = make_model(args.task, seed)
+    model = net
+    if ranks.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(net)
     if args.optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=args.lr, momentum=beta)
     else:
@@ -122,11 +174,13 @@ def run(args, seed, beta, address=None, job=None):
         for kv in args.policy:
             k, v = kv.split("=", 1)
             policy[k] = v
-        session = grist.torch.attach(opt, job=job, address=address, policy=policy, wait_s=10)
+        session = grist.torch.attach(opt, job=job, address=address, policy=policy, wait_s=10,
+                                     rank=ranks.rank, world_size=ranks.world,
+                                     ddp_model=model if ranks.world > 1 else None)
     if args.task == "char":
-        metric, losses = run_char(args, seed, net, opt, session)
+        metric, losses = run_char(args, seed, model, opt, session, ranks)
         if session:
-            trace(args, seed, session)
+            trace(args, seed, session, ranks)
             session.close()
         return metric, first_hit(losses, args.target)
     Xtr, ytr, Xte, yte = digits(seed)
@@ -135,25 +189,25 @@ def run(args, seed, beta, address=None, job=None):
     for _ in range(args.epochs):
         perm = torch.randperm(len(Xtr), generator=g)
         for i in range(0, len(Xtr) - args.batch + 1, args.batch):
-            idx = perm[i:i + args.batch]
+            idx, = ranks.part(perm[i:i + args.batch])
             opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(net(Xtr[idx]), ytr[idx])
+            loss = torch.nn.functional.cross_entropy(model(Xtr[idx]), ytr[idx])
             loss.backward()
             opt.step()
             if session:
-                session.step(batch_size=args.batch)
-            losses.append(loss.item())
+                session.step(batch_size=len(idx))
+            losses.append(ranks.mean(loss.item()))
     with torch.no_grad():
         acc = (net(Xte).argmax(1) == yte).float().mean().item()
     if session:
-        trace(args, seed, session)
+        trace(args, seed, session, ranks)
         session.close()
     return acc, first_hit(losses, args.target)
 
 
-def trace(args, seed, session):
+def trace(args, seed, session, ranks):
     """--trace: the values gristd pushed during the run (step: momentum x lr_scale per group)."""
-    if not args.trace:
+    if not args.trace or ranks.rank != 0:
         return
     moves = ", ".join(f"{t}: " + "/".join(f"{m:.2f}x{s:.2f}" for m, s in zip(ms, ss))
                       for t, ms, ss in session.history)
@@ -179,6 +233,10 @@ def main():
     ap.add_argument("--target", type=float, default=None)
     ap.add_argument("--task", choices=["mlp", "cnn", "char"], default="mlp")
     ap.add_argument("--char-steps", type=int, default=400)
+    ap.add_argument("--ranks", type=int, default=1,
+                    help="data-parallel ranks (DDP over gloo); each takes its share of every "
+                         "batch, so the averaged gradient is the single-process one")
+    ap.add_argument("--betas", default=None, help="fixed betas to run, e.g. 0.8,0.9 (default: the sweep)")
     ap.add_argument("--grist-only", action="store_true", help="skip the fixed-beta runs")
     ap.add_argument("--trace", action="store_true",
                     help="print the values gristd pushed in each grist run (stderr)")
@@ -193,6 +251,8 @@ def main():
         args.target = {"mlp": 0.15, "cnn": 0.1, "char": 2.2}[args.task]
     torch.set_num_threads(1)
     fixed = [0.0, 0.5, 0.8, 0.9, 0.95, 0.99] if args.optimizer == "sgd" else [0.5, 0.8, 0.9, 0.95, 0.99]
+    if args.betas:
+        fixed = [float(b) for b in args.betas.split(",")]
     if args.grist_only:
         fixed = []
     rows = []
@@ -214,6 +274,8 @@ def main():
     length = f"{args.char_steps} steps" if args.task == "char" else f"{args.epochs} epochs"
     metric = "held-out cross-entropy (lower is better)" if args.task == "char" else "test accuracy"
     pol = ", grist policy " + " ".join(args.policy) if args.policy else ""
+    if args.ranks > 1:
+        pol += f", {args.ranks} DDP ranks"
     print(f"{what}, {args.optimizer} lr {args.lr}, batch {args.batch}, {length}, "
           f"{args.seeds} seeds{pol}; steps to moving-average train loss < {args.target}\n")
     print(f"| beta | {metric} (mean ± std) | median steps to target | runs reaching it |")

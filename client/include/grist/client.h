@@ -88,15 +88,30 @@ struct grist_attach_options {
     const char *lr_coupling;   /**< "none" | "dc" | "energy" | "radius" | NULL */
     uint32_t solve_every, min_steps;
     double beta_min, beta_max;
+    const double *candidates;  /**< explicit beta list (e.g. the paper's {0.5, 0.9, 0.99});
+                                    NULL = the daemon's grid; copied */
+    uint32_t ncandidates;      /**< entries of candidates, at most 64 */
+    const char *select_on;     /**< "train" | "validation" | NULL */
+    double hysteresis_z;       /**< standard errors the best must lead by; 0 = default */
+    uint32_t hysteresis_h;     /**< consecutive agreeing evaluations; 0 = default */
+    double ema_gamma;          /**< EMA decay of the statistics; 0 = default */
+    double j_ema;              /**< EMA of J before the argmax, in (0, 1); 0 = default */
+    double radius;             /**< rho for lr_coupling "radius"; 0 = default */
 };
 
 /**
  * Attach a worker. Returns at once; the background thread connects, sends
  * Hello and receives Welcome (see grist_session_wait_ready()).
  *
- * @return 0; -EINVAL for a missing job, rank >= world_size, no groups, a
- *         group of 2^32 elements or more (GRIST_ETOOBIG), a bad sketch_dim
- *         (GRIST_EBADDIM); -ENOMEM.
+ * The daemon checks the policy fields: a value it refuses (an unknown mode
+ * name, a bound out of range) ends the stream with INVALID_ARGUMENT;
+ * grist_session_wait_ready() then times out and grist_session_last_error()
+ * has the daemon's message (the thread keeps retrying with backoff, as for
+ * any stream that ended).
+ *
+ * @return 0; -EINVAL for a missing job, rank >= world_size, no groups, more
+ *         than 64 candidates or one outside [0, 1), a group of 2^32 elements
+ *         or more (GRIST_ETOOBIG), a bad sketch_dim (GRIST_EBADDIM); -ENOMEM.
  */
 GRIST_EXPORT int grist_session_attach(struct grist_client *c, const struct grist_attach_options *o,
                                       struct grist_session **out);
@@ -212,6 +227,17 @@ struct grist_session_stats {
 
 /** Read the counters. */
 GRIST_EXPORT void grist_session_stats(struct grist_session *s, struct grist_session_stats *out);
+
+/**
+ * The daemon's message for the last stream that ended with an error (e.g.
+ * "hello.policy.j_ema: not in (0, 1)"), copied into buf (NUL-terminated,
+ * truncated to len - 1 bytes; "" when none).
+ *
+ * @return the gRPC status code of that stream (3 = INVALID_ARGUMENT: the
+ *         daemon refused the attach, retrying will not help), 0 when no
+ *         stream ended with an error; -EINVAL for a NULL session.
+ */
+GRIST_EXPORT int grist_session_last_error(struct grist_session *s, char *buf, size_t len);
 
 /** Detach (the stream is cancelled; queued summaries are dropped) and free. NULL is allowed. */
 GRIST_EXPORT void grist_session_close(struct grist_session *s);

@@ -52,7 +52,14 @@ class _AttachOptions(ctypes.Structure):
                 ("sketch_dim", _u32), ("mode", ctypes.c_char_p),
                 ("noise_correction", ctypes.c_char_p), ("lr_coupling", ctypes.c_char_p),
                 ("solve_every", _u32), ("min_steps", _u32), ("beta_min", _dbl),
-                ("beta_max", _dbl)]
+                ("beta_max", _dbl), ("candidates", _pd), ("ncandidates", _u32),
+                ("select_on", ctypes.c_char_p), ("hysteresis_z", _dbl), ("hysteresis_h", _u32),
+                ("ema_gamma", _dbl), ("j_ema", _dbl), ("radius", _dbl)]
+
+# the policy keys attach() understands (MATH.md sections 3-6; proto Policy)
+POLICY_KEYS = ("mode", "noise_correction", "lr_coupling", "select_on", "candidates",
+               "beta_min", "beta_max", "min_steps", "solve_every", "hysteresis_z",
+               "hysteresis_h", "ema_gamma", "j_ema", "radius")
 
 
 class Tensor(ctypes.Structure):
@@ -97,6 +104,7 @@ _sk_begin = _sig("grist_session_sketch_begin", ctypes.c_int, _vp, ctypes.POINTER
 _sk_end = _sig("grist_session_sketch_end", ctypes.c_int, _vp, _u64, ctypes.POINTER(_u32),
                ctypes.c_int, ctypes.c_int)
 _stats = _sig("grist_session_stats", None, _vp, ctypes.POINTER(_SessionStats))
+_last_error = _sig("grist_session_last_error", ctypes.c_int, _vp, ctypes.c_char_p, ctypes.c_size_t)
 _session_close = _sig("grist_session_close", None, _vp)
 _strerror = _sig("grist_strerror", ctypes.c_char_p, ctypes.c_int)
 _sk_f32 = _sig("grist_sketch_accum_f32", ctypes.c_int, _u32, _vp, _u64, _u64, _pd, _u32, _pd)
@@ -172,6 +180,9 @@ class Session:
 
     def __init__(self, client, job, groups, rank=0, world_size=1, sketch_dim=1024, policy=None):
         policy = dict(policy or {})
+        unknown = sorted(set(policy) - set(POLICY_KEYS))
+        if unknown:
+            raise ValueError(f"unknown policy key(s) {unknown}; known: {', '.join(POLICY_KEYS)}")
         self.client = client
         self.ngroups = len(groups)
         self.m = sketch_dim
@@ -194,6 +205,18 @@ class Session:
         o.min_steps = int(policy.get("min_steps", 0))
         o.beta_min = float(policy.get("beta_min", 0.0))
         o.beta_max = float(policy.get("beta_max", 0.0))
+        o.select_on = _b(policy.get("select_on"))
+        o.hysteresis_z = float(policy.get("hysteresis_z", 0.0))
+        o.hysteresis_h = int(policy.get("hysteresis_h", 0))
+        o.ema_gamma = float(policy.get("ema_gamma", 0.0))
+        o.j_ema = float(policy.get("j_ema", 0.0))
+        o.radius = float(policy.get("radius", 0.0))
+        cand = policy.get("candidates")
+        if isinstance(cand, str):
+            cand = [float(x) for x in cand.replace(",", " ").split()]
+        if cand:
+            self._cand = (_dbl * len(cand))(*[float(x) for x in cand])  # alive while attaching
+            o.candidates, o.ncandidates = self._cand, len(cand)
         self._h = _vp()
         _check(_attach(client._h, ctypes.byref(o), ctypes.byref(self._h)), "attach")
         client._sessions.append(self)
@@ -202,6 +225,14 @@ class Session:
 
     def wait_ready(self, timeout_s):
         return _wait_ready(self._h, timeout_s) == 0
+
+    def last_error(self):
+        """(gRPC status, the daemon's message) of the last stream that ended
+        with an error; (0, "") when none. Status 3 (INVALID_ARGUMENT): the
+        daemon refused the attach (e.g. a policy value out of range)."""
+        buf = ctypes.create_string_buffer(256)
+        st = _last_error(self._h, buf, len(buf))
+        return st, buf.value.decode(errors="replace")
 
     @property
     def job_seed(self):

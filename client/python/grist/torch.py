@@ -16,7 +16,10 @@ Distributed (DDP): pass ddp_model=; a DDP communication hook sketches each
 rank's local gradient bucket before the all-reduce, so the daemon receives
 the per-worker gradients it needs for the noise estimate (MATH.md section 4),
 then the hook runs the standard all-reduce. Rank and world size default
-from torch.distributed when it is initialized.
+from torch.distributed when it is initialized. New values are applied by
+every rank at the same step (rank 0 broadcasts them every sync_every steps):
+DDP only averages gradients, so ranks changing momentum at different steps
+would train diverging replicas.
 """
 import warnings
 
@@ -42,8 +45,10 @@ class GristSession:
     """The attached optimizer; see attach()."""
 
     def __init__(self, optimizer, job, address, rank=None, world_size=None, sketch_dim=1024,
-                 policy=None, ddp_model=None, client=None, wait_s=0.0, async_sketch=True):
+                 policy=None, ddp_model=None, client=None, wait_s=0.0, async_sketch=True,
+                 sync_every=10):
         self.optimizer = optimizer
+        self.sync_every = max(1, int(sync_every))
         self.kind = _kind(optimizer)
         dist = _torch.distributed
         if rank is None:
@@ -66,8 +71,13 @@ class GristSession:
         self.client = client or Client(address)
         self.session = Session(self.client, job, groups, rank=rank, world_size=world_size,
                                sketch_dim=sketch_dim, policy=policy)
-        if wait_s:
-            self.session.wait_ready(wait_s)
+        if wait_s and not self.session.wait_ready(wait_s):
+            status, msg = self.session.last_error()
+            if status == 3:  # INVALID_ARGUMENT: the daemon refused this attach
+                self.session.close()
+                if self._own_client:
+                    self.client.close()
+                raise ValueError(f"gristd refused the attach of job {job!r}: {msg}")
         self.t = 0
         self.version = 0
         self.lr_scale = [1.0] * self.ngroups
@@ -228,6 +238,11 @@ class GristSession:
             return allreduce_hook(process_group, bucket)
 
         ddp_model.register_comm_hook(None, hook)
+        dist = _torch.distributed
+        self._pg = getattr(ddp_model, "process_group", None) or dist.group.WORLD
+        self._pg_rank = dist.get_rank(self._pg)
+        get_global = getattr(dist, "get_global_rank", None) or dist.distributed_c10d._get_global_rank
+        self._pg_src = get_global(self._pg, 0) if self._pg is not dist.group.WORLD else 0
         self._ddp = True
 
     def step(self, batch_size=0):
@@ -268,7 +283,10 @@ class GristSession:
                         raise
                     self.rejected += 1
             self._local = None
-        version, step, hp = self.session.latest()
+        if getattr(self, "_ddp", False):
+            version, hp = self._agreed_latest()
+        else:
+            version, _, hp = self.session.latest()
         if hp is not None and version != self.version:
             self.version = version
             for g, h in zip(self.optimizer.param_groups, hp):
@@ -279,6 +297,29 @@ class GristSession:
             self.lr_scale = [h["lr_scale"] for h in hp]
             self.history.append((self.t, [h["momentum"] for h in hp], list(self.lr_scale)))
         return hp
+
+    def _agreed_latest(self):
+        """DDP: every rank must change momentum at the same step, or the
+        replicas' parameters drift apart for good (DDP only averages the
+        gradients). Every sync_every steps rank 0 of the model's process
+        group broadcasts the newest values it received (a few doubles); every
+        rank applies exactly those, whatever its own stream delivered."""
+        if self.t % self.sync_every:
+            return self.version, None
+        buf = _torch.zeros(1 + 2 * self.ngroups, dtype=_torch.float64)
+        if self._pg_rank == 0:
+            version, _, hp = self.session.latest()
+            if hp is not None:
+                buf[0] = version
+                for gi, h in enumerate(hp):
+                    buf[1 + 2 * gi] = h["momentum"]
+                    buf[2 + 2 * gi] = h["lr_scale"]
+        _torch.distributed.broadcast(buf, src=self._pg_src, group=self._pg)
+        if buf[0] == 0:
+            return self.version, None
+        v = buf.tolist()
+        return int(v[0]), [{"momentum": v[1 + 2 * gi], "lr_scale": v[2 + 2 * gi]}
+                           for gi in range(self.ngroups)]
 
     def stats(self):
         return self.session.stats()
@@ -301,18 +342,28 @@ class GristSession:
 
 
 def attach(optimizer, job, address, rank=None, world_size=None, sketch_dim=1024, policy=None,
-           ddp_model=None, wait_s=0.0, async_sketch=True):
+           ddp_model=None, wait_s=0.0, async_sketch=True, sync_every=10):
     """Attach optimizer to gristd at address as a worker of job; returns a
     GristSession (call .step() after optimizer.step(); .close() or use as a
     context manager). Never raises because the daemon is absent: training
     goes on with the optimizer's own values until hyperparameters arrive.
+    Raises ValueError for a policy key it does not know and, with wait_s > 0,
+    when the daemon refuses the attach (its message says which field).
+
+    policy: dict of the proto Policy fields (grist._native.POLICY_KEYS), e.g.
+    {"candidates": [0.5, 0.9, 0.99], "lr_coupling": "energy", "j_ema": 0.9};
+    absent keys take the daemon's defaults (gristd --help).
 
     async_sketch (default; SGD without DDP): the step's sketch starts when
     optimizer.step() starts and runs on libgrist's thread beside it; it is
     collected by session.step() and discarded (counted in .discarded) if a
     gradient was changed in place meanwhile. It hides the sketch behind the
     optimizer's step when a core is spare (client/README.md has the
-    measurement); async_sketch=False sketches in session.step()."""
+    measurement); async_sketch=False sketches in session.step().
+
+    sync_every (DDP only): every sync_every steps rank 0 broadcasts the
+    values it received and every rank applies them at that same step, so the
+    replicas never diverge (one broadcast of 1 + 2 x groups doubles)."""
     return GristSession(optimizer, job, address, rank=rank, world_size=world_size,
                         sketch_dim=sketch_dim, policy=policy, ddp_model=ddp_model, wait_s=wait_s,
-                        async_sketch=async_sketch)
+                        async_sketch=async_sketch, sync_every=sync_every)
