@@ -80,8 +80,8 @@ static const struct opt table[] = {
      "seconds after its last worker left before a job and its statistics are dropped"},
     {"mode", OPT_STR, F(mode), "per_group", 0, 0, "per_group or global"},
     {"noise-correction", OPT_STR, F(noise_correction), "auto", 0, 0, "off, workers, acf or auto"},
-    {"lr-coupling", OPT_STR, F(lr_coupling), "energy", 0, 0,
-     "none, dc, energy or radius (energy chosen from the option study in docs/QUALITY.md)"},
+    {"lr-coupling", OPT_STR, F(lr_coupling), "none", 0, 0,
+     "none, dc, energy or radius (none chosen from the lr sweep in docs/QUALITY.md)"},
     {"select-on", OPT_STR, F(select_on), "train", 0, 0, "train or validation"},
 };
 

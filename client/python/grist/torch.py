@@ -351,7 +351,7 @@ def attach(optimizer, job, address, rank=None, world_size=None, sketch_dim=1024,
     when the daemon refuses the attach (its message says which field).
 
     policy: dict of the proto Policy fields (grist._native.POLICY_KEYS), e.g.
-    {"candidates": [0.5, 0.9, 0.99], "lr_coupling": "energy", "j_ema": 0.9};
+    {"candidates": [0.5, 0.9, 0.99], "lr_coupling": "dc", "j_ema": 0.9};
     absent keys take the daemon's defaults (gristd --help).
 
     async_sketch (default; SGD without DDP): the step's sketch starts when
