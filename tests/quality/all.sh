@@ -10,7 +10,9 @@
 #   char       the same for the character GRU, 5 seeds             ~35 min
 #   lr         3-point lr sweep (x0.5, x2 of the default lr)       ~30 min
 #   noise      2-rank DDP: noise_correction auto(workers)/acf/off  ~30 min
-#   coupling   lr_coupling none / dc (energy is the default)       ~15 min
+#   coupling   lr_coupling energy / dc (none is the default)       ~15 min
+#   coupling-lr  energy at the lr section's learning rates         ~8 min
+#   cadence    solve_every 5 / 10 / 25 / 50 with dc coupling       ~28 min
 #   selection  mode=global, the paper's list, j_ema               ~20 min
 #   probe      the acf rule against a direct noise measurement     ~0.5 min
 #
@@ -105,6 +107,26 @@ section() {
         for pol in energy dc; do
             G "$pol" --policy lr_coupling=$pol
         done ;;
+    coupling-lr)
+        echo "## lr coupling energy at the off-default learning rates (grist only; compare with the lr section)"
+        echo
+        for opt in sgd adam; do
+            if [ $opt = sgd ]; then list=$LR_SGD; else list=$LR_ADAM; fi
+            for item in $list; do
+                task=${item%%:*}
+                seeds=5
+                [ "$task" = char ] && seeds=2
+                for lr in $(echo "${item#*:}" | tr , ' '); do
+                    Q --seeds $seeds --task "$task" --optimizer $opt --lr "$lr" --grist-only \
+                        --policy lr_coupling=energy | grep "grist (from" | sed "s/^/$task $opt energy@lr=$lr: /"
+                done
+            done
+        done ;;
+    cadence)
+        echo "## Selection cadence solve_every 5 / 10 / 25 / 50 (grist only; lr_coupling dc, the default when this study was made)"
+        echo
+        par "G every-5 --solve-every 5 --policy lr_coupling=dc; G every-10 --solve-every 10 --policy lr_coupling=dc" \
+            "G every-25 --solve-every 25 --policy lr_coupling=dc; G every-50 --solve-every 50 --policy lr_coupling=dc" ;;
     selection)
         echo "## Selection options (grist only; defaults in the digits/char sections)"
         echo
@@ -122,8 +144,14 @@ section() {
     esac
 }
 
-[ $# -gt 0 ] || set -- families digits char lr noise coupling selection probe
+# --report: only rebuild results.md from the raw files
+if [ "${1:-}" = --report ]; then
+    shift
+    set -- __none
+fi
+[ $# -gt 0 ] || set -- families digits char lr noise coupling coupling-lr cadence selection probe
 for s in "$@"; do
+    [ "$s" = __none ] && continue
     start=$(date +%s)
     { section "$s"; echo; echo "(section $s: $(( $(date +%s) - start )) s, $(date -u +%Y-%m-%d), $(nproc) cores)"; } > "$RAW/$s.md.tmp"
     mv "$RAW/$s.md.tmp" "$RAW/$s.md"
@@ -131,7 +159,7 @@ for s in "$@"; do
 done
 {
     echo "# Quality results (raw); command: sh tests/quality/all.sh [SECTION ...]"
-    for s in families digits char lr noise coupling selection probe; do
+    for s in families digits char lr noise coupling coupling-lr cadence selection probe; do
         [ -f "$RAW/$s.md" ] && { echo; cat "$RAW/$s.md"; }
     done
     echo

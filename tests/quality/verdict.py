@@ -97,17 +97,25 @@ def main():
             options.setdefault("defaults", {})[(task, opt)] = sweeps[key]["grist"]
     if default.keys() != set(ORDER):
         print(f"\n(default-lr sweeps found for {sorted(default)} only)")
-    print("\n### Each grist policy against the default-lr fixed sweeps\n")
+    print("\n### Each grist policy against the fixed sweeps (at the default lr; "
+          "a label LABEL@lr=X: at lr X)\n")
     print("| policy | " + " | ".join(f"{t} {o}" for t, o in ORDER) + " | M | B |")
     print("|---" * (len(ORDER) + 3) + "|")
-    for label in ["defaults"] + sorted(k for k in options if k != "defaults"):
+    def natural(label):
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", label)]
+
+    for label in ["defaults"] + sorted((k for k in options if k != "defaults"), key=natural):
         cells, nm, nb, n = [], 0, 0, 0
+        ref = default
+        if "@lr=" in label:  # a run at another lr: against the sweep at that lr
+            lr = float(label.split("@lr=")[1])
+            ref = {k[:2]: v["fixed"] for k, v in sweeps.items() if k[2] == lr and not k[3]}
         for to in ORDER:
             g = options.get(label, {}).get(to)
-            if g is None or to not in default:
+            if g is None or to not in ref:
                 cells.append("")
                 continue
-            m, b = marks(to[0], default[to], g)[:2]
+            m, b = marks(to[0], ref[to], g)[:2]
             nm, nb, n = nm + m, nb + b, n + 1
             cells.append(f"{g[0]:.4f} {'M' if m else ''}{'B' if b else ''}".strip())
         print(f"| {label} | " + " | ".join(cells) + f" | {nm}/{n} | {nb}/{n} |")
