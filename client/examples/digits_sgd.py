@@ -44,7 +44,8 @@ def train(args, attach_to=None, job="digits-sgd"):
     session = None
     if attach_to:
         session = grist.torch.attach(opt, job=job, address=attach_to, sketch_dim=1024,
-                                     policy={"solve_every": args.solve_every}, wait_s=5.0)
+                                     policy={"solve_every": args.solve_every} if args.solve_every
+                                     else {}, wait_s=5.0)
     g = torch.Generator().manual_seed(args.seed)
     losses = []
     step = 0
@@ -77,7 +78,9 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--momentum", type=float, default=0.9)
-    ap.add_argument("--solve-every", type=int, default=10)
+    ap.add_argument("--solve-every", type=int, default=0,
+                    help="selection cadence asked of gristd (default: gristd's own, 50, "
+                         "chosen in docs/QUALITY.md)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--plot", default="digits_sgd.png")
     args = ap.parse_args()
