@@ -27,6 +27,7 @@
 #include <grpc/support/time.h>
 
 #include "grist/client.h"
+#include "grist/stats.h"
 #include "grist/v1/grist.pb-c.h"
 #include "internal.h"
 #include "queue.h"
@@ -445,7 +446,7 @@ int grist_session_attach(struct grist_client *c, const struct grist_attach_optio
     for (uint32_t g = 0; g < o->ngroups; g++)
         if (o->groups[g].num_elements >= ((uint64_t)1 << 32))
             return GRIST_ETOOBIG;
-    if (o->ncandidates > 64 || (o->ncandidates && !o->candidates))
+    if (o->ncandidates > GRIST_MAX_CANDIDATES || (o->ncandidates && !o->candidates))
         return -EINVAL;
     for (uint32_t k = 0; k < o->ncandidates; k++)
         if (!(o->candidates[k] >= 0.0 && o->candidates[k] < 1.0))

@@ -3,6 +3,7 @@ pipe (no sleeps), query it with the protoc-generated classes."""
 import os
 import subprocess
 import sys
+import time
 
 import grpc
 
@@ -46,3 +47,14 @@ def get_job(addr, job_id):
                               request_serializer=pb.GetJobRequest.SerializeToString,
                               response_deserializer=pb.GetJobResponse.FromString)
         return call(pb.GetJobRequest(job_id=job_id), timeout=10)
+
+
+def wait_step(addr, job_id, step, timeout_s=30.0):
+    """Wait until the daemon aggregated `step` of job_id (libgrist sends in the
+    background, and close() drops what is still queued); returns the job."""
+    deadline = time.monotonic() + timeout_s
+    job = get_job(addr, job_id)
+    while job.job.step < step and time.monotonic() < deadline:
+        time.sleep(0.05)
+        job = get_job(addr, job_id)
+    return job

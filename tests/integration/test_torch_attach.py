@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pytest_util import get_job, start_gristd
+from pytest_util import get_job, start_gristd, wait_step
 
 import grist.torch  # noqa: E402  (path set by pytest_util)
 from sklearn.datasets import load_digits  # noqa: E402
@@ -141,10 +141,7 @@ def test_async_sketch(gristd):
             torch.nn.functional.cross_entropy(m(X[idx]), y[idx]).backward()
             o.step()
             s.step(batch_size=32)
-    deadline = time.monotonic() + 30  # libgrist sends in the background
-    while get_job(addr, "async-test").job.step < 60 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    job = get_job(addr, "async-test")
+    job = wait_step(addr, "async-test", 60)
     gs = job.groups[0]
     print(f"async: step {job.job.step}, world {job.job.world_size}, noise {gs.noise!r}, "
           f"discarded {sessions[0].discarded}")
@@ -193,11 +190,7 @@ def ddp_rank(rank, world, port, addr, out):
         loss.backward()
         opt.step()
         session.step(batch_size=32)
-    # close() drops what is still queued: wait until the daemon aggregated the
-    # last step from both ranks (libgrist sends in the background)
-    deadline = time.monotonic() + 30
-    while get_job(addr, "ddp-test").job.step < 150 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_step(addr, "ddp-test", 150)  # both ranks' last step reached the daemon
     st = session.stats()
     flat = torch.cat([p.detach().flatten() for p in model.parameters()]).numpy().tobytes()
     out.put((rank, st["sent"], st["received"], opt.param_groups[0]["momentum"],
@@ -257,13 +250,11 @@ def test_policy(gristd):
         torch.nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
         opt.step()
         session.step(batch_size=32)
-    deadline = time.monotonic() + 30
-    while get_job(addr, "policy-test").job.step < 80 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    gs = get_job(addr, "policy-test").groups[0]
+    gs = wait_step(addr, "policy-test", 80).groups[0]
     print(f"policy: candidates {list(gs.candidates)}, pushes {session.history[-3:]}")
     assert list(gs.candidates) == paper, list(gs.candidates)
-    assert all(m in paper for _, ms, _ in session.history for m in ms), session.history
+    assert session.history and all(m in paper for _, ms, _ in session.history for m in ms), \
+        session.history
     session.close()
     for bad, word in (({"j_ema": 1.5}, "j_ema"), ({"mode": "sideways"}, "mode"),
                       ({"candidates": [0.5, 1.2]}, "attach")):

@@ -45,18 +45,25 @@ G() {
 LR_SGD="mlp:0.025,0.1 cnn:0.025,0.1 char:0.25,1.0"
 LR_ADAM="mlp:0.001,0.004 cnn:0.001,0.004 char:0.0025,0.01"
 
-# the lr tables of one optimizer
-lr_tables() {
+# each_lr OPT FN: FN TASK OPT LR SEEDS for every off-default lr of OPT
+# (5 seeds; 2 for the character task)
+each_lr() {
     if [ "$1" = sgd ]; then list=$LR_SGD; else list=$LR_ADAM; fi
     for item in $list; do
         task=${item%%:*}
         seeds=5
         [ "$task" = char ] && seeds=2
         for lr in $(echo "${item#*:}" | tr , ' '); do
-            echo
-            Q --seeds $seeds --task "$task" --optimizer "$1" --lr "$lr"
+            "$2" "$task" "$1" "$lr" "$seeds"
         done
     done
+}
+# one fixed-beta sweep with grist at that lr
+lr_table() { echo; Q --seeds "$4" --task "$1" --optimizer "$2" --lr "$3"; }
+# grist alone with energy coupling at that lr, one labelled line
+lr_energy() {
+    Q --seeds "$4" --task "$1" --optimizer "$2" --lr "$3" --grist-only --policy lr_coupling=energy |
+        grep "grist (from" | sed "s/^/$1 $2 energy@lr=$3: /"
 }
 # par A B: run the commands A and B, at the same time when QUALITY_JOBS=2;
 # the output is A's then B's either way
@@ -94,7 +101,7 @@ section() {
     lr)
         echo "## Learning-rate sweep: the default lr is in the digits/char sections; here x0.5 and x2"
         echo "(5 seeds on digits, 2 on the character task)"
-        par "lr_tables sgd" "lr_tables adam" ;;
+        par "each_lr sgd lr_table" "each_lr adam lr_table" ;;
     noise)
         echo "## Noise correction with 2 DDP ranks (each rank half of every batch; grist only)"
         echo
@@ -111,18 +118,8 @@ section() {
     coupling-lr)
         echo "## lr coupling energy at the off-default learning rates (grist only; compare with the lr section)"
         echo
-        for opt in sgd adam; do
-            if [ $opt = sgd ]; then list=$LR_SGD; else list=$LR_ADAM; fi
-            for item in $list; do
-                task=${item%%:*}
-                seeds=5
-                [ "$task" = char ] && seeds=2
-                for lr in $(echo "${item#*:}" | tr , ' '); do
-                    Q --seeds $seeds --task "$task" --optimizer $opt --lr "$lr" --grist-only \
-                        --policy lr_coupling=energy | grep "grist (from" | sed "s/^/$task $opt energy@lr=$lr: /"
-                done
-            done
-        done ;;
+        each_lr sgd lr_energy
+        each_lr adam lr_energy ;;
     cadence)
         echo "## Selection cadence solve_every 5 / 10 / 25 / 50 (grist only; lr_coupling dc, the default when this study was made)"
         echo

@@ -28,6 +28,7 @@ from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 import grist.torch  # noqa: E402
+from defaults import DEFAULT_LR, TARGET_LOSS  # noqa: E402  (this directory)
 
 
 def digits(seed):
@@ -244,11 +245,9 @@ def main():
                     help="grist policy field for the attached runs, e.g. lr_coupling=dc")
     args = ap.parse_args()
     if args.lr is None:
-        args.lr = {("mlp", "sgd"): 0.05, ("cnn", "sgd"): 0.05, ("char", "sgd"): 0.5,
-                   ("mlp", "adam"): 0.002, ("cnn", "adam"): 0.002, ("char", "adam"): 0.005}[
-                       (args.task, args.optimizer)]
+        args.lr = DEFAULT_LR[(args.task, args.optimizer)]
     if args.target is None:
-        args.target = {"mlp": 0.15, "cnn": 0.1, "char": 2.2}[args.task]
+        args.target = TARGET_LOSS[args.task]
     torch.set_num_threads(1)
     fixed = [0.0, 0.5, 0.8, 0.9, 0.95, 0.99] if args.optimizer == "sgd" else [0.5, 0.8, 0.9, 0.95, 0.99]
     if args.betas:

@@ -19,6 +19,8 @@ import re
 import statistics
 import sys
 
+from defaults import DEFAULT_LR
+
 TASKS = {"digits MLP": "mlp", "digits CNN": "cnn", "GPL-3 char GRU": "char"}
 TITLE = re.compile(r"^(digits MLP|digits CNN|GPL-3 char GRU), (sgd|adam) lr ([0-9.e-]+), .*?(\d+) seeds(.*?);")
 ROW = re.compile(r"^\| (fixed [0-9.]+|grist \(from 0\.9\)) \| ([0-9.]+) ± ([0-9.]+) \|")
@@ -63,10 +65,6 @@ def marks(task, fixed, g):
     match = sign * (g[0] - bm) >= -bs
     beat = sign * (g[0] - med) > 0
     return match, beat, best_b, bm, bs, med
-
-
-DEFAULT_LR = {("mlp", "sgd"): 0.05, ("cnn", "sgd"): 0.05, ("char", "sgd"): 0.5,
-              ("mlp", "adam"): 0.002, ("cnn", "adam"): 0.002, ("char", "adam"): 0.005}
 
 
 def main():

@@ -213,10 +213,10 @@ class Session:
         o.radius = float(policy.get("radius", 0.0))
         cand = policy.get("candidates")
         if isinstance(cand, str):
-            cand = [float(x) for x in cand.replace(",", " ").split()]
-        if cand:
-            self._cand = (_dbl * len(cand))(*[float(x) for x in cand])  # alive while attaching
-            o.candidates, o.ncandidates = self._cand, len(cand)
+            cand = cand.replace(",", " ").split()
+        if cand:  # attach encodes the Hello before it returns: a local array is enough
+            arr = (_dbl * len(cand))(*[float(x) for x in cand])
+            o.candidates, o.ncandidates = arr, len(cand)
         self._h = _vp()
         _check(_attach(client._h, ctypes.byref(o), ctypes.byref(self._h)), "attach")
         client._sessions.append(self)

@@ -88,6 +88,7 @@ class GristSession:
         self._local = None
         self._dacc = None
         self._dev_used = False
+        self._ddp = False  # set by _install_hook
         self._params = [(p, gi, off) for p, (gi, off) in self._where.items()]
         self._tdesc = (Tensor * max(1, len(self._params)))()
         self._pending = None  # [(tensor, version)] of a sketch begun on libgrist's thread
@@ -254,12 +255,12 @@ class GristSession:
         if self._pending is not None:
             refs, self._pending = self._pending, None
             self._end(refs, batch_sizes)
-        elif not getattr(self, "_ddp", False) and (refs := self._begin(False)) is not None:
+        elif not self._ddp and (refs := self._begin(False)) is not None:
             self._end(refs, batch_sizes)
         else:
             seeds = self._seeds()  # DDP hook or GPU tensors: per-tensor path below
         if seeds is not None:
-            if getattr(self, "_ddp", False):
+            if self._ddp:
                 ready = self._local is not None
             else:
                 self._acc[:] = 0
@@ -283,7 +284,7 @@ class GristSession:
                         raise
                     self.rejected += 1
             self._local = None
-        if getattr(self, "_ddp", False):
+        if self._ddp:
             version, hp = self._agreed_latest()
         else:
             version, _, hp = self.session.latest()
