@@ -57,12 +57,12 @@ static const struct opt table[] = {
      "fold the sketch covariance to this many dimensions (power of two; 0 = no covariance)"},
     {"lags", OPT_INT, F(lags), "16", 2, 64, "autocorrelation lags L"},
     {"cov-batch", OPT_INT, F(cov_batch), "16", 1, 256, "steps per rank-b covariance update"},
-    {"solve-every", OPT_INT, F(solve_every), "50", 1, 1 << 20,
+    {"solve-every", OPT_INT, F(solve_every), "10", 1, 1 << 20,
      "steps between selections and family solves (a job may ask for its own)"},
     {"families-every", OPT_INT, F(families_every), "50", 1, 1 << 20,
      "steps between family solves (one eigendecomposition per group; at most as often as solve-every)"},
     {"min-steps", OPT_INT, F(min_steps), "20", 0, 1 << 20, "no push before this many steps"},
-    {"hysteresis-h", OPT_INT, F(hysteresis_h), "3", 1, 1000,
+    {"hysteresis-h", OPT_INT, F(hysteresis_h), "2", 1, 1000,
      "consecutive evaluations that must agree before beta moves"},
     {"history", OPT_INT, F(history), "4096", 16, 1 << 22,
      "evaluations kept per group in the history ring"},
@@ -83,6 +83,10 @@ static const struct opt table[] = {
     {"lr-coupling", OPT_STR, F(lr_coupling), "none", 0, 0,
      "none, dc, energy or radius (none chosen from the lr sweep in docs/QUALITY.md)"},
     {"select-on", OPT_STR, F(select_on), "train", 0, 0, "train or validation"},
+    {"rule", OPT_STR, F(rule), "curvature", 0, 0,
+     "selection rule: curvature (second-order greedy, docs/MATH.md 5.4) or alignment (the paper's)"},
+    {"hysteresis-z-fast", OPT_DBL, F(hysteresis_z_fast), "4", 0, 100,
+     "curvature rule: a lead of this many standard errors moves at once (0 = off)"},
 };
 
 #define NOPT (sizeof(table) / sizeof(table[0]))

@@ -46,6 +46,8 @@ struct grist_config {
     char noise_correction[16];
     char lr_coupling[16];
     char select_on[16];
+    char rule[16];
+    double hysteresis_z_fast;
 };
 
 /** Fill every field with its default from the table. */

@@ -47,6 +47,7 @@ struct item {
     float *sketch;                      /* ngroups * m */
     double *worker_sq;                  /* ngroups */
     uint32_t *batch;                    /* ngroups */
+    double *lrb;                        /* 2 * ngroups: update multiplier, beta */
 };
 
 /* the newest family values of a job, shared with the families thread */
@@ -224,6 +225,7 @@ static void item_free(struct item *it)
     free(it->sketch);
     free(it->worker_sq);
     free(it->batch);
+    free(it->lrb);
     free(it);
 }
 
@@ -307,6 +309,7 @@ static void do_create(struct grist_engine *e, struct item *it)
     cfg.ncand = sp->policy.ncand;
     memcpy(cfg.cand, sp->policy.cand, cfg.ncand * sizeof(double));
     for (uint32_t g = 0; g < sp->ngroups; g++) {
+        cfg.form = sp->groups[g].form;
         int r = grist_stats_new(e->be, &cfg, &j->stats[g]);
         if (r < 0) {
             GRIST_ERR("job %llx group %u: statistics: %s", (unsigned long long)sp->key, g,
@@ -406,6 +409,8 @@ static void flush(struct grist_engine *e, struct e_job *j)
                     .batch_size = it->batch[g],
                     .has_worker_sq = it->nworkers >= 2,
                     .worker_sq_sum = it->worker_sq[g],
+                    .lr = it->lrb ? it->lrb[g] : 0.0,
+                    .beta = it->lrb ? it->lrb[it->ngroups + g] : 0.0,
                 };
             }
             int r = grist_stats_update(j->stats[g], steps, n);
@@ -680,7 +685,7 @@ void grist__engine_drop_job(struct grist_engine *e, uint64_t key)
 
 static int queue_data(struct grist_engine *e, enum item_kind kind, uint64_t key, uint64_t step,
                       uint32_t nworkers, uint32_t ngroups, uint32_t m, const float *sk,
-                      const double *worker_sq, const uint32_t *batch)
+                      const double *worker_sq, const uint32_t *batch, const double *lrb)
 {
     uv_mutex_lock(&e->mu);
     if (e->depth >= e->capacity) {
@@ -710,6 +715,14 @@ static int queue_data(struct grist_engine *e, enum item_kind kind, uint64_t key,
         memcpy(it->worker_sq, worker_sq, ngroups * sizeof(double));
     if (batch)
         memcpy(it->batch, batch, ngroups * sizeof(uint32_t));
+    if (lrb) {
+        it->lrb = malloc(2 * (size_t)ngroups * sizeof(double));
+        if (!it->lrb) {
+            item_free(it);
+            return -ENOMEM;
+        }
+        memcpy(it->lrb, lrb, 2 * (size_t)ngroups * sizeof(double));
+    }
     uv_mutex_lock(&e->mu);
     e->depth++;
     push(e, it);
@@ -719,15 +732,15 @@ static int queue_data(struct grist_engine *e, enum item_kind kind, uint64_t key,
 
 int grist__engine_step(struct grist_engine *e, uint64_t key, uint64_t step, uint32_t nworkers,
                        uint32_t ngroups, uint32_t m, const float *mean, const double *worker_sq,
-                       const uint32_t *batch)
+                       const uint32_t *batch, const double *lrb)
 {
-    return queue_data(e, IT_STEP, key, step, nworkers, ngroups, m, mean, worker_sq, batch);
+    return queue_data(e, IT_STEP, key, step, nworkers, ngroups, m, mean, worker_sq, batch, lrb);
 }
 
 int grist__engine_validation(struct grist_engine *e, uint64_t key, uint32_t ngroups, uint32_t m,
                              const float *sketch)
 {
-    return queue_data(e, IT_VALIDATION, key, 0, 1, ngroups, m, sketch, NULL, NULL);
+    return queue_data(e, IT_VALIDATION, key, 0, 1, ngroups, m, sketch, NULL, NULL, NULL);
 }
 
 uint32_t grist__engine_depth(struct grist_engine *e)

@@ -76,7 +76,7 @@ void grist__engine_drop_job(struct grist_engine *e, uint64_t key);
  */
 int grist__engine_step(struct grist_engine *e, uint64_t key, uint64_t step, uint32_t nworkers,
                        uint32_t ngroups, uint32_t m, const float *mean, const double *worker_sq,
-                       const uint32_t *batch);
+                       const uint32_t *batch, const double *lrb);
 
 /** Queue a validation sketch (ngroups * m floats). Same returns. */
 int grist__engine_validation(struct grist_engine *e, uint64_t key, uint32_t ngroups, uint32_t m,

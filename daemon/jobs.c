@@ -28,15 +28,6 @@ uint64_t grist__now_ms(const struct grist_daemon *d)
     return uv_now(d->loop);
 }
 
-static uint64_t fnv64(const char *s)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
 
 struct grist_job *grist__job_find(struct grist_daemon *d, const char *id)
 {
@@ -60,6 +51,7 @@ static void agg_free(struct grist_agg *a)
     free(a->sum);
     free(a->sq);
     free(a->batch);
+    free(a->lrb);
     free(a);
 }
 
@@ -140,7 +132,7 @@ grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_he
         goto nomem;
     snprintf(j->id, sizeof(j->id), "%s", h->job_id);
     j->key = ++d->next_key;
-    j->seed = grist_fmix32((uint32_t)fnv64(h->job_id) ^ (uint32_t)(fnv64(h->job_id) >> 32));
+    j->seed = grist_sketch_job_seed(h->job_id);
     j->world = h->world;
     j->ngroups = h->ngroups;
     j->m = h->m;
@@ -199,12 +191,20 @@ static void complete(struct grist_daemon *d, struct grist_job *j, struct grist_a
     float *mean = malloc(gm * sizeof(float));
     uint32_t *batch = malloc(j->ngroups * sizeof(uint32_t));
     if (mean && batch) {
+        /* not reported: the configured lr times the pushed lr_scale, and the
+         * momentum in force (what a worker applying every push uses) */
+        for (uint32_t g = 0; g < j->ngroups; g++) {
+            if (!(a->lrb[g] > 0.0))
+                a->lrb[g] = j->groups[g].lr * grist__job_lr_scale(j, g);
+            if (a->lrb[j->ngroups + g] < 0.0)
+                a->lrb[j->ngroups + g] = grist__job_momentum(j, g);
+        }
         const double inv = 1.0 / a->n;
         for (size_t i = 0; i < gm; i++)
             mean[i] = (float)(a->sum[i] * inv);
         for (uint32_t g = 0; g < j->ngroups; g++)
             batch[g] = (uint32_t)(a->batch[g] / a->n);
-        int r = grist__engine_step(grist__engine_of(d, j->key), j->key, a->step, a->n, j->ngroups, j->m, mean, a->sq, batch);
+        int r = grist__engine_step(grist__engine_of(d, j->key), j->key, a->step, a->n, j->ngroups, j->m, mean, a->sq, batch, a->lrb);
         if (r < 0) {
             j->dropped++;
             d->cnt.steps_dropped++;
@@ -267,8 +267,9 @@ void grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t ran
             a->sum = calloc(gm, sizeof(double));
             a->sq = calloc(j->ngroups, sizeof(double));
             a->batch = calloc(j->ngroups, sizeof(uint64_t));
+            a->lrb = malloc(2 * (size_t)j->ngroups * sizeof(double));
         }
-        if (!a || !a->seen || !a->sum || !a->sq || !a->batch) {
+        if (!a || !a->seen || !a->sum || !a->sq || !a->batch || !a->lrb) {
             agg_free(a);
             j->dropped++;
             d->cnt.steps_dropped++;
@@ -277,6 +278,8 @@ void grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t ran
         }
         a->step = sum->step;
         a->t0_ms = grist__now_ms(d);
+        /* every rank applies the same values (DDP): the first summary's stand */
+        memcpy(a->lrb, sum->lrb, 2 * (size_t)j->ngroups * sizeof(double));
         a->next = j->aggs;
         j->aggs = a;
         j->naggs++;

@@ -15,6 +15,7 @@ struct grist_agg {
     double *sum;          /* ngroups * m */
     double *sq;           /* ngroups: sum over workers of |s_w|^2 */
     uint64_t *batch;      /* ngroups */
+    double *lrb;          /* 2 * ngroups: update multiplier and beta of the first summary */
 };
 
 struct grist_hist_point {

@@ -101,8 +101,9 @@ static int make_defaults(const struct grist_config *c, struct grist_job_policy *
     if (grist_mode_parse(c->mode, &p->sel.mode) < 0 ||
         grist_noise_parse(c->noise_correction, &p->sel.noise) < 0 ||
         grist_coupling_parse(c->lr_coupling, &p->sel.coupling) < 0 ||
-        grist_select_on_parse(c->select_on, &p->sel.select_on) < 0) {
-        fprintf(stderr, "gristd: bad --mode, --noise-correction, --lr-coupling or --select-on (see --help)\n");
+        grist_select_on_parse(c->select_on, &p->sel.select_on) < 0 ||
+        grist_rule_parse(c->rule, &p->sel.rule) < 0) {
+        fprintf(stderr, "gristd: bad --mode, --noise-correction, --lr-coupling, --select-on or --rule (see --help)\n");
         return -1;
     }
     if (c->beta_min > c->beta_max) {
@@ -119,6 +120,7 @@ static int make_defaults(const struct grist_config *c, struct grist_job_policy *
     p->sel.z = c->hysteresis_z;
     p->sel.j_ema = c->j_ema;
     p->sel.h = (uint32_t)c->hysteresis_h;
+    p->sel.z_fast = c->hysteresis_z_fast;
     p->solve_every = (uint32_t)c->solve_every;
     p->families_every = (uint32_t)c->families_every;
     p->gamma = c->ema_gamma;

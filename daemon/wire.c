@@ -24,9 +24,11 @@ void grist__summary_free(struct grist_summary *s)
 {
     free(s->sq_norm);
     free(s->batch);
+    free(s->lrb);
     free(s->sketch);
     s->sq_norm = NULL;
     s->batch = NULL;
+    s->lrb = NULL;
     s->sketch = NULL;
 }
 
@@ -94,6 +96,8 @@ static enum grist_wire_status decode_hello(const Grist__V1__Hello *in, const str
         o->n = g->num_elements;
         if (g->optimizer == GRIST__V1__OPTIMIZER_KIND__OPTIMIZER_KIND_ADAM)
             o->form = GRIST_FORM_EMA;
+        else if (g->optimizer == GRIST__V1__OPTIMIZER_KIND__OPTIMIZER_KIND_SGD_NESTEROV)
+            o->form = GRIST_FORM_NESTEROV;
         else if (g->optimizer == GRIST__V1__OPTIMIZER_KIND__OPTIMIZER_KIND_SGD ||
                  g->optimizer == GRIST__V1__OPTIMIZER_KIND__OPTIMIZER_KIND_UNSPECIFIED)
             o->form = GRIST_FORM_HEAVY_BALL;
@@ -124,7 +128,8 @@ static enum grist_wire_status decode_hello(const Grist__V1__Hello *in, const str
         if (copy_str(q->mode, sizeof(q->mode), p->mode) < 0 ||
             copy_str(q->noise, sizeof(q->noise), p->noise_correction) < 0 ||
             copy_str(q->coupling, sizeof(q->coupling), p->lr_coupling) < 0 ||
-            copy_str(q->select_on, sizeof(q->select_on), p->select_on) < 0) {
+            copy_str(q->select_on, sizeof(q->select_on), p->select_on) < 0 ||
+            copy_str(q->rule, sizeof(q->rule), p->rule) < 0) {
             grist__hello_free(h);
             return ERR("hello.policy: a name is too long");
         }
@@ -144,6 +149,7 @@ static enum grist_wire_status decode_hello(const Grist__V1__Hello *in, const str
         q->gamma = p->ema_gamma;
         q->radius = p->radius;
         q->j_ema = p->j_ema;
+        q->z_fast = p->hysteresis_z_fast;
     }
     return GRIST_WIRE_OK;
 }
@@ -166,6 +172,14 @@ static enum grist_wire_status decode_summary(const Grist__V1__Summary *in, uint3
         for (size_t k = 0; k < m; k++)
             if (!isfinite(g->sketch[k]))
                 return ERR("summary.groups[%zu].sketch[%zu]: not finite", i, k);
+        if (!isfinite(g->lr) || g->lr < 0)
+            return ERR("summary.groups[%zu].lr: not a finite value >= 0", i);
+        if (!(g->beta >= 0.0 && g->beta < 1.0))
+            return ERR("summary.groups[%zu].beta: %g is not in [0, 1)", i, g->beta);
+        if (!isfinite(g->lr_scale) || g->lr_scale < 0)
+            return ERR("summary.groups[%zu].lr_scale: not a finite value >= 0", i);
+        if (!isfinite(g->update_scale) || g->update_scale < 0 || g->update_scale > 1e6)
+            return ERR("summary.groups[%zu].update_scale: not in [0, 1e6]", i);
         nval += g->validation != 0;
     }
     if (nval != 0 && (size_t)nval != in->n_groups)
@@ -176,14 +190,19 @@ static enum grist_wire_status decode_summary(const Grist__V1__Summary *in, uint3
     s->validation = nval != 0;
     s->sq_norm = malloc(ngroups * sizeof(double));
     s->batch = malloc(ngroups * sizeof(uint32_t));
+    s->lrb = malloc(2 * (size_t)ngroups * sizeof(double));
     s->sketch = malloc((size_t)ngroups * m * sizeof(float));
-    if (!s->sq_norm || !s->batch || !s->sketch) {
+    if (!s->sq_norm || !s->batch || !s->lrb || !s->sketch) {
         grist__summary_free(s);
         return GRIST_WIRE_NOMEM;
     }
     for (size_t i = 0; i < ngroups; i++) {
         s->sq_norm[i] = in->groups[i]->sq_norm;
         s->batch[i] = in->groups[i]->batch_size;
+        const Grist__V1__GroupSummary *g = in->groups[i];
+        /* the multiplier of the applied update: lr times Adam's bias correction */
+        s->lrb[i] = g->lr * (g->update_scale > 0.0 ? g->update_scale : 1.0);
+        s->lrb[ngroups + i] = g->lr > 0.0 ? g->beta : -1.0; /* -1: not reported */
         memcpy(s->sketch + i * m, in->groups[i]->sketch, m * sizeof(float));
     }
     return GRIST_WIRE_OK;
@@ -227,7 +246,14 @@ int grist__policy_merge(const struct grist_job_policy *d, const struct grist_pol
     if (q->noise[0] && grist_noise_parse(q->noise, &p->noise) < 0)
         return snprintf(err, errsz, "hello.policy.noise_correction: '%s' is not off, workers, acf or auto", q->noise), -1;
     if (q->coupling[0] && grist_coupling_parse(q->coupling, &p->coupling) < 0)
-        return snprintf(err, errsz, "hello.policy.lr_coupling: '%s' is not none, dc, energy or radius", q->coupling), -1;
+        return snprintf(err, errsz, "hello.policy.lr_coupling: '%s' is not none, dc, energy, radius or greedy", q->coupling), -1;
+    if (q->rule[0] && grist_rule_parse(q->rule, &p->rule) < 0)
+        return snprintf(err, errsz, "hello.policy.rule: '%s' is not curvature or alignment", q->rule), -1;
+    if (q->z_fast != 0.0) {
+        if (!(q->z_fast > 0.0 && q->z_fast <= 100.0))
+            return snprintf(err, errsz, "hello.policy.hysteresis_z_fast: not in (0, 100]"), -1;
+        p->z_fast = q->z_fast;
+    }
     if (q->select_on[0] && grist_select_on_parse(q->select_on, &p->select_on) < 0)
         return snprintf(err, errsz, "hello.policy.select_on: '%s' is not train or validation", q->select_on), -1;
     if (q->beta_min != 0.0)
@@ -298,6 +324,8 @@ uint8_t *grist__encode_welcome(uint64_t session, uint32_t seed, const struct gri
     pol.ema_gamma = jp->gamma;
     pol.radius = jp->sel.radius;
     pol.j_ema = jp->sel.j_ema;
+    pol.rule = (char *)grist_rule_name(jp->sel.rule);
+    pol.hysteresis_z_fast = jp->sel.z_fast;
     Grist__V1__Welcome w = GRIST__V1__WELCOME__INIT;
     w.session_id = session;
     w.job_seed = seed;

@@ -38,10 +38,10 @@ struct grist_group_spec {
 
 /* What a worker asked for; zero / empty fields mean "the daemon's default". */
 struct grist_policy_req {
-    char mode[16], noise[16], coupling[16], select_on[16];
+    char mode[16], noise[16], coupling[16], select_on[16], rule[16];
     uint32_t ncand;
     double cand[GRIST_MAX_CANDIDATES];
-    double beta_min, beta_max, z, gamma, radius, j_ema;
+    double beta_min, beta_max, z, gamma, radius, j_ema, z_fast;
     uint32_t min_steps, solve_every, h;
 };
 
@@ -60,6 +60,7 @@ struct grist_summary {
     int validation;      /* every group carries a validation sketch */
     double *sq_norm;     /* ngroups */
     uint32_t *batch;     /* ngroups */
+    double *lrb;         /* 2 * ngroups: the update multiplier (0: not reported), then beta (-1) */
     float *sketch;       /* ngroups * m, group-major */
 };
 

@@ -67,6 +67,7 @@ struct grist_session {
     uint32_t seed;
 
     uint64_t version, step;
+    double *applied; /* 4 * ngroups: lr, beta, lr_scale, update_scale of the next summary */
     struct grist_group_hyperparams *hp;
     struct grist_session_stats st;
     pthread_cond_t cv; /* ready / dead */
@@ -95,7 +96,7 @@ void grist_client_options_default(struct grist_client_options *o)
 {
     o->backoff_initial_s = 0.1;
     o->backoff_max_s = 5.0;
-    o->queue_capacity = 64;
+    o->queue_capacity = 1024;
     o->max_message_bytes = 64 << 20;
 }
 
@@ -222,7 +223,8 @@ static void on_message_locked(struct grist_session *s, const uint8_t *buf, size_
     if (!m)
         return;
     if (m->msg_case == GRIST__V1__SERVER_MESSAGE__MSG_WELCOME) {
-        s->seed = m->welcome->job_seed;
+        if (m->welcome->job_seed != s->seed) /* a daemon of another seed rule: follow it */
+            s->seed = m->welcome->job_seed;
         s->connected = 1;
         s->st.connected = 1;
         s->st.attaches++;
@@ -253,6 +255,7 @@ static void handle_locked(struct tag *t, int ok)
     switch (t->kind) {
     case TAG_SEND:
         s->send_in_flight = 0;
+        pthread_cond_broadcast(&s->cv); /* grist_session_flush() */
         if (s->send_buf) {
             grpc_byte_buffer_destroy(s->send_buf);
             s->send_buf = NULL;
@@ -336,7 +339,7 @@ int grist_client_open(const char *address, const struct grist_client_options *op
     else
         grist_client_options_default(&c->opt);
     if (c->opt.queue_capacity == 0)
-        c->opt.queue_capacity = 64;
+        c->opt.queue_capacity = 1024;
     c->target = strdup(address);
     c->rng = (uint64_t)(mono() * 1e9) ^ (uint64_t)(uintptr_t)c;
     grpc_init();
@@ -374,6 +377,7 @@ static void session_free(struct grist_session *s)
     grist__ring_free(&s->queue);
     free(s->hello);
     free(s->hp);
+    free(s->applied);
     pthread_cond_destroy(&s->cv);
     free(s);
 }
@@ -391,6 +395,8 @@ static uint8_t *encode_hello(const struct grist_attach_options *o, uint32_t m, s
         gs[g].num_elements = o->groups[g].num_elements;
         gs[g].optimizer = o->groups[g].optimizer == GRIST_OPT_ADAM
                               ? GRIST__V1__OPTIMIZER_KIND__OPTIMIZER_KIND_ADAM
+                          : o->groups[g].optimizer == GRIST_OPT_SGD_NESTEROV
+                              ? GRIST__V1__OPTIMIZER_KIND__OPTIMIZER_KIND_SGD_NESTEROV
                               : GRIST__V1__OPTIMIZER_KIND__OPTIMIZER_KIND_SGD;
         gs[g].lr = o->groups[g].lr;
         gs[g].beta = o->groups[g].beta;
@@ -412,6 +418,8 @@ static uint8_t *encode_hello(const struct grist_attach_options *o, uint32_t m, s
     pol.ema_gamma = o->ema_gamma;
     pol.j_ema = o->j_ema;
     pol.radius = o->radius;
+    pol.rule = (char *)(o->rule ? o->rule : "");
+    pol.hysteresis_z_fast = o->hysteresis_z_fast;
     Grist__V1__Hello h = GRIST__V1__HELLO__INIT;
     h.job_id = (char *)o->job;
     h.rank = o->rank;
@@ -463,9 +471,11 @@ int grist_session_attach(struct grist_client *c, const struct grist_attach_optio
         for (uint32_t g = 0; g < o->ngroups; g++)
             s->gsize[g] = o->groups[g].num_elements;
     s->hp = calloc(o->ngroups, sizeof(*s->hp));
+    s->applied = calloc(4 * (size_t)o->ngroups, sizeof(double));
     s->hello = encode_hello(o, m, &s->hello_len);
+    s->seed = grist_sketch_job_seed(o->job);
     pthread_cond_init(&s->cv, NULL);
-    if (qr < 0 || !s->hp || !s->hello || !s->gsize) {
+    if (qr < 0 || !s->hp || !s->hello || !s->gsize || !s->applied) {
         session_free(s);
         return -ENOMEM;
     }
@@ -509,6 +519,22 @@ uint32_t grist_session_job_seed(struct grist_session *s)
     return seed;
 }
 
+int grist_session_set_applied(struct grist_session *s, const double *applied)
+{
+    if (!s || !applied)
+        return -EINVAL;
+    for (uint32_t g = 0; g < s->ngroups; g++) {
+        const double *a = applied + 4 * (size_t)g;
+        for (int k = 0; k < 4; k++)
+            if (!isfinite(a[k]) || a[k] < 0.0)
+                return -EINVAL;
+        if (a[1] >= 1.0)
+            return -EINVAL;
+    }
+    memcpy(s->applied, applied, 4 * (size_t)s->ngroups * sizeof(double));
+    return 0;
+}
+
 int grist_session_submit(struct grist_session *s, uint64_t step, const float *sketches,
                          const double *sq_norms, const uint32_t *batch_sizes, int validation)
 {
@@ -533,6 +559,12 @@ int grist_session_submit(struct grist_session *s, uint64_t step, const float *sk
             gs[g].sketch = (float *)sketches + (size_t)g * s->m;
             gs[g].batch_size = batch_sizes ? batch_sizes[g] : 0;
             gs[g].validation = validation != 0;
+            if (!validation) {
+                gs[g].lr = s->applied[4 * g];
+                gs[g].beta = s->applied[4 * g + 1];
+                gs[g].lr_scale = s->applied[4 * g + 2];
+                gs[g].update_scale = s->applied[4 * g + 3];
+            }
             gp[g] = &gs[g];
         }
         Grist__V1__Summary sm = GRIST__V1__SUMMARY__INIT;
@@ -651,6 +683,25 @@ int grist_session_last_error(struct grist_session *s, char *buf, size_t len)
     }
     pthread_mutex_unlock(&s->c->mu);
     return st;
+}
+
+int grist_session_flush(struct grist_session *s, double timeout_s)
+{
+    if (!s)
+        return -EINVAL;
+    struct grist_client *c = s->c;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    const double end = ts.tv_sec + ts.tv_nsec * 1e-9 + timeout_s;
+    ts.tv_sec = (time_t)end;
+    ts.tv_nsec = (long)((end - (double)ts.tv_sec) * 1e9);
+    pthread_mutex_lock(&c->mu);
+    int r = 0;
+    while ((s->queue.len > 0 || s->send_in_flight) && r == 0)
+        r = pthread_cond_timedwait(&s->cv, &c->mu, &ts);
+    const int done = s->queue.len == 0 && !s->send_in_flight;
+    pthread_mutex_unlock(&c->mu);
+    return done ? 0 : -ETIMEDOUT;
 }
 
 void grist_session_close(struct grist_session *s)

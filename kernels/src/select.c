@@ -15,6 +15,7 @@
 void grist_policy_default(struct grist_policy *p)
 {
     memset(p, 0, sizeof(*p));
+    p->rule = GRIST_RULE_CURVATURE;
     p->mode = GRIST_MODE_PER_GROUP;
     p->noise = GRIST_NOISE_AUTO;
     p->coupling = GRIST_LR_NONE;
@@ -25,7 +26,8 @@ void grist_policy_default(struct grist_policy *p)
     p->lr_scale_max = 10.0;
     p->min_steps = 20;
     p->z = 2.0;
-    p->h = 3;
+    p->h = 2;
+    p->z_fast = 4.0;
     p->j_ema = 0.0;
     p->radius = 1e-3;
 }
@@ -50,7 +52,8 @@ void grist_policy_default(struct grist_policy *p)
 
 NAMES(grist_noise_parse, grist_noise_name, enum grist_noise, "off", "workers", "acf", "auto")
 NAMES(grist_coupling_parse, grist_coupling_name, enum grist_coupling, "none", "dc", "energy",
-      "radius")
+      "radius", "greedy")
+NAMES(grist_rule_parse, grist_rule_name, enum grist_rule, "alignment", "curvature")
 NAMES(grist_mode_parse, grist_mode_name, enum grist_mode, "per_group", "global")
 NAMES(grist_select_on_parse, grist_select_on_name, enum grist_select_on, "train", "validation")
 
@@ -72,6 +75,7 @@ void grist_selector_init(struct grist_selector *sel, enum grist_form form, doubl
             best = j;
     sel->cur = best;
     sel->challenger = best;
+    sel->lr_scale = 1.0;
 }
 
 double grist_noise_estimate(const struct grist_stats_view *v, enum grist_noise mode)
@@ -99,14 +103,77 @@ double grist_lr_scale(enum grist_coupling c, enum grist_form form, double b, dou
 {
     switch (c) {
     case GRIST_LR_DC:
-        return form == GRIST_FORM_HEAVY_BALL ? (1.0 - b) / (1.0 - b0) : 1.0;
+        return form != GRIST_FORM_EMA ? (1.0 - b) / (1.0 - b0) : 1.0;
     case GRIST_LR_ENERGY:
-        if (form == GRIST_FORM_HEAVY_BALL)
+        if (form != GRIST_FORM_EMA)
             return sqrt(1.0 - b * b) / sqrt(1.0 - b0 * b0);
         return sqrt((1.0 + b) * (1.0 - b0)) / sqrt((1.0 - b) * (1.0 + b0));
     default:
         return 1.0;
     }
+}
+
+/* F_j and E_j of docs/MATH.md 5.4 are linear in the features (<s,V_j>,
+ * |V_j|^2, |s|^2): F = fd dot + fr r0 - fs sigma2, E = ed dot + ee en + er r0. */
+struct lin {
+    double fd, fr, fs, ed, ee, er;
+};
+
+static struct lin greedy_terms(enum grist_form form, double b)
+{
+    switch (form) {
+    case GRIST_FORM_NESTEROV: /* update g + b V: lag 0 carries 1 + b */
+        return (struct lin){b, 1.0, 1.0 + b, 2.0 * b, b * b, 1.0};
+    case GRIST_FORM_EMA: /* update (1 - b) V */
+        return (struct lin){1.0 - b, 0.0, 1.0 - b, 0.0, (1.0 - b) * (1.0 - b), 0.0};
+    default: /* heavy ball: update V */
+        return (struct lin){1.0, 0.0, 1.0, 0.0, 1.0, 0.0};
+    }
+}
+
+void grist_greedy_drop(const struct grist_stats_view *v, enum grist_form form, double eta,
+                       double kappa, double sigma2, double *D, double *F, double *E)
+{
+    const double r0 = v->acf[0];
+    for (uint32_t j = 0; j < v->ncand; j++) {
+        const struct lin l = greedy_terms(form, v->cand[j]);
+        const double f = l.fd * v->dots[j] + l.fr * r0 - l.fs * sigma2;
+        const double e = l.ed * v->dots[j] + l.ee * v->E[j] + l.er * r0;
+        D[j] = eta * f - 0.5 * eta * eta * kappa * e;
+        if (F)
+            F[j] = f;
+        if (E)
+            E[j] = e;
+    }
+}
+
+/* Standard error of D_a - D_b from the features' covariance. */
+struct greedy_ctx {
+    const struct grist_stats *st;
+    enum grist_form form;
+    double eta, kappa;
+};
+
+static double se_greedy1(const struct greedy_ctx *g, uint32_t a, uint32_t b)
+{
+    const struct grist_stats_config *cfg = grist_stats_config(g->st);
+    const uint32_t K = cfg->ncand;
+    double w[GRIST_MAX_FEATURES] = {0};
+    const double h = 0.5 * g->eta * g->eta * g->kappa;
+    for (int side = 0; side < 2; side++) {
+        const uint32_t j = side ? b : a;
+        const double sgn = side ? -1.0 : 1.0;
+        const struct lin l = greedy_terms(g->form, cfg->cand[j]);
+        w[GRIST_FEAT_DOT(K, j)] += sgn * (g->eta * l.fd - h * l.ed);
+        w[GRIST_FEAT_ENERGY(K, j)] += sgn * (-h * l.ee);
+        w[GRIST_FEAT_R0(K)] += sgn * (g->eta * l.fr - h * l.er);
+    }
+    return grist_stats_linear_se(g->st, w);
+}
+
+static double se_greedy(void *ctx, uint32_t a, uint32_t b)
+{
+    return se_greedy1(ctx, a, b);
 }
 
 /* The J vector that drives the choice: validation J when asked for and
@@ -126,6 +193,7 @@ static void decide(const struct grist_policy *pol, struct grist_selector *sel, c
                    uint32_t ncand, const double *j, double se_of(void *, uint32_t, uint32_t),
                    void *se_ctx, struct grist_choice *out)
 {
+    const double z_fast = pol->rule == GRIST_RULE_CURVATURE ? pol->z_fast : 0.0;
     int best = -1;
     for (uint32_t k = 0; k < ncand; k++) {
         if (cand[k] < pol->beta_min || cand[k] > pol->beta_max)
@@ -165,12 +233,16 @@ static void decide(const struct grist_policy *pol, struct grist_selector *sel, c
             sel->challenger = b;
             sel->streak = 1;
         }
-        if (sel->streak >= (pol->h ? pol->h : 1)) {
+        const int fast = z_fast > 0.0 && margin > z_fast * se;
+        if (sel->streak >= (pol->h ? pol->h : 1) || fast) {
             sel->cur = b;
             sel->moved = 1;
             sel->streak = 0;
             out->changed = 1;
-            out->reason = "moved: alignment gain above z standard errors for H evaluations";
+            out->reason = fast ? "moved: gain above z_fast standard errors"
+                               : pol->rule == GRIST_RULE_CURVATURE
+                                     ? "moved: predicted drop above z standard errors for H evaluations"
+                                     : "moved: alignment gain above z standard errors for H evaluations";
         } else {
             out->reason = "challenger ahead; waiting for H consecutive evaluations";
         }
@@ -180,7 +252,7 @@ static void decide(const struct grist_policy *pol, struct grist_selector *sel, c
     }
 }
 
-static void finish(const struct grist_policy *pol, const struct grist_selector *sel,
+static void finish(const struct grist_policy *pol, struct grist_selector *sel,
                    const double *cand, const struct grist_stats_view *v, struct grist_choice *out)
 {
     out->index = sel->cur;
@@ -191,11 +263,20 @@ static void finish(const struct grist_policy *pol, const struct grist_selector *
         out->lr_scale = 1.0;
         const double e = v ? v->E[sel->cur] : 0.0;
         out->lr = e > GRIST_TINY ? pol->radius * sqrt((double)sel->n) / sqrt(e) : 0.0;
+    } else if (pol->coupling == GRIST_LR_GREEDY) {
+        /* eta* over the user's scheduled lr (the lr in force divided by the
+         * factor last pushed), at most a factor 2 per evaluation */
+        const double last = sel->lr_scale > 0.0 ? sel->lr_scale : 1.0;
+        double sc = last;
+        if (out->lr_greedy > 0.0 && v && v->lr > 0.0)
+            sc = clamp(out->lr_greedy / (v->lr / last), 0.5 * last, 2.0 * last);
+        out->lr_scale = sc;
     } else {
         const double b0 = clamp(sel->beta0, pol->beta_min, pol->beta_max);
         out->lr_scale = grist_lr_scale(pol->coupling, sel->form, out->beta, b0);
     }
     out->lr_scale = clamp(out->lr_scale, pol->lr_scale_min, pol->lr_scale_max);
+    sel->lr_scale = out->lr_scale;
 }
 
 static double noise_scale(const struct grist_stats_view *v, double sigma2)
@@ -223,6 +304,37 @@ static void smooth(const struct grist_policy *pol, struct grist_selector *sel, u
     }
 }
 
+/* The second-order rule of docs/MATH.md 5.4 on one group: D_j, then the
+ * same argmax and hysteresis as the first-order rule, on D's standard
+ * errors. Holds while the curvature is not identified. */
+static void select_curvature(const struct grist_policy *pol, struct grist_selector *sel,
+                             const struct grist_stats *st, const struct grist_stats_view *v,
+                             struct grist_choice *out)
+{
+    struct grist_curvature cv;
+    grist_stats_curvature(st, &cv);
+    out->kappa = cv.kappa;
+    const double eta = v->lr;
+    if (!(eta > 0.0)) {
+        sel->streak = 0;
+        out->reason = "holding: the worker reports no lr (the curvature rule needs it)";
+        return;
+    }
+    if (!(cv.kappa > 0.0)) {
+        sel->streak = 0;
+        out->reason = "holding: curvature along the trajectory not yet measured";
+        return;
+    }
+    double D[GRIST_MAX_CANDIDATES], F[GRIST_MAX_CANDIDATES], E[GRIST_MAX_CANDIDATES];
+    grist_greedy_drop(v, sel->form, eta, cv.kappa, out->noise, D, F, E);
+    smooth(pol, sel, v->ncand, D);
+    struct greedy_ctx ctx = {st, sel->form, eta, cv.kappa};
+    decide(pol, sel, v->cand, v->ncand, D, se_greedy, &ctx, out);
+    const uint32_t c = sel->cur;
+    if (F[c] > 0.0 && E[c] > GRIST_TINY)
+        out->lr_greedy = F[c] / (cv.kappa * E[c]);
+}
+
 int grist_select_group(const struct grist_policy *pol, struct grist_selector *sel,
                        const struct grist_stats *st, struct grist_choice *out)
 {
@@ -240,6 +352,12 @@ int grist_select_group(const struct grist_policy *pol, struct grist_selector *se
         finish(pol, sel, v.cand, &v, out);
         return 0;
     }
+    if (pol->rule == GRIST_RULE_CURVATURE && !(pol->select_on == GRIST_SELECT_VALIDATION &&
+                                                v.val_steps > 0)) {
+        select_curvature(pol, sel, st, &v, out);
+        finish(pol, sel, v.cand, &v, out);
+        return 0;
+    }
     double j[GRIST_MAX_CANDIDATES];
     driving_j(pol, &v, out->noise, j);
     smooth(pol, sel, v.ncand, j);
@@ -251,6 +369,7 @@ int grist_select_group(const struct grist_policy *pol, struct grist_selector *se
 struct global_ctx {
     struct grist_stats *const *st;
     uint32_t n;
+    const struct greedy_ctx *greedy; /* curvature rule: per group; eta 0 = left out */
 };
 
 static double se_global(void *ctx, uint32_t a, uint32_t b)
@@ -258,7 +377,10 @@ static double se_global(void *ctx, uint32_t a, uint32_t b)
     const struct global_ctx *g = ctx;
     double v = 0.0;
     for (uint32_t i = 0; i < g->n; i++) {
-        const double s = grist_stats_diff_se(g->st[i], a, b);
+        if (g->greedy && !(g->greedy[i].eta > 0.0))
+            continue;
+        const double s =
+            g->greedy ? se_greedy1(&g->greedy[i], a, b) : grist_stats_diff_se(g->st[i], a, b);
         v += s * s;
     }
     return sqrt(v);
@@ -277,6 +399,11 @@ int grist_select_global(const struct grist_policy *pol, struct grist_selector *s
     memcpy(cand, v0.cand, K * sizeof(double));
     double jsum[GRIST_MAX_CANDIDATES] = {0};
     uint64_t min_steps = UINT64_MAX;
+    const int curv = pol->rule == GRIST_RULE_CURVATURE && pol->select_on != GRIST_SELECT_VALIDATION;
+    struct greedy_ctx gctx[64];
+    uint32_t nmeasured = 0;
+    if (curv && ngroups > sizeof(gctx) / sizeof(gctx[0]))
+        return -EINVAL;
     for (uint32_t g = 0; g < ngroups; g++) {
         struct grist_stats_view v;
         grist_stats_get_view(st[g], &v);
@@ -286,7 +413,21 @@ int grist_select_global(const struct grist_policy *pol, struct grist_selector *s
         out[g].noise = grist_noise_estimate(&v, pol->noise);
         out[g].noise_scale = noise_scale(&v, out[g].noise);
         double j[GRIST_MAX_CANDIDATES];
-        driving_j(pol, &v, out[g].noise, j);
+        if (curv) {
+            struct grist_curvature cv;
+            grist_stats_curvature(st[g], &cv);
+            out[g].kappa = cv.kappa;
+            gctx[g] = (struct greedy_ctx){st[g], sel[g].form, 0.0, cv.kappa};
+            if (cv.kappa > 0.0 && v.lr > 0.0) {
+                gctx[g].eta = v.lr;
+                grist_greedy_drop(&v, sel[g].form, v.lr, cv.kappa, out[g].noise, j, NULL, NULL);
+                nmeasured++;
+            } else {
+                memset(j, 0, sizeof(j));
+            }
+        } else {
+            driving_j(pol, &v, out[g].noise, j);
+        }
         for (uint32_t k = 0; k < K; k++)
             jsum[k] += j[k];
         if (v.steps < min_steps)
@@ -298,9 +439,12 @@ int grist_select_global(const struct grist_policy *pol, struct grist_selector *s
     memset(&c, 0, sizeof(c));
     if (min_steps < pol->min_steps || min_steps < 2) {
         c.reason = "warm-up: fewer than min_steps steps";
+    } else if (curv && nmeasured == 0) {
+        sel[0].streak = 0;
+        c.reason = "holding: curvature along the trajectory not yet measured";
     } else {
         smooth(pol, &sel[0], K, jsum);
-        struct global_ctx ctx = {st, ngroups};
+        struct global_ctx ctx = {st, ngroups, curv ? gctx : NULL};
         decide(pol, &sel[0], cand, K, jsum, se_global, &ctx, &c);
     }
     for (uint32_t g = 0; g < ngroups; g++) {
@@ -310,11 +454,19 @@ int grist_select_global(const struct grist_policy *pol, struct grist_selector *s
         struct grist_selector s = sel[g];
         s.cur = sel[0].cur;
         s.moved = sel[0].moved;
-        const double noise = out[g].noise, ns = out[g].noise_scale;
+        const double noise = out[g].noise, ns = out[g].noise_scale, kappa = out[g].kappa;
         out[g] = c;
         out[g].noise = noise;
         out[g].noise_scale = ns;
+        out[g].kappa = kappa;
+        if (curv && gctx[g].eta > 0.0) {
+            double D[GRIST_MAX_CANDIDATES], F[GRIST_MAX_CANDIDATES], E[GRIST_MAX_CANDIDATES];
+            grist_greedy_drop(&v, s.form, v.lr, kappa, noise, D, F, E);
+            if (F[s.cur] > 0.0 && E[s.cur] > GRIST_TINY)
+                out[g].lr_greedy = F[s.cur] / (kappa * E[s.cur]);
+        }
         finish(pol, &s, cand, &v, &out[g]);
+        sel[g].lr_scale = s.lr_scale;
         if (g > 0) {
             sel[g].cur = s.cur;
             sel[g].moved = s.moved;

@@ -51,6 +51,8 @@ void grist_stats_config_default(struct grist_stats_config *cfg)
     cfg->cov_batch = 16;
     cfg->gamma = 0.95;
     cfg->ncand = grist_candidates_default(0.0, 0.995, cfg->cand);
+    cfg->form = GRIST_FORM_HEAVY_BALL;
+    cfg->curv_block = 8;
 }
 
 static int check_config(const struct grist_stats_config *cfg)
@@ -72,6 +74,8 @@ static int check_config(const struct grist_stats_config *cfg)
     for (uint32_t j = 0; j < cfg->ncand; j++)
         if (!(cfg->cand[j] >= 0.0 && cfg->cand[j] < 1.0))
             return GRIST_EBADCONF;
+    if (cfg->form > GRIST_FORM_NESTEROV || cfg->curv_block < 2 || cfg->curv_block > 256)
+        return GRIST_EBADCONF;
     return 0;
 }
 
@@ -105,6 +109,17 @@ static void clear_host(struct grist_stats *st)
     memset(st->E, 0, sizeof(st->E));
     memset(st->Jval, 0, sizeof(st->Jval));
     memset(st->XX, 0, sizeof(st->XX));
+    memset(st->Dm, 0, sizeof(st->Dm));
+    const uint32_t nf = 2 * st->cfg.ncand + 1;
+    if (st->FF)
+        memset(st->FF, 0, (size_t)nf * nf * sizeof(double));
+    if (st->traj)
+        memset(st->traj, 0, 8 * (size_t)st->cfg.m * sizeof(double));
+    st->traj_n = 0;
+    st->block_open = st->block_i = 0;
+    st->traj_lr = st->lr_last = 0.0;
+    memset(&st->c1, 0, sizeof(st->c1));
+    memset(&st->cb, 0, sizeof(st->cb));
     memset(st->acf, 0, sizeof(st->acf));
     memset(st->acf_n, 0, sizeof(st->acf_n));
     st->noise_loc = st->noise_mean = 0.0;
@@ -141,6 +156,8 @@ void grist_stats_free(struct grist_stats *st)
     if (st->pending)
         be->ops.free(be, st->pending);
     free(st->s_host);
+    free(st->FF);
+    free(st->traj);
     free(st->fold);
     free(st->mu);
     free(st);
@@ -163,8 +180,17 @@ int grist_stats_new(struct grist_backend *be, const struct grist_stats_config *c
     st->pend_w_step = 1.0 / sqrt(cfg->gamma);
     r = -ENOMEM;
     st->s_host = malloc((size_t)cfg->m * sizeof(double));
-    if (!st->s_host)
+    const size_t nf = 2 * (size_t)cfg->ncand + 1;
+    st->FF = malloc(nf * nf * sizeof(double));
+    st->traj = malloc(8 * (size_t)cfg->m * sizeof(double));
+    if (!st->s_host || !st->FF || !st->traj)
         goto fail;
+    {
+        double **arr[8] = {&st->U, &st->a_prev, &st->a_cur, &st->s_last,
+                           &st->R, &st->R_ref, &st->s_ref, &st->Dsp};
+        for (int i = 0; i < 8; i++)
+            *arr[i] = st->traj + (size_t)i * cfg->m;
+    }
     st->V = be->ops.alloc(be, dev_bytes_V(st));
     st->ring = be->ops.alloc(be, dev_bytes_ring(st));
     st->s_dev = be->ops.alloc(be, (size_t)cfg->m * sizeof(double));
@@ -221,6 +247,10 @@ static int check_step(const struct grist_stats *st, const struct grist_step *s)
         return GRIST_ENONFINITE;
     if (s->has_worker_sq && !(isfinite(s->worker_sq_sum) && s->worker_sq_sum >= 0.0))
         return GRIST_ENONFINITE;
+    if (!isfinite(s->lr) || !isfinite(s->beta))
+        return GRIST_ENONFINITE;
+    if (s->lr < 0.0 || !(s->beta >= 0.0 && s->beta < 1.0))
+        return GRIST_EBADCONF;
     return 0;
 }
 
@@ -289,6 +319,111 @@ static void noise_update(struct grist_stats *st, double v, uint32_t W)
     st->worker_steps++;
 }
 
+static void curv_add(struct grist__curv *c, double num, double den, double g)
+{
+    c->m0 = ema(c->m0, num, g);
+    c->m1 = ema(c->m1, den, g);
+    c->c00 = ema(c->c00, num * num, g);
+    c->c01 = ema(c->c01, num * den, g);
+    c->c11 = ema(c->c11, den * den, g);
+    c->n++;
+}
+
+static double dot(const double *restrict a, const double *restrict b, uint32_t m)
+{
+    double s = 0.0;
+    for (uint32_t i = 0; i < m; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+/* Decay of the k-step estimate: its samples come every k steps. */
+#define GRIST__CURV_BLOCK_GAMMA 0.9
+/* Decay of the reference average R that the k-step estimate pairs with. */
+#define GRIST__CURV_REF_BETA 0.9
+
+/* The curvature samples of docs/MATH.md 5.4, then the applied update of this
+ * step. s is s_t (m doubles); lr and beta are what the worker used with it. */
+static void trajectory_step(struct grist_stats *st, const double *restrict s, double lr,
+                            double beta)
+{
+    const uint32_t m = st->cfg.m;
+    /* one-step: <a_{t-2}, -(s_t - s_{t-1}) / lr_{t-1}> over <a_{t-2}, a_{t-1}> */
+    if (st->traj_n >= 2 && st->traj_lr > 0.0) {
+        double num = 0.0;
+        for (uint32_t i = 0; i < m; i++)
+            num -= st->a_prev[i] * (s[i] - st->s_last[i]);
+        curv_add(&st->c1, num / st->traj_lr, dot(st->a_prev, st->a_cur, m), st->cfg.gamma);
+    }
+    /* k-step: <R_ref, -(s_t - s_ref)> over <R_ref, sum of lr a> since s_ref */
+    if (st->block_open && st->block_i == st->cfg.curv_block) {
+        double num = 0.0;
+        for (uint32_t i = 0; i < m; i++)
+            num -= st->R_ref[i] * (s[i] - st->s_ref[i]);
+        curv_add(&st->cb, num, dot(st->R_ref, st->Dsp, m), GRIST__CURV_BLOCK_GAMMA);
+        st->block_open = 0;
+    }
+    /* a block opens where R holds at least one step (R_ref = R_{t-1} is then
+     * independent of the noise of s_t and of every later sketch) */
+    if (!st->block_open && st->traj_n >= 1 && lr > 0.0) {
+        memcpy(st->R_ref, st->R, m * sizeof(double));
+        memcpy(st->s_ref, s, m * sizeof(double));
+        memset(st->Dsp, 0, m * sizeof(double));
+        st->block_open = 1;
+        st->block_i = 0;
+    }
+    /* the update the worker applied with s_t */
+    double *restrict U = st->U, *restrict a = st->a_prev; /* a_{t-2}'s memory becomes a_t */
+    const double w = st->cfg.form == GRIST_FORM_EMA ? 1.0 - beta : 1.0;
+    for (uint32_t i = 0; i < m; i++)
+        U[i] = beta * U[i] + w * s[i];
+    if (st->cfg.form == GRIST_FORM_NESTEROV)
+        for (uint32_t i = 0; i < m; i++)
+            a[i] = s[i] + beta * U[i];
+    else
+        memcpy(a, U, m * sizeof(double));
+    st->a_prev = st->a_cur;
+    st->a_cur = a;
+    if (st->block_open) {
+        if (lr > 0.0) {
+            double *restrict D = st->Dsp;
+            for (uint32_t i = 0; i < m; i++)
+                D[i] += lr * a[i];
+            st->block_i++;
+        } else {
+            st->block_open = 0; /* an unknown lr breaks the open block */
+        }
+    }
+    double *restrict R = st->R;
+    for (uint32_t i = 0; i < m; i++)
+        R[i] = GRIST__CURV_REF_BETA * R[i] + s[i];
+    memcpy(st->s_last, s, m * sizeof(double));
+    st->traj_lr = lr;
+    st->lr_last = lr;
+    if (st->traj_n < 2)
+        st->traj_n++;
+}
+
+/* EMA of the features f = (dots, energies, r0) and of f f^T (upper triangle). */
+static void features_step(struct grist_stats *st, double r0)
+{
+    const uint32_t K = st->cfg.ncand, nf = 2 * K + 1;
+    const double g = st->cfg.gamma;
+    double f[GRIST_MAX_FEATURES];
+    for (uint32_t j = 0; j < K; j++) {
+        f[GRIST_FEAT_DOT(K, j)] = st->dots[j];
+        f[GRIST_FEAT_ENERGY(K, j)] = st->energy[j];
+        st->Dm[j] = ema(st->Dm[j], st->dots[j], g);
+    }
+    f[GRIST_FEAT_R0(K)] = r0;
+    for (uint32_t a = 0; a < nf; a++) {
+        double *restrict row = st->FF + (size_t)a * nf;
+        const double fa = (1.0 - g) * f[a];
+        for (uint32_t b = a; b < nf; b++)
+            row[b] = g * row[b] + fa * f[b];
+    }
+}
+
 static int apply_step(struct grist_stats *st, const struct grist_step *in)
 {
     struct grist_backend *be = st->be;
@@ -321,6 +456,8 @@ static int apply_step(struct grist_stats *st, const struct grist_step *in)
     for (uint32_t a = 0; a < K; a++)
         for (uint32_t b = 0; b < K; b++)
             st->XX[a * K + b] = ema(st->XX[a * K + b], x[a] * x[b], g);
+    features_step(st, r0);
+    trajectory_step(st, st->s_host, in->lr, in->beta);
 
     /* 2. autocorrelation against the ring of the last L sketches */
     st->acf[0] = ema(st->acf[0], r0, g);
@@ -450,6 +587,78 @@ void grist_stats_get_view(const struct grist_stats *cst, struct grist_stats_view
     out->worker_steps = st->worker_steps;
     out->batch_size = st->batch_ema * c;
     out->nworkers = st->nworkers_ema * c;
+    for (uint32_t j = 0; j < st->cfg.ncand; j++)
+        st->vDm[j] = st->Dm[j] * c;
+    out->dots = st->vDm;
+    out->lr = st->lr_last;
+}
+
+static void curv_est(const struct grist__curv *cv, double g, struct grist_curv_est *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->samples = cv->n;
+    o->se = INFINITY;
+    if (cv->n < 2)
+        return;
+    const double c = corr(g, cv->n);
+    const double m0 = cv->m0 * c, m1 = cv->m1 * c;
+    if (!(m1 > GRIST_TINY))
+        return;
+    o->kappa = m0 / m1;
+    const double v00 = cv->c00 * c - m0 * m0, v01 = cv->c01 * c - m0 * m1,
+                 v11 = cv->c11 * c - m1 * m1;
+    double neff = (1.0 + g) / (1.0 - g);
+    if ((double)cv->n < neff)
+        neff = (double)cv->n;
+    double var = (v00 - 2.0 * o->kappa * v01 + o->kappa * o->kappa * v11) / (m1 * m1) / neff;
+    o->se = sqrt(var > 0.0 ? var : 0.0);
+    o->identified = o->kappa > 0.0 && o->kappa > 2.0 * o->se;
+}
+
+void grist_stats_curvature(const struct grist_stats *st, struct grist_curvature *out)
+{
+    memset(out, 0, sizeof(*out));
+    curv_est(&st->c1, st->cfg.gamma, &out->one_step);
+    curv_est(&st->cb, GRIST__CURV_BLOCK_GAMMA, &out->block);
+    if (out->one_step.identified) {
+        out->kappa = out->one_step.kappa;
+        out->source = 1;
+    }
+    if (out->block.identified && out->block.kappa > out->kappa) {
+        out->kappa = out->block.kappa;
+        out->source = 2;
+    }
+}
+
+double grist_stats_linear_se(const struct grist_stats *st, const double *w)
+{
+    const uint32_t K = st->cfg.ncand, nf = 2 * K + 1;
+    if (st->steps < 2)
+        return INFINITY;
+    const double g = st->cfg.gamma, c = corr(g, st->steps);
+    double mean[GRIST_MAX_FEATURES];
+    for (uint32_t j = 0; j < K; j++) {
+        mean[GRIST_FEAT_DOT(K, j)] = st->Dm[j] * c;
+        mean[GRIST_FEAT_ENERGY(K, j)] = st->E[j] * c;
+    }
+    mean[GRIST_FEAT_R0(K)] = st->acf[0] * c;
+    double var = 0.0;
+    for (uint32_t a = 0; a < nf; a++) {
+        if (w[a] == 0.0)
+            continue;
+        for (uint32_t b = 0; b < nf; b++) {
+            if (w[b] == 0.0)
+                continue;
+            const double ff = a <= b ? st->FF[(size_t)a * nf + b] : st->FF[(size_t)b * nf + a];
+            var += w[a] * w[b] * (ff * c - mean[a] * mean[b]);
+        }
+    }
+    if (var < 0.0)
+        var = 0.0;
+    double neff = (1.0 + g) / (1.0 - g);
+    if ((double)st->steps < neff)
+        neff = (double)st->steps;
+    return sqrt(var / neff);
 }
 
 double grist_stats_diff_se(const struct grist_stats *st, uint32_t a, uint32_t b)

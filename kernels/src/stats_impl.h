@@ -35,10 +35,27 @@ struct grist_stats {
     uint64_t acf_n[GRIST_MAX_LAGS + 1];
     double noise_loc, noise_mean, batch_ema, nworkers_ema;
 
+    /* features for the second-order rule: EMA of <s,V_j> and the EMA of
+     * f f^T (upper triangle used), f = (dots, energies, r0); nf = 2K + 1 */
+    double Dm[GRIST_MAX_CANDIDATES];
+    double *FF;        /* nf x nf, host */
+
+    /* curvature along the applied trajectory (docs/MATH.md 5.4), host:
+     * U applied buffer, a_prev / a_cur applied updates a_{t-1}, a_t, s_last
+     * s_t, R reference average, R_ref / s_ref / Dsp the open k-step block */
+    double *traj;      /* 8 x m */
+    double *U, *a_prev, *a_cur, *s_last, *R, *R_ref, *s_ref, *Dsp;
+    uint32_t traj_n;   /* steps seen by the trajectory (saturates at 2) */
+    uint32_t block_open, block_i; /* a k-step block is open; steps folded into it */
+    double traj_lr;    /* lr of the step that produced s_last */
+    double lr_last;
+    struct grist__curv { double m0, m1, c00, c01, c11; uint64_t n; } c1, cb;
+
     /* scratch and view caches (not serialized) */
     double dots[GRIST_MAX_CANDIDATES], energy[GRIST_MAX_CANDIDATES];
     double lagd[GRIST_MAX_LAGS];
     double vJ[GRIST_MAX_CANDIDATES], vE[GRIST_MAX_CANDIDATES], vJval[GRIST_MAX_CANDIDATES];
+    double vDm[GRIST_MAX_CANDIDATES];
     double vacf[GRIST_MAX_LAGS + 1];
 };
 

@@ -18,7 +18,7 @@
 #include "stats_impl.h"
 
 #define MAGIC "GRISTST1"
-#define VERSION 1u
+#define VERSION 2u
 #define BOM 0x01020304u
 #define HEADER 32u
 
@@ -85,6 +85,8 @@ static int payload(struct grist_stats *st, struct wr *w)
     PUT(w, c->gamma);
     PUT(w, c->ncand);
     put(w, c->cand, K * sizeof(double));
+    PUT(w, c->form);
+    PUT(w, c->curv_block);
     PUT(w, st->steps);
     PUT(w, st->val_steps);
     PUT(w, st->worker_steps);
@@ -102,6 +104,21 @@ static int payload(struct grist_stats *st, struct wr *w)
     PUT(w, st->noise_mean);
     PUT(w, st->batch_ema);
     PUT(w, st->nworkers_ema);
+    put(w, st->Dm, K * sizeof(double));
+    put(w, st->FF, (size_t)(2 * K + 1) * (2 * K + 1) * sizeof(double));
+    {
+        const double *arr[8] = {st->U, st->a_prev, st->a_cur, st->s_last,
+                                st->R, st->R_ref, st->s_ref, st->Dsp};
+        for (int i = 0; i < 8; i++)
+            put(w, arr[i], c->m * sizeof(double));
+    }
+    PUT(w, st->traj_n);
+    PUT(w, st->block_open);
+    PUT(w, st->block_i);
+    PUT(w, st->traj_lr);
+    PUT(w, st->lr_last);
+    PUT(w, st->c1);
+    PUT(w, st->cb);
     if (mc)
         put(w, st->mu, mc * sizeof(double));
     int r = dev_put(st, w, st->V, (size_t)K * c->m);
@@ -183,6 +200,8 @@ int grist_stats_deserialize(struct grist_backend *be, const void *buf, size_t le
     if (r.bad || c.ncand > GRIST_MAX_CANDIDATES || c.lags > GRIST_MAX_LAGS)
         return GRIST_EBADSTATE;
     get(&r, c.cand, c.ncand * sizeof(double));
+    GET(&r, c.form);
+    GET(&r, c.curv_block);
     if (r.bad)
         return GRIST_EBADSTATE;
     struct grist_stats *st;
@@ -207,9 +226,25 @@ int grist_stats_deserialize(struct grist_backend *be, const void *buf, size_t le
     GET(&r, st->noise_mean);
     GET(&r, st->batch_ema);
     GET(&r, st->nworkers_ema);
+    get(&r, st->Dm, K * sizeof(double));
+    get(&r, st->FF, (size_t)(2 * K + 1) * (2 * K + 1) * sizeof(double));
+    {
+        double *arr[8] = {st->U, st->a_prev, st->a_cur, st->s_last,
+                          st->R, st->R_ref, st->s_ref, st->Dsp};
+        for (int i = 0; i < 8; i++)
+            get(&r, arr[i], c.m * sizeof(double));
+    }
+    GET(&r, st->traj_n);
+    GET(&r, st->block_open);
+    GET(&r, st->block_i);
+    GET(&r, st->traj_lr);
+    GET(&r, st->lr_last);
+    GET(&r, st->c1);
+    GET(&r, st->cb);
     if (mc)
         get(&r, st->mu, mc * sizeof(double));
-    if (r.bad || st->npending > c.cov_batch || st->ring_head >= L ||
+    if (r.bad || st->npending > c.cov_batch || st->ring_head >= L || st->traj_n > 2 ||
+        st->block_open > 1 || st->block_i > c.curv_block ||
         (mc == 0 && st->npending != 0)) {
         e = GRIST_EBADSTATE;
         goto fail;

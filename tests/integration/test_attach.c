@@ -97,7 +97,7 @@ START_TEST(test_jobs_converge)
         for (int r = 0; r < W; r++) {
             struct tw_opts o = {.job = ids[j], .rank = (uint32_t)r, .world = W, .ngroups = 1,
                                 .m = M, .n = N, .beta0 = 0.45, .solve_every = 10,
-                                .noise = "workers"};
+                                .noise = "workers", .rule = "alignment"};
             w[j][r] = tw_open(p.addr[0], &o);
             uint32_t s;
             ck_assert_int_eq(tw_welcome(w[j][r], &s, 10.0), 0);

@@ -62,7 +62,9 @@ def main():
         ch = grpc.insecure_channel(addr)
         stub = pbg.GristStub(ch)
         n, m, W, rho, steps = 3000, 256, 2, 0.8, 300
-        pol = pb.Policy(solve_every=10, noise_correction="workers")
+        # a synthetic AR(1) stream, not an optimizer's trajectory: the first-order
+        # rule (whose optimum is beta = rho, docs/MATH.md T1) through the daemon
+        pol = pb.Policy(solve_every=10, noise_correction="workers", rule="alignment")
         workers = []
         for r in range(W):
             hello = pb.Hello(job_id="py-job", rank=r, world_size=W, sketch_dim=m, policy=pol,

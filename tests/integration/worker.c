@@ -163,6 +163,7 @@ struct tw *tw_hello(struct tw *w, const struct tw_opts *o)
     pol.hysteresis_h = o->hysteresis_h;
     pol.hysteresis_z = o->hysteresis_z;
     pol.noise_correction = (char *)(o->noise ? o->noise : "");
+    pol.rule = (char *)(o->rule ? o->rule : "");
     Grist__V1__Hello h = GRIST__V1__HELLO__INIT;
     h.job_id = (char *)o->job;
     h.rank = o->rank;

@@ -24,6 +24,7 @@ struct tw_opts {
     uint32_t solve_every, min_steps, hysteresis_h;
     const char *noise;       /* NULL = daemon default */
     double hysteresis_z;
+    const char *rule;        /* NULL = daemon default */
 };
 
 /* Open a call of any streaming method (nothing sent yet). */

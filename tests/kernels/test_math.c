@@ -57,6 +57,7 @@ static void run_stream(double rho, int n, uint32_t m, int W, double noise_var, i
     const enum grist_noise modes[3] = {GRIST_NOISE_OFF, GRIST_NOISE_WORKERS, GRIST_NOISE_ACF};
     for (int k = 0; k < 3; k++) {
         grist_policy_default(&pol[k]);
+        pol[k].rule = GRIST_RULE_ALIGNMENT; /* T1 and T2 pin the first-order rule */
         pol[k].noise = modes[k];
         grist_selector_init(&sel[k], GRIST_FORM_HEAVY_BALL, 0.9, (uint64_t)n, cfg.cand, cfg.ncand);
     }
@@ -74,7 +75,7 @@ static void run_stream(double rho, int n, uint32_t m, int W, double noise_var, i
             for (uint32_t b = 0; b < m; b++)
                 mean[b] += sk[(size_t)w * m + b] / (float)W;
         }
-        struct grist_step step = {mean, m, (uint32_t)W, W >= 2 ? sk : NULL, 32, 0, 0};
+        struct grist_step step = {mean, m, (uint32_t)W, W >= 2 ? sk : NULL, 32, 0, 0, 0.0, 0.0};
         ck_assert_int_eq(grist_stats_update(st, &step, 1), 0);
         if ((t + 1) % 10 == 0)
             for (int k = 0; k < 3; k++)
@@ -338,7 +339,7 @@ START_TEST(test_T4_reported_values)
         for (int t = 0; t < 50; t++) {
             for (int i = 0; i < 64; i++)
                 sk[i] = (float)(grist_rng_normal(&r) * (1.0 + (i % 8)));
-            struct grist_step step = {sk, 64, 1, NULL, 1, 0, 0};
+            struct grist_step step = {sk, 64, 1, NULL, 1, 0, 0, 0.0, 0.0};
             ck_assert_int_eq(grist_stats_update(st, &step, 1), 0);
         }
         struct grist_families fam;

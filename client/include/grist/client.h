@@ -42,7 +42,8 @@ struct grist_session;
 struct grist_client_options {
     double backoff_initial_s; /**< first reconnect delay (default 0.1 s) */
     double backoff_max_s;     /**< cap of the exponential backoff (default 5 s) */
-    uint32_t queue_capacity;  /**< summaries queued per session (default 64) */
+    uint32_t queue_capacity;  /**< summaries queued per session (default 1024: a run that
+                                   outpaces its first connection loses nothing) */
     int32_t max_message_bytes; /**< gRPC message limit (default 64 MiB) */
 };
 
@@ -65,7 +66,7 @@ GRIST_EXPORT int grist_client_open(const char *address, const struct grist_clien
 GRIST_EXPORT void grist_client_close(struct grist_client *c);
 
 /** Optimizer of a group: how its momentum is defined (MATH.md section 1). */
-enum grist_optimizer { GRIST_OPT_SGD = 1, GRIST_OPT_ADAM = 2 };
+enum grist_optimizer { GRIST_OPT_SGD = 1, GRIST_OPT_ADAM = 2, GRIST_OPT_SGD_NESTEROV = 3 };
 
 /** One parameter group as declared at attach. */
 struct grist_group_desc {
@@ -97,6 +98,8 @@ struct grist_attach_options {
     double ema_gamma;          /**< EMA decay of the statistics; 0 = default */
     double j_ema;              /**< EMA of J before the argmax, in (0, 1); 0 = default */
     double radius;             /**< rho for lr_coupling "radius"; 0 = default */
+    const char *rule;          /**< "curvature" | "alignment" | NULL (docs/MATH.md 5.4) */
+    double hysteresis_z_fast;  /**< curvature rule: a lead that moves at once; 0 = default */
 };
 
 /**
@@ -124,10 +127,25 @@ GRIST_EXPORT int grist_session_attach(struct grist_client *c, const struct grist
 GRIST_EXPORT int grist_session_wait_ready(struct grist_session *s, double timeout_s);
 
 /**
- * The job's sketch seed from Welcome (MATH.md section 2), or 0 before it.
+ * The job's sketch seed (MATH.md section 2): derived from the job id at
+ * attach (grist_sketch_job_seed()), so it is known before any Welcome; a
+ * daemon that announces another seed in Welcome is followed.
  * Pass it to grist_sketch_group_seed() for each group.
  */
 GRIST_EXPORT uint32_t grist_session_job_seed(struct grist_session *s);
+
+/**
+ * What the worker applied in the optimizer step whose gradient the next
+ * summary carries, per group (4 * ngroups doubles: lr in force, momentum /
+ * beta1, the lr_scale included in that lr, and the update's extra factor,
+ * Adam's bias correction 1/(1 - beta1^k), 1 otherwise). Kept for every
+ * following summary until changed; all zero = not reported. The curvature
+ * rule (docs/MATH.md 5.4) needs the lr. Call from the thread that submits.
+ *
+ * @return 0; -EINVAL for a NULL argument or a value that is not finite,
+ *         negative, or a beta outside [0, 1).
+ */
+GRIST_EXPORT int grist_session_set_applied(struct grist_session *s, const double *applied);
 
 /** Per-group seed seed_p = fmix32(job_seed ^ fmix32(group + 1)) (exported form of the inline). */
 GRIST_EXPORT uint32_t grist_sketch_group_seed(uint32_t job_seed, uint32_t group_index);
@@ -238,6 +256,15 @@ GRIST_EXPORT void grist_session_stats(struct grist_session *s, struct grist_sess
  *         stream ended with an error; -EINVAL for a NULL session.
  */
 GRIST_EXPORT int grist_session_last_error(struct grist_session *s, char *buf, size_t len);
+
+/**
+ * Wait until every queued summary was handed to the network (or timeout_s
+ * passed): call before grist_session_close() at the end of training so the
+ * last steps are not dropped.
+ *
+ * @return 0; -ETIMEDOUT (the daemon is unreachable or slow); -EINVAL.
+ */
+GRIST_EXPORT int grist_session_flush(struct grist_session *s, double timeout_s);
 
 /** Detach (the stream is cancelled; queued summaries are dropped) and free. NULL is allowed. */
 GRIST_EXPORT void grist_session_close(struct grist_session *s);

@@ -54,12 +54,13 @@ class _AttachOptions(ctypes.Structure):
                 ("solve_every", _u32), ("min_steps", _u32), ("beta_min", _dbl),
                 ("beta_max", _dbl), ("candidates", _pd), ("ncandidates", _u32),
                 ("select_on", ctypes.c_char_p), ("hysteresis_z", _dbl), ("hysteresis_h", _u32),
-                ("ema_gamma", _dbl), ("j_ema", _dbl), ("radius", _dbl)]
+                ("ema_gamma", _dbl), ("j_ema", _dbl), ("radius", _dbl),
+                ("rule", ctypes.c_char_p), ("hysteresis_z_fast", _dbl)]
 
 # the policy keys attach() understands (MATH.md sections 3-6; proto Policy)
 POLICY_KEYS = ("mode", "noise_correction", "lr_coupling", "select_on", "candidates",
                "beta_min", "beta_max", "min_steps", "solve_every", "hysteresis_z",
-               "hysteresis_h", "ema_gamma", "j_ema", "radius")
+               "hysteresis_h", "ema_gamma", "j_ema", "radius", "rule", "hysteresis_z_fast")
 
 
 class Tensor(ctypes.Structure):
@@ -104,6 +105,8 @@ _sk_begin = _sig("grist_session_sketch_begin", ctypes.c_int, _vp, ctypes.POINTER
 _sk_end = _sig("grist_session_sketch_end", ctypes.c_int, _vp, _u64, ctypes.POINTER(_u32),
                ctypes.c_int, ctypes.c_int)
 _stats = _sig("grist_session_stats", None, _vp, ctypes.POINTER(_SessionStats))
+_flush = _sig("grist_session_flush", ctypes.c_int, _vp, _dbl)
+_set_applied = _sig("grist_session_set_applied", ctypes.c_int, _vp, _pd)
 _last_error = _sig("grist_session_last_error", ctypes.c_int, _vp, ctypes.c_char_p, ctypes.c_size_t)
 _session_close = _sig("grist_session_close", None, _vp)
 _strerror = _sig("grist_strerror", ctypes.c_char_p, ctypes.c_int)
@@ -172,7 +175,8 @@ class Client:
         self.close()
 
 
-SGD, ADAM = 1, 2
+SGD, ADAM, SGD_NESTEROV = 1, 2, 3
+_KINDS = {"sgd": SGD, "adam": ADAM, "nesterov": SGD_NESTEROV}
 
 
 class Session:
@@ -191,7 +195,7 @@ class Session:
         for i, g in enumerate(groups):
             name = _b(g.get("name", f"group{i}"))
             self._names.append(name)
-            descs[i] = _GroupDesc(name, int(g["n"]), ADAM if g.get("optimizer") == "adam" else SGD,
+            descs[i] = _GroupDesc(name, int(g["n"]), _KINDS.get(g.get("optimizer"), SGD),
                                   float(g.get("lr", 0.0)), float(g.get("beta", 0.0)))
         o = _AttachOptions()
         o.job = _b(job)
@@ -211,6 +215,8 @@ class Session:
         o.ema_gamma = float(policy.get("ema_gamma", 0.0))
         o.j_ema = float(policy.get("j_ema", 0.0))
         o.radius = float(policy.get("radius", 0.0))
+        o.rule = _b(policy.get("rule"))
+        o.hysteresis_z_fast = float(policy.get("hysteresis_z_fast", 0.0))
         cand = policy.get("candidates")
         if isinstance(cand, str):
             cand = cand.replace(",", " ").split()
@@ -221,7 +227,15 @@ class Session:
         _check(_attach(client._h, ctypes.byref(o), ctypes.byref(self._h)), "attach")
         client._sessions.append(self)
         self._hp = (_GroupHyperparams * self.ngroups)()
+        self._applied = np.zeros(4 * self.ngroups)
         self._bs = (_u32 * self.ngroups)()
+
+    def set_applied(self, values):
+        """What the worker applied in the step of the next summary: per group
+        (lr in force, beta, lr_scale included in lr, update factor)."""
+        a = self._applied
+        a[:] = np.asarray(values, dtype=np.float64).ravel()
+        return _check(_set_applied(self._h, a.ctypes.data_as(_pd)), "set_applied")
 
     def wait_ready(self, timeout_s):
         return _wait_ready(self._h, timeout_s) == 0
@@ -286,6 +300,10 @@ class Session:
         st = _SessionStats()
         _stats(self._h, ctypes.byref(st))
         return {f: getattr(st, f) for f, _ in _SessionStats._fields_}
+
+    def flush(self, timeout_s):
+        """Wait until every queued summary was sent; False on timeout."""
+        return _flush(self._h, timeout_s) == 0
 
     def close(self):
         if self._h:

@@ -37,8 +37,9 @@ def _kind(optimizer):
     if name in ("adam", "adamw"):
         return "adam"
     if name == "sgd":
-        return "sgd"
-    raise TypeError(f"grist.torch.attach supports SGD, Adam and AdamW, not {type(optimizer).__name__}")
+        return "nesterov" if any(g.get("nesterov") for g in optimizer.param_groups) else "sgd"
+    raise TypeError(f"grist.torch.attach supports SGD (plain or Nesterov), Adam and AdamW, "
+                    f"not {type(optimizer).__name__}")
 
 
 class GristSession:
@@ -63,7 +64,7 @@ class GristSession:
             for p in g["params"]:
                 self._where[p] = (gi, off)
                 off += p.numel()
-            beta = g["momentum"] if self.kind == "sgd" else g["betas"][0]
+            beta = g["betas"][0] if self.kind == "adam" else g["momentum"]
             groups.append(dict(name=str(g.get("name", f"group{gi}")), n=off, optimizer=self.kind,
                                lr=float(g["lr"]), beta=float(beta)))
         self.ngroups = len(groups)
@@ -95,7 +96,9 @@ class GristSession:
         # SGD reads the gradients without changing them, so their sketch can
         # run during optimizer.step() on another core; Adam's metric reads
         # exp_avg_sq, which the step rewrites, so Adam sketches afterwards.
-        self.async_sketch = bool(async_sketch) and self.kind == "sgd" and ddp_model is None
+        self.async_sketch = bool(async_sketch) and self.kind != "adam" and ddp_model is None
+        self.close_linger_s = 2.0  # close() waits this long for queued summaries to be sent
+        self._applied = np.zeros((self.ngroups, 4))
         self.discarded = 0  # async sketches dropped: a gradient changed in place meanwhile
         self.rejected = 0   # steps whose gradient was not finite (nothing sent)
         self._discard_run = 0
@@ -124,8 +127,32 @@ class GristSession:
         try:
             return self._orig_step(*args, **kwargs)
         finally:
+            self._record_applied(groups)
             for g, lr in zip(groups, saved):
                 g["lr"] = lr
+
+    def _record_applied(self, groups):
+        """What this step applied, per group: lr in force, beta, the lr_scale in
+        it, Adam's bias correction of exp_avg; sent with the step's summary
+        (the daemon's curvature rule divides gradient changes by the lr)."""
+        a = self._applied
+        for gi, (g, s) in enumerate(zip(groups, self.lr_scale)):
+            a[gi, 0] = float(g["lr"])
+            a[gi, 2] = float(s)
+            a[gi, 3] = 1.0
+            if self.kind == "adam":
+                b1 = float(g["betas"][0])
+                a[gi, 1] = b1
+                st = self.optimizer.state.get(g["params"][0], {}) if g["params"] else {}
+                k = float(st.get("step", 0))
+                if k >= 1 and b1 > 0:
+                    a[gi, 3] = 1.0 / (1.0 - b1 ** k)
+            else:
+                a[gi, 1] = float(g["momentum"])
+        try:
+            self.session.set_applied(a)
+        except GristError:
+            pass  # a value libgrist refuses (e.g. beta >= 1) is simply not reported
 
     # -- sketches --
     def _seeds(self):
@@ -135,7 +162,7 @@ class GristSession:
     def _sketch_param(self, seeds, p, grad, acc, sq, gi, off):
         if grad.is_cuda:
             f = cuda_sketcher()
-            if f is not None and grad.dtype == _torch.float32 and self.kind == "sgd":
+            if f is not None and grad.dtype == _torch.float32 and self.kind != "adam":
                 # the CUDA kernel on the tensor memory, on the current stream;
                 # only m doubles per group come back (in _flush_device)
                 g = grad.detach().contiguous()
@@ -291,11 +318,15 @@ class GristSession:
         if hp is not None and version != self.version:
             self.version = version
             for g, h in zip(self.optimizer.param_groups, hp):
-                if self.kind == "sgd":
-                    g["momentum"] = h["momentum"]
-                else:
+                if self.kind == "adam":
                     g["betas"] = (h["momentum"], g["betas"][1])
-            self.lr_scale = [h["lr_scale"] for h in hp]
+                else:
+                    g["momentum"] = h["momentum"]
+            # lr_coupling radius pushes an absolute lr: the factor that makes
+            # the scheduled lr equal to it
+            self.lr_scale = [h["lr"] / g["lr"] if h.get("lr", 0.0) > 0 and g["lr"] > 0
+                             else h["lr_scale"]
+                             for g, h in zip(self.optimizer.param_groups, hp)]
             self.history.append((self.t, [h["momentum"] for h in hp], list(self.lr_scale)))
         return hp
 
@@ -331,6 +362,8 @@ class GristSession:
             self.session.sketch_end(self.t, commit=False)
         if self.optimizer.step is self._step_wrapper:
             self.optimizer.step = self._orig_step
+        if self.close_linger_s > 0:
+            self.session.flush(self.close_linger_s)
         self.session.close()
         if self._own_client:
             self.client.close()

@@ -14,14 +14,18 @@
 extern "C" {
 #endif
 
-enum grist_form { GRIST_FORM_HEAVY_BALL = 0, GRIST_FORM_EMA = 1 };
 enum grist_mode { GRIST_MODE_PER_GROUP = 0, GRIST_MODE_GLOBAL = 1 };
 enum grist_noise { GRIST_NOISE_OFF = 0, GRIST_NOISE_WORKERS, GRIST_NOISE_ACF, GRIST_NOISE_AUTO };
-enum grist_coupling { GRIST_LR_NONE = 0, GRIST_LR_DC, GRIST_LR_ENERGY, GRIST_LR_RADIUS };
+enum grist_coupling { GRIST_LR_NONE = 0, GRIST_LR_DC, GRIST_LR_ENERGY, GRIST_LR_RADIUS,
+                      GRIST_LR_GREEDY };
+/** Selection rule: the paper's first-order alignment, or the second-order
+ *  greedy rule with curvature along the trajectory (docs/MATH.md 5.4). */
+enum grist_rule { GRIST_RULE_ALIGNMENT = 0, GRIST_RULE_CURVATURE = 1 };
 enum grist_select_on { GRIST_SELECT_TRAIN = 0, GRIST_SELECT_VALIDATION = 1 };
 
 /** Selection policy of a job (MATH.md sections 4-6). */
 struct grist_policy {
+    enum grist_rule rule;
     enum grist_mode mode;
     enum grist_noise noise;
     enum grist_coupling coupling;
@@ -33,6 +37,8 @@ struct grist_policy {
     uint32_t h;                  /**< hysteresis: consecutive evaluations */
     double j_ema;                /**< extra smoothing of J before argmax; 0 = off */
     double radius;               /**< rho for GRIST_LR_RADIUS */
+    double z_fast;               /**< a margin of z_fast standard errors moves at once (curvature
+                                      rule; 0 = off) */
 };
 
 /** Defaults of MATH.md (noise auto, coupling none, z = 2, H = 3, ...). */
@@ -43,6 +49,8 @@ int grist_noise_parse(const char *s, enum grist_noise *out);
 int grist_coupling_parse(const char *s, enum grist_coupling *out);
 int grist_mode_parse(const char *s, enum grist_mode *out);
 int grist_select_on_parse(const char *s, enum grist_select_on *out);
+int grist_rule_parse(const char *s, enum grist_rule *out);
+const char *grist_rule_name(enum grist_rule v);
 const char *grist_noise_name(enum grist_noise v);
 const char *grist_coupling_name(enum grist_coupling v);
 const char *grist_mode_name(enum grist_mode v);
@@ -58,6 +66,7 @@ struct grist_selector {
     uint32_t challenger; /**< candidate of the running streak */
     uint32_t streak;     /**< consecutive evaluations that favoured challenger */
     uint64_t smooth_n;   /**< evaluations folded into smooth[] */
+    double lr_scale;     /**< the lr_scale of the last evaluation (greedy coupling) */
     double smooth[GRIST_MAX_CANDIDATES]; /**< J after j_ema smoothing */
 };
 
@@ -73,6 +82,8 @@ struct grist_choice {
     double noise;        /**< sigma-hat^2 used for the correction */
     double noise_scale;  /**< B_noise of MATH.md section 4 */
     uint32_t index;      /**< candidate index of beta (nearest when not moved) */
+    double kappa;        /**< curvature along the trajectory used (0: not identified) */
+    double lr_greedy;    /**< eta* = F / (kappa E) of the current candidate, absolute (0: none) */
     int changed;         /**< 1 when this evaluation moved beta */
     const char *reason;  /**< static text explaining the state */
 };
@@ -82,6 +93,16 @@ struct grist_choice {
  * AUTO uses workers when any step had W >= 2, else acf.
  */
 double grist_noise_estimate(const struct grist_stats_view *v, enum grist_noise mode);
+
+/**
+ * Predicted loss drop D_j = eta F_j - (eta^2 / 2) kappa E_j of every
+ * candidate (docs/MATH.md 5.4): F_j the noise-corrected first-order
+ * alignment and E_j the energy of candidate j's update under the form,
+ * sigma2 the noise estimate, eta the lr in force, kappa the curvature.
+ * F and E may be NULL.
+ */
+void grist_greedy_drop(const struct grist_stats_view *v, enum grist_form form, double eta,
+                       double kappa, double sigma2, double *D, double *F, double *E);
 
 /** lr_scale of MATH.md section 6 for coupling NONE, DC or ENERGY. */
 double grist_lr_scale(enum grist_coupling c, enum grist_form form, double beta, double beta0);

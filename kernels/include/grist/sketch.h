@@ -44,6 +44,23 @@ GRIST_HD static inline uint32_t grist_fmix32(uint32_t h)
     return h;
 }
 
+/**
+ * The job's sketch seed, derived from its id alone (docs/MATH.md section 2):
+ * h = FNV-1a-64(job_id), job_seed = fmix32(lo32(h) ^ hi32(h)), 0 mapped to 1.
+ * Every rank and every daemon computes the same value without a round trip,
+ * so a worker sketches from its first step, before any Welcome.
+ */
+static inline uint32_t grist_sketch_job_seed(const char *job_id)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (; *job_id; job_id++) {
+        h ^= (unsigned char)*job_id;
+        h *= 0x100000001b3ull;
+    }
+    const uint32_t s = grist_fmix32((uint32_t)h ^ (uint32_t)(h >> 32));
+    return s ? s : 1u;
+}
+
 /** Per-group seed of the sketch: fmix32(job_seed ^ fmix32(group_index + 1)). */
 GRIST_HD static inline uint32_t grist_sketch_seed(uint32_t job_seed, uint32_t group_index)
 {

@@ -22,6 +22,14 @@ extern "C" {
 struct grist_backend;
 struct grist_stats;
 
+/**
+ * How a group's optimizer turns gradients into its update (docs/MATH.md
+ * section 1): heavy ball b = beta b + g, update b (PyTorch SGD); EMA
+ * m = beta m + (1 - beta) g, update m (Adam's exp_avg, in the metric P^-1);
+ * Nesterov b = beta b + g, update g + beta b (SGD with nesterov=True).
+ */
+enum grist_form { GRIST_FORM_HEAVY_BALL = 0, GRIST_FORM_EMA = 1, GRIST_FORM_NESTEROV = 2 };
+
 /** Largest number of candidates and of autocorrelation lags. */
 #define GRIST_MAX_CANDIDATES 64u
 #define GRIST_MAX_LAGS 64u
@@ -36,6 +44,8 @@ struct grist_stats_config {
     double gamma;      /**< EMA decay in (0, 1) */
     uint32_t ncand;    /**< K, number of candidates (1..GRIST_MAX_CANDIDATES) */
     double cand[GRIST_MAX_CANDIDATES]; /**< candidate betas in [0, 1) */
+    uint32_t form;     /**< enum grist_form of the worker's optimizer (the applied update) */
+    uint32_t curv_block; /**< k of the k-step curvature estimate (docs/MATH.md 5.4), 2..256 */
 };
 
 /**
@@ -64,6 +74,10 @@ struct grist_step {
     double worker_sq_sum;  /**< sum over the W workers of |s_w|^2; with the mean this gives
                                 sum_w |s_w - s-bar|^2 = worker_sq_sum - W |s-bar|^2 without
                                 keeping W sketches (the daemon's aggregation) */
+    double lr;             /**< multiplier of the applied update a_t in the step the worker took
+                                with this gradient (lr in force, times Adam's 1/(1-beta1^k));
+                                0 = unknown: no curvature sample spans this step */
+    double beta;           /**< momentum / beta1 the worker applied in that step, in [0, 1) */
 };
 
 /**
@@ -124,7 +138,41 @@ struct grist_stats_view {
     uint64_t worker_steps; /**< steps that had W >= 2 */
     double batch_size;     /**< EMA of the local batch size */
     double nworkers;       /**< EMA of W */
+    const double *dots;    /**< EMA of <s_t, V_j> per candidate (J without its sqrt(1-b^2)) */
+    double lr;             /**< lr of the newest step (0 = not reported) */
 };
+
+/** Index of the features f = (<s,V_j> for j < K, |V_j|^2 for j < K, |s|^2) of
+ *  grist_stats_linear_se(): dots at j, energies at K + j, r0 at 2K. */
+#define GRIST_FEAT_DOT(K, j) (j)
+#define GRIST_FEAT_ENERGY(K, j) ((K) + (j))
+#define GRIST_FEAT_R0(K) (2 * (K))
+#define GRIST_MAX_FEATURES (2 * GRIST_MAX_CANDIDATES + 1)
+
+/** One curvature estimate along the trajectory (docs/MATH.md 5.4). */
+struct grist_curv_est {
+    double kappa;     /**< num / den, or 0 when den <= 0 */
+    double se;        /**< its standard error (delta method); INFINITY when unknown */
+    uint64_t samples; /**< samples folded in */
+    int identified;   /**< kappa > 0 and kappa > 2 se */
+};
+
+/** The curvature the second-order rule uses, and both estimates it comes from. */
+struct grist_curvature {
+    double kappa;     /**< the larger identified estimate; 0 when none is identified */
+    int source;       /**< 0 none, 1 one-step, 2 k-step */
+    struct grist_curv_est one_step, block;
+};
+
+/** Fill the curvature estimates of a state. */
+void grist_stats_curvature(const struct grist_stats *st, struct grist_curvature *out);
+
+/**
+ * Standard error of w . f-hat, the EMA of the feature vector f (see
+ * GRIST_FEAT_*), from the EMA covariance of f and the EMA's effective
+ * sample size; w holds 2K + 1 weights.
+ */
+double grist_stats_linear_se(const struct grist_stats *st, const double *w);
 
 /** Fill a view; its pointers stay valid until the next update or free. */
 void grist_stats_get_view(const struct grist_stats *st, struct grist_stats_view *out);
