@@ -1,9 +1,12 @@
 """SGD+momentum on scikit-learn's bundled digits, attached to gristd.
 
-Trains the same MLP twice from the same initialisation: once with a fixed
-momentum, once with grist choosing the momentum of each parameter group
-(two groups: the hidden layer and the output layer). Prints the pushed
-momentum over time and both final test accuracies, and saves a PNG plot.
+For each of several seeds, trains the same MLP twice from the same
+initialisation: once with the momentum the user left in place (by default a
+poorly chosen 0.99), once attached to gristd, which starts from that value
+and chooses the momentum of each parameter group (two groups: the hidden
+layer and the output layer). Prints the pushed momentum over time, the test
+accuracies as mean +- std over the seeds, and saves a PNG plot of the pushed
+values of every seed over the whole run.
 
     /usr/bin/python3 client/examples/digits_sgd.py --address 127.0.0.1:7788
 """
@@ -77,31 +80,36 @@ def main():
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--momentum", type=float, default=0.9)
+    ap.add_argument("--momentum", type=float, default=0.99,
+                    help="the momentum the user left in place (grist starts from it)")
     ap.add_argument("--solve-every", type=int, default=0,
-                    help="selection cadence asked of gristd (default: gristd's own, 50, "
-                         "chosen in docs/QUALITY.md)")
-    ap.add_argument("--seed", type=int, default=0)
+                    help="selection cadence asked of gristd (default: gristd's own)")
+    ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--plot", default="digits_sgd.png")
     args = ap.parse_args()
 
-    fixed = train(args)
-    tuned = train(args, attach_to=args.address)
-    print(f"digits, SGD lr {args.lr}, {tuned['steps']} steps, batch {args.batch}")
-    print("pushed by gristd (step: momentum x lr_scale for hidden, output):")
-    for step, mom, scale in tuned["history"]:
-        print(f"  step {step:5d}: " + ", ".join(f"{m:.3f} x {s:.2f}" for m, s in zip(mom, scale)))
-    if not tuned["history"]:
-        print("  (none received: is gristd running at %s?)" % args.address)
-    st = tuned["stats"]
-    print(f"summaries sent {st.get('sent', 0)}, dropped {st.get('dropped', 0)}, "
-          f"pushes received {st.get('received', 0)}")
-    w = 20
-    tail = lambda xs: float(np.mean(xs[-w:]))  # noqa: E731
-    print(f"fixed momentum {args.momentum}: test accuracy {fixed['acc']:.4f}, "
-          f"final train loss {tail(fixed['losses']):.4f}")
-    print(f"grist-tuned momentum        : test accuracy {tuned['acc']:.4f}, "
-          f"final train loss {tail(tuned['losses']):.4f}")
+    runs = []
+    for seed in range(args.seeds):
+        args.seed = seed
+        fixed = train(args)
+        tuned = train(args, attach_to=args.address, job=f"digits-sgd-{seed}")
+        runs.append((fixed, tuned))
+        print(f"seed {seed}: fixed momentum {args.momentum}: test accuracy {fixed['acc']:.4f}; "
+              f"grist: {tuned['acc']:.4f}")
+        print("  pushed by gristd (step: momentum x lr_scale for hidden, output):")
+        for step, mom, scale in tuned["history"]:
+            print(f"    step {step:5d}: " + ", ".join(f"{m:.3f} x {s:.2f}" for m, s in zip(mom, scale)))
+        if not tuned["history"]:
+            print("    (none received: is gristd running at %s?)" % args.address)
+        st = tuned["stats"]
+        print(f"  summaries sent {st.get('sent', 0)}, dropped {st.get('dropped', 0)}, "
+              f"pushes received {st.get('received', 0)}")
+    fa = np.array([f["acc"] for f, _ in runs])
+    ta = np.array([t["acc"] for _, t in runs])
+    print(f"digits, SGD lr {args.lr}, {runs[0][1]['steps']} steps, batch {args.batch}, "
+          f"{args.seeds} seeds")
+    print(f"fixed momentum {args.momentum}: test accuracy {fa.mean():.4f} +- {fa.std(ddof=1) if len(fa) > 1 else 0:.4f}")
+    print(f"grist from {args.momentum}      : test accuracy {ta.mean():.4f} +- {ta.std(ddof=1) if len(ta) > 1 else 0:.4f}")
     if args.plot:
         import matplotlib
         matplotlib.use("Agg")
@@ -109,22 +117,26 @@ def main():
         fig, ax = plt.subplots(1, 2, figsize=(11, 4))
         k = 10
         sm = lambda xs: np.convolve(xs, np.ones(k) / k, mode="valid")  # noqa: E731
-        ax[0].plot(sm(fixed["losses"]), label=f"fixed momentum {args.momentum}")
-        ax[0].plot(sm(tuned["losses"]), label="grist")
+        for i, (fixed, tuned) in enumerate(runs):
+            ax[0].plot(sm(fixed["losses"]), color="C0", alpha=0.6,
+                       label=f"fixed momentum {args.momentum}" if i == 0 else None)
+            ax[0].plot(sm(tuned["losses"]), color="C1", alpha=0.6, label="grist" if i == 0 else None)
+            if tuned["history"]:
+                steps = [h[0] for h in tuned["history"]] + [tuned["steps"]]
+                for gi, name in enumerate(["hidden", "output"]):
+                    vals = [args.momentum] + [h[1][gi] for h in tuned["history"]]
+                    ax[1].step([0] + steps, vals + [vals[-1]], where="post", color=f"C{2 + gi}",
+                               alpha=0.7, label=name if i == 0 else None)
         ax[0].set_yscale("log")
         ax[0].set_xlabel("step")
         ax[0].set_ylabel("train loss (moving average)")
         ax[0].legend()
-        if tuned["history"]:
-            steps = [h[0] for h in tuned["history"]]
-            for gi, name in enumerate(["hidden", "output"]):
-                ax[1].step([0] + steps, [args.momentum] + [h[1][gi] for h in tuned["history"]],
-                           where="post", label=name)
         ax[1].set_xlabel("step")
-        ax[1].set_ylabel("momentum pushed by gristd")
+        ax[1].set_ylabel("momentum pushed by gristd (every seed)")
         ax[1].set_ylim(0, 1)
         ax[1].legend()
-        fig.suptitle(f"digits MLP: test acc fixed {fixed['acc']:.3f}, grist {tuned['acc']:.3f}")
+        fig.suptitle(f"digits MLP, {args.seeds} seeds: test acc fixed {args.momentum} "
+                     f"{fa.mean():.3f}, grist {ta.mean():.3f}")
         fig.tight_layout()
         fig.savefig(args.plot, dpi=100)
         print(f"plot: {args.plot}")
