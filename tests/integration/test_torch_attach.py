@@ -283,29 +283,31 @@ def test_no_step_lost(gristd):
     sock = os.path.join(tempfile.mkdtemp(), "gristd.sock")
     addr = "unix:" + sock
     proc, _ = start_gristd(gristd, addr)
-    X, y = digits()
-    model = net(1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
-    session = grist.torch.attach(opt, job="fast-300", address=addr, sketch_dim=256)
-    assert session.session.job_seed != 0  # known before any round trip
-    g = torch.Generator().manual_seed(1)
-    for t in range(300):
-        idx = torch.randint(0, len(X), (16,), generator=g)
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
-        opt.step()
-        session.step(batch_size=16)
-    st = session.stats()
-    session.close()
-    job = wait_step(addr, "fast-300", 300, timeout_s=20)
-    print(f"no step lost: submitted {st['submitted']}, dropped {st['dropped']}, "
-          f"daemon step {job.job.step}, late {job.job.late_summaries}")
-    assert st["submitted"] == 300 and st["dropped"] == 0
-    assert job.job.step == 300
-    gs = job.groups[0]
-    assert gs.steps == 300, gs.steps  # every step applied to the statistics
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
+    try:
+        X, y = digits()
+        model = net(1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+        session = grist.torch.attach(opt, job="fast-300", address=addr, sketch_dim=256)
+        assert session.session.job_seed != 0  # known before any round trip
+        g = torch.Generator().manual_seed(1)
+        for t in range(300):
+            idx = torch.randint(0, len(X), (16,), generator=g)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
+            opt.step()
+            session.step(batch_size=16)
+        st = session.stats()
+        session.close()
+        job = wait_step(addr, "fast-300", 300, timeout_s=20)
+        print(f"no step lost: submitted {st['submitted']}, dropped {st['dropped']}, "
+              f"daemon step {job.job.step}, late {job.job.late_summaries}")
+        assert st["submitted"] == 300 and st["dropped"] == 0
+        assert job.job.step == 300
+        gs = job.groups[0]
+        assert gs.steps == 300, gs.steps  # every step applied to the statistics
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
 
 
 def main():

@@ -153,7 +153,7 @@ def sketch_adam_f32(seed_p, g_ptr, v_ptr, n, offset, v_scale, eps, acc, sq):
 class Client:
     """A channel to gristd and libgrist's background thread."""
 
-    def __init__(self, address, queue_capacity=64, backoff_initial_s=0.1, backoff_max_s=5.0):
+    def __init__(self, address, queue_capacity=1024, backoff_initial_s=0.1, backoff_max_s=5.0):
         opt = _ClientOptions()
         _options_default(ctypes.byref(opt))
         opt.queue_capacity = queue_capacity
