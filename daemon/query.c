@@ -88,6 +88,9 @@ static uint8_t *encode_job(const struct grist_job *j, size_t *out_len)
             s->noise = r->choice.noise;
             s->noise_scale = r->choice.noise_scale;
             s->steps = r->steps;
+            s->reason = r->reason;
+            s->curvature = r->choice.kappa;
+            s->lr_greedy = r->choice.lr_greedy;
             if (r->have_families) {
                 const struct grist_families *f = &r->fam;
                 fd[g].trace = f->trace;

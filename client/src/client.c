@@ -711,6 +711,26 @@ void grist_session_close(struct grist_session *s)
     struct grist_client *c = s->c;
     pthread_mutex_lock(&c->mu);
     s->closing = 1;
+    if (s->active && s->connected && !s->status_done) {
+        /* half-close so that the daemon reads every message the transport
+         * still holds and ends the stream with OK; cancel only if it does
+         * not within a second (a completed send is buffered, not delivered) */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 1;
+        int r = 0;
+        while (s->send_in_flight && r == 0)
+            r = pthread_cond_timedwait(&s->cv, &c->mu, &ts);
+        grpc_op op;
+        memset(&op, 0, sizeof(op));
+        op.op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+        if (r == 0 && grpc_call_start_batch(s->call, &op, 1, &s->tags[TAG_SEND], NULL) ==
+                          GRPC_CALL_OK) {
+            s->ops++;
+            while (!s->dead && r == 0)
+                r = pthread_cond_timedwait(&s->cv, &c->mu, &ts);
+        }
+    }
     if (s->active) {
         grpc_call_cancel(s->call, NULL);
         while (!s->dead)

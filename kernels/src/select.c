@@ -171,11 +171,6 @@ static double se_greedy1(const struct greedy_ctx *g, uint32_t a, uint32_t b)
     return grist_stats_linear_se(g->st, w);
 }
 
-static double se_greedy(void *ctx, uint32_t a, uint32_t b)
-{
-    return se_greedy1(ctx, a, b);
-}
-
 /* The J vector that drives the choice: validation J when asked for and
  * available, else the noise-corrected training J. */
 static void driving_j(const struct grist_policy *pol, const struct grist_stats_view *v,
@@ -188,15 +183,27 @@ static void driving_j(const struct grist_policy *pol, const struct grist_stats_v
     }
 }
 
+/* Largest change of the averaging horizon 1 / (1 - beta) in one move. */
+#define GRIST_HORIZON_STEP 2.0
+
 /* Argmax, hysteresis and output, shared by both modes. */
 static void decide(const struct grist_policy *pol, struct grist_selector *sel, const double *cand,
                    uint32_t ncand, const double *j, double se_of(void *, uint32_t, uint32_t),
                    void *se_ctx, struct grist_choice *out)
 {
     const double z_fast = pol->rule == GRIST_RULE_CURVATURE ? pol->z_fast : 0.0;
+    /* curvature rule: the statistics describe the trajectory of the current
+     * beta, so a move stays within a factor GRIST_HORIZON_STEP of its
+     * averaging horizon 1 / (1 - beta) (docs/MATH.md 5.4) */
+    const int region = pol->rule == GRIST_RULE_CURVATURE;
+    const double hcur = 1.0 / (1.0 - cand[sel->cur]);
     int best = -1;
     for (uint32_t k = 0; k < ncand; k++) {
         if (cand[k] < pol->beta_min || cand[k] > pol->beta_max)
+            continue;
+        const double hk = 1.0 / (1.0 - cand[k]);
+        if (region && (hk > GRIST_HORIZON_STEP * hcur * (1 + 1e-9) ||
+                       hk < hcur / GRIST_HORIZON_STEP * (1 - 1e-9)))
             continue;
         if (best < 0 || j[k] > j[best])
             best = (int)k;
@@ -307,6 +314,37 @@ static void smooth(const struct grist_policy *pol, struct grist_selector *sel, u
 /* The second-order rule of docs/MATH.md 5.4 on one group: D_j, then the
  * same argmax and hysteresis as the first-order rule, on D's standard
  * errors. Holds while the curvature is not identified. */
+/* The curvature is known only within [lo, hi]: a move must win at every
+ * curvature of that range. D is linear in kappa, so the ends and the point
+ * estimate suffice; the "standard error" handed to decide() is the one that
+ * makes margin / se the smallest of the three z-scores. */
+struct robust_ctx {
+    struct greedy_ctx g[3]; /* lo, point, hi */
+    const double *D[3];
+    const double *Dpt;      /* what decide() sees as j[] */
+};
+
+static double se_robust(void *ctx, uint32_t a, uint32_t b)
+{
+    const struct robust_ctx *r = ctx;
+    const double margin = r->Dpt[a] - r->Dpt[b];
+    double zmin = INFINITY;
+    for (int k = 0; k < 3; k++) {
+        const double se = se_greedy1(&r->g[k], a, b);
+        const double m = r->D[k][a] - r->D[k][b];
+        const double z = se > 0.0 ? m / se : (m > 0.0 ? INFINITY : -INFINITY);
+        if (z < zmin)
+            zmin = z;
+    }
+    if (!(zmin > 0.0) || !(margin > 0.0))
+        return INFINITY;
+    return isfinite(zmin) ? margin / zmin : 0.0;
+}
+
+/* The second-order rule of docs/MATH.md 5.4 on one group: D_j, then the
+ * same argmax and hysteresis as the first-order rule, on D's standard
+ * errors, robust over the plausible curvature range. Holds while there is
+ * no curvature information at all. */
 static void select_curvature(const struct grist_policy *pol, struct grist_selector *sel,
                              const struct grist_stats *st, const struct grist_stats_view *v,
                              struct grist_choice *out)
@@ -320,18 +358,29 @@ static void select_curvature(const struct grist_policy *pol, struct grist_select
         out->reason = "holding: the worker reports no lr (the curvature rule needs it)";
         return;
     }
-    if (!(cv.kappa > 0.0)) {
+    if (!(cv.hi > 0.0)) {
         sel->streak = 0;
         out->reason = "holding: curvature along the trajectory not yet measured";
         return;
     }
-    double D[GRIST_MAX_CANDIDATES], F[GRIST_MAX_CANDIDATES], E[GRIST_MAX_CANDIDATES];
-    grist_greedy_drop(v, sel->form, eta, cv.kappa, out->noise, D, F, E);
-    smooth(pol, sel, v->ncand, D);
-    struct greedy_ctx ctx = {st, sel->form, eta, cv.kappa};
-    decide(pol, sel, v->cand, v->ncand, D, se_greedy, &ctx, out);
+    const double kpt = cv.kappa > 0.0 ? cv.kappa : cv.hi;
+    const double ks[3] = {cv.lo, kpt, cv.hi};
+    double D[3][GRIST_MAX_CANDIDATES], F[GRIST_MAX_CANDIDATES], E[GRIST_MAX_CANDIDATES];
+    struct robust_ctx ctx;
+    for (int k = 0; k < 3; k++) {
+        grist_greedy_drop(v, sel->form, eta, ks[k], out->noise, D[k], F, E);
+        ctx.g[k] = (struct greedy_ctx){st, sel->form, eta, ks[k]};
+        ctx.D[k] = D[k];
+    }
+    double Dpt[GRIST_MAX_CANDIDATES];
+    memcpy(Dpt, D[1], v->ncand * sizeof(double));
+    smooth(pol, sel, v->ncand, Dpt);
+    ctx.Dpt = Dpt;
+    decide(pol, sel, v->cand, v->ncand, Dpt, se_robust, &ctx, out);
+    if (cv.kappa <= 0.0 && !out->changed && sel->streak == 0)
+        out->reason = "holding: curvature not identified; no move wins over its whole range";
     const uint32_t c = sel->cur;
-    if (F[c] > 0.0 && E[c] > GRIST_TINY)
+    if (cv.kappa > 0.0 && F[c] > 0.0 && E[c] > GRIST_TINY)
         out->lr_greedy = F[c] / (cv.kappa * E[c]);
 }
 

@@ -628,6 +628,15 @@ void grist_stats_curvature(const struct grist_stats *st, struct grist_curvature 
         out->kappa = out->block.kappa;
         out->source = 2;
     }
+    const struct grist_curv_est *e = out->source == 1 ? &out->one_step
+                                     : out->source == 2 ? &out->block
+                                     : out->one_step.se <= out->block.se ? &out->one_step
+                                                                         : &out->block;
+    if (isfinite(e->se)) {
+        const double k = e->kappa > 0.0 ? e->kappa : 0.0;
+        out->lo = fmax(0.0, e->kappa - 2.0 * e->se);
+        out->hi = k + 2.0 * e->se;
+    }
 }
 
 double grist_stats_linear_se(const struct grist_stats *st, const double *w)

@@ -266,7 +266,12 @@ GRIST_EXPORT int grist_session_last_error(struct grist_session *s, char *buf, si
  */
 GRIST_EXPORT int grist_session_flush(struct grist_session *s, double timeout_s);
 
-/** Detach (the stream is cancelled; queued summaries are dropped) and free. NULL is allowed. */
+/**
+ * Detach and free. A connected stream is half-closed first, so the daemon
+ * reads every summary already handed to the transport (up to a second);
+ * summaries still queued are dropped: call grist_session_flush() before to
+ * send them. NULL is allowed.
+ */
 GRIST_EXPORT void grist_session_close(struct grist_session *s);
 
 /* ---- queries (dashboards, gristctl): blocking calls on the client's channel ---- */

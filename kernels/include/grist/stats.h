@@ -160,6 +160,8 @@ struct grist_curv_est {
 /** The curvature the second-order rule uses, and both estimates it comes from. */
 struct grist_curvature {
     double kappa;     /**< the larger identified estimate; 0 when none is identified */
+    double lo, hi;    /**< plausible range: that estimate +- 2 se (lo >= 0); unidentified:
+                           the range of the more precise estimate; hi = 0: no information */
     int source;       /**< 0 none, 1 one-step, 2 k-step */
     struct grist_curv_est one_step, block;
 };
