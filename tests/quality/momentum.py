@@ -14,10 +14,14 @@ Tasks (--task), each with two param groups (grist tunes each):
   tfm   next-character transformer on the same text: 2 pre-norm layers,
         d_model 64, 4 heads, causal mask, context 48; groups: embeddings +
         blocks, final norm + output; metric: held-out cross-entropy (lower
-        is better)
+        is better; 400 steps see the 32k-character training text ~19 times,
+        so the larger effective steps overfit: training loss ~1.6 against
+        2.07 held out at Adam's default lr)
   reg   scikit-learn's bundled diabetes data (442 rows, 10 features;
         features and target standardized with the training split's
-        statistics), MLP 10-64-1, MSE loss; metric: test MSE (lower is better)
+        statistics), MLP 10-64-1, MSE loss, 40 epochs of 10 batches;
+        metric: test MSE (lower is better; it overfits: the test MSE is best
+        at small effective steps while the training loss keeps falling)
 Optimizers (--optimizer): sgd, nesterov (SGD(nesterov=True)), adam, adamw
 (AdamW, weight_decay 0.01).
 For each fixed beta and for each tuner (grist started from --start-beta,
@@ -39,9 +43,8 @@ import torch  # noqa: E402
 from sklearn.datasets import load_diabetes, load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
-import grist.torch  # noqa: E402
-from defaults import (DEFAULT_LR, FIXED_BETAS, LOWER_IS_BETTER, OPTIMIZERS, TARGET_LOSS,  # noqa: E402
-                      TASKS, family, scaled_lr)
+from defaults import (DEFAULT_LR, FIXED_BETAS, OPTIMIZERS, TARGET_LOSS, TASKS, family,  # noqa: E402
+                      scaled_lr)
 from yellowfin import YellowFin  # noqa: E402  (this directory)
 
 WHAT = {"mlp": "digits MLP", "cnn": "digits CNN", "char": "GPL-3 char GRU",
@@ -323,6 +326,7 @@ def train_run(args, seed, beta, address, job, ranks, tuner=None):
     opt = make_optimizer(args.optimizer, groups, args.lr, beta, tuner)
     session = None
     if address:
+        import grist.torch  # here: fixed and YellowFin runs work without libgrist
         policy = {} if args.solve_every is None else {"solve_every": args.solve_every}
         for kv in args.policy:
             k, v = kv.split("=", 1)

@@ -13,6 +13,9 @@ For each task x optimizer x lr with a fixed-beta sweep it prints:
      value held fixed, i.e. grist (almost certainly) never moved
 and, for each option label, the same two marks against the default-lr sweep.
 Higher is better for accuracy, lower for cross-entropy (the char task).
+Tables whose title says the tuners start from a beta other than 0.9 are
+skipped (those studies, and the wide suite, have their own verdict:
+suite_verdict.py for the suite).
 """
 import os
 import re
@@ -25,6 +28,9 @@ TASKS = {"digits MLP": "mlp", "digits CNN": "cnn", "GPL-3 char GRU": "char"}
 TITLE = re.compile(r"^(digits MLP|digits CNN|GPL-3 char GRU), (sgd|adam) lr ([0-9.e-]+), .*?(\d+) seeds(.*?);")
 ROW = re.compile(r"^\| (fixed [0-9.]+|grist \(from 0\.9\)) \| ([0-9.]+) ± ([0-9.]+) \|")
 LINE = re.compile(r"^(mlp|cnn|char) (sgd|adam) ([^:]+): \| grist \(from 0\.9\) \| ([0-9.]+) ± ([0-9.]+) \|")
+# momentum.py's titles name the start of the tuners ("tuners start from beta B");
+# only tables starting from 0.9 (the older ones say nothing: 0.9) are read here
+START = re.compile(r"tuners start from beta ([0-9.]+)")
 ORDER = [(t, o) for t in ("mlp", "cnn", "char") for o in ("sgd", "adam")]
 
 
@@ -38,6 +44,10 @@ def parse(raw):
         for line in open(os.path.join(raw, name), encoding="utf-8"):
             t = TITLE.match(line)
             if t:
+                cur = None
+                start = START.search(line)
+                if start and float(start.group(1)) != 0.9:
+                    continue  # a table whose tuners start elsewhere (suite-style studies)
                 key = (TASKS[t.group(1)], t.group(2), float(t.group(3)), t.group(5).strip(", "))
                 cur = sweeps[key] = {"fixed": {}, "grist": None, "seeds": int(t.group(4))}
                 continue

@@ -47,8 +47,9 @@ starting from the constructor's lr and momentum (the paper starts from
 alpha 1.0, mu 0.0 for runs of many thousand steps; the quality suite's runs
 are 400-500 steps, so there it starts from the cell's lr and start beta).
 
-Clipping (the paper's safeguards against the first, noisy estimates and
-against exploding gradients; the constants are this file's choices):
+Clipping: YellowFin's two safeguards, against the first, noisy estimates
+and against exploding gradients (the exact rules and constants here are
+this file's choices, written from their description):
   - lr clipping (slow start): during the first 10 w steps alpha_t is scaled
     by t / (10 w), so that a window that has seen few gradients (h_min
     overestimated from few samples, C close to 0) cannot set a huge lr;
