@@ -244,7 +244,7 @@ int grist__policy_merge(const struct grist_job_policy *d, const struct grist_pol
     if (q->mode[0] && grist_mode_parse(q->mode, &p->mode) < 0)
         return snprintf(err, errsz, "hello.policy.mode: '%s' is not per_group or global", q->mode), -1;
     if (q->noise[0] && grist_noise_parse(q->noise, &p->noise) < 0)
-        return snprintf(err, errsz, "hello.policy.noise_correction: '%s' is not off, workers, acf or auto", q->noise), -1;
+        return snprintf(err, errsz, "hello.policy.noise_correction: '%s' is not off, workers, acf, auto or lag1", q->noise), -1;
     if (q->coupling[0] && grist_coupling_parse(q->coupling, &p->coupling) < 0)
         return snprintf(err, errsz, "hello.policy.lr_coupling: '%s' is not none, dc, energy, radius or greedy", q->coupling), -1;
     if (q->rule[0] && grist_rule_parse(q->rule, &p->rule) < 0)

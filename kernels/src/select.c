@@ -50,7 +50,8 @@ void grist_policy_default(struct grist_policy *p)
         return "?";                                                             \
     }
 
-NAMES(grist_noise_parse, grist_noise_name, enum grist_noise, "off", "workers", "acf", "auto")
+NAMES(grist_noise_parse, grist_noise_name, enum grist_noise, "off", "workers", "acf", "auto",
+      "lag1")
 NAMES(grist_coupling_parse, grist_coupling_name, enum grist_coupling, "none", "dc", "energy",
       "radius", "greedy")
 NAMES(grist_rule_parse, grist_rule_name, enum grist_rule, "alignment", "curvature")
@@ -85,6 +86,8 @@ double grist_noise_estimate(const struct grist_stats_view *v, enum grist_noise m
     switch (mode) {
     case GRIST_NOISE_WORKERS:
         return v->worker_steps > 0 ? v->noise_mean : 0.0;
+    case GRIST_NOISE_LAG1:
+        return v->steps >= 2 && v->acf[0] > v->acf[1] ? v->acf[0] - v->acf[1] : 0.0;
     case GRIST_NOISE_ACF: {
         if (v->lags < 2 || v->steps < 3)
             return 0.0;
@@ -97,6 +100,15 @@ double grist_noise_estimate(const struct grist_stats_view *v, enum grist_noise m
     default:
         return 0.0;
     }
+}
+
+enum grist_noise grist_policy_noise(const struct grist_policy *pol, const struct grist_stats_view *v)
+{
+    if (pol->noise != GRIST_NOISE_AUTO)
+        return pol->noise;
+    if (v->worker_steps > 0)
+        return GRIST_NOISE_WORKERS;
+    return pol->rule == GRIST_RULE_CURVATURE ? GRIST_NOISE_LAG1 : GRIST_NOISE_ACF;
 }
 
 double grist_lr_scale(enum grist_coupling c, enum grist_form form, double b, double b0)
@@ -394,7 +406,7 @@ int grist_select_group(const struct grist_policy *pol, struct grist_selector *se
     if (sel->cur >= v.ncand)
         return -EINVAL;
     memset(out, 0, sizeof(*out));
-    out->noise = grist_noise_estimate(&v, pol->noise);
+    out->noise = grist_noise_estimate(&v, grist_policy_noise(pol, &v));
     out->noise_scale = noise_scale(&v, out->noise);
     if (v.steps < pol->min_steps || v.steps < 2) {
         out->reason = "warm-up: fewer than min_steps steps";
@@ -459,7 +471,7 @@ int grist_select_global(const struct grist_policy *pol, struct grist_selector *s
         if (v.ncand != K || memcmp(v.cand, cand, K * sizeof(double)) != 0)
             return -EINVAL;
         memset(&out[g], 0, sizeof(out[g]));
-        out[g].noise = grist_noise_estimate(&v, pol->noise);
+        out[g].noise = grist_noise_estimate(&v, grist_policy_noise(pol, &v));
         out[g].noise_scale = noise_scale(&v, out[g].noise);
         double j[GRIST_MAX_CANDIDATES];
         if (curv) {

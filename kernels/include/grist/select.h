@@ -15,7 +15,8 @@ extern "C" {
 #endif
 
 enum grist_mode { GRIST_MODE_PER_GROUP = 0, GRIST_MODE_GLOBAL = 1 };
-enum grist_noise { GRIST_NOISE_OFF = 0, GRIST_NOISE_WORKERS, GRIST_NOISE_ACF, GRIST_NOISE_AUTO };
+enum grist_noise { GRIST_NOISE_OFF = 0, GRIST_NOISE_WORKERS, GRIST_NOISE_ACF, GRIST_NOISE_AUTO,
+                   GRIST_NOISE_LAG1 };
 enum grist_coupling { GRIST_LR_NONE = 0, GRIST_LR_DC, GRIST_LR_ENERGY, GRIST_LR_RADIUS,
                       GRIST_LR_GREEDY };
 /** Selection rule: the paper's first-order alignment, or the second-order
@@ -90,9 +91,14 @@ struct grist_choice {
 
 /**
  * sigma-hat^2 of the aggregated gradient under a noise mode (MATH.md 4).
- * AUTO uses workers when any step had W >= 2, else acf.
+ * AUTO uses workers when any step had W >= 2, else acf; LAG1 is
+ * max(0, r_0 - r_1) (docs/MATH.md 4.6).
  */
 double grist_noise_estimate(const struct grist_stats_view *v, enum grist_noise mode);
+
+/** The noise mode a policy resolves to: under the curvature rule AUTO falls
+ *  back to lag1 with one worker (acf under the alignment rule). */
+enum grist_noise grist_policy_noise(const struct grist_policy *pol, const struct grist_stats_view *v);
 
 /**
  * Predicted loss drop D_j = eta F_j - (eta^2 / 2) kappa E_j of every
