@@ -62,7 +62,7 @@ static const struct opt table[] = {
     {"families-every", OPT_INT, F(families_every), "50", 1, 1 << 20,
      "steps between family solves (one eigendecomposition per group; at most as often as solve-every)"},
     {"min-steps", OPT_INT, F(min_steps), "20", 0, 1 << 20, "no push before this many steps"},
-    {"hysteresis-h", OPT_INT, F(hysteresis_h), "2", 1, 1000,
+    {"hysteresis-h", OPT_INT, F(hysteresis_h), "1", 1, 1000,
      "consecutive evaluations that must agree before beta moves"},
     {"history", OPT_INT, F(history), "4096", 16, 1 << 22,
      "evaluations kept per group in the history ring"},

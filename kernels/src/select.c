@@ -26,7 +26,7 @@ void grist_policy_default(struct grist_policy *p)
     p->lr_scale_max = 10.0;
     p->min_steps = 20;
     p->z = 2.0;
-    p->h = 2;
+    p->h = 1;
     p->z_fast = 4.0;
     p->j_ema = 0.0;
     p->radius = 1e-3;
@@ -206,16 +206,13 @@ static void decide(const struct grist_policy *pol, struct grist_selector *sel, c
     const double z_fast = pol->rule == GRIST_RULE_CURVATURE ? pol->z_fast : 0.0;
     /* curvature rule: the statistics describe the trajectory of the current
      * beta, so a move stays within a factor GRIST_HORIZON_STEP of its
-     * averaging horizon 1 / (1 - beta) (docs/MATH.md 5.4) */
+     * averaging horizon 1 / (1 - beta), towards the best candidate whose
+     * lead is the evidence (docs/MATH.md 5.4) */
     const int region = pol->rule == GRIST_RULE_CURVATURE;
     const double hcur = 1.0 / (1.0 - cand[sel->cur]);
     int best = -1;
     for (uint32_t k = 0; k < ncand; k++) {
         if (cand[k] < pol->beta_min || cand[k] > pol->beta_max)
-            continue;
-        const double hk = 1.0 / (1.0 - cand[k]);
-        if (region && (hk > GRIST_HORIZON_STEP * hcur * (1 + 1e-9) ||
-                       hk < hcur / GRIST_HORIZON_STEP * (1 - 1e-9)))
             continue;
         if (best < 0 || j[k] > j[best])
             best = (int)k;
@@ -254,7 +251,25 @@ static void decide(const struct grist_policy *pol, struct grist_selector *sel, c
         }
         const int fast = z_fast > 0.0 && margin > z_fast * se;
         if (sel->streak >= (pol->h ? pol->h : 1) || fast) {
-            sel->cur = b;
+            uint32_t to = b;
+            if (region) { /* the candidate of the region farthest towards b */
+                const double hb = 1.0 / (1.0 - cand[b]);
+                double hbest = hcur;
+                for (uint32_t k = 0; k < ncand; k++) {
+                    const double hk = 1.0 / (1.0 - cand[k]);
+                    if (cand[k] < pol->beta_min || cand[k] > pol->beta_max ||
+                        hk > GRIST_HORIZON_STEP * hcur * (1 + 1e-9) ||
+                        hk < hcur / GRIST_HORIZON_STEP * (1 - 1e-9))
+                        continue;
+                    const int toward = hb > hcur ? hk > hbest && hk <= hb * (1 + 1e-12)
+                                                 : hk < hbest && hk >= hb * (1 - 1e-12);
+                    if (toward) {
+                        hbest = hk;
+                        to = k;
+                    }
+                }
+            }
+            sel->cur = to;
             sel->moved = 1;
             sel->streak = 0;
             out->changed = 1;

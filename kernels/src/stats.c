@@ -113,6 +113,10 @@ static void clear_host(struct grist_stats *st)
     const uint32_t nf = 2 * st->cfg.ncand + 1;
     if (st->FF)
         memset(st->FF, 0, (size_t)nf * nf * sizeof(double));
+    if (st->FF1)
+        memset(st->FF1, 0, (size_t)nf * nf * sizeof(double));
+    if (st->fprev)
+        memset(st->fprev, 0, nf * sizeof(double));
     if (st->traj)
         memset(st->traj, 0, 8 * (size_t)st->cfg.m * sizeof(double));
     st->traj_n = 0;
@@ -157,6 +161,8 @@ void grist_stats_free(struct grist_stats *st)
         be->ops.free(be, st->pending);
     free(st->s_host);
     free(st->FF);
+    free(st->FF1);
+    free(st->fprev);
     free(st->traj);
     free(st->fold);
     free(st->mu);
@@ -182,8 +188,10 @@ int grist_stats_new(struct grist_backend *be, const struct grist_stats_config *c
     st->s_host = malloc((size_t)cfg->m * sizeof(double));
     const size_t nf = 2 * (size_t)cfg->ncand + 1;
     st->FF = malloc(nf * nf * sizeof(double));
+    st->FF1 = malloc(nf * nf * sizeof(double));
+    st->fprev = malloc(nf * sizeof(double));
     st->traj = malloc(8 * (size_t)cfg->m * sizeof(double));
-    if (!st->s_host || !st->FF || !st->traj)
+    if (!st->s_host || !st->FF || !st->FF1 || !st->fprev || !st->traj)
         goto fail;
     {
         double **arr[8] = {&st->U, &st->a_prev, &st->a_cur, &st->s_last,
@@ -416,12 +424,18 @@ static void features_step(struct grist_stats *st, double r0)
         st->Dm[j] = ema(st->Dm[j], st->dots[j], g);
     }
     f[GRIST_FEAT_R0(K)] = r0;
+    const int lag = st->steps > 0;
     for (uint32_t a = 0; a < nf; a++) {
         double *restrict row = st->FF + (size_t)a * nf;
+        double *restrict row1 = st->FF1 + (size_t)a * nf;
         const double fa = (1.0 - g) * f[a];
         for (uint32_t b = a; b < nf; b++)
             row[b] = g * row[b] + fa * f[b];
+        if (lag)
+            for (uint32_t b = 0; b < nf; b++)
+                row1[b] = g * row1[b] + fa * st->fprev[b];
     }
+    memcpy(st->fprev, f, nf * sizeof(double));
 }
 
 static int apply_step(struct grist_stats *st, const struct grist_step *in)
@@ -651,7 +665,9 @@ double grist_stats_linear_se(const struct grist_stats *st, const double *w)
         mean[GRIST_FEAT_ENERGY(K, j)] = st->E[j] * c;
     }
     mean[GRIST_FEAT_R0(K)] = st->acf[0] * c;
-    double var = 0.0;
+    /* lag-1 products have one sample fewer; their bias correction too */
+    const double c1 = st->steps > 1 ? corr(g, st->steps - 1) : 0.0;
+    double var = 0.0, cov1 = 0.0;
     for (uint32_t a = 0; a < nf; a++) {
         if (w[a] == 0.0)
             continue;
@@ -660,13 +676,22 @@ double grist_stats_linear_se(const struct grist_stats *st, const double *w)
                 continue;
             const double ff = a <= b ? st->FF[(size_t)a * nf + b] : st->FF[(size_t)b * nf + a];
             var += w[a] * w[b] * (ff * c - mean[a] * mean[b]);
+            cov1 += w[a] * w[b] * (st->FF1[(size_t)a * nf + b] * c1 - mean[a] * mean[b]);
         }
     }
-    if (var < 0.0)
-        var = 0.0;
+    if (!(var > 0.0))
+        return 0.0;
+    /* the samples of w.f are autocorrelated (V_j is a smoothed sum): with
+     * their lag-1 correlation rho, an AR(1) model gives the variance of a
+     * mean (1 + rho) / (1 - rho) times the independent one */
+    double rho = cov1 / var;
+    rho = rho < 0.0 ? 0.0 : (rho > 0.995 ? 0.995 : rho);
     double neff = (1.0 + g) / (1.0 - g);
     if ((double)st->steps < neff)
         neff = (double)st->steps;
+    neff *= (1.0 - rho) / (1.0 + rho);
+    if (neff < 1.0)
+        neff = 1.0;
     return sqrt(var / neff);
 }
 

@@ -39,6 +39,8 @@ struct grist_stats {
      * f f^T (upper triangle used), f = (dots, energies, r0); nf = 2K + 1 */
     double Dm[GRIST_MAX_CANDIDATES];
     double *FF;        /* nf x nf, host */
+    double *FF1;       /* nf x nf: EMA of f_t f_{t-1}^T (lag-1, for the autocorrelation) */
+    double *fprev;     /* nf: f_{t-1} */
 
     /* curvature along the applied trajectory (docs/MATH.md 5.4), host:
      * U applied buffer, a_prev / a_cur applied updates a_{t-1}, a_t, s_last

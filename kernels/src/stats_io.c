@@ -106,6 +106,8 @@ static int payload(struct grist_stats *st, struct wr *w)
     PUT(w, st->nworkers_ema);
     put(w, st->Dm, K * sizeof(double));
     put(w, st->FF, (size_t)(2 * K + 1) * (2 * K + 1) * sizeof(double));
+    put(w, st->FF1, (size_t)(2 * K + 1) * (2 * K + 1) * sizeof(double));
+    put(w, st->fprev, (size_t)(2 * K + 1) * sizeof(double));
     {
         const double *arr[8] = {st->U, st->a_prev, st->a_cur, st->s_last,
                                 st->R, st->R_ref, st->s_ref, st->Dsp};
@@ -228,6 +230,8 @@ int grist_stats_deserialize(struct grist_backend *be, const void *buf, size_t le
     GET(&r, st->nworkers_ema);
     get(&r, st->Dm, K * sizeof(double));
     get(&r, st->FF, (size_t)(2 * K + 1) * (2 * K + 1) * sizeof(double));
+    get(&r, st->FF1, (size_t)(2 * K + 1) * (2 * K + 1) * sizeof(double));
+    get(&r, st->fprev, (size_t)(2 * K + 1) * sizeof(double));
     {
         double *arr[8] = {st->U, st->a_prev, st->a_cur, st->s_last,
                           st->R, st->R_ref, st->s_ref, st->Dsp};
