@@ -276,6 +276,7 @@ START_TEST(test_selection_rules)
     struct grist_policy pol;
     grist_policy_default(&pol);
     pol.rule = GRIST_RULE_ALIGNMENT; /* the first-order rule's hysteresis (T7 covers the other) */
+    pol.h = 3;
     pol.noise = GRIST_NOISE_OFF;
     pol.beta_min = 0.3;
     pol.coupling = GRIST_LR_DC;
