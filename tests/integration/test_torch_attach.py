@@ -271,6 +271,25 @@ def test_policy(gristd):
         assert "jema" in str(e), e
     else:
         raise AssertionError("an unknown policy key was accepted")
+    # lr_coupling radius pushes an absolute lr: grist.torch applies exactly it
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    session = grist.torch.attach(opt, job="radius-test", address=addr, sketch_dim=256,
+                                 policy={"lr_coupling": "radius", "radius": 1e-3, "solve_every": 5,
+                                         "min_steps": 5}, wait_s=10)
+    pushed, checked = None, False
+    for step in range(1, 121):
+        idx = torch.randint(0, len(X), (32,), generator=g)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
+        opt.step()
+        hp = session.step(batch_size=32)
+        if pushed is not None:  # the step after a push ran at the pushed lr
+            assert abs(session._applied[0, 0] - pushed) <= 1e-12 * pushed, (session._applied, pushed)
+            checked = True
+        pushed = hp[0]["lr"] if hp and hp[0]["lr"] > 0 else None
+    print(f"radius: lr in force {session._applied[0, 0]:.5f} (configured 0.05)")
+    assert checked and opt.param_groups[0]["lr"] == 0.05  # the user's lr is untouched
+    session.close()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
 
