@@ -494,14 +494,21 @@ int grist_session_attach(struct grist_client *c, const struct grist_attach_optio
     return 0;
 }
 
-int grist_session_wait_ready(struct grist_session *s, double timeout_s)
+/* The CLOCK_REALTIME instant timeout_s from now (pthread_cond_timedwait). */
+static struct timespec deadline(double timeout_s)
 {
-    struct grist_client *c = s->c;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     const double end = ts.tv_sec + ts.tv_nsec * 1e-9 + timeout_s;
     ts.tv_sec = (time_t)end;
     ts.tv_nsec = (long)((end - (double)ts.tv_sec) * 1e9);
+    return ts;
+}
+
+int grist_session_wait_ready(struct grist_session *s, double timeout_s)
+{
+    struct grist_client *c = s->c;
+    struct timespec ts = deadline(timeout_s);
     pthread_mutex_lock(&c->mu);
     int r = 0;
     while (!s->connected && r == 0)
@@ -690,11 +697,7 @@ int grist_session_flush(struct grist_session *s, double timeout_s)
     if (!s)
         return -EINVAL;
     struct grist_client *c = s->c;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    const double end = ts.tv_sec + ts.tv_nsec * 1e-9 + timeout_s;
-    ts.tv_sec = (time_t)end;
-    ts.tv_nsec = (long)((end - (double)ts.tv_sec) * 1e9);
+    struct timespec ts = deadline(timeout_s);
     pthread_mutex_lock(&c->mu);
     int r = 0;
     while ((s->queue.len > 0 || s->send_in_flight) && r == 0)
@@ -715,9 +718,7 @@ void grist_session_close(struct grist_session *s)
         /* half-close so that the daemon reads every message the transport
          * still holds and ends the stream with OK; cancel only if it does
          * not within a second (a completed send is buffered, not delivered) */
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += 1;
+        struct timespec ts = deadline(1.0);
         int r = 0;
         while (s->send_in_flight && r == 0)
             r = pthread_cond_timedwait(&s->cv, &c->mu, &ts);

@@ -38,6 +38,19 @@ static void setup_h(void)
         hdiag[i] = 0.01 * pow(100.0, (double)i / (N - 1));
 }
 
+/* Statistics of one group (m = M, no covariance) on the reference backend. */
+static struct grist_stats *new_stats(struct grist_backend **be)
+{
+    ck_assert_int_eq(grist_backend_open("ref", be), 0);
+    struct grist_stats_config cfg;
+    grist_stats_config_default(&cfg);
+    cfg.m = M;
+    cfg.cov_dim = 0;
+    struct grist_stats *st;
+    ck_assert_int_eq(grist_stats_new(*be, &cfg, &st), 0);
+    return st;
+}
+
 /* Exact E[L] after `steps` of heavy ball at a fixed beta. */
 static double fixed_loss(double c, double lr, double beta, int steps)
 {
@@ -65,13 +78,8 @@ static void rule_run(double c, double lr, double beta0, int steps, uint64_t seed
                      double *beta_out)
 {
     struct grist_backend *be;
-    ck_assert_int_eq(grist_backend_open("ref", &be), 0);
-    struct grist_stats_config cfg;
-    grist_stats_config_default(&cfg);
-    cfg.m = M;
-    cfg.cov_dim = 0;
-    struct grist_stats *st;
-    ck_assert_int_eq(grist_stats_new(be, &cfg, &st), 0);
+    struct grist_stats *st = new_stats(&be);
+    const struct grist_stats_config cfg = *grist_stats_config(st);
     struct grist_policy pol;
     grist_policy_default(&pol);
     ck_assert_int_eq(pol.rule, GRIST_RULE_CURVATURE);
@@ -173,13 +181,7 @@ END_TEST
 START_TEST(test_curvature_isotropic)
 {
     struct grist_backend *be;
-    ck_assert_int_eq(grist_backend_open("ref", &be), 0);
-    struct grist_stats_config cfg;
-    grist_stats_config_default(&cfg);
-    cfg.m = M;
-    cfg.cov_dim = 0;
-    struct grist_stats *st;
-    ck_assert_int_eq(grist_stats_new(be, &cfg, &st), 0);
+    struct grist_stats *st = new_stats(&be);
     struct grist_rng r;
     grist_rng_seed(&r, 5);
     const double h = 0.3, lr = 0.1, beta = 0.5;
