@@ -457,6 +457,10 @@ static void api_job(struct conn *c, const struct grist_job *j, int keep)
             sb_jnum(&b, r->choice.confidence);
             sb_put(&b, ",\"reason\":", 10);
             sb_jstr(&b, r->reason);
+            sb_put(&b, ",\"curvature\":", 13);
+            sb_jnum(&b, r->choice.kappa);
+            sb_put(&b, ",\"lr_greedy\":", 13);
+            sb_jnum(&b, r->choice.lr_greedy);
             const char *arr[3] = {"candidates", "alignment", "alignment_se"};
             const double *src[3] = {r->cand, r->J, r->J_se};
             for (int a = 0; a < 3; a++) {
