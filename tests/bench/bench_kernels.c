@@ -134,7 +134,7 @@ static struct stat3 step_update(struct grist_backend *be, uint32_t cov_dim, int 
     float *sk = malloc(1024 * 4);
     for (int i = 0; i < 1024; i++)
         sk[i] = (float)grist_rng_normal(&r);
-    struct grist_step s = {sk, 1024, 1, NULL, 32, 0, 0, 0.0, 0.0};
+    struct grist_step s = {sk, 1024, 1, NULL, 32, 0, 0, 0.01, 0.9};
     for (int i = 0; i < 32; i++)
         grist_stats_update(st, &s, 1);
     double t[32];

@@ -52,7 +52,10 @@ def main():
         if r["tuner"] == "fixed":
             fixed.setdefault((r["task"], r["optimizer"], r["lr_mult"], r["beta"]), []).append(r["metric"])
         elif r["tuner"] == "grist":
-            pol = {kk: str(vv) for kk, vv in (r.get("policy") or {}).items()}
+            raw = r.get("policy") or {}
+            if isinstance(raw, list):  # suite.py stores the --policy strings, KEY=VALUE
+                raw = dict(x.split("=", 1) for x in raw)
+            pol = {kk: str(vv) for kk, vv in raw.items()}
             tag = "on" if pol == want else ("off" if not pol else None)
             if tag:
                 grist.setdefault((r["task"], r["optimizer"], r["start"], r["lr_mult"], tag), []).append(r["metric"])
