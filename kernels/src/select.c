@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "grist/error.h"
@@ -157,6 +158,12 @@ void grist_greedy_drop(const struct grist_stats_view *v, enum grist_form form, d
         if (E)
             E[j] = e;
     }
+}
+
+/* eta* = F_c / (kappa E_c), the step that maximizes D_c (docs/MATH.md 6.1); 0 = none. */
+static double greedy_lr(const double *F, const double *E, double kappa, uint32_t c)
+{
+    return kappa > 0.0 && F[c] > 0.0 && E[c] > GRIST_TINY ? F[c] / (kappa * E[c]) : 0.0;
 }
 
 /* Standard error of D_a - D_b from the features' covariance. */
@@ -395,7 +402,7 @@ static void select_curvature(const struct grist_policy *pol, struct grist_select
     double D[3][GRIST_MAX_CANDIDATES], F[GRIST_MAX_CANDIDATES], E[GRIST_MAX_CANDIDATES];
     struct robust_ctx ctx;
     for (int k = 0; k < 3; k++) {
-        grist_greedy_drop(v, sel->form, eta, ks[k], out->noise, D[k], F, E);
+        grist_greedy_drop(v, sel->form, eta, ks[k], out->noise, D[k], k ? NULL : F, k ? NULL : E);
         ctx.g[k] = (struct greedy_ctx){st, sel->form, eta, ks[k]};
         ctx.D[k] = D[k];
     }
@@ -406,9 +413,8 @@ static void select_curvature(const struct grist_policy *pol, struct grist_select
     decide(pol, sel, v->cand, v->ncand, Dpt, se_robust, &ctx, out);
     if (cv.kappa <= 0.0 && !out->changed && sel->streak == 0)
         out->reason = "holding: curvature not identified; no move wins over its whole range";
-    const uint32_t c = sel->cur;
-    if (cv.kappa > 0.0 && F[c] > 0.0 && E[c] > GRIST_TINY)
-        out->lr_greedy = F[c] / (cv.kappa * E[c]);
+    if (cv.kappa > 0.0)
+        out->lr_greedy = greedy_lr(F, E, cv.kappa, sel->cur);
 }
 
 int grist_select_group(const struct grist_policy *pol, struct grist_selector *sel,
@@ -476,15 +482,29 @@ int grist_select_global(const struct grist_policy *pol, struct grist_selector *s
     double jsum[GRIST_MAX_CANDIDATES] = {0};
     uint64_t min_steps = UINT64_MAX;
     const int curv = pol->rule == GRIST_RULE_CURVATURE && pol->select_on != GRIST_SELECT_VALIDATION;
-    struct greedy_ctx gctx[64];
+    /* curvature rule: per group its context and its F, E for the lr factor */
+    struct gslot {
+        double F[GRIST_MAX_CANDIDATES], E[GRIST_MAX_CANDIDATES];
+    } *slot = NULL;
+    struct greedy_ctx *gctx = NULL;
+    if (curv) {
+        slot = calloc(ngroups, sizeof(*slot));
+        gctx = calloc(ngroups, sizeof(*gctx));
+        if (!slot || !gctx) {
+            free(slot);
+            free(gctx);
+            return -ENOMEM;
+        }
+    }
     uint32_t nmeasured = 0;
-    if (curv && ngroups > sizeof(gctx) / sizeof(gctx[0]))
-        return -EINVAL;
-    for (uint32_t g = 0; g < ngroups; g++) {
+    int err = 0;
+    for (uint32_t g = 0; g < ngroups && !err; g++) {
         struct grist_stats_view v;
         grist_stats_get_view(st[g], &v);
-        if (v.ncand != K || memcmp(v.cand, cand, K * sizeof(double)) != 0)
-            return -EINVAL;
+        if (v.ncand != K || memcmp(v.cand, cand, K * sizeof(double)) != 0) {
+            err = -EINVAL;
+            break;
+        }
         memset(&out[g], 0, sizeof(out[g]));
         out[g].noise = grist_noise_estimate(&v, grist_policy_noise(pol, &v));
         out[g].noise_scale = noise_scale(&v, out[g].noise);
@@ -496,7 +516,8 @@ int grist_select_global(const struct grist_policy *pol, struct grist_selector *s
             gctx[g] = (struct greedy_ctx){st[g], sel[g].form, 0.0, cv.kappa};
             if (cv.kappa > 0.0 && v.lr > 0.0) {
                 gctx[g].eta = v.lr;
-                grist_greedy_drop(&v, sel[g].form, v.lr, cv.kappa, out[g].noise, j, NULL, NULL);
+                grist_greedy_drop(&v, sel[g].form, v.lr, cv.kappa, out[g].noise, j, slot[g].F,
+                                  slot[g].E);
                 nmeasured++;
             } else {
                 memset(j, 0, sizeof(j));
@@ -509,8 +530,13 @@ int grist_select_global(const struct grist_policy *pol, struct grist_selector *s
         if (v.steps < min_steps)
             min_steps = v.steps;
     }
-    if (sel[0].cur >= K)
-        return -EINVAL;
+    if (!err && sel[0].cur >= K)
+        err = -EINVAL;
+    if (err) {
+        free(slot);
+        free(gctx);
+        return err;
+    }
     struct grist_choice c;
     memset(&c, 0, sizeof(c));
     if (min_steps < pol->min_steps || min_steps < 2) {
@@ -535,12 +561,8 @@ int grist_select_global(const struct grist_policy *pol, struct grist_selector *s
         out[g].noise = noise;
         out[g].noise_scale = ns;
         out[g].kappa = kappa;
-        if (curv && gctx[g].eta > 0.0) {
-            double D[GRIST_MAX_CANDIDATES], F[GRIST_MAX_CANDIDATES], E[GRIST_MAX_CANDIDATES];
-            grist_greedy_drop(&v, s.form, v.lr, kappa, noise, D, F, E);
-            if (F[s.cur] > 0.0 && E[s.cur] > GRIST_TINY)
-                out[g].lr_greedy = F[s.cur] / (kappa * E[s.cur]);
-        }
+        if (curv && gctx[g].eta > 0.0)
+            out[g].lr_greedy = greedy_lr(slot[g].F, slot[g].E, kappa, s.cur);
         finish(pol, &s, cand, &v, &out[g]);
         sel[g].lr_scale = s.lr_scale;
         if (g > 0) {
@@ -548,5 +570,7 @@ int grist_select_global(const struct grist_policy *pol, struct grist_selector *s
             sel[g].moved = s.moved;
         }
     }
+    free(slot);
+    free(gctx);
     return 0;
 }

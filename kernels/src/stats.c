@@ -109,7 +109,6 @@ static void clear_host(struct grist_stats *st)
     memset(st->E, 0, sizeof(st->E));
     memset(st->Jval, 0, sizeof(st->Jval));
     memset(st->XX, 0, sizeof(st->XX));
-    memset(st->Dm, 0, sizeof(st->Dm));
     const uint32_t nf = 2 * st->cfg.ncand + 1;
     if (st->FF)
         memset(st->FF, 0, (size_t)nf * nf * sizeof(double));
@@ -121,7 +120,7 @@ static void clear_host(struct grist_stats *st)
         memset(st->traj, 0, 8 * (size_t)st->cfg.m * sizeof(double));
     st->traj_n = 0;
     st->block_open = st->block_i = 0;
-    st->traj_lr = st->lr_last = 0.0;
+    st->traj_lr = 0.0;
     memset(&st->c1, 0, sizeof(st->c1));
     memset(&st->cb, 0, sizeof(st->cb));
     memset(st->acf, 0, sizeof(st->acf));
@@ -345,6 +344,16 @@ static double dot(const double *restrict a, const double *restrict b, uint32_t m
     return s;
 }
 
+/* <r, y - x> without forming the difference */
+static double dot_diff(const double *restrict r, const double *restrict y,
+                       const double *restrict x, uint32_t m)
+{
+    double s = 0.0;
+    for (uint32_t i = 0; i < m; i++)
+        s += r[i] * (y[i] - x[i]);
+    return s;
+}
+
 /* Decay of the k-step estimate: its samples come every k steps. */
 #define GRIST__CURV_BLOCK_GAMMA 0.9
 /* Decay of the reference average R that the k-step estimate pairs with. */
@@ -357,18 +366,13 @@ static void trajectory_step(struct grist_stats *st, const double *restrict s, do
 {
     const uint32_t m = st->cfg.m;
     /* one-step: <a_{t-2}, -(s_t - s_{t-1}) / lr_{t-1}> over <a_{t-2}, a_{t-1}> */
-    if (st->traj_n >= 2 && st->traj_lr > 0.0) {
-        double num = 0.0;
-        for (uint32_t i = 0; i < m; i++)
-            num -= st->a_prev[i] * (s[i] - st->s_last[i]);
-        curv_add(&st->c1, num / st->traj_lr, dot(st->a_prev, st->a_cur, m), st->cfg.gamma);
-    }
+    if (st->traj_n >= 2 && st->traj_lr > 0.0)
+        curv_add(&st->c1, -dot_diff(st->a_prev, s, st->s_last, m) / st->traj_lr,
+                 dot(st->a_prev, st->a_cur, m), st->cfg.gamma);
     /* k-step: <R_ref, -(s_t - s_ref)> over <R_ref, sum of lr a> since s_ref */
     if (st->block_open && st->block_i == st->cfg.curv_block) {
-        double num = 0.0;
-        for (uint32_t i = 0; i < m; i++)
-            num -= st->R_ref[i] * (s[i] - st->s_ref[i]);
-        curv_add(&st->cb, num, dot(st->R_ref, st->Dsp, m), GRIST__CURV_BLOCK_GAMMA);
+        curv_add(&st->cb, -dot_diff(st->R_ref, s, st->s_ref, m), dot(st->R_ref, st->Dsp, m),
+                 GRIST__CURV_BLOCK_GAMMA);
         st->block_open = 0;
     }
     /* a block opens where R holds at least one step (R_ref = R_{t-1} is then
@@ -407,7 +411,6 @@ static void trajectory_step(struct grist_stats *st, const double *restrict s, do
         R[i] = GRIST__CURV_REF_BETA * R[i] + s[i];
     memcpy(st->s_last, s, m * sizeof(double));
     st->traj_lr = lr;
-    st->lr_last = lr;
     if (st->traj_n < 2)
         st->traj_n++;
 }
@@ -421,7 +424,6 @@ static void features_step(struct grist_stats *st, double r0)
     for (uint32_t j = 0; j < K; j++) {
         f[GRIST_FEAT_DOT(K, j)] = st->dots[j];
         f[GRIST_FEAT_ENERGY(K, j)] = st->energy[j];
-        st->Dm[j] = ema(st->Dm[j], st->dots[j], g);
     }
     f[GRIST_FEAT_R0(K)] = r0;
     const int lag = st->steps > 0;
@@ -573,6 +575,14 @@ static double corr(double g, uint64_t n)
     return n ? 1.0 / (1.0 - pow(g, (double)n)) : 0.0;
 }
 
+/* Effective sample size of an EMA of decay g over n samples: (1 + g) / (1 - g),
+ * capped by the samples seen. */
+static double ema_neff(double g, uint64_t n)
+{
+    const double neff = (1.0 + g) / (1.0 - g);
+    return (double)n < neff ? (double)n : neff;
+}
+
 void grist_stats_get_view(const struct grist_stats *cst, struct grist_stats_view *out)
 {
     struct grist_stats *st = (struct grist_stats *)cst; /* view buffers are caches */
@@ -601,10 +611,10 @@ void grist_stats_get_view(const struct grist_stats *cst, struct grist_stats_view
     out->worker_steps = st->worker_steps;
     out->batch_size = st->batch_ema * c;
     out->nworkers = st->nworkers_ema * c;
-    for (uint32_t j = 0; j < st->cfg.ncand; j++)
-        st->vDm[j] = st->Dm[j] * c;
-    out->dots = st->vDm;
-    out->lr = st->lr_last;
+    for (uint32_t j = 0; j < st->cfg.ncand; j++) /* J_j = EMA(sqrt(1-b^2) <s,V_j>) */
+        st->vdots[j] = st->vJ[j] / sqrt(1.0 - st->cfg.cand[j] * st->cfg.cand[j]);
+    out->dots = st->vdots;
+    out->lr = st->traj_lr;
 }
 
 static void curv_est(const struct grist__curv *cv, double g, struct grist_curv_est *o)
@@ -621,9 +631,7 @@ static void curv_est(const struct grist__curv *cv, double g, struct grist_curv_e
     o->kappa = m0 / m1;
     const double v00 = cv->c00 * c - m0 * m0, v01 = cv->c01 * c - m0 * m1,
                  v11 = cv->c11 * c - m1 * m1;
-    double neff = (1.0 + g) / (1.0 - g);
-    if ((double)cv->n < neff)
-        neff = (double)cv->n;
+    const double neff = ema_neff(g, cv->n);
     double var = (v00 - 2.0 * o->kappa * v01 + o->kappa * o->kappa * v11) / (m1 * m1) / neff;
     o->se = sqrt(var > 0.0 ? var : 0.0);
     o->identified = o->kappa > 0.0 && o->kappa > 2.0 * o->se;
@@ -661,7 +669,7 @@ double grist_stats_linear_se(const struct grist_stats *st, const double *w)
     const double g = st->cfg.gamma, c = corr(g, st->steps);
     double mean[GRIST_MAX_FEATURES];
     for (uint32_t j = 0; j < K; j++) {
-        mean[GRIST_FEAT_DOT(K, j)] = st->Dm[j] * c;
+        mean[GRIST_FEAT_DOT(K, j)] = st->J[j] * c / sqrt(1.0 - st->cfg.cand[j] * st->cfg.cand[j]);
         mean[GRIST_FEAT_ENERGY(K, j)] = st->E[j] * c;
     }
     mean[GRIST_FEAT_R0(K)] = st->acf[0] * c;
@@ -686,10 +694,7 @@ double grist_stats_linear_se(const struct grist_stats *st, const double *w)
      * mean (1 + rho) / (1 - rho) times the independent one */
     double rho = cov1 / var;
     rho = rho < 0.0 ? 0.0 : (rho > 0.995 ? 0.995 : rho);
-    double neff = (1.0 + g) / (1.0 - g);
-    if ((double)st->steps < neff)
-        neff = (double)st->steps;
-    neff *= (1.0 - rho) / (1.0 + rho);
+    double neff = ema_neff(g, st->steps) * (1.0 - rho) / (1.0 + rho);
     if (neff < 1.0)
         neff = 1.0;
     return sqrt(var / neff);
@@ -708,11 +713,7 @@ double grist_stats_diff_se(const struct grist_stats *st, uint32_t a, uint32_t b)
     double var = a == b ? caa : caa + cbb - 2.0 * cab;
     if (var < 0.0)
         var = 0.0;
-    /* effective sample size of an EMA, capped by the samples seen */
-    double neff = (1.0 + g) / (1.0 - g);
-    if ((double)st->steps < neff)
-        neff = (double)st->steps;
-    return sqrt(var / neff);
+    return sqrt(var / ema_neff(g, st->steps));
 }
 
 /* The families of Sigma-hat = c Sigma from a solve on Sigma with delta / c. */

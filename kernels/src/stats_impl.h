@@ -35,10 +35,9 @@ struct grist_stats {
     uint64_t acf_n[GRIST_MAX_LAGS + 1];
     double noise_loc, noise_mean, batch_ema, nworkers_ema;
 
-    /* features for the second-order rule: EMA of <s,V_j> and the EMA of
-     * f f^T (upper triangle used), f = (dots, energies, r0); nf = 2K + 1 */
-    double Dm[GRIST_MAX_CANDIDATES];
-    double *FF;        /* nf x nf, host */
+    /* features for the second-order rule, f = (dots, energies, r0), nf = 2K + 1;
+     * their means are J / sqrt(1 - b^2), E and acf[0] */
+    double *FF;        /* nf x nf: EMA of f_t f_t^T (upper triangle used), host */
     double *FF1;       /* nf x nf: EMA of f_t f_{t-1}^T (lag-1, for the autocorrelation) */
     double *fprev;     /* nf: f_{t-1} */
 
@@ -49,15 +48,14 @@ struct grist_stats {
     double *U, *a_prev, *a_cur, *s_last, *R, *R_ref, *s_ref, *Dsp;
     uint32_t traj_n;   /* steps seen by the trajectory (saturates at 2) */
     uint32_t block_open, block_i; /* a k-step block is open; steps folded into it */
-    double traj_lr;    /* lr of the step that produced s_last */
-    double lr_last;
+    double traj_lr;    /* lr of the step that produced s_last (the newest lr) */
     struct grist__curv { double m0, m1, c00, c01, c11; uint64_t n; } c1, cb;
 
     /* scratch and view caches (not serialized) */
     double dots[GRIST_MAX_CANDIDATES], energy[GRIST_MAX_CANDIDATES];
     double lagd[GRIST_MAX_LAGS];
     double vJ[GRIST_MAX_CANDIDATES], vE[GRIST_MAX_CANDIDATES], vJval[GRIST_MAX_CANDIDATES];
-    double vDm[GRIST_MAX_CANDIDATES];
+    double vdots[GRIST_MAX_CANDIDATES];
     double vacf[GRIST_MAX_LAGS + 1];
 };
 

@@ -104,7 +104,6 @@ static int payload(struct grist_stats *st, struct wr *w)
     PUT(w, st->noise_mean);
     PUT(w, st->batch_ema);
     PUT(w, st->nworkers_ema);
-    put(w, st->Dm, K * sizeof(double));
     put(w, st->FF, (size_t)(2 * K + 1) * (2 * K + 1) * sizeof(double));
     put(w, st->FF1, (size_t)(2 * K + 1) * (2 * K + 1) * sizeof(double));
     put(w, st->fprev, (size_t)(2 * K + 1) * sizeof(double));
@@ -118,7 +117,6 @@ static int payload(struct grist_stats *st, struct wr *w)
     PUT(w, st->block_open);
     PUT(w, st->block_i);
     PUT(w, st->traj_lr);
-    PUT(w, st->lr_last);
     PUT(w, st->c1);
     PUT(w, st->cb);
     if (mc)
@@ -228,7 +226,6 @@ int grist_stats_deserialize(struct grist_backend *be, const void *buf, size_t le
     GET(&r, st->noise_mean);
     GET(&r, st->batch_ema);
     GET(&r, st->nworkers_ema);
-    get(&r, st->Dm, K * sizeof(double));
     get(&r, st->FF, (size_t)(2 * K + 1) * (2 * K + 1) * sizeof(double));
     get(&r, st->FF1, (size_t)(2 * K + 1) * (2 * K + 1) * sizeof(double));
     get(&r, st->fprev, (size_t)(2 * K + 1) * sizeof(double));
@@ -242,7 +239,6 @@ int grist_stats_deserialize(struct grist_backend *be, const void *buf, size_t le
     GET(&r, st->block_open);
     GET(&r, st->block_i);
     GET(&r, st->traj_lr);
-    GET(&r, st->lr_last);
     GET(&r, st->c1);
     GET(&r, st->cb);
     if (mc)

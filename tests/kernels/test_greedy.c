@@ -51,6 +51,22 @@ static struct grist_stats *new_stats(struct grist_backend **be)
     return st;
 }
 
+/* One heavy-ball step x -= lr b, b = beta b + g, with g's sketch (seed sp,
+ * left in sk) fed to the statistics together with the lr and beta applied. */
+static void hb_step(struct grist_stats *st, uint32_t sp, const double *g, double *x, double *b,
+                    double lr, double beta, float *sk)
+{
+    double acc[M] = {0};
+    ck_assert_int_eq(grist_sketch_accum_f64(sp, g, N, 0, acc, M, NULL), 0);
+    grist_sketch_finish(acc, M, sk);
+    for (int i = 0; i < N; i++) {
+        b[i] = beta * b[i] + g[i];
+        x[i] -= lr * b[i];
+    }
+    struct grist_step s = {sk, M, 1, NULL, 1, 0, 0, lr, beta};
+    ck_assert_int_eq(grist_stats_update(st, &s, 1), 0);
+}
+
 /* Exact E[L] after `steps` of heavy ball at a fixed beta. */
 static double fixed_loss(double c, double lr, double beta, int steps)
 {
@@ -90,7 +106,7 @@ static void rule_run(double c, double lr, double beta0, int steps, uint64_t seed
 
     struct grist_rng r;
     grist_rng_seed(&r, seed);
-    double x[N], b[N] = {0}, g[N], acc[M];
+    double x[N], b[N] = {0}, g[N];
     float sk[M];
     for (int i = 0; i < N; i++)
         x[i] = grist_rng_normal(&r);
@@ -99,15 +115,7 @@ static void rule_run(double c, double lr, double beta0, int steps, uint64_t seed
     for (int t = 0; t < steps; t++) {
         for (int i = 0; i < N; i++)
             g[i] = hdiag[i] * x[i] + sqrt(c * hdiag[i]) * grist_rng_normal(&r);
-        memset(acc, 0, sizeof(acc));
-        ck_assert_int_eq(grist_sketch_accum_f64(sp, g, N, 0, acc, M, NULL), 0);
-        grist_sketch_finish(acc, M, sk);
-        for (int i = 0; i < N; i++) {
-            b[i] = beta * b[i] + g[i];
-            x[i] -= lr * b[i];
-        }
-        struct grist_step s = {sk, M, 1, NULL, 1, 0, 0, lr, beta};
-        ck_assert_int_eq(grist_stats_update(st, &s, 1), 0);
+        hb_step(st, sp, g, x, b, lr, beta, sk);
         if ((t + 1) % 5 == 0) {
             struct grist_choice ch;
             ck_assert_int_eq(grist_select_group(&pol, &sel, st, &ch), 0);
@@ -185,7 +193,7 @@ START_TEST(test_curvature_isotropic)
     struct grist_rng r;
     grist_rng_seed(&r, 5);
     const double h = 0.3, lr = 0.1, beta = 0.5;
-    double x[N], b[N] = {0}, g[N], acc[M];
+    double x[N], b[N] = {0}, g[N];
     float sk[M];
     for (int i = 0; i < N; i++)
         x[i] = grist_rng_normal(&r);
@@ -193,15 +201,7 @@ START_TEST(test_curvature_isotropic)
     for (int t = 0; t < 60; t++) {
         for (int i = 0; i < N; i++)
             g[i] = h * x[i] + 1e-4 * grist_rng_normal(&r);
-        memset(acc, 0, sizeof(acc));
-        grist_sketch_accum_f64(sp, g, N, 0, acc, M, NULL);
-        grist_sketch_finish(acc, M, sk);
-        for (int i = 0; i < N; i++) {
-            b[i] = beta * b[i] + g[i];
-            x[i] -= lr * b[i];
-        }
-        struct grist_step s = {sk, M, 1, NULL, 1, 0, 0, lr, beta};
-        ck_assert_int_eq(grist_stats_update(st, &s, 1), 0);
+        hb_step(st, sp, g, x, b, lr, beta, sk);
     }
     struct grist_curvature cv;
     grist_stats_curvature(st, &cv);

@@ -163,7 +163,7 @@ def table(p, label, tuned, fixed, mults):
         w = worse(g, st) if st is not None and g is not None else None
         yfm = matches(yf, best) if yf is not None and best is not None else False
         fam = "sgd" if opt in ("sgd", "nesterov") else "adam"
-        if best is not None:
+        if best is not None and g is not None:  # a cell of this label's runs only
             for grp in (("start", fam, start), ("task", task, opt), ("all",)):
                 count(grp, m, w, yf is not None, yfm)
         if g is not None:
