@@ -55,6 +55,20 @@ static void agg_free(struct grist_agg *a)
     free(a);
 }
 
+/* The job grew while this step was open (a Hello with a larger world): its
+ * rank bits grow with it, the ranks already seen kept. */
+static int agg_grow(struct grist_agg *a, uint32_t world)
+{
+    const size_t have = (a->world + 7) / 8, want = (world + 7) / 8;
+    uint8_t *seen = realloc(a->seen, want);
+    if (!seen)
+        return -1;
+    memset(seen + have, 0, want - have);
+    a->seen = seen;
+    a->world = world;
+    return 0;
+}
+
 static void job_free(struct grist_job *j)
 {
     while (j->aggs) {
@@ -263,7 +277,8 @@ void grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t ran
         a = calloc(1, sizeof(*a));
         const size_t gm = (size_t)j->ngroups * j->m;
         if (a) {
-            a->seen = calloc((j->world + 7) / 8 + 1, 1);
+            a->seen = calloc((j->world + 7) / 8, 1);
+            a->world = j->world;
             a->sum = calloc(gm, sizeof(double));
             a->sq = calloc(j->ngroups, sizeof(double));
             a->batch = calloc(j->ngroups, sizeof(uint64_t));
@@ -283,6 +298,12 @@ void grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t ran
         a->next = j->aggs;
         j->aggs = a;
         j->naggs++;
+    }
+    if (rank < j->world && rank >= a->world && agg_grow(a, j->world) < 0) {
+        j->dropped++;
+        d->cnt.steps_dropped++;
+        grist__summary_free(sum);
+        return;
     }
     if (rank >= j->world || (a->seen[rank / 8] >> (rank % 8)) & 1) {
         /* a duplicate (a restarted rank resending), or a rank of a bigger world */

@@ -11,7 +11,8 @@ struct grist_agg {
     uint64_t step;
     uint32_t n;
     uint64_t t0_ms;
-    uint8_t *seen;        /* world bits */
+    uint8_t *seen;        /* one bit per rank < world */
+    uint32_t world;       /* ranks seen[] holds: the job's world when it last grew */
     double *sum;          /* ngroups * m */
     double *sq;           /* ngroups: sum over workers of |s_w|^2 */
     uint64_t *batch;      /* ngroups */

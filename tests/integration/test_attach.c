@@ -413,8 +413,20 @@ END_TEST
 
 START_TEST(test_vanishing_client_and_sigterm)
 {
-    const char *extra[] = {"--aggregation-timeout", "0.2", NULL};
+    /* a write past the bits is silent in a release build: run this daemon
+     * under memcheck, which makes it exit 99 at SIGTERM (checked below) */
+    char wrap[600];
+    const char *supp = getenv("GRIST_VALGRIND_SUPP");
+    const int memcheck = !getenv("GRISTD_WRAPPER") && supp &&
+                         system("valgrind --version >/dev/null 2>&1") == 0;
+    if (memcheck) {
+        snprintf(wrap, sizeof(wrap), "valgrind --error-exitcode=99 --quiet --suppressions=%s", supp);
+        setenv("GRISTD_WRAPPER", wrap, 1);
+    }
+    const char *extra[] = {"--aggregation-timeout", "3", NULL};
     struct gristd_proc p = start_daemon(extra);
+    if (memcheck)
+        unsetenv("GRISTD_WRAPPER");
     /* rank 1 of job "v" in a child process that is killed mid-stream */
     pid_t child = fork();
     if (child == 0) {
@@ -498,14 +510,17 @@ START_TEST(test_world_change_and_expiry)
     size_t len = tw_encode_summary(&buf, 1, 1, M, sk, NULL, 8);
     tw_send_raw(b, buf, len);
     free(buf);
-    for (int i = 0; i < 500; i++) {
+    uint64_t step = 0;
+    for (int i = 0; i < 500 && step != 1; i++) {
         r = get_job(p.addr[0], "ws", &st);
-        const uint64_t step = r->job->step;
+        ck_assert_msg(r, "GetJob failed: %d", st);
+        step = r->job->step;
         grist__v1__get_job_response__free_unpacked(r, NULL);
-        if (step == 1)
-            break;
-        usleep(10000);
+        if (step != 1)
+            usleep(10000);
     }
+    ck_assert_msg(step == 1, "the one-rank step was never aggregated (step %llu)",
+                  (unsigned long long)step);
     /* both leave; one second later the job is gone */
     char det[64];
     ck_assert_int_eq(tw_finish(a, det, sizeof(det), 10), GRPC_STATUS_OK);
@@ -528,6 +543,79 @@ START_TEST(test_world_change_and_expiry)
 }
 END_TEST
 
+/* A job grows while a step is open: the open step's rank bits were sized
+ * for the old world, and a rank of the new world reporting that step once
+ * wrote past them (a heap overflow any client could trigger). */
+START_TEST(test_world_grows_mid_step)
+{
+    /* a write past the bits is silent in a release build: run this daemon
+     * under memcheck, which makes it exit 99 at SIGTERM (checked below) */
+    char wrap[600];
+    const char *supp = getenv("GRIST_VALGRIND_SUPP");
+    const int memcheck = !getenv("GRISTD_WRAPPER") && supp &&
+                         system("valgrind --version >/dev/null 2>&1") == 0;
+    if (memcheck) {
+        snprintf(wrap, sizeof(wrap), "valgrind --error-exitcode=99 --quiet --suppressions=%s", supp);
+        setenv("GRISTD_WRAPPER", wrap, 1);
+    }
+    const char *extra[] = {"--aggregation-timeout", "3", NULL};
+    struct gristd_proc p = start_daemon(extra);
+    if (memcheck)
+        unsetenv("GRISTD_WRAPPER");
+    grpc_init();
+    struct tw_opts o = {.job = "grow", .rank = 0, .world = 2, .ngroups = 1, .m = M, .n = 100,
+                        .beta0 = 0.9};
+    struct tw *a = tw_open(p.addr[0], &o);
+    uint32_t seed;
+    ck_assert_int_eq(tw_welcome(a, &seed, 10), 0);
+    static float sk[M];
+    for (uint32_t i = 0; i < M; i++)
+        sk[i] = 0.01f * (float)(i % 7);
+    uint8_t *buf;
+    size_t len = tw_encode_summary(&buf, 5, 1, M, sk, NULL, 8);
+    ck_assert_int_eq(tw_send_raw(a, buf, len), 0);
+    usleep(500000); /* step 5 opens at world 2 before the Hello below arrives */
+    /* the job grows to 4096 ranks; rank 17 reports the open step 5 (twice:
+     * the second is a duplicate) and step 6 */
+    o.world = 4096;
+    o.rank = 17; /* its bit lies just past the two bytes of a world-2 step */
+    struct tw *b = tw_open(p.addr[0], &o);
+    ck_assert_int_eq(tw_welcome(b, &seed, 10), 0);
+    ck_assert_int_eq(tw_send_raw(b, buf, len), 0);
+    ck_assert_int_eq(tw_send_raw(b, buf, len), 0);
+    free(buf);
+    len = tw_encode_summary(&buf, 6, 1, M, sk, NULL, 8);
+    ck_assert_int_eq(tw_send_raw(a, buf, len), 0);
+    ck_assert_int_eq(tw_send_raw(b, buf, len), 0);
+    free(buf);
+    /* both steps complete on the timeout as partial steps of the big world */
+    grpc_status_code st;
+    Grist__V1__GetJobResponse *r = NULL;
+    uint64_t step = 0;
+    for (int i = 0; i < 3000 && step != 6; i++) {
+        r = get_job(p.addr[0], "grow", &st);
+        ck_assert_msg(r, "GetJob failed: %d (did gristd die?)", st);
+        step = r->job->step;
+        if (step == 6) {
+            ck_assert_uint_eq(r->job->world_size, 4096);
+            ck_assert_uint_eq(r->job->dropped_steps, 0);
+        }
+        grist__v1__get_job_response__free_unpacked(r, NULL);
+        if (step != 6)
+            usleep(10000);
+    }
+    ck_assert_msg(step == 6, "steps 5 and 6 were not aggregated (step %llu)",
+                  (unsigned long long)step);
+    char det[64];
+    ck_assert_int_eq(tw_finish(a, det, sizeof(det), 10), GRPC_STATUS_OK);
+    ck_assert_int_eq(tw_finish(b, det, sizeof(det), 10), GRPC_STATUS_OK);
+    tw_free(a);
+    tw_free(b);
+    grpc_shutdown();
+    ck_assert_int_eq(gristd_stop(&p, SIGTERM), 0);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("attach");
@@ -537,6 +625,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_bad_input);
     tcase_add_test(tc, test_vanishing_client_and_sigterm);
     tcase_add_test(tc, test_world_change_and_expiry);
+    tcase_add_test(tc, test_world_grows_mid_step);
     suite_add_tcase(s, tc);
     return s;
 }
