@@ -544,6 +544,38 @@ static void on_async(uv_async_t *a)
     }
 }
 
+/* Stop and join the families thread; drop its queue and its backend. */
+static void families_stop(struct grist_engine *e)
+{
+    if (!e->have_fthread)
+        return;
+    uv_mutex_lock(&e->fmu);
+    e->fstop = 1;
+    uv_cond_signal(&e->fcv);
+    uv_mutex_unlock(&e->fmu);
+    uv_thread_join(&e->fthread);
+    for (struct fam_req *q = e->fhead, *n; q; q = n) {
+        n = q->next;
+        box_unref_locked(q->box);
+        req_free(q);
+    }
+    e->fhead = e->ftail = NULL;
+    grist_backend_close(e->fbe);
+    e->fbe = NULL;
+    e->have_fthread = 0;
+}
+
+/* The failed start's close: the caller still owns the backend. */
+static void on_async_closed_free(uv_handle_t *h)
+{
+    struct grist_engine *e = h->data;
+    uv_mutex_destroy(&e->mu);
+    uv_cond_destroy(&e->cv);
+    uv_mutex_destroy(&e->fmu);
+    uv_cond_destroy(&e->fcv);
+    free(e);
+}
+
 int grist__engine_start(struct grist_engine **out, uv_loop_t *loop, struct grist_backend *be,
                         uint32_t capacity, grist_engine_result_fn *cb, void *ud)
 {
@@ -573,9 +605,17 @@ int grist__engine_start(struct grist_engine **out, uv_loop_t *loop, struct grist
     }
     if (!e->have_fthread)
         GRIST_WARN("engine: no families thread; family diagnostics are off");
-    if (uv_thread_create(&e->thread, thread_main, e) != 0) {
-        uv_close((uv_handle_t *)&e->async, NULL);
-        free(e);
+    /* GRISTD_FAULT=engine-thread makes this creation fail: the failure path
+     * is tested (tests/integration/test_daemon.c), not only written */
+    const char *fault = getenv("GRISTD_FAULT");
+    if ((fault && strcmp(fault, "engine-thread") == 0) ||
+        uv_thread_create(&e->thread, thread_main, e) != 0) {
+        GRIST_ERR("engine: cannot start the compute thread");
+        families_stop(e);
+        /* the families thread is joined: only the async handle refers to e
+         * now; the loop has not run yet, so deliver its close here */
+        uv_close((uv_handle_t *)&e->async, on_async_closed_free);
+        uv_run(loop, UV_RUN_NOWAIT);
         return -ENOMEM;
     }
     *out = e;
@@ -617,20 +657,7 @@ void grist__engine_stop(struct grist_engine *e, void (*done)(void *ud))
     }
     uv_mutex_unlock(&e->mu);
     uv_thread_join(&e->thread);
-    if (e->have_fthread) {
-        uv_mutex_lock(&e->fmu);
-        e->fstop = 1;
-        uv_cond_signal(&e->fcv);
-        uv_mutex_unlock(&e->fmu);
-        uv_thread_join(&e->fthread);
-        for (struct fam_req *q = e->fhead, *n; q; q = n) {
-            n = q->next;
-            box_unref_locked(q->box);
-            req_free(q);
-        }
-        e->fhead = e->ftail = NULL;
-        grist_backend_close(e->fbe);
-    }
+    families_stop(e);
     /* drop undelivered results and anything queued after STOP */
     struct item *rest = e->head;
     while (rest) {
