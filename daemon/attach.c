@@ -299,8 +299,10 @@ static void on_recv(struct grist_tag *tag, int ok)
     } else if (kind == GRIST_WMSG_HELLO) {
         on_hello(s, &hello);
         grist__hello_free(&hello);
-    } else {
-        grist__job_submit(d, s->job, s->rank, &sum);
+    } else if (grist__job_submit(d, s->job, s->rank, &sum, err, sizeof(err)) < 0) {
+        d->cnt.summaries_rejected++;
+        s->job->rejected++;
+        finish(s, GRPC_STATUS_INVALID_ARGUMENT, err);
     }
     if (!s->finishing)
         start_recv(s);

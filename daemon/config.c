@@ -47,6 +47,8 @@ static const struct opt table[] = {
      "jobs served at once; a Hello for one more is refused with RESOURCE_EXHAUSTED"},
     {"max-groups", OPT_INT, F(max_groups), "256", 1, 65536, "parameter groups per job"},
     {"max-workers", OPT_INT, F(max_workers), "4096", 1, 1 << 20, "world size of a job"},
+    {"max-step-jump", OPT_INT, F(max_step_jump), "1048576", 1, INT64_C(1) << 40,
+     "largest forward jump of a job's step numbers; a summary further ahead is refused"},
     {"max-sketch-dim", OPT_INT, F(max_sketch_dim), "65536", 64, 65536,
      "largest sketch dimension m a worker may choose"},
     {"compute-queue", OPT_INT, F(compute_queue), "4096", 16, 1 << 20,

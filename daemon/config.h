@@ -23,6 +23,7 @@ struct grist_config {
     int64_t max_jobs;
     int64_t max_groups;
     int64_t max_workers;
+    int64_t max_step_jump;
     int64_t max_sketch_dim;
     int64_t compute_queue;
     int64_t compute_threads;

@@ -27,6 +27,7 @@ struct grist_counters {
     uint64_t pushes, push_messages;
     uint64_t bytes_in, bytes_out;
     uint64_t jobs_created, jobs_expired;
+    uint64_t step_segments;
 };
 
 /* A Prometheus-style histogram (cumulative buckets are made when printed). */
@@ -79,9 +80,11 @@ grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_he
                                    struct grist_stream *s, struct grist_job **out, char *err,
                                    size_t errsz);
 void grist__job_detach(struct grist_daemon *d, struct grist_job *j, struct grist_stream *s);
-/* File a validated summary of rank into its step (takes ownership of sum). */
-void grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t rank,
-                       struct grist_summary *sum);
+/* File a validated summary of rank into its step (takes ownership of sum).
+ * Returns 0, or -1 with err filled for a step number the job refuses (a
+ * jump of more than max-step-jump past its newest step). */
+int grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t rank,
+                      struct grist_summary *sum, char *err, size_t errsz);
 void grist__job_on_result(void *ud, struct grist_engine_result *r);
 void grist__jobs_tick(struct grist_daemon *d);
 void grist__jobs_free_all(struct grist_daemon *d);

@@ -342,6 +342,9 @@ static void metrics(struct conn *c, int keep)
                "Summaries refused (malformed, non-finite, wrong size).", k->summaries_rejected);
     metric_u64(&b, "gristd_summaries_late_total", "counter",
                "Summaries for a step already aggregated.", k->summaries_late);
+    metric_u64(&b, "gristd_step_segments_total", "counter",
+               "Runs resumed from an earlier step (a new segment of a job's steps).",
+               k->step_segments);
     metric_u64(&b, "gristd_steps_aggregated_total", "counter", "Steps aggregated over ranks.",
                k->steps_aggregated);
     metric_u64(&b, "gristd_steps_dropped_total", "counter",

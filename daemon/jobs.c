@@ -8,6 +8,11 @@
  * queued to the compute thread when every rank reported or when
  * aggregation-timeout passed since its first report. A summary for a step
  * already aggregated is late: counted and ignored, the stream stays up.
+ * A step more than 2 * MAX_OPEN_STEPS behind the newest aggregated one is a
+ * run resumed from an earlier step: a new segment, counted, whose steps
+ * count again. A step more than max-step-jump ahead of the newest known one
+ * is refused (INVALID_ARGUMENT): one summary with step 2^64-1 would
+ * otherwise make every later step late.
  * Evaluations coming back from the engine feed the history rings and, when
  * a group's values change, a new Hyperparams version that goes to every
  * live stream of the job (latest-wins per stream). A job without streams
@@ -236,8 +241,9 @@ static void complete(struct grist_daemon *d, struct grist_job *j, struct grist_a
     }
     free(mean);
     free(batch);
-    if (a->step > j->high_step)
+    if (a->step > j->high_step || j->seg_open)
         j->high_step = a->step;
+    j->seg_open = 0;
     for (struct grist_agg **p = &j->aggs; *p; p = &(*p)->next)
         if (*p == a) {
             *p = a->next;
@@ -247,25 +253,62 @@ static void complete(struct grist_daemon *d, struct grist_job *j, struct grist_a
     agg_free(a);
 }
 
-void grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t rank,
-                       struct grist_summary *sum)
+/* Steps behind the newest aggregated one by more than this start a new
+ * segment (a run resumed from an earlier step) instead of being late. */
+#define SEGMENT_GAP (2 * MAX_OPEN_STEPS)
+
+/* A run resumed from an earlier step: the open steps of the old run are
+ * aggregated as they are, and the job's steps count from here. */
+static void new_segment(struct grist_daemon *d, struct grist_job *j, uint64_t step)
+{
+    GRIST_INFO("job '%s': step %llu is %llu behind its newest step %llu: a new segment "
+               "(a resumed run)", j->id, (unsigned long long)step,
+               (unsigned long long)(j->high_step - step), (unsigned long long)j->high_step);
+    while (j->aggs)
+        complete(d, j, j->aggs);
+    j->seg_open = 1; /* no step of the new segment aggregated yet */
+    j->segments++;
+    d->cnt.step_segments++;
+}
+
+int grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t rank,
+                      struct grist_summary *sum, char *err, size_t errsz)
 {
     d->cnt.summaries++;
     if (sum->validation) {
         if (grist__engine_validation(grist__engine_of(d, j->key), j->key, j->ngroups, j->m, sum->sketch) < 0)
             d->cnt.steps_dropped++;
         grist__summary_free(sum);
-        return;
+        return 0;
     }
     struct grist_agg *a = j->aggs;
     while (a && a->step != sum->step)
         a = a->next;
     if (!a) {
-        if (j->steps > 0 && sum->step <= j->high_step) {
-            j->late++;
-            d->cnt.summaries_late++;
+        /* the newest step the job knows: aggregated or open */
+        const int aggregated = j->steps > 0 && !j->seg_open;
+        uint64_t newest = aggregated ? j->high_step : 0;
+        int known = aggregated;
+        for (struct grist_agg *x = j->aggs; x; x = x->next)
+            if (!known || x->step > newest)
+                newest = x->step, known = 1;
+        if (known && sum->step > newest &&
+            sum->step - newest > (uint64_t)d->cfg->max_step_jump) {
+            snprintf(err, errsz, "summary.step: %llu jumps %llu past the job's newest step %llu "
+                     "(more than --max-step-jump %lld)", (unsigned long long)sum->step,
+                     (unsigned long long)(sum->step - newest), (unsigned long long)newest,
+                     (long long)d->cfg->max_step_jump);
             grist__summary_free(sum);
-            return;
+            return -1;
+        }
+        if (aggregated && sum->step <= j->high_step) {
+            if (j->high_step - sum->step <= SEGMENT_GAP) {
+                j->late++;
+                d->cnt.summaries_late++;
+                grist__summary_free(sum);
+                return 0;
+            }
+            new_segment(d, j, sum->step);
         }
         if (j->naggs >= MAX_OPEN_STEPS) { /* a rank far ahead: close the oldest step */
             struct grist_agg *old = j->aggs;
@@ -289,7 +332,7 @@ void grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t ran
             j->dropped++;
             d->cnt.steps_dropped++;
             grist__summary_free(sum);
-            return;
+            return 0;
         }
         a->step = sum->step;
         a->t0_ms = grist__now_ms(d);
@@ -303,14 +346,14 @@ void grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t ran
         j->dropped++;
         d->cnt.steps_dropped++;
         grist__summary_free(sum);
-        return;
+        return 0;
     }
     if (rank >= j->world || (a->seen[rank / 8] >> (rank % 8)) & 1) {
         /* a duplicate (a restarted rank resending), or a rank of a bigger world */
         j->duplicate++;
         d->cnt.summaries_duplicate++;
         grist__summary_free(sum);
-        return;
+        return 0;
     }
     a->seen[rank / 8] |= (uint8_t)(1u << (rank % 8));
     for (uint32_t g = 0; g < j->ngroups; g++) {
@@ -327,6 +370,7 @@ void grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t ran
     grist__summary_free(sum);
     if (a->n >= j->world)
         complete(d, j, a);
+    return 0;
 }
 
 static void hist_add(struct grist_hist *h, const struct grist_hist_point *p)

@@ -616,6 +616,80 @@ START_TEST(test_world_grows_mid_step)
 }
 END_TEST
 
+/* Poll GetJob until the job's newest step is `want`; returns its brief's
+ * late-summary count. */
+static uint64_t wait_job_step(const char *addr, const char *id, uint64_t want)
+{
+    uint64_t step = 0, late = 0;
+    for (int i = 0; i < 1000 && step != want; i++) {
+        grpc_status_code st;
+        Grist__V1__GetJobResponse *r = get_job(addr, id, &st);
+        ck_assert_msg(r, "GetJob %s failed: %d", id, st);
+        step = r->job->step;
+        late = r->job->late_summaries;
+        grist__v1__get_job_response__free_unpacked(r, NULL);
+        if (step != want)
+            usleep(10000);
+    }
+    ck_assert_msg(step == want, "job %s: step %llu, expected %llu", id, (unsigned long long)step,
+                  (unsigned long long)want);
+    return late;
+}
+
+static void send_step(struct tw *w, uint64_t step)
+{
+    static float sk[M];
+    uint8_t *buf;
+    size_t len = tw_encode_summary(&buf, step, 1, M, sk, NULL, 8);
+    ck_assert_int_eq(tw_send_raw(w, buf, len), 0);
+    free(buf);
+}
+
+/* The step-number rules: late, a refused far jump, a resumed run. */
+START_TEST(test_step_numbers)
+{
+    struct gristd_proc p = start_daemon(NULL);
+    grpc_init();
+    struct tw_opts o = {.job = "steps", .rank = 0, .world = 1, .ngroups = 1, .m = M, .n = 100,
+                        .beta0 = 0.9};
+    struct tw *a = tw_open(p.addr[0], &o);
+    uint32_t seed;
+    ck_assert_int_eq(tw_welcome(a, &seed, 10), 0);
+    for (uint64_t t = 1; t <= 3; t++)
+        send_step(a, t);
+    ck_assert_uint_eq(wait_job_step(p.addr[0], "steps", 3), 0);
+    send_step(a, 2); /* late: counted, ignored, the stream stays */
+    send_step(a, 4);
+    ck_assert_uint_eq(wait_job_step(p.addr[0], "steps", 4), 1);
+    /* step 2^64-1 jumps too far: refused, this stream ends, the job is intact */
+    send_step(a, UINT64_MAX);
+    struct tw_hp hp = {0};
+    int r;
+    while ((r = tw_next(a, &hp, 10)) == 1)
+        ;
+    ck_assert_int_lt(r, 0);
+    char det[256];
+    ck_assert_int_eq(tw_status(a, det, sizeof(det)), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_msg(strstr(det, "max-step-jump"), "unclear error: %s", det);
+    tw_free(a);
+    struct tw *b = tw_open(p.addr[0], &o);
+    ck_assert_int_eq(tw_welcome(b, &seed, 10), 0);
+    send_step(b, 1000); /* a jump within the bound */
+    ck_assert_uint_eq(wait_job_step(p.addr[0], "steps", 1000), 1);
+    /* the run is resumed from step 1: a new segment, not 2 late summaries */
+    send_step(b, 1);
+    send_step(b, 2);
+    ck_assert_uint_eq(wait_job_step(p.addr[0], "steps", 2), 1);
+    send_step(b, 2); /* late within the new segment */
+    send_step(b, 3);
+    ck_assert_uint_eq(wait_job_step(p.addr[0], "steps", 3), 2);
+    ck_assert_int_eq(tw_finish(b, det, sizeof(det), 10), GRPC_STATUS_OK);
+    tw_free(b);
+    grpc_shutdown();
+    ck_assert_int_eq(gristd_stop(&p, SIGTERM), 0);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("attach");
@@ -626,6 +700,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_vanishing_client_and_sigterm);
     tcase_add_test(tc, test_world_change_and_expiry);
     tcase_add_test(tc, test_world_grows_mid_step);
+    tcase_add_test(tc, test_step_numbers);
     suite_add_tcase(s, tc);
     return s;
 }
