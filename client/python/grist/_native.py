@@ -2,7 +2,8 @@
 
 One transport implementation, tested once in C: this module only converts
 arguments. The library is found through $GRIST_LIB, then next to this package
-in a source checkout (build/client/libgrist.so), then the system path.
+in a source checkout (build/client/libgrist.so), then where meson install put
+it (grist/_install.py), then the system path.
 """
 import ctypes
 import ctypes.util
@@ -22,6 +23,12 @@ def _find():
         cand = os.path.join(root, build, "client", "libgrist.so")
         if os.path.exists(cand):
             return cand
+    try:  # an installed package: meson install wrote the library's path
+        from grist._install import LIBGRIST
+        if os.path.exists(LIBGRIST):
+            return LIBGRIST
+    except ImportError:
+        pass
     found = ctypes.util.find_library("grist")
     if found:
         return found
