@@ -94,8 +94,13 @@ static enum grist_wire_status decode_hello(const Grist__V1__Hello *in, const str
             goto bad;
         }
         o->n = g->num_elements;
-        if (g->optimizer == GRIST__V1__OPTIMIZER_KIND__OPTIMIZER_KIND_ADAM)
+        if (g->optimizer == GRIST__V1__OPTIMIZER_KIND__OPTIMIZER_KIND_ADAM ||
+            g->optimizer == GRIST__V1__OPTIMIZER_KIND__OPTIMIZER_KIND_RADAM)
             o->form = GRIST_FORM_EMA;
+        else if (g->optimizer == GRIST__V1__OPTIMIZER_KIND__OPTIMIZER_KIND_NADAM)
+            o->form = GRIST_FORM_EMA_NESTEROV;
+        else if (g->optimizer == GRIST__V1__OPTIMIZER_KIND__OPTIMIZER_KIND_RMSPROP)
+            o->form = GRIST_FORM_HEAVY_BALL;
         else if (g->optimizer == GRIST__V1__OPTIMIZER_KIND__OPTIMIZER_KIND_SGD_NESTEROV)
             o->form = GRIST_FORM_NESTEROV;
         else if (g->optimizer == GRIST__V1__OPTIMIZER_KIND__OPTIMIZER_KIND_SGD ||

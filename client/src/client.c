@@ -393,11 +393,8 @@ static uint8_t *encode_hello(const struct grist_attach_options *o, uint32_t m, s
         grist__v1__group_spec__init(&gs[g]);
         gs[g].name = (char *)(o->groups[g].name ? o->groups[g].name : "");
         gs[g].num_elements = o->groups[g].num_elements;
-        gs[g].optimizer = o->groups[g].optimizer == GRIST_OPT_ADAM
-                              ? GRIST__V1__OPTIMIZER_KIND__OPTIMIZER_KIND_ADAM
-                          : o->groups[g].optimizer == GRIST_OPT_SGD_NESTEROV
-                              ? GRIST__V1__OPTIMIZER_KIND__OPTIMIZER_KIND_SGD_NESTEROV
-                              : GRIST__V1__OPTIMIZER_KIND__OPTIMIZER_KIND_SGD;
+        /* the enum's values are the wire's (checked at attach) */
+        gs[g].optimizer = (Grist__V1__OptimizerKind)o->groups[g].optimizer;
         gs[g].lr = o->groups[g].lr;
         gs[g].beta = o->groups[g].beta;
         gp[g] = &gs[g];
@@ -451,9 +448,12 @@ int grist_session_attach(struct grist_client *c, const struct grist_attach_optio
     int r = grist_sketch_check_dim(m);
     if (r < 0)
         return r;
-    for (uint32_t g = 0; g < o->ngroups; g++)
+    for (uint32_t g = 0; g < o->ngroups; g++) {
         if (o->groups[g].num_elements >= ((uint64_t)1 << 32))
             return GRIST_ETOOBIG;
+        if (o->groups[g].optimizer < GRIST_OPT_SGD || o->groups[g].optimizer > GRIST_OPT_RADAM)
+            return -EINVAL;
+    }
     if (o->ncandidates > GRIST_MAX_CANDIDATES || (o->ncandidates && !o->candidates))
         return -EINVAL;
     for (uint32_t k = 0; k < o->ncandidates; k++)

@@ -116,9 +116,9 @@ double grist_lr_scale(enum grist_coupling c, enum grist_form form, double b, dou
 {
     switch (c) {
     case GRIST_LR_DC:
-        return form != GRIST_FORM_EMA ? (1.0 - b) / (1.0 - b0) : 1.0;
+        return !grist_form_is_ema(form) ? (1.0 - b) / (1.0 - b0) : 1.0;
     case GRIST_LR_ENERGY:
-        if (form != GRIST_FORM_EMA)
+        if (!grist_form_is_ema(form))
             return sqrt(1.0 - b * b) / sqrt(1.0 - b0 * b0);
         return sqrt((1.0 + b) * (1.0 - b0)) / sqrt((1.0 - b) * (1.0 + b0));
     default:
@@ -137,6 +137,10 @@ static struct lin greedy_terms(enum grist_form form, double b)
     switch (form) {
     case GRIST_FORM_NESTEROV: /* update g + b V: lag 0 carries 1 + b */
         return (struct lin){b, 1.0, 1.0 + b, 2.0 * b, b * b, 1.0};
+    case GRIST_FORM_EMA_NESTEROV: { /* update (1 - b)(s + b V): Nesterov's, times 1 - b */
+        const double c = 1.0 - b;
+        return (struct lin){c * b, c, c * (1.0 + b), 2.0 * b * c * c, b * b * c * c, c * c};
+    }
     case GRIST_FORM_EMA: /* update (1 - b) V */
         return (struct lin){1.0 - b, 0.0, 1.0 - b, 0.0, (1.0 - b) * (1.0 - b), 0.0};
     default: /* heavy ball: update V */

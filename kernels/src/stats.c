@@ -74,7 +74,7 @@ static int check_config(const struct grist_stats_config *cfg)
     for (uint32_t j = 0; j < cfg->ncand; j++)
         if (!(cfg->cand[j] >= 0.0 && cfg->cand[j] < 1.0))
             return GRIST_EBADCONF;
-    if (cfg->form > GRIST_FORM_NESTEROV || cfg->curv_block < 2 || cfg->curv_block > 256)
+    if (cfg->form > GRIST_FORM_EMA_NESTEROV || cfg->curv_block < 2 || cfg->curv_block > 256)
         return GRIST_EBADCONF;
     return 0;
 }
@@ -386,12 +386,15 @@ static void trajectory_step(struct grist_stats *st, const double *restrict s, do
     }
     /* the update the worker applied with s_t */
     double *restrict U = st->U, *restrict a = st->a_prev; /* a_{t-2}'s memory becomes a_t */
-    const double w = st->cfg.form == GRIST_FORM_EMA ? 1.0 - beta : 1.0;
+    const double w = grist_form_is_ema(st->cfg.form) ? 1.0 - beta : 1.0;
     for (uint32_t i = 0; i < m; i++)
         U[i] = beta * U[i] + w * s[i];
     if (st->cfg.form == GRIST_FORM_NESTEROV)
         for (uint32_t i = 0; i < m; i++)
             a[i] = s[i] + beta * U[i];
+    else if (st->cfg.form == GRIST_FORM_EMA_NESTEROV)
+        for (uint32_t i = 0; i < m; i++)
+            a[i] = beta * U[i] + (1.0 - beta) * s[i];
     else
         memcpy(a, U, m * sizeof(double));
     st->a_prev = st->a_cur;

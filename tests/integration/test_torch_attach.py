@@ -329,10 +329,90 @@ def test_no_step_lost(gristd):
         assert proc.wait(timeout=30) == 0
 
 
+def test_optimizers(gristd):
+    """Every torch.optim optimizer with a momentum or beta1 attaches and trains:
+    NAdam, RAdam, RMSprop with momentum, and Adam with an LR scheduler created
+    after attach (no call-order warning, its step count kept), two param
+    groups, gradient accumulation over two backward passes. Optimizers
+    without one get a clear error."""
+    import warnings
+    sock = os.path.join(tempfile.mkdtemp(), "gristd.sock")
+    addr = "unix:" + sock
+    proc, _ = start_gristd(gristd, addr)
+    try:
+        X, y = digits()
+        makers = {
+            "nadam": lambda p: torch.optim.NAdam(p, lr=0.003),
+            "radam": lambda p: torch.optim.RAdam(p, lr=0.003),
+            "rmsprop": lambda p: torch.optim.RMSprop(p, lr=0.001, momentum=0.9),
+            "adam": lambda p: torch.optim.Adam(p, lr=0.003),
+        }
+        for name, make in makers.items():
+            model = net(2)
+            opt = make([{"params": model[0].parameters()}, {"params": model[2].parameters()}])
+            session = grist.torch.attach(opt, job=f"opt-{name}", address=addr, sketch_dim=256,
+                                         policy={"solve_every": 5, "min_steps": 5}, wait_s=10)
+            assert session.kind == name, session.kind
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=50, gamma=0.5)  # after attach
+            g = torch.Generator().manual_seed(2)
+            losses = []
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                for t in range(120):
+                    opt.zero_grad()
+                    for _ in range(2):  # gradient accumulation
+                        idx = torch.randint(0, len(X), (16,), generator=g)
+                        loss = torch.nn.functional.cross_entropy(model(X[idx]), y[idx]) / 2
+                        loss.backward()
+                    b1_in_force = opt.param_groups[0].get("betas", (0.0,))[0]
+                    opt.step()
+                    session.step(batch_size=32)
+                    sched.step()
+                    losses.append(loss.item() * 2)
+            sw = [str(w.message) for w in caught if "lr_scheduler" in str(w.message)]
+            assert not sw, f"{name}: {sw}"
+            assert sched.last_epoch == 120 and opt._step_count == 120, (sched.last_epoch,
+                                                                       opt._step_count)
+            assert abs(opt.param_groups[0]["lr"] / makers_lr(name) - 0.25) < 1e-9  # 2 halvings
+            applied = session._applied.copy()
+            session.close()
+            job = wait_step(addr, f"opt-{name}", 120, timeout_s=20)
+            assert job.groups[0].steps == 120 and job.groups[1].steps == 120, name
+            early, late = np.mean(losses[:20]), np.mean(losses[-20:])
+            print(f"optimizer {name}: loss {early:.3f} -> {late:.3f}, beta applied "
+                  f"{applied[0, 1]:.4f}, update scale {applied[0, 3]:.4f}, "
+                  f"pushes {session.history[:3]}")
+            assert late < early, (name, early, late)
+            if name == "nadam":  # what it applied: the schedule mu_k = b1 (1 - 0.96^(k psi) / 2)
+                mu = b1_in_force * (1 - 0.5 * 0.96 ** (120 * 0.004))
+                assert abs(applied[0, 1] - mu) < 1e-9, (applied[0], mu)
+            if name == "rmsprop":
+                assert applied[0, 1] == opt.param_groups[0]["momentum"]
+        for bad, msg in ((lambda p: torch.optim.Adagrad(p), "Adagrad"),
+                         (lambda p: torch.optim.RMSprop(p, momentum=0.9, centered=True),
+                          "centered"),
+                         (lambda p: torch.optim.Adam(p, amsgrad=True), "amsgrad")):
+            try:
+                grist.torch.attach(bad(net(0).parameters()), job="opt-bad", address=addr)
+            except TypeError as e:
+                assert msg in str(e), e
+                print(f"optimizer refused: {e}")
+            else:
+                raise AssertionError(f"{msg} was accepted")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+def makers_lr(name):
+    return {"nadam": 0.003, "radam": 0.003, "rmsprop": 0.001, "adam": 0.003}[name]
+
+
 def main():
     gristd = sys.argv[1]
     torch.set_num_threads(1)
     test_no_step_lost(gristd)
+    test_optimizers(gristd)
     test_single(gristd)
     test_async_sketch(gristd)
     test_policy(gristd)

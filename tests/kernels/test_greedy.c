@@ -238,12 +238,41 @@ START_TEST(test_curvature_isotropic)
 }
 END_TEST
 
+/* NAdam's EMA-Nesterov form: its update (1 - b)(s + b V) is the Nesterov
+ * update times 1 - b, so F scales by 1 - b and E by (1 - b)^2 (docs/MATH.md
+ * 5.4); the EMA form is the heavy ball's times 1 - b. */
+START_TEST(test_forms_scale)
+{
+    double cand[3] = {0.0, 0.5, 0.9}, dots[3] = {0.7, 1.1, 2.5}, E[3] = {0.8, 1.9, 9.0};
+    double acf[2] = {0.8, 0.3};
+    struct grist_stats_view v = {.ncand = 3, .cand = cand, .dots = dots, .E = E, .acf = acf,
+                                 .lags = 1};
+    double Dn[3], Fn[3], En[3], Dm[3], Fm[3], Em[3], Dh[3], Fh[3], Eh[3], De[3], Fe[3], Ee[3];
+    grist_greedy_drop(&v, GRIST_FORM_NESTEROV, 0.1, 2.0, 0.05, Dn, Fn, En);
+    grist_greedy_drop(&v, GRIST_FORM_EMA_NESTEROV, 0.1, 2.0, 0.05, Dm, Fm, Em);
+    grist_greedy_drop(&v, GRIST_FORM_HEAVY_BALL, 0.1, 2.0, 0.05, Dh, Fh, Eh);
+    grist_greedy_drop(&v, GRIST_FORM_EMA, 0.1, 2.0, 0.05, De, Fe, Ee);
+    for (int j = 0; j < 3; j++) {
+        const double c = 1.0 - cand[j];
+        ck_assert_double_eq_tol(Fm[j], c * Fn[j], 1e-12);
+        ck_assert_double_eq_tol(Em[j], c * c * En[j], 1e-12);
+        ck_assert_double_eq_tol(Dm[j], 0.1 * Fm[j] - 0.5 * 0.01 * 2.0 * Em[j], 1e-12);
+        ck_assert_double_eq_tol(Fe[j], c * Fh[j], 1e-12);
+        ck_assert_double_eq_tol(Ee[j], c * c * Eh[j], 1e-12);
+    }
+    ck_assert(grist_form_is_ema(GRIST_FORM_EMA_NESTEROV) && !grist_form_is_ema(GRIST_FORM_NESTEROV));
+    /* the DC coupling leaves both EMA forms' lr alone */
+    ck_assert_double_eq(grist_lr_scale(GRIST_LR_DC, GRIST_FORM_EMA_NESTEROV, 0.5, 0.9), 1.0);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("greedy");
     TCase *tc = tcase_create("T7-T8");
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_curvature_isotropic);
+    tcase_add_test(tc, test_forms_scale);
     tcase_add_loop_test(tc, test_T7_noisy_quadratic, 0, 2);
     tcase_add_test(tc, test_T8_heavy_ball_optimum);
     suite_add_tcase(s, tc);

@@ -65,8 +65,17 @@ GRIST_EXPORT int grist_client_open(const char *address, const struct grist_clien
 /** Close every session still open, stop the thread, free the client. NULL is allowed. */
 GRIST_EXPORT void grist_client_close(struct grist_client *c);
 
-/** Optimizer of a group: how its momentum is defined (MATH.md section 1). */
-enum grist_optimizer { GRIST_OPT_SGD = 1, GRIST_OPT_ADAM = 2, GRIST_OPT_SGD_NESTEROV = 3 };
+/** Optimizer of a group: how its momentum is defined (docs/MATH.md section 1;
+ *  the values are the wire's OptimizerKind). RMSprop, NAdam and RAdam sketch
+ *  in the metric P^-1 as Adam does (grist_sketch_adam_f32). */
+enum grist_optimizer {
+    GRIST_OPT_SGD = 1,
+    GRIST_OPT_ADAM = 2,
+    GRIST_OPT_SGD_NESTEROV = 3,
+    GRIST_OPT_RMSPROP = 4,
+    GRIST_OPT_NADAM = 5,
+    GRIST_OPT_RADAM = 6
+};
 
 /** One parameter group as declared at attach. */
 struct grist_group_desc {

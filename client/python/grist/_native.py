@@ -182,8 +182,9 @@ class Client:
         self.close()
 
 
-SGD, ADAM, SGD_NESTEROV = 1, 2, 3
-_KINDS = {"sgd": SGD, "adam": ADAM, "nesterov": SGD_NESTEROV}
+SGD, ADAM, SGD_NESTEROV, RMSPROP, NADAM, RADAM = 1, 2, 3, 4, 5, 6
+_KINDS = {"sgd": SGD, "adam": ADAM, "nesterov": SGD_NESTEROV, "rmsprop": RMSPROP,
+          "nadam": NADAM, "radam": RADAM}
 
 
 class Session:

@@ -7,7 +7,8 @@
 session.step() sketches every param group's gradient with libgrist's C
 kernel called on the tensor memory (data_ptr, no copy; only m floats per
 group are kept), submits the summary (never blocks), and applies the newest
-hyperparameters: `momentum` for SGD, `betas[0]` for Adam/AdamW, and
+hyperparameters: `momentum` for SGD and RMSprop, `betas[0]` for Adam, AdamW,
+NAdam and RAdam, and
 `lr_scale`, multiplied into the group's lr only for the duration of
 optimizer.step() (the optimizer's step is wrapped), so LR schedulers see
 and set the user's lr and nothing compounds.
@@ -32,14 +33,41 @@ from grist._native import (Client, GristError, Session, Tensor, cuda_sketcher, g
 _ENONFINITE = -4001
 
 
+_SUPPORTED = "SGD (plain or Nesterov), Adam, AdamW, NAdam, RAdam and RMSprop"
+# kinds whose beta is betas[0] (the others': momentum)
+_BETAS = frozenset({"adam", "nadam", "radam"})
+# kinds sketched in the metric P^-1 (docs/MATH.md 2): the state key of v
+_PRECOND = {"adam": "exp_avg_sq", "nadam": "exp_avg_sq", "radam": "exp_avg_sq",
+            "rmsprop": "square_avg"}
+
+
 def _kind(optimizer):
     name = type(optimizer).__name__.lower()
     if name in ("adam", "adamw"):
+        if any(g.get("amsgrad") for g in optimizer.param_groups):
+            raise TypeError("grist.torch.attach: Adam(amsgrad=True) is not supported (its "
+                            "metric is the running maximum of v, which is not sketched)")
         return "adam"
+    if name in ("nadam", "radam"):
+        return name
+    if name == "rmsprop":
+        if any(g.get("centered") for g in optimizer.param_groups):
+            raise TypeError("grist.torch.attach: RMSprop(centered=True) is not supported")
+        return "rmsprop"
     if name == "sgd":
         return "nesterov" if any(g.get("nesterov") for g in optimizer.param_groups) else "sgd"
-    raise TypeError(f"grist.torch.attach supports SGD (plain or Nesterov), Adam and AdamW, "
-                    f"not {type(optimizer).__name__}")
+    raise TypeError(f"grist.torch.attach supports {_SUPPORTED}, not {type(optimizer).__name__} "
+                    f"(it has no momentum or beta1 grist could tune)")
+
+
+def _radam_rect(b2, k):
+    """RAdam's rectification factor at step k (1 while the variance is not
+    tractable: RAdam then steps without the adaptive denominator)."""
+    rho_inf = 2.0 / (1.0 - b2) - 1.0
+    rho = rho_inf - 2.0 * k * b2 ** k / (1.0 - b2 ** k)
+    if rho <= 5.0:
+        return 1.0
+    return ((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)) ** 0.5
 
 
 class GristSession:
@@ -64,7 +92,7 @@ class GristSession:
             for p in g["params"]:
                 self._where[p] = (gi, off)
                 off += p.numel()
-            beta = g["betas"][0] if self.kind == "adam" else g["momentum"]
+            beta = g["betas"][0] if self.kind in _BETAS else g["momentum"]
             groups.append(dict(name=str(g.get("name", f"group{gi}")), n=off, optimizer=self.kind,
                                lr=float(g["lr"]), beta=float(beta)))
         self.ngroups = len(groups)
@@ -96,20 +124,27 @@ class GristSession:
         # SGD reads the gradients without changing them, so their sketch can
         # run during optimizer.step() on another core; Adam's metric reads
         # exp_avg_sq, which the step rewrites, so Adam sketches afterwards.
-        self.async_sketch = bool(async_sketch) and self.kind != "adam" and ddp_model is None
+        self.async_sketch = bool(async_sketch) and self.kind not in _PRECOND and ddp_model is None
         self.close_linger_s = 2.0  # close() waits this long for queued summaries to be sent
         self._applied = np.zeros((self.ngroups, 4))
         self.discarded = 0  # async sketches dropped: a gradient changed in place meanwhile
         self.rejected = 0   # steps whose gradient was not finite (nothing sent)
         self._discard_run = 0
         self._orig_step = optimizer.step
+        # an LR scheduler created before attach wrapped step() with its
+        # counter (it still runs inside ours); one created after sees the
+        # markers below, does not wrap again, and reads the counter we keep
+        counted = getattr(optimizer.step, "_with_counter", False) or \
+            hasattr(optimizer.step, "_wrapped_by_lr_sched")
 
         def step(*args, **kwargs):
+            if not counted:
+                optimizer._step_count = getattr(optimizer, "_step_count", 0) + 1  # torch < 2.2
+            optimizer._opt_called = True  # torch >= 2.2
             return self._scaled_step(*args, **kwargs)
 
-        # the original (an LR scheduler's counting wrapper, if any) still
-        # runs inside, so schedulers' call-order check stays valid
         step._with_counter = True
+        step._wrapped_by_lr_sched = True
         self._step_wrapper = step
         optimizer.step = step
         if ddp_model is not None:
@@ -140,13 +175,24 @@ class GristSession:
             a[gi, 0] = float(g["lr"])
             a[gi, 2] = float(s)
             a[gi, 3] = 1.0
-            if self.kind == "adam":
+            if self.kind in _BETAS:
                 b1 = float(g["betas"][0])
-                a[gi, 1] = b1
                 st = self.optimizer.state.get(g["params"][0], {}) if g["params"] else {}
                 k = float(st.get("step", 0))
-                if k >= 1 and b1 > 0:
-                    a[gi, 3] = 1.0 / (1.0 - b1 ** k)
+                if self.kind == "nadam":
+                    # NAdam's momentum schedule mu_k = b1 (1 - 0.96^(k psi) / 2)
+                    # is the beta it applied; its bias correction 1 / (1 - prod mu)
+                    mu = b1 * (1.0 - 0.5 * 0.96 ** (max(k, 1.0) * float(g["momentum_decay"])))
+                    a[gi, 1] = mu
+                    prod = float(st.get("mu_product", 0.0))
+                    if k >= 1 and 0.0 < prod < 1.0:
+                        a[gi, 3] = 1.0 / (1.0 - prod)
+                else:
+                    a[gi, 1] = b1
+                    if k >= 1 and b1 > 0:
+                        a[gi, 3] = 1.0 / (1.0 - b1 ** k)
+                    if self.kind == "radam" and k >= 1:
+                        a[gi, 3] *= _radam_rect(float(g["betas"][1]), k)
             else:
                 a[gi, 1] = float(g["momentum"])
         try:
@@ -155,6 +201,14 @@ class GristSession:
             pass  # a value libgrist refuses (e.g. beta >= 1) is simply not reported
 
     # -- sketches --
+    def _v_scale(self, grp, st):
+        """The factor of v in the metric's denominator sqrt(c v) + eps: Adam's
+        family bias-corrects exp_avg_sq by 1 / (1 - b2^t); RMSprop does not."""
+        if self.kind == "rmsprop":
+            return 1.0
+        t = float(st.get("step", 1))
+        return 1.0 / (1.0 - grp["betas"][1] ** max(t, 1.0))
+
     def _seeds(self):
         js = self.session.job_seed
         return None if js == 0 else [group_seed(js, g) for g in range(self.ngroups)]
@@ -162,7 +216,7 @@ class GristSession:
     def _sketch_param(self, seeds, p, grad, acc, sq, gi, off):
         if grad.is_cuda:
             f = cuda_sketcher()
-            if f is not None and grad.dtype == _torch.float32 and self.kind != "adam":
+            if f is not None and grad.dtype == _torch.float32 and self.kind not in _PRECOND:
                 # the CUDA kernel on the tensor memory, on the current stream;
                 # only m doubles per group come back (in _flush_device)
                 g = grad.detach().contiguous()
@@ -181,14 +235,12 @@ class GristSession:
         if g.dtype != _torch.float32 or not g.is_contiguous():
             g = g.to(_torch.float32).contiguous()
         n = g.numel()
-        if self.kind == "adam":
+        if self.kind in _PRECOND:
             st = self.optimizer.state.get(p, {})
-            v = st.get("exp_avg_sq")
+            v = st.get(_PRECOND[self.kind])
             if v is not None and v.dtype == _torch.float32 and v.is_contiguous() and not v.is_cuda:
                 grp = self.optimizer.param_groups[gi]
-                b2 = grp["betas"][1]
-                t = float(st.get("step", 1))
-                v_scale = 1.0 / (1.0 - b2 ** max(t, 1.0))
+                v_scale = self._v_scale(grp, st)
                 sketch_adam_f32(seeds[gi], g.data_ptr(), v.data_ptr(), n, off, v_scale,
                                 float(grp["eps"]), acc, sq)
                 return
@@ -212,14 +264,13 @@ class GristSession:
             d = self._tdesc[k]
             d.grad, d.n, d.offset, d.group = g.data_ptr(), g.numel(), off, gi
             d.exp_avg_sq = None
-            if self.kind == "adam":
+            if self.kind in _PRECOND:
                 st = self.optimizer.state.get(p, {})
-                v = st.get("exp_avg_sq")
+                v = st.get(_PRECOND[self.kind])
                 if v is not None and v.dtype == _torch.float32 and v.is_contiguous():
                     grp = self.optimizer.param_groups[gi]
-                    t = float(st.get("step", 1))
                     d.exp_avg_sq = v.data_ptr()
-                    d.v_scale = 1.0 / (1.0 - grp["betas"][1] ** max(t, 1.0))
+                    d.v_scale = self._v_scale(grp, st)
                     d.eps = float(grp["eps"])
                     refs.append((v, v._version))
             refs.append((g, g._version))
@@ -318,7 +369,7 @@ class GristSession:
         if hp is not None and version != self.version:
             self.version = version
             for g, h in zip(self.optimizer.param_groups, hp):
-                if self.kind == "adam":
+                if self.kind in _BETAS:
                     g["betas"] = (h["momentum"], g["betas"][1])
                 else:
                     g["momentum"] = h["momentum"]

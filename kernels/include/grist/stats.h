@@ -26,9 +26,22 @@ struct grist_stats;
  * How a group's optimizer turns gradients into its update (docs/MATH.md
  * section 1): heavy ball b = beta b + g, update b (PyTorch SGD); EMA
  * m = beta m + (1 - beta) g, update m (Adam's exp_avg, in the metric P^-1);
- * Nesterov b = beta b + g, update g + beta b (SGD with nesterov=True).
+ * Nesterov b = beta b + g, update g + beta b (SGD with nesterov=True);
+ * EMA-Nesterov m = beta m + (1 - beta) g, update beta m + (1 - beta) g
+ * (NAdam, in the metric P^-1).
  */
-enum grist_form { GRIST_FORM_HEAVY_BALL = 0, GRIST_FORM_EMA = 1, GRIST_FORM_NESTEROV = 2 };
+enum grist_form {
+    GRIST_FORM_HEAVY_BALL = 0,
+    GRIST_FORM_EMA = 1,
+    GRIST_FORM_NESTEROV = 2,
+    GRIST_FORM_EMA_NESTEROV = 3
+};
+
+/** Forms whose buffer is an average (weight 1 - beta on the new gradient). */
+static inline int grist_form_is_ema(enum grist_form f)
+{
+    return f == GRIST_FORM_EMA || f == GRIST_FORM_EMA_NESTEROV;
+}
 
 /** Largest number of candidates and of autocorrelation lags. */
 #define GRIST_MAX_CANDIDATES 64u
