@@ -413,10 +413,12 @@ static void job_brief(struct sbuf *b, const struct grist_job *j)
     sb_jstr(b, j->id);
     sb_printf(b,
               ",\"world_size\":%u,\"live_workers\":%u,\"groups\":%u,\"sketch_dim\":%u,"
-              "\"step\":%llu,\"version\":%llu,\"dropped_steps\":%llu,\"late_summaries\":%llu}",
+              "\"step\":%llu,\"version\":%llu,\"dropped_steps\":%llu,\"late_summaries\":%llu,"
+              "\"validation_summaries\":%llu,\"step_segments\":%llu}",
               j->world, j->nstreams, j->ngroups, j->m, (unsigned long long)j->high_step,
               (unsigned long long)j->version, (unsigned long long)j->dropped,
-              (unsigned long long)j->late);
+              (unsigned long long)j->late, (unsigned long long)j->validation,
+              (unsigned long long)j->segments);
 }
 
 static void api_jobs(struct conn *c, int keep)

@@ -278,6 +278,8 @@ int grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t rank
     if (sum->validation) {
         if (grist__engine_validation(grist__engine_of(d, j->key), j->key, j->ngroups, j->m, sum->sketch) < 0)
             d->cnt.steps_dropped++;
+        else
+            j->validation++;
         grist__summary_free(sum);
         return 0;
     }

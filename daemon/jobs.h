@@ -46,7 +46,7 @@ struct grist_job {
     size_t push_len;
     struct grist_agg *aggs;
     uint32_t naggs;
-    uint64_t high_step, steps, dropped, partial, late, duplicate, rejected, segments;
+    uint64_t high_step, steps, dropped, partial, late, duplicate, rejected, segments, validation;
     int seg_open;         /* a new segment began and none of its steps is aggregated */
     uint64_t created_ms, idle_since_ms;
     struct grist_engine_result *last;

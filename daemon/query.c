@@ -26,6 +26,8 @@ static void brief(const struct grist_job *j, Grist__V1__JobBrief *b)
     b->version = j->version;
     b->dropped_steps = j->dropped;
     b->late_summaries = j->late;
+    b->validation_summaries = j->validation;
+    b->step_segments = j->segments;
 }
 
 static grpc_status_code list_jobs(struct grist_net *net, const unsigned char *in, size_t in_len,

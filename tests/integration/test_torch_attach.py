@@ -404,6 +404,51 @@ def test_optimizers(gristd):
         assert proc.wait(timeout=30) == 0
 
 
+def test_validation(gristd):
+    """session.validate(closure, every=N): a held-out gradient every N steps
+    reaches the daemon as a validation summary, the training gradients are
+    restored; select_on = validation without it warns."""
+    import warnings
+    sock = os.path.join(tempfile.mkdtemp(), "gristd.sock")
+    addr = "unix:" + sock
+    proc, _ = start_gristd(gristd, addr)
+    try:
+        X, y = digits()
+        Xv, yv = X[-200:], y[-200:]
+        model = net(3)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        session = grist.torch.attach(opt, job="val", address=addr, sketch_dim=256, wait_s=10,
+                                     policy={"select_on": "validation", "solve_every": 5,
+                                             "min_steps": 5})
+        session.validate(lambda: torch.nn.functional.cross_entropy(model(Xv), yv), every=5)
+        g = torch.Generator().manual_seed(3)
+        for t in range(100):
+            idx = torch.randint(0, len(X) - 200, (16,), generator=g)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
+            opt.step()
+            before = [p.grad.clone() for p in model.parameters()]
+            session.step(batch_size=16)
+            assert all(torch.equal(a, p.grad) for a, p in zip(before, model.parameters()))
+        session.close()
+        job = wait_step(addr, "val", 100, timeout_s=20)
+        print(f"validation: {session.validations} held-out sketches, daemon counted "
+              f"{job.job.validation_summaries}, {1e3 * session.validation_s / 20:.2f} ms each")
+        assert session.validations == 20 and job.job.validation_summaries == 20
+        opt2 = torch.optim.SGD(net(4).parameters(), lr=0.05, momentum=0.9)
+        s2 = grist.torch.attach(opt2, job="val-none", address=addr, sketch_dim=256,
+                                policy={"select_on": "validation"})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            opt2.step()
+            s2.step()
+        assert any("select_on='validation'" in str(w.message) for w in caught), caught
+        s2.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
 def makers_lr(name):
     return {"nadam": 0.003, "radam": 0.003, "rmsprop": 0.001, "adam": 0.003}[name]
 
@@ -413,6 +458,7 @@ def main():
     torch.set_num_threads(1)
     test_no_step_lost(gristd)
     test_optimizers(gristd)
+    test_validation(gristd)
     test_single(gristd)
     test_async_sketch(gristd)
     test_policy(gristd)

@@ -78,6 +78,10 @@ class GristSession:
                  sync_every=10):
         self.optimizer = optimizer
         self.sync_every = max(1, int(sync_every))
+        self._val = None        # (closure, every) from validate()
+        self.validation_s = 0.0  # seconds spent in validation gradients
+        self.validations = 0
+        self._warn_val = (policy or {}).get("select_on") == "validation"
         self.kind = _kind(optimizer)
         dist = _torch.distributed
         if rank is None:
@@ -362,6 +366,13 @@ class GristSession:
                         raise
                     self.rejected += 1
             self._local = None
+        if self._val is not None and self.t % self._val[1] == 0:
+            self._validation_step()
+        elif self._warn_val and self.t == 1:
+            warnings.warn("grist: policy select_on='validation' but no session.validate(...) is "
+                          "registered: the daemon receives no held-out sketches and selects on "
+                          "the training alignment", RuntimeWarning)
+            self._warn_val = False
         if self._ddp:
             version, hp = self._agreed_latest()
         else:
@@ -380,6 +391,61 @@ class GristSession:
                              for g, h in zip(self.optimizer.param_groups, hp)]
             self.history.append((self.t, [h["momentum"] for h in hp], list(self.lr_scale)))
         return hp
+
+    def validate(self, closure, every=10):
+        """Every `every` steps, after the step's summary, compute a held-out
+        gradient and send its sketch (a validation summary: the daemon's
+        select_on = validation selects on it, docs/MATH.md 5.3). closure()
+        runs the model on a held-out batch and returns the loss (a tensor);
+        its backward pass fills .grad, which is restored afterwards, so the
+        training loop sees its own gradients. Its cost (one forward and
+        backward every `every` steps) is in self.validation_s."""
+        if not callable(closure):
+            raise TypeError("validate: closure must be callable and return the held-out loss")
+        every = int(every)
+        if every < 1:
+            raise ValueError("validate: every must be at least 1")
+        self._val = (closure, every)
+        self._warn_val = False
+
+    def _validation_step(self):
+        import time
+        closure, _ = self._val
+        t0 = time.perf_counter()
+        params = list(self._where)
+        saved = [p.grad for p in params]
+        for p in params:
+            p.grad = None
+        try:
+            with _torch.enable_grad():
+                loss = closure()
+                loss.backward()
+            seeds = self._seeds()
+            if seeds is None:
+                return
+            acc = np.zeros_like(self._acc)
+            sq = np.zeros_like(self._sq)
+            for p, (gi, off) in self._where.items():
+                if p.grad is not None:
+                    self._sketch_param(seeds, p, p.grad, acc[gi], sq[gi], gi, off)
+            if self._dev_used:
+                d = self._dacc.cpu().numpy()
+                acc += d[:, :self.m]
+                sq[:, 0] += d[:, self.m]
+                self._dacc.zero_()
+                self._dev_used = False
+            try:
+                self.session.submit(self.t, acc.astype(self._sk.dtype), sq[:, 0],
+                                    [0] * self.ngroups, validation=True)
+                self.validations += 1
+            except GristError as e:
+                if e.code != _ENONFINITE:
+                    raise
+                self.rejected += 1
+        finally:
+            for p, g in zip(params, saved):
+                p.grad = g
+            self.validation_s += time.perf_counter() - t0
 
     def _agreed_latest(self):
         """DDP: every rank must change momentum at the same step, or the
