@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <grpc/grpc.h>
@@ -128,6 +129,26 @@ static int make_defaults(const struct grist_config *c, struct grist_job_policy *
     return 0;
 }
 
+/* Raise the soft limit on open files to the hard one: every connection
+ * (gRPC and HTTP) is a descriptor, and at 1024 a burst of clients made
+ * gRPC's accept fail with EMFILE. Logged, never fatal. */
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    const rlim_t was = rl.rlim_cur;
+    if (rl.rlim_cur == rl.rlim_max)
+        return;
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+        GRIST_INFO("open files: soft limit raised from %llu to %llu", (unsigned long long)was,
+                   (unsigned long long)rl.rlim_cur);
+    else
+        GRIST_WARN("open files: cannot raise the soft limit %llu: %s", (unsigned long long)was,
+                   strerror(errno));
+}
+
 int main(int argc, char **argv)
 {
     struct grist_daemon *d = &g_d;
@@ -143,6 +164,7 @@ int main(int argc, char **argv)
         return 2;
     }
     grist__log_set_level(lvl);
+    raise_nofile();
     d->cfg = &g_cfg;
     if (make_defaults(&g_cfg, &d->defaults) < 0)
         return 2;

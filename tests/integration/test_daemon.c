@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -145,6 +146,37 @@ START_TEST(test_engine_start_failure)
 }
 END_TEST
 
+/* gristd raises its soft open-files limit to the hard one (a burst of
+ * connections at 1024 once left gRPC's accept failing with EMFILE). */
+START_TEST(test_nofile_raised)
+{
+    struct rlimit rl, low;
+    ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    if (rl.rlim_max <= 256)
+        return; /* nothing to raise */
+    low = rl;
+    low.rlim_cur = 256;
+    ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+    struct gristd_proc p;
+    const char *args[] = {"--listen", "127.0.0.1:0", "--log-level", "warn", NULL};
+    const int started = gristd_start(&p, args);
+    ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+    ck_assert_int_eq(started, 0);
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%d/limits", (int)p.pid);
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    unsigned long long soft = 0, hard = 0;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "Max open files %llu %llu", &soft, &hard) == 2)
+            break;
+    fclose(f);
+    ck_assert_uint_eq(hard, (unsigned long long)rl.rlim_max);
+    ck_assert_msg(soft == hard, "soft limit %llu not raised to %llu", soft, hard);
+    ck_assert_int_eq(gristd_stop(&p, SIGTERM), 0);
+}
+END_TEST
+
 START_TEST(test_port_in_use)
 {
     struct gristd_proc a;
@@ -169,6 +201,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_help_and_bad_flags);
     tcase_add_test(tc, test_port_in_use);
     tcase_add_test(tc, test_engine_start_failure);
+    tcase_add_test(tc, test_nofile_raised);
     suite_add_tcase(s, tc);
     return s;
 }
