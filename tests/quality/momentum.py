@@ -254,6 +254,15 @@ def run_epochs(args, seed, net, model, opt, session, ranks, task):
         Xtr, ytr, Xte, yte = digits(seed)
         epochs = args.epochs
         lossf = torch.nn.functional.cross_entropy
+    if args.val_split > 0:
+        # every run (fixed or tuned) trains on the same reduced split; the
+        # held-out part only feeds grist's validation sketches (--validate)
+        cut = int(len(Xtr) * (1 - args.val_split))
+        pv = torch.randperm(len(Xtr), generator=torch.Generator().manual_seed(seed + 7919))
+        Xv, yv = Xtr[pv[cut:]], ytr[pv[cut:]]
+        Xtr, ytr = Xtr[pv[:cut]], ytr[pv[:cut]]
+        if session and args.validate:
+            session.validate(lambda: lossf(model(Xv), yv), every=args.validate)
     g = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(epochs):
@@ -397,6 +406,12 @@ def parser():
                          "(SGD family only; sets both momentum and lr)")
     ap.add_argument("--trace", action="store_true",
                     help="print the values gristd pushed in each grist run (stderr)")
+    ap.add_argument("--val-split", type=float, default=0.0,
+                    help="hold this fraction of the training split out of training in every run "
+                         "(the digits and reg tasks)")
+    ap.add_argument("--validate", type=int, default=0,
+                    help="grist runs: session.validate() on the held-out part every N steps "
+                         "(with --val-split; add --policy select_on=validation to select on it)")
     ap.add_argument("--policy", action="append", default=[],
                     help="grist policy field for the attached runs, e.g. lr_coupling=dc")
     return ap
