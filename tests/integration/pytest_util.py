@@ -51,10 +51,13 @@ def get_job(addr, job_id):
 
 def wait_step(addr, job_id, step, timeout_s=30.0):
     """Wait until the daemon aggregated `step` of job_id (libgrist sends in the
-    background, and close() drops what is still queued); returns the job."""
+    background); returns the job. Raises AssertionError on timeout: a caller
+    never goes on as if the step had arrived."""
     deadline = time.monotonic() + timeout_s
     job = get_job(addr, job_id)
     while job.job.step < step and time.monotonic() < deadline:
         time.sleep(0.05)
         job = get_job(addr, job_id)
+    assert job.job.step >= step, (f"job {job_id}: step {job.job.step} after {timeout_s} s, "
+                                  f"waited for {step}")
     return job

@@ -275,7 +275,8 @@ START_TEST(test_bad_input)
     size_t len;
 
     /* a healthy worker of job "ok" keeps streaming through all of this */
-    struct tw_opts ok = {.job = "ok", .rank = 0, .world = 1, .ngroups = 2, .m = M, .n = 1000, .beta0 = 0.9};
+    struct tw_opts ok = {.job = "ok", .rank = 0, .world = 1, .ngroups = 2, .m = M, .n = 1000, .beta0 = 0.9,
+                         .solve_every = 1, .min_steps = 1}; /* every step evaluated */
     struct tw *good = tw_open(p.addr[0], &ok);
     uint32_t seed;
     ck_assert_int_eq(tw_welcome(good, &seed, 10), 0);
@@ -392,16 +393,28 @@ START_TEST(test_bad_input)
     len = tw_encode_summary(&buf, 2, 2, M, sk2, NULL, 8);
     ck_assert_int_eq(tw_send_raw(good, buf, len), 0);
     free(buf);
-    for (int i = 0; i < 500; i++) {
+    uint64_t step = 0;
+    for (int i = 0; i < 500 && step != 2; i++) {
         Grist__V1__GetJobResponse *r = get_job(p.addr[0], "ok", &st);
         ck_assert_ptr_nonnull(r);
-        const uint64_t step = r->job->step;
+        step = r->job->step;
         grist__v1__get_job_response__free_unpacked(r, NULL);
-        if (step == 2)
-            break;
         ck_assert_uint_le(step, 2);
-        usleep(10000);
+        if (step != 2)
+            usleep(10000);
     }
+    ck_assert_msg(step == 2, "the good stream's step 2 was never aggregated (step %llu)",
+                  (unsigned long long)step);
+    /* and the job holds exactly its own two steps: nothing of the bad input */
+    wait_evaluated(p.addr[0], "ok", 2);
+    Grist__V1__GetJobResponse *okr = get_job(p.addr[0], "ok", &st);
+    ck_assert_ptr_nonnull(okr);
+    ck_assert_uint_eq(okr->n_groups, 2);
+    ck_assert_uint_eq(okr->groups[0]->steps, 2);
+    ck_assert_uint_eq(okr->groups[1]->steps, 2);
+    ck_assert_uint_eq(okr->job->late_summaries, 0);
+    ck_assert_uint_eq(okr->job->dropped_steps, 0);
+    grist__v1__get_job_response__free_unpacked(okr, NULL);
     ck_assert_int_eq(tw_finish(good, det, sizeof(det), 10), GRPC_STATUS_OK);
     tw_free(good);
     grpc_shutdown();
