@@ -703,6 +703,61 @@ START_TEST(test_step_numbers)
 }
 END_TEST
 
+/* Open steps are bounded: a rank 64 steps ahead of its partner closes the
+ * oldest open step as a partial one; the partner's summary for it is then
+ * late. A step's second summary from one rank is a duplicate, not a second
+ * worker. */
+START_TEST(test_open_step_eviction)
+{
+    const char *extra[] = {"--aggregation-timeout", "600", NULL};
+    struct gristd_proc p = start_daemon(extra);
+    grpc_init();
+    struct tw_opts o = {.job = "evict", .rank = 0, .world = 2, .ngroups = 1, .m = M, .n = 100,
+                        .beta0 = 0.9};
+    struct tw *a = tw_open(p.addr[0], &o);
+    uint32_t seed;
+    ck_assert_int_eq(tw_welcome(a, &seed, 10), 0);
+    o.rank = 1;
+    struct tw *b = tw_open(p.addr[0], &o);
+    ck_assert_int_eq(tw_welcome(b, &seed, 10), 0);
+    for (uint64_t t = 1; t <= 66; t++) /* 66 open steps: the two oldest are closed */
+        send_step(a, t);
+    ck_assert_uint_eq(wait_job_step(p.addr[0], "evict", 2), 0);
+    send_step(b, 1); /* already aggregated (partial): late */
+    send_step(b, 3); /* the second worker: step 3 completes */
+    ck_assert_uint_eq(wait_job_step(p.addr[0], "evict", 3), 1);
+    /* rank 0 sends step 67 twice, then a late step 2 on the same (ordered)
+     * stream: once that is counted, both 67s were filed, and the second
+     * must not have completed the step as a second worker */
+    send_step(a, 67);
+    send_step(a, 67);
+    send_step(a, 2);
+    uint64_t late = 1, step = 0;
+    for (int i = 0; i < 1000 && late < 2; i++) {
+        grpc_status_code st;
+        Grist__V1__GetJobResponse *r = get_job(p.addr[0], "evict", &st);
+        ck_assert_ptr_nonnull(r);
+        late = r->job->late_summaries;
+        step = r->job->step;
+        grist__v1__get_job_response__free_unpacked(r, NULL);
+        if (late < 2)
+            usleep(10000);
+    }
+    ck_assert_uint_eq(late, 2);
+    ck_assert_msg(step == 3, "a duplicate summary completed step 67 (job step %llu)",
+                  (unsigned long long)step);
+    send_step(b, 67);
+    ck_assert_uint_eq(wait_job_step(p.addr[0], "evict", 67), 2);
+    char det[64];
+    ck_assert_int_eq(tw_finish(a, det, sizeof(det), 10), GRPC_STATUS_OK);
+    ck_assert_int_eq(tw_finish(b, det, sizeof(det), 10), GRPC_STATUS_OK);
+    tw_free(a);
+    tw_free(b);
+    grpc_shutdown();
+    ck_assert_int_eq(gristd_stop(&p, SIGTERM), 0);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("attach");
@@ -714,6 +769,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_world_change_and_expiry);
     tcase_add_test(tc, test_world_grows_mid_step);
     tcase_add_test(tc, test_step_numbers);
+    tcase_add_test(tc, test_open_step_eviction);
     suite_add_tcase(s, tc);
     return s;
 }
