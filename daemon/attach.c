@@ -15,6 +15,7 @@
  * Errors end the stream with a status naming the field (wire.c); the job
  * and every other stream carry on, and no partial summary is ever filed.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,6 +32,7 @@ struct grist_stream {
     struct grist_job *job;
     uint32_t rank;
     uint64_t session;
+    uint64_t opened_ms; /* when the call arrived: a Hello is due within --hello-timeout */
     grpc_byte_buffer *recv_buf;
     grpc_byte_buffer *send_buf;
     int refs;
@@ -334,6 +336,7 @@ void grist__attach_call(struct grist_net *net, grpc_call *call)
     }
     s->d = d;
     s->call = call;
+    s->opened_ms = grist__now_ms(d);
     s->recv_tag.cb = on_recv;
     s->send_tag.cb = on_send;
     s->close_tag.cb = on_close;
@@ -365,4 +368,18 @@ void grist__streams_finish_all(struct grist_daemon *d)
 {
     for (struct grist_stream *s = d->streams; s; s = s->next)
         finish(s, GRPC_STATUS_UNAVAILABLE, "gristd is shutting down");
+}
+
+void grist__attach_tick(struct grist_daemon *d)
+{
+    const uint64_t now = grist__now_ms(d);
+    const uint64_t limit = (uint64_t)(d->cfg->hello_timeout * 1000.0);
+    for (struct grist_stream *s = d->streams, *next; s; s = next) {
+        next = s->next;
+        if (!s->job && !s->finishing && now - s->opened_ms >= limit) {
+            char msg[96];
+            snprintf(msg, sizeof(msg), "no Hello within --hello-timeout %.3g s", d->cfg->hello_timeout);
+            finish(s, GRPC_STATUS_DEADLINE_EXCEEDED, msg);
+        }
+    }
 }

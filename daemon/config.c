@@ -78,6 +78,8 @@ static const struct opt table[] = {
     {"beta-max", OPT_DBL, F(beta_max), "0.995", 0, 0.9999, "largest beta ever pushed"},
     {"aggregation-timeout", OPT_DBL, F(aggregation_timeout), "2", 0.001, 3600,
      "seconds to wait for every rank of a step before aggregating those that reported"},
+    {"hello-timeout", OPT_DBL, F(hello_timeout), "10", 0.05, 3600,
+     "seconds an Attach stream may stay open without its Hello (then DEADLINE_EXCEEDED)"},
     {"idle-expiry", OPT_DBL, F(idle_expiry), "3600", 1, 1e9,
      "seconds after its last worker left before a job and its statistics are dropped"},
     {"mode", OPT_STR, F(mode), "per_group", 0, 0, "per_group or global"},

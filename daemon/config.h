@@ -43,6 +43,7 @@ struct grist_config {
     double beta_max;
     double aggregation_timeout;
     double idle_expiry;
+    double hello_timeout;
     char mode[16];
     char noise_correction[16];
     char lr_coupling[16];

@@ -87,6 +87,8 @@ int grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t rank
                       struct grist_summary *sum, char *err, size_t errsz);
 void grist__job_on_result(void *ud, struct grist_engine_result *r);
 void grist__jobs_tick(struct grist_daemon *d);
+/* End the Attach streams that sent no Hello within --hello-timeout. */
+void grist__attach_tick(struct grist_daemon *d);
 void grist__jobs_free_all(struct grist_daemon *d);
 /* The encoded current Hyperparams (NULL before the first push). */
 const uint8_t *grist__job_current_push(const struct grist_job *j, size_t *len);

@@ -65,6 +65,7 @@ static void on_signal(uv_signal_t *s, int signum)
 static void on_tick(uv_timer_t *t)
 {
     grist__jobs_tick(t->data);
+    grist__attach_tick(t->data);
 }
 
 static int write_ready(int fd, const struct grist_net *net, const struct grist_http *http)

@@ -758,6 +758,24 @@ START_TEST(test_open_step_eviction)
 }
 END_TEST
 
+/* A stream that never sends its Hello is ended, not kept for good. */
+START_TEST(test_hello_timeout)
+{
+    const char *extra[] = {"--hello-timeout", "0.3", NULL};
+    struct gristd_proc p = start_daemon(extra);
+    grpc_init();
+    struct tw *w = tw_open(p.addr[0], NULL);
+    ck_assert_int_eq(tw_send_md(w), 0); /* the call is open, no Hello follows */
+    char det[256];
+    ck_assert_int_eq(expect_end(w, det, sizeof(det)), GRPC_STATUS_DEADLINE_EXCEEDED);
+    ck_assert_msg(strstr(det, "Hello"), "unclear error: %s", det);
+    tw_free(w);
+    ck_assert_int_eq(health_check(p.addr[0], ""), 1);
+    grpc_shutdown();
+    ck_assert_int_eq(gristd_stop(&p, SIGTERM), 0);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("attach");
@@ -770,6 +788,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_world_grows_mid_step);
     tcase_add_test(tc, test_step_numbers);
     tcase_add_test(tc, test_open_step_eviction);
+    tcase_add_test(tc, test_hello_timeout);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -185,6 +185,17 @@ struct tw *tw_hello(struct tw *w, const struct tw_opts *o)
     return w;
 }
 
+int tw_send_md(struct tw *w)
+{
+    grpc_op op;
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_SEND_INITIAL_METADATA;
+    w->md_sent = 1;
+    if (start(w, &op, 1, T_SEND) != 0)
+        return -1;
+    return wait_for(w, T_SEND, 30.0) == 1 ? 0 : -1;
+}
+
 int tw_send_raw(struct tw *w, const void *buf, size_t len)
 {
     return send_bytes(w, buf, len, 0);

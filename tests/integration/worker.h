@@ -36,6 +36,8 @@ struct tw *tw_open(const char *target, const struct tw_opts *o);
 /* Wait for Welcome (or the stream's end). 0 and *seed on Welcome; else the
  * final gRPC status as a negative number. */
 int tw_welcome(struct tw *w, uint32_t *seed, double timeout_s);
+/* Send only the initial metadata: the server sees the call, no message. */
+int tw_send_md(struct tw *w);
 /* Send raw bytes as one message; 0 or -1 when the send failed. */
 int tw_send_raw(struct tw *w, const void *buf, size_t len);
 /* Wait up to timeout_s for the next Hyperparams; 1 got one, 0 timeout,
