@@ -91,6 +91,8 @@ static const struct opt table[] = {
      "selection rule: curvature (second-order greedy, docs/MATH.md 5.4) or alignment (the paper's)"},
     {"hysteresis-z-fast", OPT_DBL, F(hysteresis_z_fast), "4", 0, 100,
      "curvature rule: a lead of this many standard errors moves at once (0 = off)"},
+    {"horizon-step", OPT_DBL, F(horizon_step), "2", 1.01, 1000,
+     "curvature rule: one move changes the averaging horizon 1/(1-beta) by at most this factor"},
 };
 
 #define NOPT (sizeof(table) / sizeof(table[0]))

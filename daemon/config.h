@@ -50,6 +50,7 @@ struct grist_config {
     char select_on[16];
     char rule[16];
     double hysteresis_z_fast;
+    double horizon_step;
 };
 
 /** Fill every field with its default from the table. */

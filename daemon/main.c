@@ -123,6 +123,7 @@ static int make_defaults(const struct grist_config *c, struct grist_job_policy *
     p->sel.j_ema = c->j_ema;
     p->sel.h = (uint32_t)c->hysteresis_h;
     p->sel.z_fast = c->hysteresis_z_fast;
+    p->sel.horizon_step = c->horizon_step;
     p->solve_every = (uint32_t)c->solve_every;
     p->families_every = (uint32_t)c->families_every;
     p->gamma = c->ema_gamma;

@@ -29,6 +29,7 @@ void grist_policy_default(struct grist_policy *p)
     p->z = 2.0;
     p->h = 1;
     p->z_fast = 4.0;
+    p->horizon_step = 2.0;
     p->j_ema = 0.0;
     p->radius = 1e-3;
 }
@@ -206,8 +207,6 @@ static void driving_j(const struct grist_policy *pol, const struct grist_stats_v
     }
 }
 
-/* Largest change of the averaging horizon 1 / (1 - beta) in one move. */
-#define GRIST_HORIZON_STEP 2.0
 
 /* Argmax, hysteresis and output, shared by both modes. */
 static void decide(const struct grist_policy *pol, struct grist_selector *sel, const double *cand,
@@ -216,11 +215,12 @@ static void decide(const struct grist_policy *pol, struct grist_selector *sel, c
 {
     const double z_fast = pol->rule == GRIST_RULE_CURVATURE ? pol->z_fast : 0.0;
     /* curvature rule: the statistics describe the trajectory of the current
-     * beta, so a move stays within a factor GRIST_HORIZON_STEP of its
+     * beta, so a move stays within a factor pol->horizon_step of its
      * averaging horizon 1 / (1 - beta), towards the best candidate whose
      * lead is the evidence (docs/MATH.md 5.4) */
     const int region = pol->rule == GRIST_RULE_CURVATURE;
     const double hcur = 1.0 / (1.0 - cand[sel->cur]);
+    const double hstep = pol->horizon_step > 1.0 ? pol->horizon_step : 2.0;
     int best = -1;
     for (uint32_t k = 0; k < ncand; k++) {
         if (cand[k] < pol->beta_min || cand[k] > pol->beta_max)
@@ -269,8 +269,8 @@ static void decide(const struct grist_policy *pol, struct grist_selector *sel, c
                 for (uint32_t k = 0; k < ncand; k++) {
                     const double hk = 1.0 / (1.0 - cand[k]);
                     if (cand[k] < pol->beta_min || cand[k] > pol->beta_max ||
-                        hk > GRIST_HORIZON_STEP * hcur * (1 + 1e-9) ||
-                        hk < hcur / GRIST_HORIZON_STEP * (1 - 1e-9))
+                        hk > hstep * hcur * (1 + 1e-9) ||
+                        hk < hcur / hstep * (1 - 1e-9))
                         continue;
                     const int toward = hb > hcur ? hk > hbest && hk <= hb * (1 + 1e-12)
                                                  : hk < hbest && hk >= hb * (1 - 1e-12);

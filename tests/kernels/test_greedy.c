@@ -89,9 +89,10 @@ static double fixed_loss(double c, double lr, double beta, int steps)
 }
 
 /* One run of heavy ball whose beta the rule sets every 5 steps; returns the
- * final loss and the final beta. */
-static void rule_run(double c, double lr, double beta0, int steps, uint64_t seed, double *loss,
-                     double *beta_out)
+ * final loss and the final beta, and in *ratio (if not NULL) the largest
+ * change of the horizon 1/(1-beta) made by one move. hstep 0: the default. */
+static void rule_run_h(double c, double lr, double beta0, int steps, uint64_t seed, double hstep,
+                       double *loss, double *beta_out, double *ratio)
 {
     struct grist_backend *be;
     struct grist_stats *st = new_stats(&be);
@@ -101,6 +102,9 @@ static void rule_run(double c, double lr, double beta0, int steps, uint64_t seed
     ck_assert_int_eq(pol.rule, GRIST_RULE_CURVATURE);
     pol.noise = GRIST_NOISE_OFF; /* heavy ball: sigma^2 shifts every D_j alike */
     pol.min_steps = 10;
+    if (hstep > 0.0)
+        pol.horizon_step = hstep;
+    double worst = 1.0;
     struct grist_selector sel;
     grist_selector_init(&sel, GRIST_FORM_HEAVY_BALL, beta0, N, cfg.cand, cfg.ncand);
 
@@ -119,6 +123,10 @@ static void rule_run(double c, double lr, double beta0, int steps, uint64_t seed
         if ((t + 1) % 5 == 0) {
             struct grist_choice ch;
             ck_assert_int_eq(grist_select_group(&pol, &sel, st, &ch), 0);
+            if (ch.changed && beta < 1.0) {
+                const double rr = (1.0 - fmin(beta, ch.beta)) / (1.0 - fmax(beta, ch.beta));
+                worst = fmax(worst, rr);
+            }
             beta = ch.beta;
         }
     }
@@ -127,8 +135,16 @@ static void rule_run(double c, double lr, double beta0, int steps, uint64_t seed
         l += 0.5 * hdiag[i] * x[i] * x[i];
     *loss = l;
     *beta_out = beta;
+    if (ratio)
+        *ratio = worst;
     grist_stats_free(st);
     grist_backend_close(be);
+}
+
+static void rule_run(double c, double lr, double beta0, int steps, uint64_t seed, double *loss,
+                     double *beta_out)
+{
+    rule_run_h(c, lr, beta0, steps, seed, 0.0, loss, beta_out, NULL);
 }
 
 static const double t7_lr[] = {0.02, 0.1};
@@ -180,6 +196,23 @@ START_TEST(test_T8_heavy_ball_optimum)
         printf("T8 seed %llu: final beta %.4f, classical optimum %.4f, loss %.3g\n",
                (unsigned long long)seed, bt, classical, l);
         ck_assert_msg(fabs(bt - classical) <= 0.03, "beta %.4f vs %.4f", bt, classical);
+    }
+}
+END_TEST
+
+/* One move changes the horizon 1/(1-beta) by at most --horizon-step: from
+ * 0.99 at lr 0.1 the rule comes down in moves of exactly the step allowed. */
+START_TEST(test_horizon_step)
+{
+    setup_h();
+    const double steps_allowed[2] = {2.0, 4.0};
+    for (int k = 0; k < 2; k++) {
+        double l, bt, ratio;
+        rule_run_h(0.01, 0.1, 0.99, 200, 1, steps_allowed[k], &l, &bt, &ratio);
+        printf("horizon step %.0f: largest move %.3fx, final beta %.3f\n", steps_allowed[k], ratio,
+               bt);
+        ck_assert_msg(ratio <= steps_allowed[k] * (1 + 1e-6), "a move of %gx", ratio);
+        ck_assert_msg(ratio > steps_allowed[k] * 0.7, "largest move %gx: the step never bound", ratio);
     }
 }
 END_TEST
@@ -272,6 +305,7 @@ static Suite *suite(void)
     TCase *tc = tcase_create("T7-T8");
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_curvature_isotropic);
+    tcase_add_test(tc, test_horizon_step);
     tcase_add_test(tc, test_forms_scale);
     tcase_add_loop_test(tc, test_T7_noisy_quadratic, 0, 2);
     tcase_add_test(tc, test_T8_heavy_ball_optimum);

@@ -40,6 +40,8 @@ struct grist_policy {
     double radius;               /**< rho for GRIST_LR_RADIUS */
     double z_fast;               /**< a margin of z_fast standard errors moves at once (curvature
                                       rule; 0 = off) */
+    double horizon_step;         /**< curvature rule: one move changes 1/(1-beta) by at most this
+                                      factor (2; docs/MATH.md 5.4) */
 };
 
 /** Defaults of MATH.md (noise auto, coupling none, z = 2, H = 3, ...). */
