@@ -30,3 +30,27 @@ def numpy_sketch(x, job_seed, group, m, offset=0):
     out = np.zeros(m)
     np.add.at(out, (k & np.uint64(m - 1)).astype(np.int64), sign * x.astype(np.float64))
     return out
+
+
+def seed_p(job_seed, group):
+    return int(fmix32(np.array([job_seed ^ int(fmix32(np.array([group + 1]))[0])]))[0])
+
+
+def block_buckets_signs(job_seed, group, n, m, offset=0):
+    """The block sketch (MATH.md section 2.1): bucket and sign of each of the
+    group's elements offset .. offset + n - 1."""
+    sp = np.uint64(seed_p(job_seed, group))
+    i = np.arange(offset, offset + n, dtype=np.uint64)
+    rot = fmix32(((((i >> np.uint64(6)) * np.uint64(0xC2B2AE3D)) & M32) ^ sp) ^ np.uint64(0x27D4EB2F))
+    bucket = (rot + (i & np.uint64(63))) & np.uint64(m - 1)
+    word = fmix32(((((i >> np.uint64(5)) * np.uint64(0x9E3779B1)) & M32) ^ sp) ^ np.uint64(0x165667B1))
+    neg = (word >> (i & np.uint64(31))) & np.uint64(1)
+    return bucket.astype(np.int64), np.where(neg == 1, -1.0, 1.0)
+
+
+def numpy_block_sketch(x, job_seed, group, m, offset=0):
+    """The block sketch of x (float64 accumulation) as an m-vector."""
+    bucket, sign = block_buckets_signs(job_seed, group, x.size, m, offset)
+    out = np.zeros(m)
+    np.add.at(out, bucket, sign * x.astype(np.float64))
+    return out

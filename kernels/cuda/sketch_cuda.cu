@@ -19,8 +19,10 @@ extern "C" {
 #define THREADS 256
 #define SHARED_MAX 4096
 
+/* kind: GRIST_SKETCH_HASHED or GRIST_SKETCH_BLOCK (the per-element
+ * definitions of sketch.h; on the GPU every element is one thread either way). */
 __global__ static void k_sketch(uint32_t seed_p, const float *__restrict__ x, uint64_t n,
-                                uint32_t offset, double *acc, uint32_t m, double *sq)
+                                uint32_t offset, double *acc, uint32_t m, double *sq, int kind)
 {
     extern __shared__ double sh[];
     const int use_shared = m <= SHARED_MAX;
@@ -32,14 +34,24 @@ __global__ static void k_sketch(uint32_t seed_p, const float *__restrict__ x, ui
     const uint32_t mask = m - 1;
     for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;
          i += (uint64_t)gridDim.x * blockDim.x) {
-        const uint32_t key = grist_sketch_key((uint32_t)(offset + i), seed_p);
+        const uint32_t gi = (uint32_t)(offset + i);
+        uint32_t bucket;
+        int neg;
+        if (kind == GRIST_SKETCH_BLOCK) {
+            bucket = grist_sketch_block_bucket(gi, seed_p, m);
+            neg = grist_sketch_block_negative(gi, seed_p);
+        } else {
+            const uint32_t key = grist_sketch_key(gi, seed_p);
+            bucket = key & mask;
+            neg = (int)(key >> 31);
+        }
         const double v = (double)x[i];
         s2 += v * v;
-        const double sv = (key >> 31) ? -v : v;
+        const double sv = neg ? -v : v;
         if (use_shared)
-            atomicAdd(&sh[key & mask], sv);
+            atomicAdd(&sh[bucket], sv);
         else
-            atomicAdd(&acc[key & mask], sv);
+            atomicAdd(&acc[bucket], sv);
     }
     /* squared norm: warp shuffle, then one atomic per warp */
     for (int o = 16; o > 0; o >>= 1)
@@ -53,16 +65,8 @@ __global__ static void k_sketch(uint32_t seed_p, const float *__restrict__ x, ui
                 atomicAdd(&acc[b], sh[b]);
 }
 
-/*
- * Accumulate the sketch of n float32 at x_dev (device memory; group offset
- * `offset`) into acc_dev (m doubles, device) and *sq_dev (device), on the
- * CUDA stream `stream` (a cudaStream_t; NULL = the default stream).
- * Returns 0, GRIST_EBADDIM, GRIST_ETOOBIG or GRIST_EDEVICE. Asynchronous:
- * the caller synchronizes the stream before reading acc.
- */
-extern "C" __attribute__((visibility("default"))) int
-grist_sketch_cuda_f32(uint32_t seed_p, const float *x_dev, uint64_t n, uint64_t offset,
-                      double *acc_dev, uint32_t m, double *sq_dev, void *stream)
+static int launch(uint32_t seed_p, const float *x_dev, uint64_t n, uint64_t offset, double *acc_dev,
+                  uint32_t m, double *sq_dev, void *stream, int kind)
 {
     if (m < 64 || m > 65536 || (m & (m - 1)) != 0)
         return GRIST_EBADDIM;
@@ -75,6 +79,28 @@ grist_sketch_cuda_f32(uint32_t seed_p, const float *x_dev, uint64_t n, uint64_t 
         blocks = 1024;
     const size_t shmem = m <= SHARED_MAX ? m * sizeof(double) : 0;
     k_sketch<<<blocks, THREADS, shmem, (cudaStream_t)stream>>>(seed_p, x_dev, n, (uint32_t)offset,
-                                                             acc_dev, m, sq_dev);
+                                                             acc_dev, m, sq_dev, kind);
     return cudaGetLastError() == cudaSuccess ? 0 : GRIST_EDEVICE;
+}
+
+/*
+ * Accumulate the sketch of n float32 at x_dev (device memory; group offset
+ * `offset`) into acc_dev (m doubles, device) and *sq_dev (device), on the
+ * CUDA stream `stream` (a cudaStream_t; NULL = the default stream).
+ * Returns 0, GRIST_EBADDIM, GRIST_ETOOBIG or GRIST_EDEVICE. Asynchronous:
+ * the caller synchronizes the stream before reading acc.
+ */
+extern "C" __attribute__((visibility("default"))) int
+grist_sketch_cuda_f32(uint32_t seed_p, const float *x_dev, uint64_t n, uint64_t offset,
+                      double *acc_dev, uint32_t m, double *sq_dev, void *stream)
+{
+    return launch(seed_p, x_dev, n, offset, acc_dev, m, sq_dev, stream, GRIST_SKETCH_HASHED);
+}
+
+/* The same for the block sketch (GRIST_SKETCH_BLOCK). */
+extern "C" __attribute__((visibility("default"))) int
+grist_sketch_cuda_block_f32(uint32_t seed_p, const float *x_dev, uint64_t n, uint64_t offset,
+                            double *acc_dev, uint32_t m, double *sq_dev, void *stream)
+{
+    return launch(seed_p, x_dev, n, offset, acc_dev, m, sq_dev, stream, GRIST_SKETCH_BLOCK);
 }

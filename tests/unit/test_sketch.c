@@ -123,6 +123,103 @@ START_TEST(test_bad_arguments)
 }
 END_TEST
 
+/* ---- the block sketch ---- */
+
+START_TEST(test_block_vector)
+{
+    /* x_i = sin(i) + 0.5, n = 5000, m = 64, job_seed 7, group 3: values from
+     * numpy_block_sketch in tests/sketch_ref.py; first buckets and signs of
+     * m = 1024 from its block_buckets_signs */
+    enum { N = 5000, M = 64 };
+    double *x = malloc(N * sizeof(double));
+    for (int i = 0; i < N; i++)
+        x[i] = sin((double)i) + 0.5;
+    double acc[M] = {0};
+    const uint32_t sp = grist_sketch_seed(7, 3);
+    ck_assert_int_eq(grist_sketch_block_accum_f64(sp, x, N, 0, acc, M, NULL), 0);
+    ck_assert_double_eq_tol(acc[0], -1.0673828836988117, 1e-9);
+    ck_assert_double_eq_tol(acc[1], -13.704714679051339, 1e-9);
+    ck_assert_double_eq_tol(acc[2], -1.4925510598295504, 1e-9);
+    ck_assert_double_eq_tol(acc[3], -1.9323337854082792, 1e-9);
+    ck_assert_double_eq_tol(acc[63], -3.1497378946474957, 1e-9);
+    ck_assert_uint_eq(grist_sketch_block_bucket(0, sp, 1024), 127);
+    ck_assert_uint_eq(grist_sketch_block_bucket(2, sp, 1024), 129);
+    ck_assert_uint_eq(grist_sketch_block_bucket(64, sp, 1024), 381);
+    const int neg[8] = {0, 0, 1, 0, 0, 1, 1, 1};
+    for (uint32_t i = 0; i < 8; i++)
+        ck_assert_int_eq(grist_sketch_block_negative(i, sp), neg[i]);
+    free(x);
+}
+END_TEST
+
+/* Every kernel (float, double, Adam; the AVX2 whole-block path and the
+ * portable one) equals the per-element definition, for tensors that start
+ * and end anywhere inside a 64-element block, and for m = 64 where every
+ * block but one wraps around the end of the buckets. */
+START_TEST(test_block_chunking_and_offsets)
+{
+    enum { N = 10007 };
+    const uint32_t ms[2] = {64, 1024};
+    float *x = malloc(N * sizeof(float)), *v = malloc(N * sizeof(float));
+    double *xd = malloc(N * sizeof(double));
+    srand(7);
+    for (int i = 0; i < N; i++) {
+        x[i] = (float)rand() / RAND_MAX - 0.5f;
+        xd[i] = x[i];
+        v[i] = 0.01f + 0.001f * (float)(i % 13);
+    }
+    const double vs = 2.0, eps = 1e-8;
+    const uint32_t sp = grist_sketch_seed(99, 2);
+    for (int k = 0; k < 2; k++) {
+        const uint32_t m = ms[k];
+        double *naive = calloc(m, sizeof(double)), *nadam = calloc(m, sizeof(double));
+        double *a32 = calloc(m, sizeof(double)), *a64 = calloc(m, sizeof(double));
+        double *aad = calloc(m, sizeof(double));
+        double sq_naive = 0, sq_nadam = 0, sq32 = 0, sq64 = 0, sqad = 0;
+        for (uint32_t i = 0; i < N; i++) {
+            const uint32_t b = grist_sketch_block_bucket(i, sp, m);
+            const double sg = grist_sketch_block_negative(i, sp) ? -1.0 : 1.0;
+            naive[b] += sg * x[i];
+            sq_naive += (double)x[i] * x[i];
+            const double xi = x[i] / sqrt(sqrt(v[i] * vs) + eps);
+            nadam[b] += sg * xi;
+            sq_nadam += xi * xi;
+        }
+        /* "tensors" of 1, 63, 64, 1000, 4099 elements and the rest */
+        const uint64_t cut[7] = {0, 1, 64, 128, 1128, 5227, N};
+        for (int c = 0; c < 6; c++) {
+            const uint64_t o = cut[c], n = cut[c + 1] - cut[c];
+            ck_assert_int_eq(grist_sketch_block_accum_f32(sp, x + o, n, o, a32, m, &sq32), 0);
+            ck_assert_int_eq(grist_sketch_block_accum_f64(sp, xd + o, n, o, a64, m, &sq64), 0);
+            ck_assert_int_eq(grist_sketch_block_accum_adam_f32(sp, x + o, v + o, n, o, vs, eps, aad,
+                                                               m, &sqad),
+                             0);
+        }
+        for (uint32_t b = 0; b < m; b++) {
+            ck_assert_double_eq_tol(a32[b], naive[b], 1e-9);
+            ck_assert_double_eq_tol(a64[b], naive[b], 1e-9);
+            ck_assert_double_eq_tol(aad[b], nadam[b], 1e-9);
+        }
+        ck_assert_double_eq_tol(sq32, sq_naive, 1e-9);
+        ck_assert_double_eq_tol(sq64, sq_naive, 1e-9);
+        ck_assert_double_eq_tol(sqad, sq_nadam, 1e-6 * sq_nadam);
+        free(naive), free(nadam), free(a32), free(a64), free(aad);
+    }
+    double acc[64] = {0};
+    ck_assert_int_eq(grist_sketch_block_accum_f32(1, x, 4, 0, acc, 100, NULL), GRIST_EBADDIM);
+    ck_assert_int_eq(grist_sketch_block_accum_f32(1, x, 4, UINT32_MAX, acc, 64, NULL), GRIST_ETOOBIG);
+    ck_assert_int_eq(grist_sketch_block_accum_adam_f32(1, x, v, 4, 0, vs, 0.0, acc, 64, NULL), -EINVAL);
+    for (int b = 0; b < 64; b++)
+        ck_assert_double_eq(acc[b], 0.0);
+    enum grist_sketch_kind kind;
+    ck_assert_int_eq(grist_sketch_kind_parse("block", &kind), 0);
+    ck_assert_int_eq(kind, GRIST_SKETCH_BLOCK);
+    ck_assert_str_eq(grist_sketch_kind_name(GRIST_SKETCH_HASHED), "hashed");
+    ck_assert_int_eq(grist_sketch_kind_parse("Block", &kind), -EINVAL);
+    free(x), free(xd), free(v);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("sketch");
@@ -132,6 +229,8 @@ static Suite *suite(void)
     tcase_add_test(tc, test_chunking_and_offsets);
     tcase_add_test(tc, test_adam_variant);
     tcase_add_test(tc, test_bad_arguments);
+    tcase_add_test(tc, test_block_vector);
+    tcase_add_test(tc, test_block_chunking_and_offsets);
     suite_add_tcase(s, tc);
     return s;
 }

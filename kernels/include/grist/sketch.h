@@ -74,6 +74,51 @@ GRIST_HD static inline uint32_t grist_sketch_key(uint32_t i, uint32_t seed_p)
 }
 
 /**
+ * The two sketch kinds (docs/MATH.md section 2.1). A job uses one; it is
+ * named in the worker's Hello (SketchKind in proto/grist/v1/grist.proto).
+ *  - GRIST_SKETCH_HASHED: every element hashed to its own bucket (the first
+ *    definition; the default of a Hello that names no kind).
+ *  - GRIST_SKETCH_BLOCK: the group is cut into runs of GRIST_SKETCH_BLOCK_LEN
+ *    consecutive elements; each run lands on consecutive buckets from a
+ *    random rotation, each element keeps a random sign. The adds are
+ *    contiguous (SIMD), the guarantees of section 2.2 are the same.
+ */
+enum grist_sketch_kind { GRIST_SKETCH_HASHED = 0, GRIST_SKETCH_BLOCK = 1 };
+
+/** Elements per run of the block sketch; also the smallest covariance fold
+ * it allows (a fold below it would make elements of one run collide). */
+#define GRIST_SKETCH_BLOCK_LEN 64u
+
+/** Block sketch: rotation key of run b = i / 64 (bucket of its first element,
+ * before the mask). */
+GRIST_HD static inline uint32_t grist_sketch_block_rot(uint32_t b, uint32_t seed_p)
+{
+    return grist_fmix32((b * 0xC2B2AE3Du) ^ seed_p ^ 0x27D4EB2Fu);
+}
+
+/** Block sketch: sign word of elements 32w .. 32w + 31; bit (i mod 32) set
+ * means sign(i) = -1. */
+GRIST_HD static inline uint32_t grist_sketch_block_signs(uint32_t w, uint32_t seed_p)
+{
+    return grist_fmix32((w * 0x9E3779B1u) ^ seed_p ^ 0x165667B1u);
+}
+
+/** Block sketch: bucket and sign of element i (the per-element definition;
+ * the kernels compute whole runs at once). */
+GRIST_HD static inline uint32_t grist_sketch_block_bucket(uint32_t i, uint32_t seed_p, uint32_t m)
+{
+    return (grist_sketch_block_rot(i >> 6, seed_p) + (i & 63u)) & (m - 1u);
+}
+GRIST_HD static inline int grist_sketch_block_negative(uint32_t i, uint32_t seed_p)
+{
+    return (int)((grist_sketch_block_signs(i >> 5, seed_p) >> (i & 31u)) & 1u);
+}
+
+/** "hashed" / "block" and back; parse returns 0 or -EINVAL. */
+const char *grist_sketch_kind_name(enum grist_sketch_kind k);
+int grist_sketch_kind_parse(const char *s, enum grist_sketch_kind *out);
+
+/**
  * Check a sketch dimension.
  *
  * @return 0 when m is a power of two in [64, 65536], GRIST_EBADDIM otherwise.
@@ -111,6 +156,16 @@ int grist_sketch_accum_f64(uint32_t seed_p, const double *x, uint64_t n, uint64_
 int grist_sketch_accum_adam_f32(uint32_t seed_p, const float *g, const float *v, uint64_t n,
                                 uint64_t offset, double v_scale, double eps, double *acc,
                                 uint32_t m, double *sq_norm);
+
+/** The block sketch: as grist_sketch_accum_f32/_f64/_adam_f32, same
+ * arguments and return values, GRIST_SKETCH_BLOCK's buckets and signs. */
+int grist_sketch_block_accum_f32(uint32_t seed_p, const float *x, uint64_t n, uint64_t offset,
+                                 double *acc, uint32_t m, double *sq_norm);
+int grist_sketch_block_accum_f64(uint32_t seed_p, const double *x, uint64_t n, uint64_t offset,
+                                 double *acc, uint32_t m, double *sq_norm);
+int grist_sketch_block_accum_adam_f32(uint32_t seed_p, const float *g, const float *v, uint64_t n,
+                                      uint64_t offset, double v_scale, double eps, double *acc,
+                                      uint32_t m, double *sq_norm);
 
 /**
  * Convert a finished accumulator to the float32 sketch sent on the wire.
