@@ -60,6 +60,7 @@ struct fam_box {
 struct fam_req {
     struct fam_req *next;
     struct fam_box *box;
+    uint64_t key;        /* the job's: the solved families are posted to the loop */
     uint32_t ngroups, n; /* n = m_cov */
     double *sigma;       /* ngroups * n * n */
     double *c;           /* ngroups; 0 = group not ready */
@@ -106,6 +107,7 @@ struct grist_engine {
     uv_mutex_t fmu;
     uv_cond_t fcv;
     struct fam_req *fhead, *ftail;
+    unsigned families_delay_ms; /* fault injection only */
     int fstop, have_fthread;
 };
 
@@ -123,6 +125,8 @@ static void req_free(struct fam_req *q)
     free(q->c);
     free(q);
 }
+
+static void post(struct grist_engine *e, struct grist_engine_result *r);
 
 static void families_main(void *arg)
 {
@@ -143,6 +147,8 @@ static void families_main(void *arg)
         if (!e->fhead)
             e->ftail = NULL;
         uv_mutex_unlock(&e->fmu);
+        if (e->families_delay_ms) /* GRISTD_FAULT=families-slow (tests) */
+            uv_sleep(e->families_delay_ms);
         struct grist_families *out = calloc(q->ngroups, sizeof(*out));
         int *ok = calloc(q->ngroups, sizeof(*ok));
         for (uint32_t g = 0; out && ok && g < q->ngroups; g++)
@@ -155,8 +161,27 @@ static void families_main(void *arg)
                 q->box->fam[g] = out[g];
                 q->box->have = 1;
             }
+        /* post the families on their own: a job whose last evaluation came
+         * before the solve finished (its run ended) still shows them */
+        struct grist_engine_result *r = NULL;
+        if (out && ok && q->box->have)
+            r = calloc(1, sizeof(*r) + q->ngroups * sizeof(struct grist_engine_group_result));
+        if (r) {
+            r->key = q->key;
+            r->families_only = 1;
+            r->ngroups = q->ngroups;
+            for (uint32_t g = 0; g < q->ngroups; g++) {
+                r->groups[g].fam = q->box->fam[g];
+                r->groups[g].have_families = q->box->have;
+            }
+        }
         q->box->busy = 0;
         box_unref_locked(q->box);
+        if (r) { /* post() takes e->mu: not under fmu */
+            uv_mutex_unlock(&e->fmu);
+            post(e, r);
+            uv_mutex_lock(&e->fmu);
+        }
         free(out);
         free(ok);
         req_free(q);
@@ -180,6 +205,7 @@ static void families_request(struct grist_engine *e, struct e_job *j)
     struct fam_req *q = calloc(1, sizeof(*q));
     if (!q)
         return;
+    q->key = j->key;
     q->ngroups = j->ngroups;
     q->n = n;
     q->sigma = malloc((size_t)j->ngroups * n * n * sizeof(double));
@@ -596,6 +622,10 @@ int grist__engine_start(struct grist_engine **out, uv_loop_t *loop, struct grist
     /* the families thread gets its own instance of the same backend (a
      * cuda backend's handle and stream stay on their thread) and one BLAS
      * thread: it is the background, not the hot path */
+    {
+        const char *f = getenv("GRISTD_FAULT");
+        e->families_delay_ms = f && strcmp(f, "families-slow") == 0 ? 1500 : 0;
+    }
     if (grist_backend_open(grist_backend_name(be), &e->fbe) == 0) {
         grist_backend_set_threads(e->fbe, 1);
         if (uv_thread_create(&e->fthread, families_main, e) == 0)
@@ -606,7 +636,8 @@ int grist__engine_start(struct grist_engine **out, uv_loop_t *loop, struct grist
     if (!e->have_fthread)
         GRIST_WARN("engine: no families thread; family diagnostics are off");
     /* GRISTD_FAULT=engine-thread makes this creation fail: the failure path
-     * is tested (tests/integration/test_daemon.c), not only written */
+     * is tested (tests/integration/test_daemon.c), not only written;
+     * families-slow makes every family solve take 1.5 s longer (test_attach) */
     const char *fault = getenv("GRISTD_FAULT");
     if ((fault && strcmp(fault, "engine-thread") == 0) ||
         uv_thread_create(&e->thread, thread_main, e) != 0) {

@@ -37,6 +37,8 @@ struct grist_engine_result {
     int error;           /* 0 or a grist error (device failure: statistics were reset) */
     double solve_s;      /* seconds the selection (and snapshot) took on the compute thread */
     uint64_t queued_ns;  /* uv_hrtime() when the newest step of this evaluation was queued */
+    int families_only;   /* 1: only groups[].fam / have_families are set (the families
+                            thread finished a solve); the rest of the job's state stands */
     uint32_t ngroups;
     struct grist_engine_group_result groups[]; /* ngroups */
 };

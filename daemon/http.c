@@ -414,11 +414,11 @@ static void job_brief(struct sbuf *b, const struct grist_job *j)
     sb_printf(b,
               ",\"world_size\":%u,\"live_workers\":%u,\"groups\":%u,\"sketch_dim\":%u,"
               "\"step\":%llu,\"version\":%llu,\"dropped_steps\":%llu,\"late_summaries\":%llu,"
-              "\"validation_summaries\":%llu,\"step_segments\":%llu}",
+              "\"validation_summaries\":%llu,\"step_segments\":%llu,\"sketch_kind\":\"%s\"}",
               j->world, j->nstreams, j->ngroups, j->m, (unsigned long long)j->high_step,
               (unsigned long long)j->version, (unsigned long long)j->dropped,
               (unsigned long long)j->late, (unsigned long long)j->validation,
-              (unsigned long long)j->segments);
+              (unsigned long long)j->segments, grist_sketch_kind_name(j->sketch_kind));
 }
 
 static void api_jobs(struct conn *c, int keep)

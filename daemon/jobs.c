@@ -113,6 +113,11 @@ static int same_shape(const struct grist_job *j, const struct grist_hello *h, ch
         snprintf(err, errsz, "hello.sketch_dim: job '%s' attached with %u, not %u", j->id, j->m, h->m);
         return 0;
     }
+    if (h->sketch_kind != j->sketch_kind) {
+        snprintf(err, errsz, "hello.sketch_kind: job '%s' attached with the %s sketch, not %s", j->id,
+                 grist_sketch_kind_name(j->sketch_kind), grist_sketch_kind_name(h->sketch_kind));
+        return 0;
+    }
     for (uint32_t g = 0; g < h->ngroups; g++)
         if (h->groups[g].n != j->groups[g].n) {
             snprintf(err, errsz, "hello.groups[%u].num_elements: job '%s' attached with %llu", g,
@@ -155,6 +160,7 @@ grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_he
     j->world = h->world;
     j->ngroups = h->ngroups;
     j->m = h->m;
+    j->sketch_kind = h->sketch_kind;
     j->policy = pol;
     j->created_ms = j->idle_since_ms = grist__now_ms(d);
     j->groups = malloc(h->ngroups * sizeof(*j->groups));
@@ -172,6 +178,10 @@ grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_he
         j->hist[g].cap = hcap;
     }
     uint32_t cov = (uint32_t)d->cfg->cov_dim;
+    /* a fold below the block length would make elements of one run collide
+     * (docs/MATH.md section 2.2) */
+    if (cov != 0 && h->sketch_kind == GRIST_SKETCH_BLOCK && cov < GRIST_SKETCH_BLOCK_LEN)
+        cov = GRIST_SKETCH_BLOCK_LEN;
     if (cov > h->m)
         cov = h->m;
     struct grist_engine_job_spec spec = {
@@ -395,6 +405,16 @@ void grist__job_on_result(void *ud, struct grist_engine_result *r)
             j = x;
     if (!j || r->ngroups != j->ngroups) {
         free(r);
+        return;
+    }
+    if (r->families_only) {
+        if (j->last)
+            for (uint32_t g = 0; g < j->ngroups; g++) {
+                j->last->groups[g].fam = r->groups[g].fam;
+                j->last->groups[g].have_families = r->groups[g].have_families;
+            }
+        free(r);
+        grist__watch_notify(d, j);
         return;
     }
     free(j->last);

@@ -35,6 +35,7 @@ struct grist_job {
     uint64_t key;
     uint32_t seed;
     uint32_t world, ngroups, m;
+    uint32_t sketch_kind; /* enum grist_sketch_kind, fixed by the first Hello */
     struct grist_group_spec *groups;
     struct grist_job_policy policy;
     struct grist_stream *streams;

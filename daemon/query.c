@@ -28,6 +28,8 @@ static void brief(const struct grist_job *j, Grist__V1__JobBrief *b)
     b->late_summaries = j->late;
     b->validation_summaries = j->validation;
     b->step_segments = j->segments;
+    b->sketch_kind = j->sketch_kind == GRIST_SKETCH_BLOCK ? GRIST__V1__SKETCH_KIND__SKETCH_KIND_BLOCK
+                                                          : GRIST__V1__SKETCH_KIND__SKETCH_KIND_HASHED;
 }
 
 static grpc_status_code list_jobs(struct grist_net *net, const unsigned char *in, size_t in_len,

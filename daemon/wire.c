@@ -79,6 +79,17 @@ static enum grist_wire_status decode_hello(const Grist__V1__Hello *in, const str
     h->rank = in->rank;
     h->world = in->world_size;
     h->m = in->sketch_dim;
+    switch (in->sketch_kind) {
+    case GRIST__V1__SKETCH_KIND__SKETCH_KIND_HASHED:
+        h->sketch_kind = GRIST_SKETCH_HASHED;
+        break;
+    case GRIST__V1__SKETCH_KIND__SKETCH_KIND_BLOCK:
+        h->sketch_kind = GRIST_SKETCH_BLOCK;
+        break;
+    default:
+        return ERR("hello.sketch_kind: %d is not a known sketch kind (hashed 0, block 1)",
+                   (int)in->sketch_kind);
+    }
     h->ngroups = (uint32_t)in->n_groups;
     h->groups = calloc(in->n_groups, sizeof(*h->groups));
     if (!h->groups)

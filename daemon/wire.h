@@ -49,6 +49,7 @@ struct grist_hello {
     char job_id[GRIST_JOB_ID_MAX + 1];
     uint32_t rank, world;
     uint32_t m;
+    uint32_t sketch_kind; /* enum grist_sketch_kind */
     uint32_t ngroups;
     struct grist_group_spec *groups; /* ngroups, malloc'd; grist__hello_free() */
     struct grist_policy_req policy;

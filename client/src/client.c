@@ -46,6 +46,7 @@ struct grist_session {
     uint8_t *hello;
     size_t hello_len;
     uint32_t ngroups, m;
+    enum grist_sketch_kind kind;
     uint64_t *gsize; /* elements per group */
     float *finished; /* ngroups * m, the committed step sketch */
 
@@ -382,7 +383,8 @@ static void session_free(struct grist_session *s)
     free(s);
 }
 
-static uint8_t *encode_hello(const struct grist_attach_options *o, uint32_t m, size_t *len)
+static uint8_t *encode_hello(const struct grist_attach_options *o, uint32_t m,
+                             enum grist_sketch_kind kind, size_t *len)
 {
     Grist__V1__GroupSpec *gs = calloc(o->ngroups, sizeof(*gs));
     Grist__V1__GroupSpec **gp = calloc(o->ngroups, sizeof(*gp));
@@ -424,6 +426,8 @@ static uint8_t *encode_hello(const struct grist_attach_options *o, uint32_t m, s
     h.n_groups = o->ngroups;
     h.groups = gp;
     h.sketch_dim = m;
+    h.sketch_kind = kind == GRIST_SKETCH_BLOCK ? GRIST__V1__SKETCH_KIND__SKETCH_KIND_BLOCK
+                                               : GRIST__V1__SKETCH_KIND__SKETCH_KIND_HASHED;
     h.policy = &pol;
     Grist__V1__WorkerMessage wm = GRIST__V1__WORKER_MESSAGE__INIT;
     wm.msg_case = GRIST__V1__WORKER_MESSAGE__MSG_HELLO;
@@ -448,6 +452,9 @@ int grist_session_attach(struct grist_client *c, const struct grist_attach_optio
     int r = grist_sketch_check_dim(m);
     if (r < 0)
         return r;
+    enum grist_sketch_kind kind = GRIST_SKETCH_BLOCK;
+    if (o->sketch_kind && grist_sketch_kind_parse(o->sketch_kind, &kind) < 0)
+        return -EINVAL;
     for (uint32_t g = 0; g < o->ngroups; g++) {
         if (o->groups[g].num_elements >= ((uint64_t)1 << 32))
             return GRIST_ETOOBIG;
@@ -465,6 +472,7 @@ int grist_session_attach(struct grist_client *c, const struct grist_attach_optio
     s->c = c;
     s->ngroups = o->ngroups;
     s->m = m;
+    s->kind = kind;
     const int qr = grist__ring_init(&s->queue, c->opt.queue_capacity);
     s->gsize = malloc(o->ngroups * sizeof(*s->gsize));
     if (s->gsize)
@@ -472,7 +480,7 @@ int grist_session_attach(struct grist_client *c, const struct grist_attach_optio
             s->gsize[g] = o->groups[g].num_elements;
     s->hp = calloc(o->ngroups, sizeof(*s->hp));
     s->applied = calloc(4 * (size_t)o->ngroups, sizeof(double));
-    s->hello = encode_hello(o, m, &s->hello_len);
+    s->hello = encode_hello(o, m, kind, &s->hello_len);
     s->seed = grist_sketch_job_seed(o->job);
     pthread_cond_init(&s->cv, NULL);
     if (qr < 0 || !s->hp || !s->hello || !s->gsize || !s->applied) {
@@ -599,6 +607,11 @@ int grist_session_submit(struct grist_session *s, uint64_t step, const float *sk
     return 0;
 }
 
+int grist_session_sketch_kind(const struct grist_session *s)
+{
+    return s ? (int)s->kind : -EINVAL;
+}
+
 int grist_session_sketch_begin(struct grist_session *s, const struct grist_tensor *t,
                                uint32_t ntensors, int async)
 {
@@ -610,7 +623,7 @@ int grist_session_sketch_begin(struct grist_session *s, const struct grist_tenso
     /* only the caller's threads touch the sketcher; creating it lazily is
      * serialized by the caller (one training loop per session) */
     if (!s->sketcher) {
-        int r = grist__sketcher_new(s->ngroups, s->m, s->gsize, &s->sketcher);
+        int r = grist__sketcher_new(s->ngroups, s->m, s->kind, s->gsize, &s->sketcher);
         if (r < 0)
             return r;
     }

@@ -13,6 +13,7 @@ enum { IDLE, QUEUED, RUNNING, DONE };
 
 struct grist__sketcher {
     uint32_t ngroups, m;
+    int block; /* GRIST_SKETCH_BLOCK, else hashed */
     uint64_t *gsize;
     uint32_t *seeds;
     double *acc, *sq;
@@ -24,7 +25,7 @@ struct grist__sketcher {
     pthread_cond_t cv;
 };
 
-int grist__sketcher_new(uint32_t ngroups, uint32_t m, const uint64_t *group_sizes,
+int grist__sketcher_new(uint32_t ngroups, uint32_t m, int kind, const uint64_t *group_sizes,
                         struct grist__sketcher **out)
 {
     struct grist__sketcher *sk = calloc(1, sizeof(*sk));
@@ -32,6 +33,7 @@ int grist__sketcher_new(uint32_t ngroups, uint32_t m, const uint64_t *group_size
         return -ENOMEM;
     sk->ngroups = ngroups;
     sk->m = m;
+    sk->block = kind == GRIST_SKETCH_BLOCK;
     sk->gsize = malloc(ngroups * sizeof(*sk->gsize));
     sk->seeds = malloc(ngroups * sizeof(*sk->seeds));
     sk->acc = malloc((size_t)ngroups * m * sizeof(*sk->acc));
@@ -56,11 +58,14 @@ static int run(struct grist__sketcher *sk)
         const struct grist_tensor *t = &sk->t[i];
         double *acc = sk->acc + (size_t)t->group * sk->m;
         const uint32_t seed = sk->seeds[t->group];
-        int r = t->exp_avg_sq
-                    ? grist_sketch_accum_adam_f32(seed, t->grad, t->exp_avg_sq, t->n, t->offset,
-                                                  t->v_scale, t->eps, acc, sk->m, &sk->sq[t->group])
-                    : grist_sketch_accum_f32(seed, t->grad, t->n, t->offset, acc, sk->m,
-                                             &sk->sq[t->group]);
+        double *sq = &sk->sq[t->group];
+        int r;
+        if (t->exp_avg_sq)
+            r = (sk->block ? grist_sketch_block_accum_adam_f32 : grist_sketch_accum_adam_f32)(
+                seed, t->grad, t->exp_avg_sq, t->n, t->offset, t->v_scale, t->eps, acc, sk->m, sq);
+        else
+            r = (sk->block ? grist_sketch_block_accum_f32 : grist_sketch_accum_f32)(
+                seed, t->grad, t->n, t->offset, acc, sk->m, sq);
         if (r < 0)
             return r;
     }

@@ -17,8 +17,9 @@
 
 struct grist__sketcher;
 
-/* 0 or -ENOMEM. group_sizes: elements per group (copied). */
-int grist__sketcher_new(uint32_t ngroups, uint32_t m, const uint64_t *group_sizes,
+/* 0 or -ENOMEM. kind: enum grist_sketch_kind; group_sizes: elements per
+ * group (copied). */
+int grist__sketcher_new(uint32_t ngroups, uint32_t m, int kind, const uint64_t *group_sizes,
                         struct grist__sketcher **out);
 /* Waits for a running sketch, stops the thread, frees. NULL allowed. */
 void grist__sketcher_free(struct grist__sketcher *sk);

@@ -758,6 +758,84 @@ START_TEST(test_open_step_eviction)
 }
 END_TEST
 
+/* A job has one sketch kind: a rank naming another, or an unknown kind, is
+ * refused with the field named, and the job keeps serving its own ranks. */
+START_TEST(test_sketch_kind)
+{
+    struct gristd_proc p = start_daemon(NULL);
+    grpc_init();
+    char det[256];
+    uint32_t seed;
+    struct tw_opts o = {.job = "kinds", .rank = 0, .world = 2, .ngroups = 1, .m = M, .n = 1000,
+                        .beta0 = 0.9, .sketch_kind = 1};
+    struct tw *a = tw_open(p.addr[0], &o);
+    ck_assert_int_eq(tw_welcome(a, &seed, 10), 0);
+    struct tw_opts o2 = o;
+    o2.rank = 1;
+    o2.sketch_kind = 0;
+    struct tw *b = tw_open(p.addr[0], &o2);
+    ck_assert_int_eq(expect_end(b, det, sizeof(det)), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_msg(strstr(det, "sketch_kind") && strstr(det, "block"), "unclear: %s", det);
+    tw_free(b);
+    o2.sketch_kind = 7;
+    b = tw_open(p.addr[0], &o2);
+    ck_assert_int_eq(expect_end(b, det, sizeof(det)), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_msg(strstr(det, "sketch_kind"), "unclear: %s", det);
+    tw_free(b);
+    o2.sketch_kind = 1; /* the same kind attaches */
+    b = tw_open(p.addr[0], &o2);
+    ck_assert_int_eq(tw_welcome(b, &seed, 10), 0);
+    tw_free(b);
+    tw_free(a);
+    grpc_shutdown();
+    ck_assert_int_eq(gristd_stop(&p, SIGTERM), 0);
+}
+END_TEST
+
+/* The family diagnostics of a run that ended before its family solve did
+ * still appear: the families thread posts them itself (with every solve
+ * slowed down, GRISTD_FAULT=families-slow, no evaluation comes after). */
+START_TEST(test_families_after_last_step)
+{
+    setenv("GRISTD_FAULT", "families-slow", 1);
+    struct gristd_proc p = start_daemon(NULL);
+    unsetenv("GRISTD_FAULT");
+    grpc_init();
+    struct tw_opts o = {.job = "fam", .rank = 0, .world = 1, .ngroups = 1, .m = M, .n = 1000,
+                        .beta0 = 0.9, .solve_every = 1, .min_steps = 1};
+    struct tw *w = tw_open(p.addr[0], &o);
+    uint32_t seed;
+    ck_assert_int_eq(tw_welcome(w, &seed, 10), 0);
+    static float sk[M];
+    for (uint64_t t = 1; t <= 60; t++) {
+        for (int i = 0; i < M; i++)
+            sk[i] = (float)sin(0.37 * (double)(i + 1) * (double)t);
+        uint8_t *buf;
+        size_t len = tw_encode_summary(&buf, t, 1, M, sk, NULL, 8);
+        ck_assert_int_eq(tw_send_raw(w, buf, len), 0);
+        free(buf);
+    }
+    wait_evaluated(p.addr[0], "fam", 60); /* every step in, before the stream ends */
+    tw_free(w);
+    int have = 0;
+    uint64_t steps = 0;
+    for (int k = 0; k < 100 && !have; k++) {
+        grpc_status_code st;
+        Grist__V1__GetJobResponse *r = get_job(p.addr[0], "fam", &st);
+        ck_assert_ptr_nonnull(r);
+        steps = r->n_groups == 1 ? r->groups[0]->steps : 0;
+        have = r->n_groups == 1 && r->groups[0]->families && r->groups[0]->families->trace > 0.0;
+        grist__v1__get_job_response__free_unpacked(r, NULL);
+        if (!have)
+            usleep(100000);
+    }
+    ck_assert_uint_eq(steps, 60);
+    ck_assert_msg(have, "no family diagnostics 10 s after the run ended");
+    grpc_shutdown();
+    ck_assert_int_eq(gristd_stop(&p, SIGTERM), 0);
+}
+END_TEST
+
 /* A stream that never sends its Hello is ended, not kept for good. */
 START_TEST(test_hello_timeout)
 {
@@ -789,6 +867,8 @@ static Suite *suite(void)
     tcase_add_test(tc, test_step_numbers);
     tcase_add_test(tc, test_open_step_eviction);
     tcase_add_test(tc, test_hello_timeout);
+    tcase_add_test(tc, test_sketch_kind);
+    tcase_add_test(tc, test_families_after_last_step);
     suite_add_tcase(s, tc);
     return s;
 }

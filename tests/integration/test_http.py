@@ -79,7 +79,7 @@ def feed(addr, job, steps, groups=("conv", "head"), m=256):
         acc = np.zeros((len(groups), m))
         sq = np.zeros((len(groups), 1))
         for k in range(len(groups)):
-            sketch_f32(seeds[k], g[k].ctypes.data, g.shape[1], 0, acc[k], sq[k])
+            sketch_f32(seeds[k], g[k].ctypes.data, g.shape[1], 0, acc[k], sq[k], kind=sess.sketch_kind)
         sess.submit(t, acc.astype(np.float32), sq[:, 0], [32] * len(groups))
     return client, sess
 
@@ -108,6 +108,7 @@ def check_api(http):
     jobs = get_json(http, "/api/v1/jobs")["jobs"]
     a = [j for j in jobs if j["id"] == "http a/1"][0]
     assert a["groups"] == 2 and a["world_size"] == 1 and a["sketch_dim"] == 256, a
+    assert a["sketch_kind"] == "block", a  # the default of every session
     path = "/api/v1/jobs/" + urllib.parse.quote("http a/1", safe="")
     # the families are solved by a background thread at a lower priority:
     # on a loaded machine they may come some time after the last step

@@ -171,6 +171,7 @@ struct tw *tw_hello(struct tw *w, const struct tw_opts *o)
     h.n_groups = o->ngroups;
     h.groups = gp;
     h.sketch_dim = o->m;
+    h.sketch_kind = (Grist__V1__SketchKind)o->sketch_kind;
     h.policy = &pol;
     Grist__V1__WorkerMessage wm = GRIST__V1__WORKER_MESSAGE__INIT;
     wm.msg_case = GRIST__V1__WORKER_MESSAGE__MSG_HELLO;

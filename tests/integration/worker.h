@@ -25,6 +25,7 @@ struct tw_opts {
     const char *noise;       /* NULL = daemon default */
     double hysteresis_z;
     const char *rule;        /* NULL = daemon default */
+    int sketch_kind;         /* SketchKind on the wire (0 hashed, 1 block; others to test refusals) */
 };
 
 /* Open a call of any streaming method (nothing sent yet). */

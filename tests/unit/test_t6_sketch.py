@@ -20,57 +20,78 @@ import grist  # noqa: E402
 import grist.torch  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from sketch_ref import keys, numpy_sketch  # noqa: E402
+from sketch_ref import block_buckets_signs, keys, numpy_block_sketch, numpy_sketch  # noqa: E402
 
-def torch_client_sketch(tensors, job_seed, group, m):
+REF = {"hashed": numpy_sketch, "block": numpy_block_sketch}
+
+
+def torch_client_sketch(tensors, job_seed, group, m, kind):
     """What grist.torch does: the C kernel on each tensor's memory."""
     acc, sq = np.zeros(m), np.zeros(1)
     seed_p = grist.group_seed(job_seed, group)
     off = 0
     for t in tensors:
-        grist.sketch_f32(seed_p, t.data_ptr(), t.numel(), off, acc, sq)
+        grist.sketch_f32(seed_p, t.data_ptr(), t.numel(), off, acc, sq, kind=kind)
         off += t.numel()
     return acc, sq[0]
 
 
-def main():
+def bucket_sign(kind, job_seed, group, n, m):
+    if kind == "block":
+        return block_buckets_signs(job_seed, group, n, m)
+    k = keys(job_seed, group, n)
+    return (k & np.uint64(m - 1)).astype(np.int64), np.where(k >> np.uint64(31), -1.0, 1.0)
+
+
+def check_kind(kind):
     job_seed, group, m = 0xC0FFEE, 3, 1024
     torch.manual_seed(0)
     # a "param group" of three tensors, 100003 elements in all
     ts = [torch.randn(300, 100), torch.randn(3), torch.randn(70000)]
     flat = torch.cat([t.reshape(-1) for t in ts]).numpy()
-    got, sq = torch_client_sketch(ts, job_seed, group, m)
-    ref = numpy_sketch(flat, job_seed, group, m)
+    got, sq = torch_client_sketch(ts, job_seed, group, m, kind)
+    ref = REF[kind](flat, job_seed, group, m)
     rel = np.max(np.abs(got - ref)) / np.max(np.abs(ref))
-    print(f"T6: max relative difference torch client vs NumPy {rel:.2e}")
+    print(f"T6 {kind}: max relative difference torch client vs NumPy {rel:.2e}")
     assert rel <= 1e-6, rel
     assert abs(sq - float(flat.astype(np.float64) @ flat.astype(np.float64))) <= 1e-6 * sq
     # the C client's path on a copy (a float32 numpy buffer): bit-identical to the tensor path
     acc, sq2 = np.zeros(m), np.zeros(1)
     buf = np.ascontiguousarray(flat, dtype=np.float32)
-    grist.sketch_f32(grist.group_seed(job_seed, group), buf.ctypes.data, buf.size, 0, acc, sq2)
+    grist.sketch_f32(grist.group_seed(job_seed, group), buf.ctypes.data, buf.size, 0, acc, sq2,
+                     kind=kind)
+    # (each bucket adds its elements in element order on both paths, tensor
+    # boundaries or not)
     assert np.array_equal(acc, got), "C client and torch client sketches differ"
     # identical buckets and signs, element by element (unit vectors), incl. offsets
-    k = keys(job_seed, group, 100003)
+    bk, sg = bucket_sign(kind, job_seed, group, 100003, m)
     rng = np.random.default_rng(1)
     for i in rng.choice(100003, 200, replace=False):
         e = torch.zeros(100003)
         e[i] = 1.0
-        s, _ = torch_client_sketch([e], job_seed, group, m)
-        b = int(k[i] & np.uint64(m - 1))
-        sign = -1.0 if int(k[i]) >> 31 else 1.0
-        assert s[b] == sign and np.count_nonzero(s) == 1, (i, b, sign)
+        s, _ = torch_client_sketch([e], job_seed, group, m, kind)
+        assert s[bk[i]] == sg[i] and np.count_nonzero(s) == 1, (i, bk[i], sg[i])
     # an Adam-preconditioned sketch agrees with NumPy too
     g = torch.randn(5000)
     v = torch.rand(5000) * 0.01 + 1e-4
     acc, sq = np.zeros(m), np.zeros(1)
     vs, eps = 1.0 / (1 - 0.999 ** 10), 1e-8
     grist.sketch_adam_f32(grist.group_seed(job_seed, 0), g.data_ptr(), v.data_ptr(), 5000, 0, vs,
-                          eps, acc, sq)
+                          eps, acc, sq, kind=kind)
     gn, vn = g.numpy().astype(np.float64), v.numpy().astype(np.float64)
     x = gn / np.sqrt(np.sqrt(vn * vs) + eps)
-    ref = numpy_sketch(x, job_seed, 0, m)
+    ref = REF[kind](x, job_seed, 0, m)
     assert np.max(np.abs(acc - ref)) <= 1e-6 * np.max(np.abs(ref))
+
+
+def main():
+    for kind in ("hashed", "block"):
+        check_kind(kind)
+    try:
+        grist.sketch_f32(1, 0, 0, 0, np.zeros(64), np.zeros(1), kind="dense")
+        raise AssertionError("unknown kind accepted")
+    except ValueError as e:
+        assert "block" in str(e)
 
     # binding round trip without a daemon: submit never blocks, the queue
     # drops the oldest, latest() has nothing yet

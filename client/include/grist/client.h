@@ -109,7 +109,14 @@ struct grist_attach_options {
     double radius;             /**< rho for lr_coupling "radius"; 0 = default */
     const char *rule;          /**< "curvature" | "alignment" | NULL (docs/MATH.md 5.4) */
     double hysteresis_z_fast;  /**< curvature rule: a lead that moves at once; 0 = default */
+    const char *sketch_kind;   /**< "block" | "hashed" | NULL = "block" (docs/MATH.md 2.1); every
+                                    rank of a job must use the same */
 };
+
+/** The session's sketch kind: GRIST_SKETCH_BLOCK (1) or GRIST_SKETCH_HASHED (0);
+ * what its grist_session_sketch_begin() computes and what a caller that
+ * sketches on its own must compute. */
+GRIST_EXPORT int grist_session_sketch_kind(const struct grist_session *s);
 
 /**
  * Attach a worker. Returns at once; the background thread connects, sends

@@ -62,7 +62,11 @@ class _AttachOptions(ctypes.Structure):
                 ("beta_max", _dbl), ("candidates", _pd), ("ncandidates", _u32),
                 ("select_on", ctypes.c_char_p), ("hysteresis_z", _dbl), ("hysteresis_h", _u32),
                 ("ema_gamma", _dbl), ("j_ema", _dbl), ("radius", _dbl),
-                ("rule", ctypes.c_char_p), ("hysteresis_z_fast", _dbl)]
+                ("rule", ctypes.c_char_p), ("hysteresis_z_fast", _dbl),
+                ("sketch_kind", ctypes.c_char_p)]
+
+# sketch kinds (docs/MATH.md 2.1): "block" is the default of every session
+SKETCH_KINDS = ("block", "hashed")
 
 # the policy keys attach() understands (MATH.md sections 3-6; proto Policy)
 POLICY_KEYS = ("mode", "noise_correction", "lr_coupling", "select_on", "candidates",
@@ -117,9 +121,15 @@ _set_applied = _sig("grist_session_set_applied", ctypes.c_int, _vp, _pd)
 _last_error = _sig("grist_session_last_error", ctypes.c_int, _vp, ctypes.c_char_p, ctypes.c_size_t)
 _session_close = _sig("grist_session_close", None, _vp)
 _strerror = _sig("grist_strerror", ctypes.c_char_p, ctypes.c_int)
-_sk_f32 = _sig("grist_sketch_accum_f32", ctypes.c_int, _u32, _vp, _u64, _u64, _pd, _u32, _pd)
-_sk_adam = _sig("grist_sketch_accum_adam_f32", ctypes.c_int, _u32, _vp, _vp, _u64, _u64, _dbl,
-                _dbl, _pd, _u32, _pd)
+_sk_f32 = {"hashed": _sig("grist_sketch_accum_f32", ctypes.c_int, _u32, _vp, _u64, _u64, _pd,
+                          _u32, _pd),
+           "block": _sig("grist_sketch_block_accum_f32", ctypes.c_int, _u32, _vp, _u64, _u64, _pd,
+                         _u32, _pd)}
+_sk_adam = {"hashed": _sig("grist_sketch_accum_adam_f32", ctypes.c_int, _u32, _vp, _vp, _u64, _u64,
+                           _dbl, _dbl, _pd, _u32, _pd),
+            "block": _sig("grist_sketch_block_accum_adam_f32", ctypes.c_int, _u32, _vp, _vp, _u64,
+                          _u64, _dbl, _dbl, _pd, _u32, _pd)}
+_sk_kind = _sig("grist_session_sketch_kind", ctypes.c_int, _vp)
 
 
 class GristError(RuntimeError):
@@ -143,18 +153,27 @@ def group_seed(job_seed, group_index):
     return _group_seed(job_seed, group_index)
 
 
-def sketch_f32(seed_p, ptr, n, offset, acc, sq):
-    """Accumulate the sketch of n float32 at address ptr (group offset `offset`)
-    into acc (float64 numpy array of m); sq is a 1-element float64 array that
-    receives sum x^2. Called on tensor memory: no copy."""
-    _check(_sk_f32(seed_p, ptr, n, offset, acc.ctypes.data_as(_pd), acc.size,
-                   sq.ctypes.data_as(_pd)), "sketch")
+def _kind_fn(table, kind):
+    try:
+        return table[kind]
+    except KeyError:
+        raise ValueError(f"sketch kind {kind!r}: one of {', '.join(SKETCH_KINDS)}") from None
 
 
-def sketch_adam_f32(seed_p, g_ptr, v_ptr, n, offset, v_scale, eps, acc, sq):
+def sketch_f32(seed_p, ptr, n, offset, acc, sq, kind="block"):
+    """Accumulate the sketch (kind "block" or "hashed") of n float32 at address
+    ptr (group offset `offset`) into acc (float64 numpy array of m); sq is a
+    1-element float64 array that receives sum x^2. Called on tensor memory: no
+    copy."""
+    _check(_kind_fn(_sk_f32, kind)(seed_p, ptr, n, offset, acc.ctypes.data_as(_pd), acc.size,
+                                   sq.ctypes.data_as(_pd)), "sketch")
+
+
+def sketch_adam_f32(seed_p, g_ptr, v_ptr, n, offset, v_scale, eps, acc, sq, kind="block"):
     """As sketch_f32 for Adam's metric: x = g / sqrt(sqrt(v * v_scale) + eps)."""
-    _check(_sk_adam(seed_p, g_ptr, v_ptr, n, offset, v_scale, eps, acc.ctypes.data_as(_pd),
-                    acc.size, sq.ctypes.data_as(_pd)), "sketch")
+    _check(_kind_fn(_sk_adam, kind)(seed_p, g_ptr, v_ptr, n, offset, v_scale, eps,
+                                    acc.ctypes.data_as(_pd), acc.size, sq.ctypes.data_as(_pd)),
+           "sketch")
 
 
 class Client:
@@ -190,8 +209,12 @@ _KINDS = {"sgd": SGD, "adam": ADAM, "nesterov": SGD_NESTEROV, "rmsprop": RMSPROP
 class Session:
     """One worker attached to a job (libgrist session)."""
 
-    def __init__(self, client, job, groups, rank=0, world_size=1, sketch_dim=1024, policy=None):
+    def __init__(self, client, job, groups, rank=0, world_size=1, sketch_dim=1024, policy=None,
+                 sketch_kind="block"):
         policy = dict(policy or {})
+        if sketch_kind not in SKETCH_KINDS:
+            raise ValueError(f"sketch_kind {sketch_kind!r}: one of {', '.join(SKETCH_KINDS)}")
+        self.sketch_kind = sketch_kind
         unknown = sorted(set(policy) - set(POLICY_KEYS))
         if unknown:
             raise ValueError(f"unknown policy key(s) {unknown}; known: {', '.join(POLICY_KEYS)}")
@@ -210,6 +233,7 @@ class Session:
         o.rank, o.world_size, o.ngroups = rank, world_size, self.ngroups
         o.groups = descs
         o.sketch_dim = sketch_dim
+        o.sketch_kind = _b(sketch_kind)
         o.mode = _b(policy.get("mode"))
         o.noise_correction = _b(policy.get("noise_correction"))
         o.lr_coupling = _b(policy.get("lr_coupling"))
@@ -330,10 +354,11 @@ class Session:
 _cuda = None
 
 
-def cuda_sketcher():
-    """grist_sketch_cuda_f32 from libgrist-kernels-cuda.so ($GRIST_CUDA_LIB, or
-    next to libgrist in a build tree), or None when the CUDA backend is not
-    built. Call as f(seed_p, x_ptr, n, offset, acc_ptr, m, sq_ptr, stream)."""
+def cuda_sketcher(kind="block"):
+    """grist_sketch_cuda_f32 (kind "hashed") or grist_sketch_cuda_block_f32 from
+    libgrist-kernels-cuda.so ($GRIST_CUDA_LIB, or next to libgrist in a build
+    tree), or None when the CUDA backend is not built. Call as f(seed_p, x_ptr,
+    n, offset, acc_ptr, m, sq_ptr, stream)."""
     global _cuda
     if _cuda is None:
         cands = [os.environ.get("GRIST_CUDA_LIB"),
@@ -343,9 +368,12 @@ def cuda_sketcher():
         for c in cands:
             if c and os.path.exists(c):
                 lib = ctypes.CDLL(c)
-                f = lib.grist_sketch_cuda_f32
-                f.restype = ctypes.c_int
-                f.argtypes = [_u32, _vp, _u64, _u64, _vp, _u32, _vp, _vp]
-                _cuda = f
+                _cuda = {}
+                for k, name in (("hashed", "grist_sketch_cuda_f32"),
+                                ("block", "grist_sketch_cuda_block_f32")):
+                    f = getattr(lib, name)
+                    f.restype = ctypes.c_int
+                    f.argtypes = [_u32, _vp, _u64, _u64, _vp, _u32, _vp, _vp]
+                    _cuda[k] = f
                 break
-    return _cuda or None
+    return _cuda[kind] if _cuda else None

@@ -75,7 +75,7 @@ class GristSession:
 
     def __init__(self, optimizer, job, address, rank=None, world_size=None, sketch_dim=1024,
                  policy=None, ddp_model=None, client=None, wait_s=0.0, async_sketch=True,
-                 sync_every=10):
+                 sync_every=10, sketch_kind="block"):
         self.optimizer = optimizer
         self.sync_every = max(1, int(sync_every))
         self._val = None        # (closure, every) from validate()
@@ -103,7 +103,8 @@ class GristSession:
         self._own_client = client is None
         self.client = client or Client(address)
         self.session = Session(self.client, job, groups, rank=rank, world_size=world_size,
-                               sketch_dim=sketch_dim, policy=policy)
+                               sketch_dim=sketch_dim, policy=policy, sketch_kind=sketch_kind)
+        self.sketch_kind = sketch_kind
         if wait_s and not self.session.wait_ready(wait_s):
             status, msg = self.session.last_error()
             if status == 3:  # INVALID_ARGUMENT: the daemon refused this attach
@@ -219,7 +220,7 @@ class GristSession:
 
     def _sketch_param(self, seeds, p, grad, acc, sq, gi, off):
         if grad.is_cuda:
-            f = cuda_sketcher()
+            f = cuda_sketcher(self.sketch_kind)
             if f is not None and grad.dtype == _torch.float32 and self.kind not in _PRECOND:
                 # the CUDA kernel on the tensor memory, on the current stream;
                 # only m doubles per group come back (in _flush_device)
@@ -246,9 +247,9 @@ class GristSession:
                 grp = self.optimizer.param_groups[gi]
                 v_scale = self._v_scale(grp, st)
                 sketch_adam_f32(seeds[gi], g.data_ptr(), v.data_ptr(), n, off, v_scale,
-                                float(grp["eps"]), acc, sq)
+                                float(grp["eps"]), acc, sq, kind=self.sketch_kind)
                 return
-        sketch_f32(seeds[gi], g.data_ptr(), n, off, acc, sq)
+        sketch_f32(seeds[gi], g.data_ptr(), n, off, acc, sq, kind=self.sketch_kind)
 
     def _begin(self, run_async):
         """Describe every CPU gradient of the step to libgrist and start its
@@ -493,7 +494,7 @@ class GristSession:
 
 
 def attach(optimizer, job, address, rank=None, world_size=None, sketch_dim=1024, policy=None,
-           ddp_model=None, wait_s=0.0, async_sketch=True, sync_every=10):
+           ddp_model=None, wait_s=0.0, async_sketch=True, sync_every=10, sketch_kind="block"):
     """Attach optimizer to gristd at address as a worker of job; returns a
     GristSession (call .step() after optimizer.step(); .close() or use as a
     context manager). Never raises because the daemon is absent: training
@@ -514,7 +515,11 @@ def attach(optimizer, job, address, rank=None, world_size=None, sketch_dim=1024,
 
     sync_every (DDP only): every sync_every steps rank 0 broadcasts the
     values it received and every rank applies them at that same step, so the
-    replicas never diverge (one broadcast of 1 + 2 x groups doubles)."""
+    replicas never diverge (one broadcast of 1 + 2 x groups doubles).
+
+    sketch_kind: "block" (default: contiguous adds, about 3x cheaper per
+    element) or "hashed" (docs/MATH.md 2.1); every rank of a job must use the
+    same, the daemon refuses a Hello that differs."""
     return GristSession(optimizer, job, address, rank=rank, world_size=world_size,
                         sketch_dim=sketch_dim, policy=policy, ddp_model=ddp_model, wait_s=wait_s,
-                        async_sketch=async_sketch, sync_every=sync_every)
+                        async_sketch=async_sketch, sync_every=sync_every, sketch_kind=sketch_kind)
