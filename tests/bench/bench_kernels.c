@@ -215,11 +215,17 @@ static struct covres cov_bench(struct grist_backend *be, int n, int b)
 /* The count sketch (MATH.md section 2) of n float32 against its floor: a
  * bare scatter-add of the same values into m doubles at precomputed bucket
  * indices (no hashing, no signs, no norm), interleaved in one run. */
-static void sketch_bench(uint64_t n, uint32_t m, struct stat3 out[2])
+/* The sketch kernels of one float32 tensor, interleaved rep by rep: the
+ * hashed sketch, the block sketch, a bare scatter-add at precomputed
+ * buckets (the floor of the hashed kind) and a bare contiguous add of every
+ * 64-element run onto the same 64 buckets (the floor of the block kind: its
+ * loads, widenings and adds without signs, rotations or norm). */
+enum { SK_HASHED, SK_BLOCK, SK_SCATTER, SK_STREAM, SK_N };
+static void sketch_bench(uint64_t n, uint32_t m, struct stat3 out[SK_N])
 {
     float *x = malloc(n * sizeof(float));
     uint32_t *idx = malloc(n * sizeof(uint32_t));
-    double *acc = calloc(m, sizeof(double)), t[2][32];
+    double *acc = calloc(m, sizeof(double)), t[SK_N][32];
     struct grist_rng r;
     grist_rng_seed(&r, 4);
     const uint32_t seed = grist_sketch_seed(12345, 0);
@@ -229,19 +235,28 @@ static void sketch_bench(uint64_t n, uint32_t m, struct stat3 out[2])
     }
     volatile double sink = 0;
     for (int rep = -1; rep < g_reps; rep++) { /* interleaved; one warm-up round */
-        double sq = 0, t0 = now();
+        double sq = 0, t0 = now(), ts[SK_N];
         grist_sketch_accum_f32(seed, x, n, 0, acc, m, &sq);
-        const double ts = now() - t0;
+        ts[SK_HASHED] = now() - t0;
+        t0 = now();
+        grist_sketch_block_accum_f32(seed, x, n, 0, acc, m, &sq);
+        ts[SK_BLOCK] = now() - t0;
         t0 = now();
         for (uint64_t i = 0; i < n; i++)
             acc[idx[i]] += x[i];
-        const double tf = now() - t0;
+        ts[SK_SCATTER] = now() - t0;
+        t0 = now();
+        for (uint64_t i = 0; i + 64 <= n; i += 64)
+            for (uint32_t l = 0; l < 64; l++)
+                acc[l] += x[i + l];
+        ts[SK_STREAM] = now() - t0;
         sink += sq + acc[0];
         if (rep >= 0)
-            t[0][rep] = ts, t[1][rep] = tf;
+            for (int k = 0; k < SK_N; k++)
+                t[k][rep] = ts[k];
     }
     (void)sink;
-    for (int k = 0; k < 2; k++)
+    for (int k = 0; k < SK_N; k++)
         out[k] = summarize(t[k], g_reps);
     free(x), free(idx), free(acc);
 }
@@ -344,19 +359,27 @@ int main(int argc, char **argv)
         grist_backend_close(be);
     }
 
-    printf("\n## Count sketch of 5.27M float32 (m = 1024) against its floor, 1 thread\n\n");
-    {
-        struct stat3 sk[2];
-        sketch_bench(5270000, 1024, sk);
+    static const uint64_t sk_n[2] = {262144, 5270000};
+    for (int z = 0; z < 2; z++) {
+        const uint64_t n = sk_n[z];
+        printf("\n## Sketch of %.2fM float32 (%s; m = 1024), 1 thread\n\n", n / 1e6,
+               z == 0 ? "1 MiB, cache-resident" : "21 MiB, from memory");
+        struct stat3 sk[SK_N];
+        sketch_bench(n, 1024, sk);
         printf("| kernel | ms median | min | max | ns per element |\n|---|---|---|---|---|\n");
-        const char *what[2] = {"grist_sketch_accum_f32 (hash, sign, norm, scatter)",
-                               "bare scatter-add at precomputed buckets (the floor)"};
-        for (int k = 0; k < 2; k++)
-            printf("| %s | %.2f | %.2f | %.2f | %.2f |\n", what[k], sk[k].med * 1e3, sk[k].min * 1e3,
-                   sk[k].max * 1e3, sk[k].med / 5270000 * 1e9);
-        printf("\nsketch / scatter floor: %.2f\n", sk[0].med / sk[1].med);
-        printf("#result sketch_ms=%.3f\n#result scatter_floor_ms=%.3f\n", sk[0].med * 1e3,
-               sk[1].med * 1e3);
+        const char *what[SK_N] = {"grist_sketch_accum_f32 (hashed: hash, sign, norm, scatter)",
+                                  "grist_sketch_block_accum_f32 (block: signs, norm, contiguous adds)",
+                                  "bare scatter-add at precomputed buckets (the hashed floor)",
+                                  "bare contiguous add of 64-element runs (the block floor)"};
+        for (int k = 0; k < SK_N; k++)
+            printf("| %s | %.3f | %.3f | %.3f | %.2f |\n", what[k], sk[k].med * 1e3, sk[k].min * 1e3,
+                   sk[k].max * 1e3, sk[k].med / (double)n * 1e9);
+        printf("\nhashed / block: %.2f; hashed / scatter floor %.2f; block / contiguous floor %.2f\n",
+               sk[SK_HASHED].med / sk[SK_BLOCK].med, sk[SK_HASHED].med / sk[SK_SCATTER].med,
+               sk[SK_BLOCK].med / sk[SK_STREAM].med);
+        if (z == 1)
+            printf("#result sketch_ms=%.3f\n#result sketch_block_ms=%.3f\n#result scatter_floor_ms=%.3f\n",
+                   sk[SK_HASHED].med * 1e3, sk[SK_BLOCK].med * 1e3, sk[SK_SCATTER].med * 1e3);
     }
 
     printf("\n## Symmetric eigendecomposition (values + vectors)\n\n");
