@@ -80,6 +80,9 @@ struct grist_client {
     grpc_channel *ch;
     grpc_completion_queue *cq;
     pthread_t thread;
+    pthread_t sender; /* starts the sends grist_session_submit queued (sender_main) */
+    pthread_cond_t send_cv;
+    int sender_idle; /* the sender sleeps until signalled (no traffic for a while) */
     pthread_mutex_t mu;
     int stop;
     struct grist_session *sessions;
@@ -134,6 +137,51 @@ static void start_send_locked(struct grist_session *s)
         grpc_byte_buffer_destroy(s->send_buf);
         s->send_buf = NULL;
     }
+}
+
+static void end_call_locked(struct grist_session *s);
+
+/* As start_send_locked, but c->mu is released around grpc_call_start_batch
+ * (which may write the socket: 100-300 us), so that the training loop's
+ * submit and latest never wait for it. The call stays alive meanwhile: the
+ * pending op (ops) keeps end_call_locked from running until its completion
+ * is handled. Once the batch is started the session may complete, close and
+ * be freed before the lock is taken again: returns 1 when the lock was
+ * released (the caller must not touch s, nor the session list it walked),
+ * 0 when there was nothing to send. */
+static int start_send_unlocking(pthread_mutex_t *mu, struct grist_session *s)
+{
+    struct grist__msg m;
+    if (!s->connected || s->send_in_flight || !s->call || grist__ring_pop(&s->queue, &m) < 0)
+        return 0;
+    grpc_slice sl = grpc_slice_from_copied_buffer((const char *)m.buf, m.len);
+    free(m.buf);
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&sl, 1);
+    grpc_slice_unref(sl);
+    s->send_buf = bb;
+    s->send_in_flight = 1;
+    s->ops++;
+    s->st.sent++;
+    grpc_call *call = s->call;
+    grpc_op op;
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_SEND_MESSAGE;
+    op.data.send_message.send_message = bb;
+    pthread_mutex_unlock(mu);
+    const grpc_call_error e = grpc_call_start_batch(call, &op, 1, &s->tags[TAG_SEND], NULL);
+    pthread_mutex_lock(mu);
+    if (e != GRPC_CALL_OK) { /* no completion will come: our op keeps s alive */
+        s->send_in_flight = 0;
+        s->ops--;
+        s->st.sent--;
+        if (s->send_buf == bb)
+            s->send_buf = NULL;
+        grpc_byte_buffer_destroy(bb);
+        pthread_cond_broadcast(&s->cv);
+        if (s->status_done && s->ops == 0)
+            end_call_locked(s);
+    }
+    return 1;
 }
 
 static void post_recv_locked(struct grist_session *s)
@@ -293,6 +341,49 @@ static void handle_locked(struct tag *t, int ok)
         end_call_locked(s);
 }
 
+/* How often the sender looks at the queues while summaries flow, and after
+ * how long without any it sleeps until the next submit signals it. */
+#define GRIST__SEND_POLL_S 0.004
+#define GRIST__SEND_IDLE_S 1.0
+
+/* The sender thread: starts the first send of every queue that went idle
+ * (a completed send starts the next one itself, on the gRPC thread). */
+static void *sender_main(void *arg)
+{
+    struct grist_client *c = arg;
+    pthread_mutex_lock(&c->mu);
+    double busy = mono();
+    while (!c->stop) {
+        const double now = mono();
+    rescan:
+        for (struct grist_session *s = c->sessions; s; s = s->next) {
+            if (s->queue.len > 0 || s->send_in_flight)
+                busy = now;
+            /* a no-op unless connected, idle and queued; when it released the
+             * lock the list may have changed: walk it again from the head */
+            if (!s->closing && start_send_unlocking(&c->mu, s))
+                goto rescan;
+        }
+        if (now - busy > GRIST__SEND_IDLE_S) {
+            c->sender_idle = 1;
+            while (c->sender_idle && !c->stop)
+                pthread_cond_wait(&c->send_cv, &c->mu);
+            busy = mono();
+            continue;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += (long)(GRIST__SEND_POLL_S * 1e9);
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&c->send_cv, &c->mu, &ts);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return NULL;
+}
+
 static void *thread_main(void *arg)
 {
     struct grist_client *c = arg;
@@ -356,7 +447,19 @@ int grist_client_open(const char *address, const struct grist_client_options *op
     grpc_channel_credentials_release(creds);
     c->cq = grpc_completion_queue_create_for_next(NULL);
     pthread_mutex_init(&c->mu, NULL);
-    if (!c->target || !c->ch || !c->cq || pthread_create(&c->thread, NULL, thread_main, c) != 0) {
+    pthread_cond_init(&c->send_cv, NULL);
+    int have_sender = 0;
+    if (c->target && c->ch && c->cq)
+        have_sender = pthread_create(&c->sender, NULL, sender_main, c) == 0;
+    if (!have_sender || pthread_create(&c->thread, NULL, thread_main, c) != 0) {
+        if (have_sender) {
+            pthread_mutex_lock(&c->mu);
+            c->stop = 1;
+            pthread_cond_signal(&c->send_cv);
+            pthread_mutex_unlock(&c->mu);
+            pthread_join(c->sender, NULL);
+        }
+        pthread_cond_destroy(&c->send_cv);
         if (c->ch)
             grpc_channel_destroy(c->ch);
         if (c->cq)
@@ -602,7 +705,16 @@ int grist_session_submit(struct grist_session *s, uint64_t step, const float *sk
     pthread_mutex_lock(&c->mu);
     s->st.dropped += grist__ring_push(&s->queue, (struct grist__msg){buf, len});
     s->st.submitted++;
-    start_send_locked(s);
+    /* the send itself (grpc_call_start_batch, which may write the socket on
+     * the calling thread: about 100 us measured) runs on the sender thread,
+     * never on the training loop's, and the loop does not wake it either (a
+     * wake-up per step cost another 50 us here, client/README.md): while
+     * summaries flow the sender looks every GRIST__SEND_POLL_S; a send in
+     * flight picks the queue up itself when it completes */
+    if (c->sender_idle) {
+        c->sender_idle = 0;
+        pthread_cond_signal(&c->send_cv);
+    }
     pthread_mutex_unlock(&c->mu);
     return 0;
 }
@@ -773,8 +885,11 @@ void grist_client_close(struct grist_client *c)
     }
     pthread_mutex_lock(&c->mu);
     c->stop = 1;
+    pthread_cond_signal(&c->send_cv);
     pthread_mutex_unlock(&c->mu);
+    pthread_join(c->sender, NULL);
     pthread_join(c->thread, NULL);
+    pthread_cond_destroy(&c->send_cv);
     grpc_completion_queue_shutdown(c->cq);
     while (grpc_completion_queue_next(c->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
            GRPC_QUEUE_SHUTDOWN)

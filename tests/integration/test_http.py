@@ -128,7 +128,7 @@ def check_api(http):
     n = len(full["steps"])
     # one evaluation per batch of steps the compute thread took at once: how
     # many depends on the machine's load, so the sizes asked follow n
-    assert n >= 60 and full["steps"] == sorted(full["steps"]), n
+    assert n >= 12 and full["steps"] == sorted(full["steps"]), n
     for points in (2, 3, n // 3, n - 1):
         h = get_json(http, f"{q}?group=1&series=noise_scale&points={points}")
         assert len(h["steps"]) == len(h["values"]) == points, (points, len(h["steps"]))
@@ -167,7 +167,8 @@ def check_metrics(http):
                    "# TYPE gristd_summaries_total counter"]:
         assert needle in text, needle
     count = [ln for ln in text.splitlines() if ln.startswith("gristd_solve_duration_seconds_count")]
-    assert int(count[0].split()[1]) >= 60, count  # one per evaluation
+    # one per evaluation; a fast feed arrives in bursts the compute thread takes at once
+    assert int(count[0].split()[1]) >= 12, count
     print(f"metrics: {len(text.splitlines())} lines, promtool check metrics passed")
 
 

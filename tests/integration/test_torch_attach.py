@@ -104,8 +104,10 @@ def test_single(gristd):
     assert hp is not None
     for gr, h in zip(opt.param_groups, hp):  # the newest push is what the optimizer uses
         assert abs(gr["momentum"] - h["momentum"]) < 1e-12
-    # lr_scale never leaks into the scheduler's lr: StepLR halves it every 100 steps
-    assert abs(opt.param_groups[0]["lr"] - 0.05 * 0.5 ** (step // 100)) < 1e-12, opt.param_groups[0]["lr"]
+    # lr_scale never leaks into the scheduler's lr: StepLR halves it every 100
+    # steps (the loop ends at the top of iteration `step`: step - 1 were run)
+    done = step - 1
+    assert abs(opt.param_groups[0]["lr"] - 0.05 * 0.5 ** (done // 100)) < 1e-12, (done, opt.param_groups[0]["lr"])
     assert np.mean(losses[-30:]) < 0.5 * np.mean(losses[:30]), (losses[:30], losses[-30:])
     # the restarted daemon knows the job again, with steps after the restart
     job = get_job(addr, "torch-test")
