@@ -276,21 +276,26 @@ static void on_recv(struct grist_tag *tag, int ok)
     enum grist_wmsg_kind kind = 0;
     struct grist_hello hello;
     struct grist_summary sum;
+    struct grist_summary *batch = NULL;
+    size_t nbatch = 0;
     char err[256] = "";
     const uint32_t ng = s->job ? s->job->ngroups : 0, m = s->job ? s->job->m : 0;
-    enum grist_wire_status st =
-        grist__decode_worker(buf, len, &d->limits, ng, m, &kind, &hello, &sum, err, sizeof(err));
+    enum grist_wire_status st = grist__decode_worker(buf, len, &d->limits, ng, m, &kind, &hello,
+                                                     &sum, &batch, &nbatch, err, sizeof(err));
     free(buf);
-    if (kind == GRIST_WMSG_SUMMARY && !s->job) {
-        if (st == GRIST_WIRE_OK)
+    const int summaries = kind == GRIST_WMSG_SUMMARY || kind == GRIST_WMSG_BATCH;
+    if (summaries && !s->job) {
+        if (st == GRIST_WIRE_OK && kind == GRIST_WMSG_SUMMARY)
             grist__summary_free(&sum);
+        if (st == GRIST_WIRE_OK && kind == GRIST_WMSG_BATCH)
+            grist__batch_free(batch, nbatch);
         finish(s, GRPC_STATUS_FAILED_PRECONDITION, "summary before hello: send Hello first");
     } else if (kind == GRIST_WMSG_HELLO && s->job) {
         if (st == GRIST_WIRE_OK)
             grist__hello_free(&hello);
         finish(s, GRPC_STATUS_FAILED_PRECONDITION, "hello sent twice on one stream");
     } else if (st != GRIST_WIRE_OK) {
-        if (kind == GRIST_WMSG_SUMMARY) {
+        if (summaries) {
             d->cnt.summaries_rejected++;
             if (s->job)
                 s->job->rejected++;
@@ -301,6 +306,23 @@ static void on_recv(struct grist_tag *tag, int ok)
     } else if (kind == GRIST_WMSG_HELLO) {
         on_hello(s, &hello);
         grist__hello_free(&hello);
+    } else if (kind == GRIST_WMSG_BATCH) {
+        /* in order, each as if it came alone: a refused one ends the stream
+         * and the rest of the batch is not applied */
+        size_t k = 0;
+        for (; k < nbatch; k++)
+            if (grist__job_submit(d, s->job, s->rank, &batch[k], err, sizeof(err)) < 0) {
+                d->cnt.summaries_rejected++;
+                s->job->rejected++;
+                char e2[300];
+                snprintf(e2, sizeof(e2), "batch.summaries[%zu]: %s", k, err);
+                finish(s, GRPC_STATUS_INVALID_ARGUMENT, e2);
+                k++;
+                break;
+            }
+        for (; k < nbatch; k++) /* not applied: submit takes ownership of the ones it saw */
+            grist__summary_free(&batch[k]);
+        free(batch);
     } else if (grist__job_submit(d, s->job, s->rank, &sum, err, sizeof(err)) < 0) {
         d->cnt.summaries_rejected++;
         s->job->rejected++;

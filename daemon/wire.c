@@ -224,12 +224,20 @@ static enum grist_wire_status decode_summary(const Grist__V1__Summary *in, uint3
     return GRIST_WIRE_OK;
 }
 
+void grist__batch_free(struct grist_summary *batch, size_t n)
+{
+    for (size_t k = 0; batch && k < n; k++)
+        grist__summary_free(&batch[k]);
+    free(batch);
+}
+
 enum grist_wire_status grist__decode_worker(const uint8_t *buf, size_t len,
                                             const struct grist_limits *lim, uint32_t ngroups,
                                             uint32_t m, enum grist_wmsg_kind *kind,
                                             struct grist_hello *hello,
-                                            struct grist_summary *summary, char *err,
-                                            size_t errsz)
+                                            struct grist_summary *summary,
+                                            struct grist_summary **batch, size_t *nbatch,
+                                            char *err, size_t errsz)
 {
     Grist__V1__WorkerMessage *msg = grist__v1__worker_message__unpack(NULL, len, buf);
     if (!msg)
@@ -244,8 +252,38 @@ enum grist_wire_status grist__decode_worker(const uint8_t *buf, size_t len,
         *kind = GRIST_WMSG_SUMMARY;
         st = decode_summary(msg->summary, ngroups, m, summary, err, errsz);
         break;
+    case GRIST__V1__WORKER_MESSAGE__MSG_BATCH: {
+        *kind = GRIST_WMSG_BATCH;
+        const size_t n = msg->batch->n_summaries;
+        *batch = NULL;
+        *nbatch = 0;
+        if (n == 0 || n > GRIST_MAX_BATCH) {
+            st = ERR("batch.summaries: %zu summaries, expected 1 to %u", n, GRIST_MAX_BATCH);
+            break;
+        }
+        struct grist_summary *b = calloc(n, sizeof(*b));
+        if (!b) {
+            st = GRIST_WIRE_NOMEM;
+            break;
+        }
+        st = GRIST_WIRE_OK;
+        size_t k = 0;
+        for (; k < n && st == GRIST_WIRE_OK; k++) {
+            char e2[200] = "";
+            st = decode_summary(msg->batch->summaries[k], ngroups, m, &b[k], e2, sizeof(e2));
+            if (st != GRIST_WIRE_OK)
+                snprintf(err, errsz, "batch.summaries[%zu]: %s", k, e2);
+        }
+        if (st != GRIST_WIRE_OK) { /* nothing of a bad batch is kept */
+            grist__batch_free(b, k); /* the failed one is zeroed or freed already */
+            break;
+        }
+        *batch = b;
+        *nbatch = n;
+        break;
+    }
     default:
-        st = ERR("WorkerMessage: neither hello nor summary is set");
+        st = ERR("WorkerMessage: neither hello, summary nor batch is set");
         break;
     }
     grist__v1__worker_message__free_unpacked(msg, NULL);
@@ -346,6 +384,7 @@ uint8_t *grist__encode_welcome(uint64_t session, uint32_t seed, const struct gri
     w.session_id = session;
     w.job_seed = seed;
     w.policy = &pol;
+    w.accepts_batches = 1;
     Grist__V1__ServerMessage m = GRIST__V1__SERVER_MESSAGE__INIT;
     m.msg_case = GRIST__V1__SERVER_MESSAGE__MSG_WELCOME;
     m.welcome = &w;

@@ -65,7 +65,10 @@ struct grist_summary {
     float *sketch;       /* ngroups * m, group-major */
 };
 
-enum grist_wmsg_kind { GRIST_WMSG_HELLO = 1, GRIST_WMSG_SUMMARY = 2 };
+enum grist_wmsg_kind { GRIST_WMSG_HELLO = 1, GRIST_WMSG_SUMMARY = 2, GRIST_WMSG_BATCH = 3 };
+
+/* Largest number of summaries in one SummaryBatch. */
+#define GRIST_MAX_BATCH 256u
 
 /**
  * Decode one WorkerMessage. A Hello is checked against lim; a Summary
@@ -74,15 +77,19 @@ enum grist_wmsg_kind { GRIST_WMSG_HELLO = 1, GRIST_WMSG_SUMMARY = 2 };
  *
  * @param kind  receives the message kind on GRIST_WIRE_OK.
  * @param err   receives a message naming the offending field.
- * @return a grist_wire_status; on OK exactly one of hello/summary is filled
- *         and owns memory (free with grist__hello_free/grist__summary_free).
+ * @return a grist_wire_status; on OK exactly one of hello, summary or batch
+ *         is filled and owns memory (free with grist__hello_free,
+ *         grist__summary_free, grist__batch_free). A batch decodes whole or
+ *         not at all: one bad summary refuses it, naming its index.
  */
 enum grist_wire_status grist__decode_worker(const uint8_t *buf, size_t len,
                                             const struct grist_limits *lim, uint32_t ngroups,
                                             uint32_t m, enum grist_wmsg_kind *kind,
                                             struct grist_hello *hello,
-                                            struct grist_summary *summary, char *err,
-                                            size_t errsz);
+                                            struct grist_summary *summary,
+                                            struct grist_summary **batch, size_t *nbatch,
+                                            char *err, size_t errsz);
+void grist__batch_free(struct grist_summary *batch, size_t n);
 
 void grist__hello_free(struct grist_hello *h);
 void grist__summary_free(struct grist_summary *s);

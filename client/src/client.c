@@ -58,6 +58,7 @@ struct grist_session {
     struct tag tags[3];
     int ops;            /* batches outstanding on the current call */
     int active, connected, send_in_flight, status_done, closing, dead;
+    int batches; /* the daemon's Welcome said accepts_batches */
     grpc_byte_buffer *send_buf, *recv_buf;
     grpc_metadata_array md_init, md_trail;
     grpc_status_code status;
@@ -116,10 +117,69 @@ uint32_t grist_sketch_group_seed(uint32_t job_seed, uint32_t group_index)
 
 /* ---- stream handling (background thread or caller, under c->mu) ---- */
 
+/* Largest batch: summaries and bytes (a daemon's default limit is 64 MiB). */
+#define GRIST__BATCH_MAX 256u
+#define GRIST__BATCH_BYTES ((size_t)1 << 20)
+
+static size_t put_varint(uint8_t *p, uint64_t v)
+{
+    size_t n = 0;
+    while (v >= 0x80) {
+        p[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    p[n++] = (uint8_t)v;
+    return n;
+}
+
+/* The next message to send: the oldest queued summary alone, or, when the
+ * daemon accepts batches and more are queued, up to GRIST__BATCH_MAX of them
+ * as one WorkerMessage.batch. Each queued message is WorkerMessage field 2
+ * (tag byte 0x12, length, Summary); as SummaryBatch field 1 the same bytes
+ * only take tag 0x0a, so a batch is the queued messages re-tagged, behind
+ * WorkerMessage field 3 (0x1a) and the total length. 0, or -1 when nothing
+ * is queued (or out of memory: the summaries stay queued). */
+static int next_message(struct grist_session *s, struct grist__msg *out, uint32_t *count)
+{
+    *count = 1;
+    if (!s->batches || s->queue.len < 2)
+        return grist__ring_pop(&s->queue, out);
+    size_t total = 0;
+    uint32_t n = 0;
+    while (n < s->queue.len && n < GRIST__BATCH_MAX) {
+        const struct grist__msg *q = grist__ring_peek(&s->queue, n);
+        if (n > 0 && total + q->len > GRIST__BATCH_BYTES)
+            break;
+        total += q->len;
+        n++;
+    }
+    if (n < 2)
+        return grist__ring_pop(&s->queue, out);
+    uint8_t *buf = malloc(total + 11);
+    if (!buf)
+        return grist__ring_pop(&s->queue, out);
+    size_t off = 0;
+    buf[off++] = 0x1a;
+    off += put_varint(buf + off, total);
+    for (uint32_t k = 0; k < n; k++) {
+        struct grist__msg q;
+        grist__ring_pop(&s->queue, &q);
+        memcpy(buf + off, q.buf, q.len);
+        buf[off] = 0x0a;
+        off += q.len;
+        free(q.buf);
+    }
+    out->buf = buf;
+    out->len = off;
+    *count = n;
+    return 0;
+}
+
 static void start_send_locked(struct grist_session *s)
 {
     struct grist__msg m;
-    if (!s->connected || s->send_in_flight || !s->call || grist__ring_pop(&s->queue, &m) < 0)
+    uint32_t count;
+    if (!s->connected || s->send_in_flight || !s->call || next_message(s, &m, &count) < 0)
         return;
     grpc_slice sl = grpc_slice_from_copied_buffer((const char *)m.buf, m.len);
     free(m.buf);
@@ -132,7 +192,7 @@ static void start_send_locked(struct grist_session *s)
     if (grpc_call_start_batch(s->call, &op, 1, &s->tags[TAG_SEND], NULL) == GRPC_CALL_OK) {
         s->send_in_flight = 1;
         s->ops++;
-        s->st.sent++;
+        s->st.sent += count;
     } else {
         grpc_byte_buffer_destroy(s->send_buf);
         s->send_buf = NULL;
@@ -152,7 +212,8 @@ static void end_call_locked(struct grist_session *s);
 static int start_send_unlocking(pthread_mutex_t *mu, struct grist_session *s)
 {
     struct grist__msg m;
-    if (!s->connected || s->send_in_flight || !s->call || grist__ring_pop(&s->queue, &m) < 0)
+    uint32_t count;
+    if (!s->connected || s->send_in_flight || !s->call || next_message(s, &m, &count) < 0)
         return 0;
     grpc_slice sl = grpc_slice_from_copied_buffer((const char *)m.buf, m.len);
     free(m.buf);
@@ -161,7 +222,7 @@ static int start_send_unlocking(pthread_mutex_t *mu, struct grist_session *s)
     s->send_buf = bb;
     s->send_in_flight = 1;
     s->ops++;
-    s->st.sent++;
+    s->st.sent += count;
     grpc_call *call = s->call;
     grpc_op op;
     memset(&op, 0, sizeof(op));
@@ -173,7 +234,7 @@ static int start_send_unlocking(pthread_mutex_t *mu, struct grist_session *s)
     if (e != GRPC_CALL_OK) { /* no completion will come: our op keeps s alive */
         s->send_in_flight = 0;
         s->ops--;
-        s->st.sent--;
+        s->st.sent -= count;
         if (s->send_buf == bb)
             s->send_buf = NULL;
         grpc_byte_buffer_destroy(bb);
@@ -275,6 +336,7 @@ static void on_message_locked(struct grist_session *s, const uint8_t *buf, size_
         if (m->welcome->job_seed != s->seed) /* a daemon of another seed rule: follow it */
             s->seed = m->welcome->job_seed;
         s->connected = 1;
+        s->batches = m->welcome->accepts_batches;
         s->st.connected = 1;
         s->st.attaches++;
         grist__backoff_reset(&s->backoff);
@@ -343,7 +405,7 @@ static void handle_locked(struct tag *t, int ok)
 
 /* How often the sender looks at the queues while summaries flow, and after
  * how long without any it sleeps until the next submit signals it. */
-#define GRIST__SEND_POLL_S 0.004
+#define GRIST__SEND_POLL_S 0.025
 #define GRIST__SEND_IDLE_S 1.0
 
 /* The sender thread: starts the first send of every queue that went idle

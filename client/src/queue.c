@@ -46,6 +46,11 @@ int grist__ring_pop(struct grist__ring *r, struct grist__msg *out)
     return 0;
 }
 
+const struct grist__msg *grist__ring_peek(const struct grist__ring *r, uint32_t k)
+{
+    return &r->q[(r->head + k) % r->cap];
+}
+
 void grist__backoff_init(struct grist__backoff *b, double initial_s, double max_s, uint64_t seed)
 {
     b->initial_s = initial_s > 0 ? initial_s : 0.1;

@@ -32,6 +32,8 @@ void grist__ring_free(struct grist__ring *r);
 uint32_t grist__ring_push(struct grist__ring *r, struct grist__msg m);
 /* Removes the oldest entry into *out (ownership to the caller); 0, or -1 when empty. */
 int grist__ring_pop(struct grist__ring *r, struct grist__msg *out);
+/* The k-th oldest entry (k < len), still owned by the ring. */
+const struct grist__msg *grist__ring_peek(const struct grist__ring *r, uint32_t k);
 
 struct grist__backoff {
     double initial_s, max_s, cur_s;

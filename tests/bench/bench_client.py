@@ -83,8 +83,8 @@ def main():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     print("| model | params | step ms (plain) | grist, async_sketch=False (sketch in session.step) | grist, async_sketch "
-          "(default: beside the step) | K=3 buffers | grist memory | K=3 buffers memory |")
-    print("|---|---|---|---|---|---|---|---|")
+          "(default: beside the step) | grist default, hashed sketch | K=3 buffers | grist memory | K=3 buffers memory |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, width, depth in SIZES:
         net = mlp(width, depth)
         nparam = sum(p.numel() for p in net.parameters())
@@ -99,6 +99,18 @@ def main():
 
         session = grist.torch.attach(opt, job=f"bench-{name}", address=address, wait_s=10)
         assert session.session.job_seed != 0, "gristd not reachable"
+        # the same model and optimizer once more, attached with the hashed sketch
+        net_h = mlp(width, depth)
+        net_h.load_state_dict(net.state_dict())
+        opt_h = torch.optim.SGD(net_h.parameters(), lr=0.01, momentum=0.9)
+        session_h = grist.torch.attach(opt_h, job=f"bench-{name}-hashed", address=address, wait_s=10,
+                                       sketch_kind="hashed")
+
+        def hashed_step():
+            opt_h.zero_grad()
+            torch.nn.functional.cross_entropy(net_h(x), y).backward()
+            opt_h.step()
+            session_h.step(batch_size=64)
         wrapped, raw = opt.step, session._orig_step
         cb = CandidateBuffers(net.parameters())
 
@@ -123,7 +135,9 @@ def main():
             cb.step()
             opt.step = wrapped
 
-        plain, sync, asy, buf = interleaved([plain_step, sync_step, async_step, buffers_step])
+        plain, sync, asy, hsh, buf = interleaved([plain_step, sync_step, async_step, hashed_step,
+                                                  buffers_step])
+        session_h.close()
         st = session.stats()
         assert session.discarded == 0 and st["submitted"] > 0, (session.discarded, st)
         # what grist keeps per worker: libgrist's step sketcher (an m-double
@@ -142,7 +156,7 @@ def main():
             return f"{a[0] * 1e3:.2f} ({100 * (a[0] / plain[0] - 1):+.1f}%)"
 
         print(f"| {name} | {nparam / 1e6:.2f}M | {plain[0] * 1e3:.2f} | {pct(sync)} | {pct(asy)} | "
-              f"{pct(buf)} | {gmem / 1024:.0f} KiB ({100 * gmem / pbytes:.2f}% of params) | "
+              f"{pct(hsh)} | {pct(buf)} | {gmem / 1024:.0f} KiB ({100 * gmem / pbytes:.2f}% of params) | "
               f"{cb.nbytes() / 2**20:.1f} MiB ({100 * cb.nbytes() / pbytes:.0f}%) |", flush=True)
         if nparam >= 500_000:  # the P6 target is for models of about 1M parameters and up
             label = os.environ.get("GRIST_BENCH_LABEL", "run")
@@ -154,17 +168,21 @@ def main():
     seed_p = grist.group_seed(12345, 0)
 
     def sk():
-        grist.sketch_f32(seed_p, t.data_ptr(), t.numel(), 0, acc, sq)
+        grist.sketch_f32(seed_p, t.data_ptr(), t.numel(), 0, acc, sq, kind="block")
+
+    def skh():
+        grist.sketch_f32(seed_p, t.data_ptr(), t.numel(), 0, acc, sq, kind="hashed")
 
     def ref():
         t.sum()  # one pass over the same memory: the floor of any O(n) kernel
 
-    (med, lo, hi), (rmed, _, _) = interleaved([sk, ref], warm=3, n=10)
-    print(f"\nsketch of 5.27M floats (m = 1024, one core): {med * 1e3:.2f} ms median "
-          f"({lo * 1e3:.2f}-{hi * 1e3:.2f}); torch.sum of the same tensor in alternating windows "
-          f"{rmed * 1e3:.2f} ms: ratio {med / rmed:.1f}")
-    print("\nstep ms: median of 7 windows of 60 steps, the four variants in alternating windows; "
-          "batch 64, SGD, 1 torch thread; grist sketch_dim 1024, one param group.")
+    (med, lo, hi), (hmed, _, _), (rmed, _, _) = interleaved([sk, skh, ref], warm=3, n=10)
+    print(f"\nsketch of 5.27M floats (m = 1024, one core): block {med * 1e3:.2f} ms median "
+          f"({lo * 1e3:.2f}-{hi * 1e3:.2f}), hashed {hmed * 1e3:.2f} ms; torch.sum of the same tensor "
+          f"in alternating windows {rmed * 1e3:.2f} ms: block / sum {med / rmed:.1f}")
+    print("\nstep ms: median of 7 windows of 60 steps, the five variants in alternating windows; "
+          "batch 64, SGD, 1 torch thread; grist sketch_dim 1024, one param group; the default sketch "
+          "kind is block (docs/MATH.md 2.1).")
     return 0
 
 

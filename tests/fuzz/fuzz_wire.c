@@ -28,9 +28,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     enum grist_wmsg_kind kind = 0;
     struct grist_hello h;
     struct grist_summary s;
+    struct grist_summary *batch = NULL;
+    size_t nbatch = 0;
     char err[256];
-    enum grist_wire_status st =
-        grist__decode_worker(data, size, &lim, ngroups, m, &kind, &h, &s, err, sizeof(err));
+    enum grist_wire_status st = grist__decode_worker(data, size, &lim, ngroups, m, &kind, &h, &s,
+                                                     &batch, &nbatch, err, sizeof(err));
     if (st == GRIST_WIRE_OK && kind == GRIST_WMSG_HELLO) {
         struct grist_job_policy def, out;
         memset(&def, 0, sizeof(def));
@@ -42,6 +44,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         grist__hello_free(&h);
     } else if (st == GRIST_WIRE_OK && kind == GRIST_WMSG_SUMMARY) {
         grist__summary_free(&s);
+    } else if (st == GRIST_WIRE_OK && kind == GRIST_WMSG_BATCH) {
+        grist__batch_free(batch, nbatch);
     }
     return 0;
 }

@@ -67,6 +67,18 @@ int main(int argc, char **argv)
     put(dir, "summary-nan", 0, buf, grist__v1__worker_message__pack(&wm, buf));
     sk[3] = 1;
     put(dir, "summary-wrong-shape", 5, buf, grist__v1__worker_message__pack(&wm, buf));
+    Grist__V1__Summary s2 = s;
+    s2.step = 8;
+    Grist__V1__Summary *ss[2] = {&s, &s2};
+    Grist__V1__SummaryBatch sb = GRIST__V1__SUMMARY_BATCH__INIT;
+    sb.n_summaries = 2;
+    sb.summaries = ss;
+    wm.msg_case = GRIST__V1__WORKER_MESSAGE__MSG_BATCH;
+    wm.batch = &sb;
+    put(dir, "batch", 0, buf, grist__v1__worker_message__pack(&wm, buf));
+    sk[5] = NAN;
+    put(dir, "batch-nan", 0, buf, grist__v1__worker_message__pack(&wm, buf));
+    sk[5] = 1;
     const uint8_t junk[] = {0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x12, 0x00};
     put(dir, "junk", 0, junk, sizeof(junk));
     return 0;

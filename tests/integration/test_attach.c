@@ -836,6 +836,92 @@ START_TEST(test_families_after_last_step)
 }
 END_TEST
 
+/* WorkerMessage.batch of the given encoded WorkerMessage.summary messages,
+ * the way libgrist builds it: each re-tagged as SummaryBatch field 1. */
+static size_t encode_batch(uint8_t **out, uint8_t *const *msgs, const size_t *lens, int n)
+{
+    size_t total = 0;
+    for (int k = 0; k < n; k++)
+        total += lens[k];
+    uint8_t *b = malloc(total + 11);
+    size_t off = 0;
+    b[off++] = 0x1a;
+    for (uint64_t v = total; ; v >>= 7) {
+        b[off++] = (uint8_t)(v >= 0x80 ? (v & 0x7f) | 0x80 : v);
+        if (v < 0x80)
+            break;
+    }
+    for (int k = 0; k < n; k++) {
+        memcpy(b + off, msgs[k], lens[k]);
+        b[off] = 0x0a;
+        off += lens[k];
+    }
+    *out = b;
+    return off;
+}
+
+/* Batches: applied in order as if sent one by one; a batch with one bad
+ * summary is refused whole, naming its index; an empty one is refused. */
+START_TEST(test_batches)
+{
+    struct gristd_proc p = start_daemon(NULL);
+    grpc_init();
+    char det[256];
+    uint32_t seed;
+    static float sk[M];
+    struct tw_opts o = {.job = "batch", .rank = 0, .world = 1, .ngroups = 1, .m = M, .n = 1000,
+                        .beta0 = 0.9, .solve_every = 1, .min_steps = 1};
+    struct tw *w = tw_open(p.addr[0], &o);
+    ck_assert_int_eq(tw_welcome(w, &seed, 10), 0);
+    uint8_t *msgs[5], *buf;
+    size_t lens[5];
+    for (int k = 0; k < 5; k++) {
+        for (int i = 0; i < M; i++)
+            sk[i] = (float)cos(0.1 * (double)(i + 1) * (k + 1));
+        lens[k] = tw_encode_summary(&msgs[k], (uint64_t)k + 1, 1, M, sk, NULL, 8);
+    }
+    size_t len = encode_batch(&buf, msgs, lens, 5);
+    ck_assert_int_eq(tw_send_raw(w, buf, len), 0);
+    free(buf);
+    wait_evaluated(p.addr[0], "batch", 5);
+    grpc_status_code st;
+    Grist__V1__GetJobResponse *r = get_job(p.addr[0], "batch", &st);
+    ck_assert_ptr_nonnull(r);
+    ck_assert_uint_eq(r->job->step, 5);
+    ck_assert_uint_eq(r->groups[0]->steps, 5);
+    grist__v1__get_job_response__free_unpacked(r, NULL);
+    /* steps 6, 7 good, 8 of the wrong size: nothing of it is applied */
+    for (int k = 0; k < 5; k++)
+        free(msgs[k]);
+    for (int k = 0; k < 3; k++)
+        lens[k] = tw_encode_summary(&msgs[k], (uint64_t)k + 6, 1, k == 2 ? M / 2 : M, sk, NULL, 8);
+    len = encode_batch(&buf, msgs, lens, 3);
+    ck_assert_int_eq(tw_send_raw(w, buf, len), 0);
+    free(buf);
+    ck_assert_int_eq(expect_end(w, det, sizeof(det)), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_msg(strstr(det, "batch.summaries[2]"), "unclear: %s", det);
+    tw_free(w);
+    r = get_job(p.addr[0], "batch", &st);
+    ck_assert_ptr_nonnull(r);
+    ck_assert_uint_eq(r->job->step, 5);
+    ck_assert_uint_eq(r->groups[0]->steps, 5);
+    grist__v1__get_job_response__free_unpacked(r, NULL);
+    for (int k = 0; k < 3; k++)
+        free(msgs[k]);
+    /* an empty batch */
+    w = tw_open(p.addr[0], &o);
+    ck_assert_int_eq(tw_welcome(w, &seed, 10), 0);
+    const uint8_t empty[] = {0x1a, 0x00};
+    tw_send_raw(w, empty, sizeof(empty));
+    ck_assert_int_eq(expect_end(w, det, sizeof(det)), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_msg(strstr(det, "batch.summaries"), "unclear: %s", det);
+    tw_free(w);
+    ck_assert_int_eq(health_check(p.addr[0], ""), 1);
+    grpc_shutdown();
+    ck_assert_int_eq(gristd_stop(&p, SIGTERM), 0);
+}
+END_TEST
+
 /* A stream that never sends its Hello is ended, not kept for good. */
 START_TEST(test_hello_timeout)
 {
@@ -869,6 +955,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_hello_timeout);
     tcase_add_test(tc, test_sketch_kind);
     tcase_add_test(tc, test_families_after_last_step);
+    tcase_add_test(tc, test_batches);
     suite_add_tcase(s, tc);
     return s;
 }

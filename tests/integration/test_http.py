@@ -81,6 +81,8 @@ def feed(addr, job, steps, groups=("conv", "head"), m=256):
         for k in range(len(groups)):
             sketch_f32(seeds[k], g[k].ctypes.data, g.shape[1], 0, acc[k], sq[k], kind=sess.sketch_kind)
         sess.submit(t, acc.astype(np.float32), sq[:, 0], [32] * len(groups))
+        if t % 5 == 0:  # libgrist batches what queued up: keep evaluations frequent
+            assert sess.flush(10)
     return client, sess
 
 
@@ -128,7 +130,7 @@ def check_api(http):
     n = len(full["steps"])
     # one evaluation per batch of steps the compute thread took at once: how
     # many depends on the machine's load, so the sizes asked follow n
-    assert n >= 12 and full["steps"] == sorted(full["steps"]), n
+    assert n >= 60 and full["steps"] == sorted(full["steps"]), n
     for points in (2, 3, n // 3, n - 1):
         h = get_json(http, f"{q}?group=1&series=noise_scale&points={points}")
         assert len(h["steps"]) == len(h["values"]) == points, (points, len(h["steps"]))
@@ -167,8 +169,7 @@ def check_metrics(http):
                    "# TYPE gristd_summaries_total counter"]:
         assert needle in text, needle
     count = [ln for ln in text.splitlines() if ln.startswith("gristd_solve_duration_seconds_count")]
-    # one per evaluation; a fast feed arrives in bursts the compute thread takes at once
-    assert int(count[0].split()[1]) >= 12, count
+    assert int(count[0].split()[1]) >= 60, count  # one per evaluation
     print(f"metrics: {len(text.splitlines())} lines, promtool check metrics passed")
 
 
@@ -195,9 +196,9 @@ def check_gristctl(gristd, addr, http):
     table = run("job", "http a/1")
     assert "conv" in table and "momentum" in table
     h = json.loads(run("history", "http a/1", "--group", "1", "--series", "noise_scale",
-                       "--points", "8", "--json"))  # check_api saw >= 12 evaluations
-    ha = get_json(http, "/api/v1/jobs/http%20a%2F1/history?group=1&series=noise_scale&points=8")
-    assert len(h["steps"]) == 8 and h["steps"] == ha["steps"] and h["values"] == ha["values"]
+                       "--points", "50", "--json"))  # check_api saw >= 60 evaluations
+    ha = get_json(http, "/api/v1/jobs/http%20a%2F1/history?group=1&series=noise_scale&points=50")
+    assert len(h["steps"]) == 50 and h["steps"] == ha["steps"] and h["values"] == ha["values"]
     assert len(run("history", "http a/1", "--points", "10").strip().splitlines()) == 11
     lines = [ln for ln in run("watch", "http a/1", "--for", "1.5", "--json").splitlines() if ln]
     assert lines and json.loads(lines[0])["job"]["id"] == "http a/1", lines

@@ -246,13 +246,17 @@ def test_policy(gristd):
                                          "ema_gamma": 0.9, "select_on": "train"},
                                  wait_s=10)
     g = torch.Generator().manual_seed(1)
-    for step in range(1, 81):
+    step = 0
+    # 80 steps, then on until a push arrived (summaries and pushes are
+    # asynchronous: a fast loop may end before the first push is back)
+    while step < 80 or (not session.history and step < 2000):
+        step += 1
         idx = torch.randint(0, len(X), (32,), generator=g)
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
         opt.step()
         session.step(batch_size=32)
-    gs = wait_step(addr, "policy-test", 80).groups[0]
+    gs = wait_step(addr, "policy-test", step).groups[0]
     print(f"policy: candidates {list(gs.candidates)}, pushes {session.history[-3:]}")
     assert list(gs.candidates) == paper, list(gs.candidates)
     assert session.history and all(m in paper for _, ms, _ in session.history for m in ms), \
