@@ -259,6 +259,8 @@ class Session:
         _check(_attach(client._h, ctypes.byref(o), ctypes.byref(self._h)), "attach")
         client._sessions.append(self)
         self._hp = (_GroupHyperparams * self.ngroups)()
+        self._lv, self._ls = _u64(), _u64()
+        self._lvp, self._lsp = ctypes.byref(self._lv), ctypes.byref(self._ls)
         self._applied = np.zeros(4 * self.ngroups)
         self._bs = (_u32 * self.ngroups)()
 
@@ -319,12 +321,16 @@ class Session:
         return _check(_sk_end(self._h, step, bs, int(bool(validation)), int(bool(commit))),
                       "sketch_end")
 
-    def latest(self):
-        """(version, step, [dict(momentum, lr_scale, lr, confidence)]) or (0, 0, None)."""
-        v, s = _u64(), _u64()
-        r = _latest(self._h, self._hp, self.ngroups, ctypes.byref(v), ctypes.byref(s))
+    def latest(self, since=None):
+        """(version, step, [dict(momentum, lr_scale, lr, confidence)]) or (0, 0, None).
+        With since: (version, step, None) while the version is still `since`
+        (nothing new: no dicts built, the per-step call of grist.torch)."""
+        v, s = self._lv, self._ls
+        r = _latest(self._h, self._hp, self.ngroups, self._lvp, self._lsp)
         if r < 0:
             return 0, 0, None
+        if since is not None and v.value == since:
+            return v.value, s.value, None
         return v.value, s.value, [dict(momentum=h.momentum, lr_scale=h.lr_scale, lr=h.lr,
                                        confidence=h.confidence) for h in self._hp]
 

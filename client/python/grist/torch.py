@@ -22,6 +22,7 @@ every rank at the same step (rank 0 broadcasts them every sync_every steps):
 DDP only averages gradients, so ranks changing momentum at different steps
 would train diverging replicas.
 """
+import ctypes
 import warnings
 
 import numpy as np
@@ -125,6 +126,12 @@ class GristSession:
         self._ddp = False  # set by _install_hook
         self._params = [(p, gi, off) for p, (gi, off) in self._where.items()]
         self._tdesc = (Tensor * max(1, len(self._params)))()
+        # the descriptors' fixed fields, for the fast path of _begin (SGD
+        # family, every gradient present, float32, contiguous, on the CPU)
+        self._tfixed = (Tensor * max(1, len(self._params)))()
+        for k, (p, gi, off) in enumerate(self._params):
+            self._tfixed[k].n, self._tfixed[k].offset, self._tfixed[k].group = p.numel(), off, gi
+        self._tfixed_ok = False  # whether _tdesc holds them (the general path overwrites)
         self._pending = None  # [(tensor, version)] of a sketch begun on libgrist's thread
         # SGD reads the gradients without changing them, so their sketch can
         # run during optimizer.step() on another core; Adam's metric reads
@@ -255,6 +262,11 @@ class GristSession:
         """Describe every CPU gradient of the step to libgrist and start its
         sketch; returns the [(tensor, version)] to check at the end, or None
         (gradients on a GPU, or no job seed yet)."""
+        if self.kind not in _PRECOND:
+            refs = self._begin_fast(run_async)
+            if refs is not False:
+                return refs
+        self._tfixed_ok = False
         refs = []
         k = 0
         for p, gi, off in self._params:
@@ -281,6 +293,26 @@ class GristSession:
             refs.append((g, g._version))
             k += 1
         if self.session.sketch_begin(self._tdesc, k, run_async) < 0:
+            return None
+        return refs
+
+    def _begin_fast(self, run_async):
+        """_begin when every parameter has a float32 contiguous CPU gradient
+        (the usual SGD step): only the gradient addresses change between
+        steps. False: not applicable, take the general path."""
+        td = self._tdesc
+        if not self._tfixed_ok:
+            ctypes.memmove(td, self._tfixed, ctypes.sizeof(self._tfixed))
+            self._tfixed_ok = True
+        refs = []
+        f32 = _torch.float32
+        for k, (p, _, _) in enumerate(self._params):
+            g = p.grad
+            if g is None or g.is_cuda or g.dtype is not f32 or not g.is_contiguous():
+                return False
+            td[k].grad = g.data_ptr()
+            refs.append((g, g._version))
+        if self.session.sketch_begin(td, len(self._params), run_async) < 0:
             return None
         return refs
 
@@ -377,7 +409,7 @@ class GristSession:
         if self._ddp:
             version, hp = self._agreed_latest()
         else:
-            version, _, hp = self.session.latest()
+            version, _, hp = self.session.latest(since=self.version)
         if hp is not None and version != self.version:
             self.version = version
             for g, h in zip(self.optimizer.param_groups, hp):
