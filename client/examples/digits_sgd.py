@@ -68,6 +68,7 @@ def train(args, attach_to=None, job="digits-sgd"):
         acc = (net(Xte).argmax(1) == yte).float().mean().item()
     hist, stats = [], {}
     if session:
+        session.flush(5)  # summaries leave in batches: count them once all are out
         hist, stats = session.history, session.stats()
         session.close()
     return dict(acc=acc, losses=losses, steps=step, history=hist, stats=stats,

@@ -506,6 +506,11 @@ class GristSession:
     def stats(self):
         return self.session.stats()
 
+    def flush(self, timeout_s=5.0):
+        """Wait until every summary submitted so far was handed to the daemon
+        (they leave in batches, every 25 ms); False on timeout."""
+        return self.session.flush(timeout_s)
+
     def close(self):
         if self._pending is not None:  # let libgrist's thread finish with the tensors
             self._pending = None
