@@ -36,6 +36,8 @@ static const struct opt table[] = {
     {"http", OPT_STR, F(http), "", 0, 0,
      "serve /metrics (Prometheus), /api/v1 (JSON) and the dashboard page / on HOST:PORT "
      "(port 0 picks a free port; the ready fd also gets 'http <bound address>'); off when empty"},
+    {"http-idle-timeout", OPT_DBL, F(http_idle_timeout), "10", 0.1, 3600,
+     "seconds an HTTP connection may stay open without completing a request (idle keep-alive or a trickling request)"},
     {"metrics-max-jobs", OPT_INT, F(metrics_max_jobs), "100", 0, 1 << 20,
      "jobs with per-group series in /metrics (bounds the cardinality; the rest are counted)"},
     {"backend", OPT_STR, F(backend), "auto", 0, 0,

@@ -143,8 +143,15 @@ struct conn {
     http_parser parser;
     char url[URL_MAX + 1];
     size_t url_len, header_bytes;
-    int too_long, busy, closing;
+    int url_too_long, headers_too_long, busy, closing;
+    char *in;             /* bytes read and not parsed yet (pipelined requests) */
+    size_t in_len, in_cap;
+    uv_timer_t timer;     /* idle / slow-request timeout (--http-idle-timeout) */
+    int timer_on;
 };
+
+/* Unparsed input a connection may hold (pipelined requests): past it, close. */
+#define HTTP_IN_MAX (64u << 10)
 
 struct grist_http {
     uv_tcp_t srv;
@@ -161,6 +168,17 @@ struct wreq {
     int close_after;
 };
 
+static void conn_free(struct conn *c)
+{
+    free(c->in);
+    free(c);
+}
+
+static void timer_closed(uv_handle_t *hd)
+{
+    conn_free(hd->data);
+}
+
 static void conn_closed(uv_handle_t *hd)
 {
     struct conn *c = hd->data;
@@ -169,7 +187,10 @@ static void conn_closed(uv_handle_t *hd)
             *p = c->next;
             break;
         }
-    free(c);
+    if (c->timer_on)
+        uv_close((uv_handle_t *)&c->timer, timer_closed); /* frees c */
+    else
+        conn_free(c);
 }
 
 static void conn_close(struct conn *c)
@@ -180,6 +201,8 @@ static void conn_close(struct conn *c)
     uv_close((uv_handle_t *)&c->tcp, conn_closed);
 }
 
+static void parse_pending(struct conn *c);
+
 static void on_written(uv_write_t *w, int status)
 {
     struct wreq *r = (struct wreq *)w;
@@ -188,6 +211,8 @@ static void on_written(uv_write_t *w, int status)
     c->busy = 0;
     if (status < 0 || r->close_after)
         conn_close(c);
+    else
+        parse_pending(c); /* the next pipelined request, if any */
     free(r);
 }
 
@@ -219,7 +244,7 @@ static void respond(struct conn *c, int code, const char *ctype, struct sbuf *bo
               "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
               "Cache-Control: no-store\r\nConnection: %s\r\n\r\n",
               code, reason_of(code), ctype, body->len, keep ? "keep-alive" : "close");
-    if (body->len)
+    if (body->len && c->parser.method != HTTP_HEAD) /* HEAD: the headers of GET, no body */
         sb_put(&out, body->p, body->len);
     free(body->p);
     struct wreq *r = calloc(1, sizeof(*r));
@@ -635,8 +660,12 @@ static int pct_decode(char *s)
 static void route(struct conn *c)
 {
     const int keep = http_should_keep_alive(&c->parser);
-    if (c->too_long) {
-        respond_error(c, 414, "request URL or headers too long", 0);
+    if (c->url_too_long) {
+        respond_error(c, 414, "request URL too long", 0);
+        return;
+    }
+    if (c->headers_too_long) {
+        respond_error(c, 431, "request headers too large (8 KiB at most)", 0);
         return;
     }
     if (c->parser.method != HTTP_GET && c->parser.method != HTTP_HEAD) {
@@ -699,7 +728,7 @@ static int on_message_begin(http_parser *p)
     c->url_len = 0;
     c->url[0] = 0;
     c->header_bytes = 0;
-    c->too_long = 0;
+    c->url_too_long = c->headers_too_long = 0;
     return 0;
 }
 
@@ -707,7 +736,7 @@ static int on_url(http_parser *p, const char *at, size_t len)
 {
     struct conn *c = p->data;
     if (c->url_len + len > URL_MAX) {
-        c->too_long = 1;
+        c->url_too_long = 1;
         return 0;
     }
     memcpy(c->url + c->url_len, at, len);
@@ -722,7 +751,7 @@ static int on_header_bytes(http_parser *p, const char *at, size_t len)
     struct conn *c = p->data;
     c->header_bytes += len;
     if (c->header_bytes > HEADER_MAX)
-        c->too_long = 1;
+        c->headers_too_long = 1;
     return 0;
 }
 
@@ -744,6 +773,48 @@ static void on_alloc(uv_handle_t *hd, size_t sz, uv_buf_t *b)
     b->len = b->base ? sz : 0;
 }
 
+static void on_timeout(uv_timer_t *t)
+{
+    struct conn *c = t->data;
+    if (!c->busy) /* nothing being answered: idle, or a request that never completed */
+        conn_close(c);
+}
+
+/* (Re)arm the idle timer: called when a connection opens and after every
+ * complete request. */
+static void arm_timer(struct conn *c)
+{
+    if (c->timer_on)
+        uv_timer_start(&c->timer, on_timeout, (uint64_t)(c->h->d->cfg->http_idle_timeout * 1000.0), 0);
+}
+
+/* Parse buffered input until a request completes (it is answered, and the
+ * parser waits for the response to be written) or the input runs out.
+ * Pipelined requests are answered in order, one at a time. */
+static void parse_pending(struct conn *c)
+{
+    while (!c->busy && !c->closing && c->in_len > 0) {
+        const size_t used = http_parser_execute(&c->parser, &g_settings, c->in, c->in_len);
+        const enum http_errno err = HTTP_PARSER_ERRNO(&c->parser);
+        const size_t consumed = used; /* paused: up to and including the request's last byte */
+        if (err == HPE_PAUSED) {
+            http_parser_pause(&c->parser, 0);
+            arm_timer(c);
+        } else if (err != HPE_OK) {
+            if (!c->busy)
+                respond_error(c, 400, http_errno_description(err), 0);
+            else
+                conn_close(c);
+            c->in_len = 0;
+            return;
+        }
+        memmove(c->in, c->in + consumed, c->in_len - consumed);
+        c->in_len -= consumed;
+        if (err != HPE_PAUSED)
+            break; /* a partial request: wait for more bytes */
+    }
+}
+
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 {
     struct conn *c = s->data;
@@ -756,24 +827,28 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
         free(b->base);
         return;
     }
-    if (c->busy) { /* pipelined request while one is being answered: not supported */
+    if (c->in_len + (size_t)n > HTTP_IN_MAX) { /* more than any client needs queued */
         free(b->base);
         conn_close(c);
         return;
     }
-    const size_t used = http_parser_execute(&c->parser, &g_settings, b->base, (size_t)n);
-    const enum http_errno err = HTTP_PARSER_ERRNO(&c->parser);
-    if (err == HPE_PAUSED) {
-        http_parser_pause(&c->parser, 0);
-        if (used + 1 < (size_t)n && !c->busy) /* more bytes after the request: pipelining */
+    if (c->in_len + (size_t)n > c->in_cap) {
+        size_t cap = c->in_cap ? c->in_cap : 4096;
+        while (cap < c->in_len + (size_t)n)
+            cap *= 2;
+        char *p = realloc(c->in, cap);
+        if (!p) {
+            free(b->base);
             conn_close(c);
-    } else if (err != HPE_OK) {
-        if (!c->busy)
-            respond_error(c, 400, http_errno_description(err), 0);
-        else
-            conn_close(c);
+            return;
+        }
+        c->in = p;
+        c->in_cap = cap;
     }
+    memcpy(c->in + c->in_len, b->base, (size_t)n);
+    c->in_len += (size_t)n;
     free(b->base);
+    parse_pending(c);
 }
 
 static void on_connection(uv_stream_t *srv, int status)
@@ -795,6 +870,11 @@ static void on_connection(uv_stream_t *srv, int status)
     h->conns = c;
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
+    if (uv_timer_init(h->d->loop, &c->timer) == 0) {
+        c->timer.data = c;
+        c->timer_on = 1;
+        arm_timer(c);
+    }
     uv_tcp_nodelay(&c->tcp, 1);
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }

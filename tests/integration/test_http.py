@@ -58,6 +58,65 @@ def get(http, path, method="GET"):
         return e.code, e.headers.get("Content-Type"), e.read()
 
 
+def read_response(sock, head=False):
+    """One HTTP/1.1 response from a raw socket: (status, headers dict, body)."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        assert chunk, ("connection closed mid-response", buf)
+        buf += chunk
+    hdr, rest = buf.split(b"\r\n\r\n", 1)
+    lines = hdr.decode().split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:])}
+    n = 0 if head else int(headers["content-length"])
+    while len(rest) < n:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed mid-body"
+        rest += chunk
+    return status, headers, rest[:n], rest[n:]
+
+
+def check_protocol(http):
+    """HTTP/1.1 details on raw sockets: pipelined requests answered in order,
+    HEAD without a body, 431 for oversized headers, the idle timeout."""
+    import socket
+    host, port = http.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=10)
+    s.sendall(b"GET /api/v1/jobs HTTP/1.1\r\nHost: x\r\n\r\n"
+              b"HEAD /api/v1/jobs HTTP/1.1\r\nHost: x\r\n\r\n"
+              b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    st1, h1, b1, extra = read_response(s)
+    assert st1 == 200 and json.loads(b1)["jobs"], (st1, b1[:200])
+    # the HEAD answer: GET's headers (its Content-Length), no body
+    buf = extra
+    while b"\r\n\r\n" not in buf:
+        buf += s.recv(65536)
+    hdr, rest = buf.split(b"\r\n\r\n", 1)
+    assert hdr.startswith(b"HTTP/1.1 200") and int(
+        dict(ln.split(":", 1) for ln in hdr.decode().split("\r\n")[1:])["Content-Length"]) > 0, hdr
+    # the third response follows at once: no body bytes in between
+    while len(rest) < 12:
+        rest += s.recv(65536)
+    assert rest.startswith(b"HTTP/1.1 200"), rest[:80]
+    s.close()
+    s = socket.create_connection((host, int(port)), timeout=10)
+    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n")
+    st, _, _, _ = read_response(s)
+    assert st == 431, st
+    s.close()
+    # a request that never completes is closed after --http-idle-timeout (2 s here)
+    s = socket.create_connection((host, int(port)), timeout=10)
+    t0 = time.time()
+    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+    assert s.recv(100) == b"", "a partial request was answered"
+    waited = time.time() - t0
+    assert 1.5 < waited < 8, waited
+    s.close()
+    print(f"protocol: 3 pipelined requests answered in order, HEAD without body, 431, "
+          f"partial request closed after {waited:.1f} s")
+
+
 def get_json(http, path, want=200):
     st, ct, body = get(http, path)
     assert st == want, (path, st, body[:300])
@@ -315,13 +374,14 @@ def check_cardinality(gristd):
 def main():
     gristd = sys.argv[1]
     artifacts = os.path.join(os.path.dirname(os.path.abspath(gristd)), "..", "meson-logs")
-    proc, addr, http = start(gristd)
+    proc, addr, http = start(gristd, "--http-idle-timeout", "2")
     try:
         c1, s1 = feed(addr, "http a/1", 650)
         c2, s2 = feed(addr, "http-b", 30, groups=("all",))
         wait_step(http, "http a/1", 650)
         wait_step(http, "http-b", 30)
         check_api(http)
+        check_protocol(http)
         check_metrics(http)
         check_prometheus(http)
         check_page(http, artifacts)
