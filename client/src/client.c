@@ -103,6 +103,7 @@ void grist_client_options_default(struct grist_client_options *o)
     o->backoff_max_s = 5.0;
     o->queue_capacity = 1024;
     o->max_message_bytes = 64 << 20;
+    o->keepalive_s = 15.0;
 }
 
 grpc_channel *grist__client_channel(struct grist_client *c)
@@ -497,13 +498,19 @@ int grist_client_open(const char *address, const struct grist_client_options *op
     c->target = strdup(address);
     c->rng = (uint64_t)(mono() * 1e9) ^ (uint64_t)(uintptr_t)c;
     grpc_init();
-    grpc_arg args[4] = {
+    grpc_arg args[8] = {
         {GRPC_ARG_INTEGER, (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, {.integer = c->opt.max_message_bytes}},
         {GRPC_ARG_INTEGER, (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, {.integer = c->opt.max_message_bytes}},
         {GRPC_ARG_INTEGER, (char *)GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, {.integer = 100}},
         {GRPC_ARG_INTEGER, (char *)GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, {.integer = (int)(c->opt.backoff_max_s * 1000)}},
+        /* pings on the connection: a peer that stops answering fails the
+         * stream (UNAVAILABLE) and the session reconnects with backoff */
+        {GRPC_ARG_INTEGER, (char *)GRPC_ARG_KEEPALIVE_TIME_MS, {.integer = (int)(c->opt.keepalive_s * 1000)}},
+        {GRPC_ARG_INTEGER, (char *)GRPC_ARG_KEEPALIVE_TIMEOUT_MS, {.integer = 5000}},
+        {GRPC_ARG_INTEGER, (char *)GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, {.integer = 1}},
+        {GRPC_ARG_INTEGER, (char *)GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, {.integer = 0}},
     };
-    grpc_channel_args ca = {4, args};
+    grpc_channel_args ca = {c->opt.keepalive_s > 0 ? 8u : 4u, args};
     grpc_channel_credentials *creds = grpc_insecure_credentials_create();
     c->ch = grpc_channel_create(address, creds, &ca);
     grpc_channel_credentials_release(creds);

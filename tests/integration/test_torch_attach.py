@@ -455,6 +455,40 @@ def test_validation(gristd):
         assert proc.wait(timeout=30) == 0
 
 
+def check_keepalive(gristd):
+    """libgrist's keepalive pings notice a daemon that stops answering (here
+    SIGSTOP: the kernel still holds the TCP connection open, so without pings
+    the session would wait for good) and the session reconnects once it
+    answers again."""
+    import signal
+    import time
+    from grist._native import Client, Session
+    proc, addr = start_gristd(gristd, "127.0.0.1:0")
+    try:
+        c = Client(addr, keepalive_s=6, backoff_max_s=1.0)
+        s = Session(c, "keepalive", [dict(name="g", n=100, beta=0.9, lr=0.1)], sketch_dim=64)
+        assert s.wait_ready(10)
+        proc.send_signal(signal.SIGSTOP)
+        t0 = time.time()
+        while s.stats()["connected"] and time.time() - t0 < 30:
+            time.sleep(0.2)
+        noticed = time.time() - t0
+        assert not s.stats()["connected"], "a stopped daemon was never noticed"
+        proc.send_signal(signal.SIGCONT)
+        t1 = time.time()
+        while s.stats()["attaches"] < 2 and time.time() - t1 < 30:
+            time.sleep(0.2)
+        assert s.stats()["attaches"] >= 2, s.stats()
+        print(f"keepalive: a stopped daemon noticed after {noticed:.1f} s (pings every 6 s, "
+              f"5 s timeout), re-attached {time.time() - t1:.1f} s after it resumed")
+        s.close()
+        c.close()
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+
+
 def makers_lr(name):
     return {"nadam": 0.003, "radam": 0.003, "rmsprop": 0.001, "adam": 0.003}[name]
 
@@ -469,6 +503,7 @@ def main():
     test_async_sketch(gristd)
     test_policy(gristd)
     test_ddp(gristd)
+    check_keepalive(gristd)
     print("torch attach: ok")
     return 0
 

@@ -45,6 +45,10 @@ struct grist_client_options {
     uint32_t queue_capacity;  /**< summaries queued per session (default 1024: a run that
                                    outpaces its first connection loses nothing) */
     int32_t max_message_bytes; /**< gRPC message limit (default 64 MiB) */
+    double keepalive_s;       /**< HTTP/2 ping interval (default 15 s; gristd accepts one per
+                                   5 s): a daemon that stops answering (hung, SIGSTOP, a dead
+                                   link) is noticed within keepalive_s + 5 s and the session
+                                   reconnects; 0 = off */
 };
 
 /** Fill options with their defaults. @param o written. */

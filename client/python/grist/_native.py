@@ -45,7 +45,7 @@ _pf = ctypes.POINTER(ctypes.c_float)
 
 class _ClientOptions(ctypes.Structure):
     _fields_ = [("backoff_initial_s", _dbl), ("backoff_max_s", _dbl),
-                ("queue_capacity", _u32), ("max_message_bytes", _i32)]
+                ("queue_capacity", _u32), ("max_message_bytes", _i32), ("keepalive_s", _dbl)]
 
 
 class _GroupDesc(ctypes.Structure):
@@ -179,9 +179,12 @@ def sketch_adam_f32(seed_p, g_ptr, v_ptr, n, offset, v_scale, eps, acc, sq, kind
 class Client:
     """A channel to gristd and libgrist's background thread."""
 
-    def __init__(self, address, queue_capacity=1024, backoff_initial_s=0.1, backoff_max_s=5.0):
+    def __init__(self, address, queue_capacity=1024, backoff_initial_s=0.1, backoff_max_s=5.0,
+                 keepalive_s=None):
         opt = _ClientOptions()
         _options_default(ctypes.byref(opt))
+        if keepalive_s is not None:
+            opt.keepalive_s = keepalive_s
         opt.queue_capacity = queue_capacity
         opt.backoff_initial_s = backoff_initial_s
         opt.backoff_max_s = backoff_max_s
