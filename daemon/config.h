@@ -44,6 +44,7 @@ struct grist_config {
     double aggregation_timeout;
     double idle_expiry;
     double hello_timeout;
+    double memory_budget, job_memory_budget;
     double http_idle_timeout;
     char mode[16];
     char noise_correction[16];

@@ -53,6 +53,7 @@ struct grist_daemon {
     uv_timer_t tick;
     struct grist_job *jobs;      /* all jobs, a list */
     uint32_t njobs;
+    uint64_t stats_bytes; /* the estimated statistics memory of every job (--memory-budget) */
     uint64_t next_key, next_session;
     struct grist_stream *streams; /* all live Attach streams */
     struct grist_watch *watches;  /* all live WatchJob streams */

@@ -21,6 +21,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "grist/sketch.h"
 #include "jobs.h"
@@ -98,8 +99,30 @@ static void unlink_job(struct grist_daemon *d, struct grist_job *j)
         if (*p == j) {
             *p = j->next;
             d->njobs--;
+            d->stats_bytes -= j->stats_bytes;
             return;
         }
+}
+
+/* The statistics memory a job will hold, before any of it is allocated:
+ * per group the K candidate buffers and the lag ring (m doubles each), four
+ * more m-vectors, the folded covariance and its staging (kernels/src/stats.c),
+ * times 1.35, the RSS per group measured against this count
+ * (docs/PERFORMANCE.md, daemon memory: 1.34). */
+static uint64_t job_stats_bytes(const struct grist_daemon *d, uint32_t ngroups, uint32_t m,
+                                uint32_t ncand, uint32_t cov)
+{
+    const double per = ((double)(ncand + (uint32_t)d->cfg->lags + 4u) * m +
+                        (double)cov * cov + (double)cov * (double)d->cfg->cov_batch) * 8.0;
+    return (uint64_t)(1.35 * per * ngroups);
+}
+
+static uint64_t memory_budget_bytes(const struct grist_daemon *d)
+{
+    if (d->cfg->memory_budget > 0)
+        return (uint64_t)(d->cfg->memory_budget * 1048576.0);
+    const long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    return pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz / 2 : UINT64_MAX;
 }
 
 static int same_shape(const struct grist_job *j, const struct grist_hello *h, char *err, size_t errsz)
@@ -184,6 +207,26 @@ grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_he
         cov = GRIST_SKETCH_BLOCK_LEN;
     if (cov > h->m)
         cov = h->m;
+    /* the memory budget, checked before anything is allocated for the statistics */
+    j->stats_bytes = job_stats_bytes(d, h->ngroups, h->m, pol.ncand, cov);
+    const uint64_t budget = memory_budget_bytes(d);
+    GRIST_DEBUG("job '%s': statistics about %.1f MiB (%u groups, m %u, K %u); held %.1f of %.1f MiB",
+                h->job_id, (double)j->stats_bytes / 1048576.0, h->ngroups, h->m, pol.ncand,
+                (double)d->stats_bytes / 1048576.0, (double)budget / 1048576.0);
+    if (j->stats_bytes > (uint64_t)(d->cfg->job_memory_budget * 1048576.0) ||
+        d->stats_bytes + j->stats_bytes > budget) {
+        const int own = j->stats_bytes > (uint64_t)(d->cfg->job_memory_budget * 1048576.0);
+        snprintf(err, errsz,
+                 own ? "job '%s' needs about %.0f MiB of statistics (%u groups x sketch_dim %u), over "
+                       "--job-memory-budget %.0f MiB"
+                     : "job '%s' needs about %.0f MiB of statistics (%u groups x sketch_dim %u): "
+                       "the daemon's --memory-budget of %.0f MiB is used up",
+                 h->job_id, (double)j->stats_bytes / 1048576.0, h->ngroups, h->m,
+                 own ? d->cfg->job_memory_budget : (double)budget / 1048576.0);
+        j->stats_bytes = 0;
+        job_free(j);
+        return GRPC_STATUS_RESOURCE_EXHAUSTED;
+    }
     struct grist_engine_job_spec spec = {
         .key = j->key, .ngroups = j->ngroups, .m = j->m, .cov_dim = cov,
         .lags = (uint32_t)d->cfg->lags, .cov_batch = (uint32_t)d->cfg->cov_batch,
@@ -193,6 +236,7 @@ grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_he
         goto nomem;
     j->next = d->jobs;
     d->jobs = j;
+    d->stats_bytes += j->stats_bytes;
     d->njobs++;
     d->cnt.jobs_created++;
     GRIST_INFO("job '%s' created: %u groups, m %u, world %u", j->id, j->ngroups, j->m, j->world);
@@ -497,6 +541,7 @@ void grist__jobs_tick(struct grist_daemon *d)
             GRIST_INFO("job '%s' expired after %.0f s without workers", j->id, d->cfg->idle_expiry);
             *p = j->next;
             d->njobs--;
+            d->stats_bytes -= j->stats_bytes;
             d->cnt.jobs_expired++;
             grist__engine_drop_job(grist__engine_of(d, j->key), j->key);
             grist__watch_finish_all(d, j->id);

@@ -36,6 +36,7 @@ struct grist_job {
     uint32_t seed;
     uint32_t world, ngroups, m;
     uint32_t sketch_kind; /* enum grist_sketch_kind, fixed by the first Hello */
+    uint64_t stats_bytes; /* its share of d->stats_bytes */
     struct grist_group_spec *groups;
     struct grist_job_policy policy;
     struct grist_stream *streams;

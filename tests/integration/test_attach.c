@@ -922,6 +922,66 @@ START_TEST(test_batches)
 }
 END_TEST
 
+/* The memory budget, at attach: a job whose statistics would exceed
+ * --job-memory-budget, or the daemon's --memory-budget on top of the jobs it
+ * holds, is refused with RESOURCE_EXHAUSTED and a clear message; the jobs it
+ * holds keep serving, and the room of an expired job comes back. */
+START_TEST(test_memory_budget)
+{
+    const char *extra[] = {"--job-memory-budget", "8", "--memory-budget", "10", "--idle-expiry", "1",
+                           NULL};
+    struct gristd_proc p = start_daemon(extra);
+    grpc_init();
+    char det[256];
+    uint32_t seed;
+    /* 16 groups x m 4096: about 49 MiB */
+    struct tw_opts big = {.job = "big", .rank = 0, .world = 1, .ngroups = 16, .m = 4096, .n = 10000,
+                          .beta0 = 0.9};
+    struct tw *w = tw_open(p.addr[0], &big);
+    ck_assert_int_eq(tw_welcome(w, &seed, 20), -GRPC_STATUS_RESOURCE_EXHAUSTED);
+    tw_status(w, det, sizeof(det));
+    ck_assert_msg(strstr(det, "--job-memory-budget"), "unclear: %s", det);
+    tw_free(w);
+    /* two jobs of 2 groups (about 5.9 MiB each) do not both fit in 10 MiB */
+    struct tw_opts a = {.job = "a", .rank = 0, .world = 1, .ngroups = 2, .m = 4096, .n = 10000,
+                        .beta0 = 0.9, .solve_every = 1, .min_steps = 1};
+    struct tw *wa = tw_open(p.addr[0], &a);
+    ck_assert_int_eq(tw_welcome(wa, &seed, 10), 0);
+    struct tw_opts b = a;
+    b.job = "b";
+    struct tw *wb = tw_open(p.addr[0], &b);
+    ck_assert_int_eq(tw_welcome(wb, &seed, 20), -GRPC_STATUS_RESOURCE_EXHAUSTED);
+    tw_status(wb, det, sizeof(det));
+    ck_assert_msg(strstr(det, "--memory-budget"), "unclear: %s", det);
+    tw_free(wb);
+    /* a small job still fits, and job a goes on */
+    struct tw_opts c = {.job = "c", .rank = 0, .world = 1, .ngroups = 1, .m = 256, .n = 1000,
+                        .beta0 = 0.9};
+    struct tw *wc = tw_open(p.addr[0], &c);
+    ck_assert_int_eq(tw_welcome(wc, &seed, 10), 0);
+    static float sk[2 * 4096];
+    uint8_t *buf;
+    size_t len = tw_encode_summary(&buf, 1, 2, 4096, sk, NULL, 8);
+    ck_assert_int_eq(tw_send_raw(wa, buf, len), 0);
+    free(buf);
+    wait_evaluated(p.addr[0], "a", 1);
+    tw_free(wc);
+    tw_free(wa);
+    /* once job a expired (1 s without workers) its room is free again */
+    int attached = 0;
+    for (int k = 0; k < 30 && !attached; k++) {
+        usleep(250000);
+        wb = tw_open(p.addr[0], &b);
+        attached = tw_welcome(wb, &seed, 10) == 0;
+        tw_free(wb);
+    }
+    ck_assert_msg(attached, "job b never fitted after job a expired");
+    ck_assert_int_eq(health_check(p.addr[0], ""), 1);
+    grpc_shutdown();
+    ck_assert_int_eq(gristd_stop(&p, SIGTERM), 0);
+}
+END_TEST
+
 /* A stream that never sends its Hello is ended, not kept for good. */
 START_TEST(test_hello_timeout)
 {
@@ -956,6 +1016,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_sketch_kind);
     tcase_add_test(tc, test_families_after_last_step);
     tcase_add_test(tc, test_batches);
+    tcase_add_test(tc, test_memory_budget);
     suite_add_tcase(s, tc);
     return s;
 }
