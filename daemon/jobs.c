@@ -210,12 +210,12 @@ grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_he
     /* the memory budget, checked before anything is allocated for the statistics */
     j->stats_bytes = job_stats_bytes(d, h->ngroups, h->m, pol.ncand, cov);
     const uint64_t budget = memory_budget_bytes(d);
+    const uint64_t job_limit = (uint64_t)(d->cfg->job_memory_budget * 1048576.0);
     GRIST_DEBUG("job '%s': statistics about %.1f MiB (%u groups, m %u, K %u); held %.1f of %.1f MiB",
                 h->job_id, (double)j->stats_bytes / 1048576.0, h->ngroups, h->m, pol.ncand,
                 (double)d->stats_bytes / 1048576.0, (double)budget / 1048576.0);
-    if (j->stats_bytes > (uint64_t)(d->cfg->job_memory_budget * 1048576.0) ||
-        d->stats_bytes + j->stats_bytes > budget) {
-        const int own = j->stats_bytes > (uint64_t)(d->cfg->job_memory_budget * 1048576.0);
+    const int own = j->stats_bytes > job_limit;
+    if (own || d->stats_bytes + j->stats_bytes > budget) {
         snprintf(err, errsz,
                  own ? "job '%s' needs about %.0f MiB of statistics (%u groups x sketch_dim %u), over "
                        "--job-memory-budget %.0f MiB"

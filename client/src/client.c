@@ -176,41 +176,19 @@ static int next_message(struct grist_session *s, struct grist__msg *out, uint32_
     return 0;
 }
 
-static void start_send_locked(struct grist_session *s)
-{
-    struct grist__msg m;
-    uint32_t count;
-    if (!s->connected || s->send_in_flight || !s->call || next_message(s, &m, &count) < 0)
-        return;
-    grpc_slice sl = grpc_slice_from_copied_buffer((const char *)m.buf, m.len);
-    free(m.buf);
-    s->send_buf = grpc_raw_byte_buffer_create(&sl, 1);
-    grpc_slice_unref(sl);
-    grpc_op op;
-    memset(&op, 0, sizeof(op));
-    op.op = GRPC_OP_SEND_MESSAGE;
-    op.data.send_message.send_message = s->send_buf;
-    if (grpc_call_start_batch(s->call, &op, 1, &s->tags[TAG_SEND], NULL) == GRPC_CALL_OK) {
-        s->send_in_flight = 1;
-        s->ops++;
-        s->st.sent += count;
-    } else {
-        grpc_byte_buffer_destroy(s->send_buf);
-        s->send_buf = NULL;
-    }
-}
-
 static void end_call_locked(struct grist_session *s);
 
-/* As start_send_locked, but c->mu is released around grpc_call_start_batch
- * (which may write the socket: 100-300 us), so that the training loop's
- * submit and latest never wait for it. The call stays alive meanwhile: the
- * pending op (ops) keeps end_call_locked from running until its completion
- * is handled. Once the batch is started the session may complete, close and
- * be freed before the lock is taken again: returns 1 when the lock was
- * released (the caller must not touch s, nor the session list it walked),
- * 0 when there was nothing to send. */
-static int start_send_unlocking(pthread_mutex_t *mu, struct grist_session *s)
+/* Start the next send of s (the oldest queued summary, or a batch), called
+ * with c->mu held. With mu == NULL the lock stays held throughout (the gRPC
+ * thread, inside handle_locked). With mu, it is released around
+ * grpc_call_start_batch (which may write the socket: 100-300 us), so that the
+ * training loop's submit and latest never wait for it; the call stays alive
+ * meanwhile, since the pending op (ops) keeps end_call_locked from running
+ * until its completion is handled. Once the batch is started the session may
+ * complete, close and be freed before the lock is taken again: with mu, a
+ * return of 1 means the lock was released (the caller must not touch s, nor
+ * the session list it walked); 0: nothing to send. */
+static int start_send(struct grist_session *s, pthread_mutex_t *mu)
 {
     struct grist__msg m;
     uint32_t count;
@@ -229,10 +207,12 @@ static int start_send_unlocking(pthread_mutex_t *mu, struct grist_session *s)
     memset(&op, 0, sizeof(op));
     op.op = GRPC_OP_SEND_MESSAGE;
     op.data.send_message.send_message = bb;
-    pthread_mutex_unlock(mu);
+    if (mu)
+        pthread_mutex_unlock(mu);
     const grpc_call_error e = grpc_call_start_batch(call, &op, 1, &s->tags[TAG_SEND], NULL);
-    pthread_mutex_lock(mu);
-    if (e != GRPC_CALL_OK) { /* no completion will come: our op keeps s alive */
+    if (mu)
+        pthread_mutex_lock(mu);
+    if (e != GRPC_CALL_OK) { /* no completion will come: our op kept s alive until here */
         s->send_in_flight = 0;
         s->ops--;
         s->st.sent -= count;
@@ -240,10 +220,16 @@ static int start_send_unlocking(pthread_mutex_t *mu, struct grist_session *s)
             s->send_buf = NULL;
         grpc_byte_buffer_destroy(bb);
         pthread_cond_broadcast(&s->cv);
-        if (s->status_done && s->ops == 0)
+        /* with the lock held throughout, handle_locked ends the call itself */
+        if (mu && s->status_done && s->ops == 0)
             end_call_locked(s);
     }
     return 1;
+}
+
+static void start_send_locked(struct grist_session *s)
+{
+    (void)start_send(s, NULL);
 }
 
 static void post_recv_locked(struct grist_session *s)
@@ -424,7 +410,7 @@ static void *sender_main(void *arg)
                 busy = now;
             /* a no-op unless connected, idle and queued; when it released the
              * lock the list may have changed: walk it again from the head */
-            if (!s->closing && start_send_unlocking(&c->mu, s))
+            if (!s->closing && start_send(s, &c->mu))
                 goto rescan;
         }
         if (now - busy > GRIST__SEND_IDLE_S) {

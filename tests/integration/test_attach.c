@@ -860,6 +860,17 @@ static size_t encode_batch(uint8_t **out, uint8_t *const *msgs, const size_t *le
     return off;
 }
 
+/* The job's newest step and its evaluated steps are both `steps`. */
+static void assert_job_steps(const char *addr, const char *id, uint64_t steps)
+{
+    grpc_status_code st;
+    Grist__V1__GetJobResponse *r = get_job(addr, id, &st);
+    ck_assert_ptr_nonnull(r);
+    ck_assert_uint_eq(r->job->step, steps);
+    ck_assert_uint_eq(r->groups[0]->steps, steps);
+    grist__v1__get_job_response__free_unpacked(r, NULL);
+}
+
 /* Batches: applied in order as if sent one by one; a batch with one bad
  * summary is refused whole, naming its index; an empty one is refused. */
 START_TEST(test_batches)
@@ -884,12 +895,7 @@ START_TEST(test_batches)
     ck_assert_int_eq(tw_send_raw(w, buf, len), 0);
     free(buf);
     wait_evaluated(p.addr[0], "batch", 5);
-    grpc_status_code st;
-    Grist__V1__GetJobResponse *r = get_job(p.addr[0], "batch", &st);
-    ck_assert_ptr_nonnull(r);
-    ck_assert_uint_eq(r->job->step, 5);
-    ck_assert_uint_eq(r->groups[0]->steps, 5);
-    grist__v1__get_job_response__free_unpacked(r, NULL);
+    assert_job_steps(p.addr[0], "batch", 5);
     /* steps 6, 7 good, 8 of the wrong size: nothing of it is applied */
     for (int k = 0; k < 5; k++)
         free(msgs[k]);
@@ -901,11 +907,7 @@ START_TEST(test_batches)
     ck_assert_int_eq(expect_end(w, det, sizeof(det)), GRPC_STATUS_INVALID_ARGUMENT);
     ck_assert_msg(strstr(det, "batch.summaries[2]"), "unclear: %s", det);
     tw_free(w);
-    r = get_job(p.addr[0], "batch", &st);
-    ck_assert_ptr_nonnull(r);
-    ck_assert_uint_eq(r->job->step, 5);
-    ck_assert_uint_eq(r->groups[0]->steps, 5);
-    grist__v1__get_job_response__free_unpacked(r, NULL);
+    assert_job_steps(p.addr[0], "batch", 5); /* nothing of the bad batch */
     for (int k = 0; k < 3; k++)
         free(msgs[k]);
     /* an empty batch */
