@@ -244,7 +244,7 @@ static inline void block_signs(uint32_t blk, uint32_t seed_p, double *restrict s
  * signed values, their squares, then one or two contiguous adds. The sign is
  * applied by multiplying with +-1.0, which is exact. (Float input has its
  * own loop with an AVX2 whole-block path: folding it into this macro as a
- * per-run hook measured 15 % slower.) */
+ * per-run hook measured 15 % slower in build/tests/bench-kernels --quick.) */
 #define GRIST__BLOCK_BODY(VALUE_EXPR)                                                   \
     const uint32_t mask = m - 1;                                                        \
     double sqv[16] = {0};                                                               \
