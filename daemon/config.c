@@ -40,6 +40,11 @@ static const struct opt table[] = {
      "seconds an HTTP connection may stay open without completing a request (idle keep-alive or a trickling request)"},
     {"metrics-max-jobs", OPT_INT, F(metrics_max_jobs), "100", 0, 1 << 20,
      "jobs with per-group series in /metrics (bounds the cardinality; the rest are counted)"},
+    {"state-dir", OPT_STR, F(state_dir), "", 0, 0,
+     "keep every job's state in this directory (one file per job, written atomically every "
+     "--snapshot-interval and at SIGTERM; restored at start); off when empty"},
+    {"snapshot-interval", OPT_DBL, F(snapshot_interval), "10", 0.05, 86400,
+     "seconds between snapshots of the jobs that changed (what a SIGKILL can lose)"},
     {"backend", OPT_STR, F(backend), "auto", 0, 0,
      "kernels backend: auto (first usable of cuda, cpu, ref), cuda, cpu or ref"},
     {"log-level", OPT_STR, F(log_level), "info", 0, 0, "error, warn, info or debug"},

@@ -53,6 +53,8 @@ struct grist_config {
     char rule[16];
     double hysteresis_z_fast;
     double horizon_step;
+    char state_dir[1024];
+    double snapshot_interval;
 };
 
 /** Fill every field with its default from the table. */

@@ -28,6 +28,7 @@ struct grist_counters {
     uint64_t bytes_in, bytes_out;
     uint64_t jobs_created, jobs_expired;
     uint64_t step_segments;
+    uint64_t snapshots_written, snapshot_errors, snapshots_refused, jobs_restored;
 };
 
 /* A Prometheus-style histogram (cumulative buckets are made when printed). */
@@ -62,6 +63,7 @@ struct grist_daemon {
     struct grist_histogram solve_seconds;        /* selection time per evaluation */
     struct grist_histogram push_latency_seconds; /* step queued -> push handed to its streams */
     struct grist_http *http;                     /* NULL without --http */
+    struct grist_snapshots *snap;                /* NULL without --state-dir */
     int stopping;
 };
 
@@ -93,6 +95,22 @@ void grist__attach_tick(struct grist_daemon *d);
 void grist__jobs_free_all(struct grist_daemon *d);
 /* The encoded current Hyperparams (NULL before the first push). */
 const uint8_t *grist__job_current_push(const struct grist_job *j, size_t *len);
+
+/* snapshot.c: durable job state (--state-dir); every call is a no-op without it */
+struct grist_snapshots;
+/* Create the directory if needed, restore every job file in it (before the
+ * listeners start), start the snapshot timer. Failures are logged, never
+ * fatal. @return 0; -ENOMEM. */
+int grist__snapshot_start(struct grist_daemon *d);
+/* A snapshot answer from a compute thread (takes r). */
+void grist__snapshot_result(struct grist_daemon *d, struct grist_engine_result *r);
+/* The job expires: its file goes. */
+void grist__snapshot_forget(struct grist_daemon *d, const struct grist_job *j);
+/* Shutdown: snapshot every job that changed, then call done once every file
+ * is written (at once without --state-dir). */
+void grist__snapshot_final(struct grist_daemon *d, void (*done)(struct grist_daemon *d));
+/* Close the timer; free everything (after final). */
+void grist__snapshot_stop(struct grist_daemon *d);
 
 /* attach.c */
 void grist__attach_call(struct grist_net *net, grpc_call *call);

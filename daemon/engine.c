@@ -35,8 +35,9 @@
 
 #include "engine.h"
 #include "log.h"
+#include "snapio.h"
 
-enum item_kind { IT_CREATE, IT_STEP, IT_VALIDATION, IT_DROP, IT_STOP };
+enum item_kind { IT_CREATE, IT_STEP, IT_VALIDATION, IT_DROP, IT_SNAPSHOT, IT_STOP };
 
 struct item {
     struct item *next;
@@ -246,6 +247,7 @@ static void item_free(struct item *it)
         return;
     if (it->spec) {
         free((void *)it->spec->groups);
+        free((void *)it->spec->restore);
         free(it->spec);
     }
     free(it->sketch);
@@ -289,6 +291,159 @@ static void post(struct grist_engine *e, struct grist_engine_result *r)
     e->out_tail = r;
     uv_mutex_unlock(&e->mu);
     uv_async_send(&e->async);
+}
+
+/*
+ * A job's compute state in a snapshot (the job file's engine part, written
+ * and read by the one layout below): its step counters, and per group the
+ * selector, the statistics (grist_stats_serialize, itself versioned and
+ * checksummed) and the newest family values. Reading fills `st` with
+ * pointers into the input.
+ */
+struct e_state_group {
+    struct grist_selector sel;
+    const void *stats;
+    size_t stats_len;
+    int have_fam;
+    struct grist_families fam;
+};
+
+static void visit_state(struct grist_sio *s, uint32_t *ngroups, uint64_t c[4],
+                        struct e_state_group *gs)
+{
+    sio_u32(s, ngroups);
+    for (int i = 0; i < 4; i++)
+        sio_u64(s, &c[i]);
+    for (uint32_t g = 0; g < *ngroups && !s->bad; g++) {
+        struct grist_selector *sel = &gs[g].sel;
+        sio_int(s, sel->form);
+        sio_f64(s, &sel->beta0);
+        sio_u64(s, &sel->n);
+        sio_int(s, sel->moved);
+        sio_u32(s, &sel->cur);
+        sio_u32(s, &sel->challenger);
+        sio_u32(s, &sel->streak);
+        sio_u64(s, &sel->smooth_n);
+        sio_f64(s, &sel->lr_scale);
+        uint32_t k = GRIST_MAX_CANDIDATES;
+        sio_u32(s, &k);
+        if (k != GRIST_MAX_CANDIDATES)
+            s->bad = 1;
+        for (uint32_t i = 0; i < GRIST_MAX_CANDIDATES; i++)
+            sio_f64(s, &sel->smooth[i]);
+        sio_blob(s, &gs[g].stats, &gs[g].stats_len);
+        sio_int(s, gs[g].have_fam);
+        double *f = (double *)&gs[g].fam; /* the struct is doubles only */
+        uint32_t nf = sizeof(gs[g].fam) / sizeof(double);
+        sio_u32(s, &nf);
+        if (nf != sizeof(gs[g].fam) / sizeof(double))
+            s->bad = 1;
+        for (uint32_t i = 0; i < nf && !s->bad; i++)
+            sio_f64(s, &f[i]);
+    }
+}
+
+/* compute thread: the job's state as a result for the loop (snap NULL when
+ * the job is unknown or memory ran out; the loop counts the failure) */
+static void post_snapshot(struct grist_engine *e, uint64_t key, struct e_job *j)
+{
+    struct grist_engine_result *r = calloc(1, sizeof(*r));
+    if (!r)
+        return; /* the loop's request stays outstanding; see snapshot.c */
+    r->key = key;
+    r->snapshot = 1;
+    struct e_state_group *gs = j ? calloc(j->ngroups, sizeof(*gs)) : NULL;
+    int ok = gs != NULL;
+    for (uint32_t g = 0; ok && g < j->ngroups; g++) {
+        void *buf;
+        size_t len;
+        ok = grist_stats_serialize(j->stats[g], &buf, &len) == 0;
+        if (!ok)
+            break;
+        gs[g].stats = buf;
+        gs[g].stats_len = len;
+        gs[g].sel = j->sel[g];
+    }
+    if (ok) {
+        uv_mutex_lock(&e->fmu);
+        for (uint32_t g = 0; g < j->ngroups; g++) {
+            gs[g].have_fam = j->box->have;
+            gs[g].fam = j->box->fam[g];
+        }
+        uv_mutex_unlock(&e->fmu);
+        uint32_t ng = j->ngroups;
+        uint64_t c[4] = {j->steps, j->last_step, j->next_solve, j->next_families};
+        struct grist_sio w = {0};
+        visit_state(&w, &ng, c, gs);
+        r->snap = malloc(w.off);
+        if (r->snap) {
+            r->snap_len = w.off;
+            w = (struct grist_sio){.p = r->snap};
+            visit_state(&w, &ng, c, gs);
+        }
+    }
+    for (uint32_t g = 0; gs && g < j->ngroups; g++)
+        free((void *)gs[g].stats);
+    free(gs);
+    post(e, r);
+}
+
+/* compute thread: replace a fresh job's state by a snapshot's, all or
+ * nothing. @return 0; GRIST_EBADSTATE; -ENOMEM; a backend's error. */
+static int restore_state(struct grist_engine *e, struct e_job *j, const void *buf, size_t len)
+{
+    struct e_state_group *gs = calloc(j->ngroups, sizeof(*gs));
+    struct grist_stats **st = calloc(j->ngroups, sizeof(*st));
+    int r = gs && st ? 0 : -ENOMEM;
+    uint32_t ng = j->ngroups;
+    uint64_t c[4];
+    if (r == 0) {
+        struct grist_sio rd = {.p = (unsigned char *)buf, .len = len, .reading = 1};
+        visit_state(&rd, &ng, c, gs);
+        if (rd.bad || rd.off != len || ng != j->ngroups)
+            r = GRIST_EBADSTATE;
+    }
+    for (uint32_t g = 0; r == 0 && g < j->ngroups; g++) {
+        r = grist_stats_deserialize(e->be, gs[g].stats, gs[g].stats_len, &st[g]);
+        if (r == 0 && (grist_stats_cov_dim(st[g]) != grist_stats_cov_dim(j->stats[g]) ||
+                       gs[g].sel.cur >= GRIST_MAX_CANDIDATES ||
+                       gs[g].sel.challenger >= GRIST_MAX_CANDIDATES))
+            r = GRIST_EBADSTATE;
+    }
+    if (r == 0) {
+        for (uint32_t g = 0; g < j->ngroups; g++) {
+            grist_stats_free(j->stats[g]);
+            j->stats[g] = st[g];
+            st[g] = NULL;
+            j->sel[g] = gs[g].sel;
+        }
+        j->steps = c[0];
+        j->last_step = c[1];
+        j->next_solve = c[2];
+        j->next_families = c[3];
+        uv_mutex_lock(&e->fmu);
+        for (uint32_t g = 0; g < j->ngroups; g++) {
+            j->box->fam[g] = gs[g].fam;
+            j->box->have |= gs[g].have_fam;
+        }
+        uv_mutex_unlock(&e->fmu);
+    }
+    for (uint32_t g = 0; st && g < j->ngroups; g++)
+        grist_stats_free(st[g]);
+    free(st);
+    free(gs);
+    return r;
+}
+
+static void post_restore_failed(struct grist_engine *e, struct e_job *j, int err)
+{
+    struct grist_engine_result *r = calloc(1, sizeof(*r));
+    if (!r)
+        return;
+    r->key = j->key;
+    r->restore_failed = 1;
+    r->error = err;
+    post(e, r);
 }
 
 static void do_create(struct grist_engine *e, struct item *it)
@@ -344,6 +499,11 @@ static void do_create(struct grist_engine *e, struct item *it)
         }
         grist_selector_init(&j->sel[g], sp->groups[g].form, sp->groups[g].beta0, sp->groups[g].n,
                             cfg.cand, cfg.ncand);
+    }
+    if (sp->restore) {
+        const int r = restore_state(e, j, sp->restore, sp->restore_len);
+        if (r < 0)
+            post_restore_failed(e, j, r);
     }
     j->next = NULL;
     *slot(e, sp->key) = j;
@@ -532,6 +692,10 @@ static void thread_main(void *arg)
                     dirty = j;
                 }
                 break;
+            case IT_SNAPSHOT:
+                post_snapshot(e, it->key, j);
+                item_free(it);
+                break;
             case IT_STOP:
                 stop = 1;
                 item_free(it);
@@ -563,7 +727,7 @@ static void on_async(uv_async_t *a)
     while (r) {
         struct grist_engine_result *next = r->next;
         if (e->stopped)
-            free(r);
+            grist__engine_result_free(r);
         else
             e->cb(e->ud, r); /* the callback owns r */
         r = next;
@@ -699,7 +863,7 @@ void grist__engine_stop(struct grist_engine *e, void (*done)(void *ud))
     struct grist_engine_result *r = e->out_head;
     while (r) {
         struct grist_engine_result *n = r->next;
-        free(r);
+        grist__engine_result_free(r);
         r = n;
     }
     e->out_head = e->out_tail = NULL;
@@ -720,6 +884,16 @@ int grist__engine_create_job(struct grist_engine *e, const struct grist_engine_j
     *sp = *spec;
     memcpy(gs, spec->groups, spec->ngroups * sizeof(*gs));
     sp->groups = gs;
+    sp->restore = NULL;
+    if (spec->restore) {
+        void *copy = malloc(spec->restore_len);
+        if (!copy) {
+            free(it), free(sp), free(gs);
+            return -ENOMEM;
+        }
+        memcpy(copy, spec->restore, spec->restore_len);
+        sp->restore = copy;
+    }
     it->kind = IT_CREATE;
     it->key = spec->key;
     it->spec = sp;
@@ -727,6 +901,27 @@ int grist__engine_create_job(struct grist_engine *e, const struct grist_engine_j
     push(e, it);
     uv_mutex_unlock(&e->mu);
     return 0;
+}
+
+int grist__engine_snapshot(struct grist_engine *e, uint64_t key)
+{
+    struct item *it = calloc(1, sizeof(*it));
+    if (!it)
+        return -ENOMEM;
+    it->kind = IT_SNAPSHOT;
+    it->key = key;
+    uv_mutex_lock(&e->mu);
+    push(e, it);
+    uv_mutex_unlock(&e->mu);
+    return 0;
+}
+
+void grist__engine_result_free(struct grist_engine_result *r)
+{
+    if (!r)
+        return;
+    free(r->snap);
+    free(r);
 }
 
 void grist__engine_drop_job(struct grist_engine *e, uint64_t key)

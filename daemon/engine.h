@@ -39,6 +39,12 @@ struct grist_engine_result {
     uint64_t queued_ns;  /* uv_hrtime() when the newest step of this evaluation was queued */
     int families_only;   /* 1: only groups[].fam / have_families are set (the families
                             thread finished a solve); the rest of the job's state stands */
+    int snapshot;        /* 1: an answer to grist__engine_snapshot(): snap holds the job's
+                            compute state (NULL: the job is unknown or memory ran out) */
+    int restore_failed;  /* 1: the state given to grist__engine_create_job() was refused;
+                            the job started fresh (error says why) */
+    uint8_t *snap;       /* malloc'd, owned by the result */
+    size_t snap_len;
     uint32_t ngroups;
     struct grist_engine_group_result groups[]; /* ngroups */
 };
@@ -53,6 +59,8 @@ struct grist_engine_job_spec {
     uint32_t ngroups, m, cov_dim, lags, cov_batch;
     struct grist_job_policy policy;
     const struct grist_group_spec *groups; /* copied */
+    const void *restore; /* NULL, or a job's compute state from a snapshot (copied) */
+    size_t restore_len;
 };
 
 /**
@@ -65,6 +73,17 @@ int grist__engine_start(struct grist_engine **out, uv_loop_t *loop, struct grist
 
 /** Stop the thread (after it drained its queue), free everything. Loop thread. */
 void grist__engine_stop(struct grist_engine *e, void (*done)(void *ud));
+
+/** Free a result and what it owns. */
+void grist__engine_result_free(struct grist_engine_result *r);
+
+/**
+ * Ask for a job's compute state (statistics, selectors, counters, families)
+ * after every item queued before this one: it comes back as a result with
+ * snapshot = 1. Never dropped, never counted against the capacity.
+ * @return 0; -ENOMEM.
+ */
+int grist__engine_snapshot(struct grist_engine *e, uint64_t key);
 
 /** @return 0; -ENOMEM (the job is then not created and the caller refuses it). */
 int grist__engine_create_job(struct grist_engine *e, const struct grist_engine_job_spec *spec);

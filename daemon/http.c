@@ -382,6 +382,16 @@ static void metrics(struct conn *c, int keep)
     metric_u64(&b, "gristd_jobs_created_total", "counter", "Jobs created.", k->jobs_created);
     metric_u64(&b, "gristd_jobs_expired_total", "counter", "Jobs dropped after idling.",
                k->jobs_expired);
+    metric_u64(&b, "gristd_snapshots_written_total", "counter",
+               "Job snapshots written to --state-dir.", k->snapshots_written);
+    metric_u64(&b, "gristd_snapshot_errors_total", "counter",
+               "Job snapshots that could not be taken or written (retried every interval).",
+               k->snapshot_errors);
+    metric_u64(&b, "gristd_snapshots_refused_total", "counter",
+               "State files refused at start (corrupt, truncated, other version).",
+               k->snapshots_refused);
+    metric_u64(&b, "gristd_jobs_restored_total", "counter", "Jobs restored from --state-dir.",
+               k->jobs_restored);
     metric_hist(&b, "gristd_solve_duration_seconds",
                 "Selection time per evaluation on a compute thread.", &d->solve_seconds);
     metric_hist(&b, "gristd_push_latency_seconds",

@@ -75,7 +75,7 @@ static int agg_grow(struct grist_agg *a, uint32_t world)
     return 0;
 }
 
-static void job_free(struct grist_job *j)
+void grist__job_free(struct grist_job *j)
 {
     while (j->aggs) {
         struct grist_agg *a = j->aggs;
@@ -89,7 +89,7 @@ static void job_free(struct grist_job *j)
     free(j->push);
     free(j->push_reason);
     free(j->push_msg);
-    free(j->last);
+    grist__engine_result_free(j->last);
     free(j);
 }
 
@@ -150,6 +150,63 @@ static int same_shape(const struct grist_job *j, const struct grist_hello *h, ch
     return 1;
 }
 
+static void complete(struct grist_daemon *d, struct grist_job *j, struct grist_agg *a);
+
+/* The common end of creating a job (a Hello) and restoring one (a
+ * snapshot): the memory budget, the compute thread's state, the registry.
+ * j is filled; on failure it is freed and err says why. */
+static grpc_status_code job_admit(struct grist_daemon *d, struct grist_job *j, const void *restore,
+                                  size_t restore_len, char *err, size_t errsz)
+{
+    j->key = ++d->next_key;
+    uint32_t cov = (uint32_t)d->cfg->cov_dim;
+    /* a fold below the block length would make elements of one run collide
+     * (docs/MATH.md section 2.2) */
+    if (cov != 0 && j->sketch_kind == GRIST_SKETCH_BLOCK && cov < GRIST_SKETCH_BLOCK_LEN)
+        cov = GRIST_SKETCH_BLOCK_LEN;
+    if (cov > j->m)
+        cov = j->m;
+    /* the memory budget, checked before anything is allocated for the statistics */
+    j->stats_bytes = job_stats_bytes(d, j->ngroups, j->m, j->policy.ncand, cov);
+    const uint64_t budget = memory_budget_bytes(d);
+    const uint64_t job_limit = (uint64_t)(d->cfg->job_memory_budget * 1048576.0);
+    GRIST_DEBUG("job '%s': statistics about %.1f MiB (%u groups, m %u, K %u); held %.1f of %.1f MiB",
+                j->id, (double)j->stats_bytes / 1048576.0, j->ngroups, j->m, j->policy.ncand,
+                (double)d->stats_bytes / 1048576.0, (double)budget / 1048576.0);
+    const int own = j->stats_bytes > job_limit;
+    if (own || d->stats_bytes + j->stats_bytes > budget) {
+        snprintf(err, errsz,
+                 own ? "job '%s' needs about %.0f MiB of statistics (%u groups x sketch_dim %u), over "
+                       "--job-memory-budget %.0f MiB"
+                     : "job '%s' needs about %.0f MiB of statistics (%u groups x sketch_dim %u): "
+                       "the daemon's --memory-budget of %.0f MiB is used up",
+                 j->id, (double)j->stats_bytes / 1048576.0, j->ngroups, j->m,
+                 own ? d->cfg->job_memory_budget : (double)budget / 1048576.0);
+        j->stats_bytes = 0;
+        grist__job_free(j);
+        return GRPC_STATUS_RESOURCE_EXHAUSTED;
+    }
+    struct grist_engine_job_spec spec = {
+        .key = j->key, .ngroups = j->ngroups, .m = j->m, .cov_dim = cov,
+        .lags = (uint32_t)d->cfg->lags, .cov_batch = (uint32_t)d->cfg->cov_batch,
+        .policy = j->policy, .groups = j->groups, .restore = restore, .restore_len = restore_len,
+    };
+    if (grist__engine_create_job(grist__engine_of(d, j->key), &spec) < 0) {
+        snprintf(err, errsz, "out of memory creating job '%s'", j->id);
+        grist__job_free(j);
+        return GRPC_STATUS_RESOURCE_EXHAUSTED;
+    }
+    j->next = d->jobs;
+    d->jobs = j;
+    d->stats_bytes += j->stats_bytes;
+    d->njobs++;
+    if (!restore)
+        d->cnt.jobs_created++;
+    GRIST_INFO("job '%s' %s: %u groups, m %u, world %u", j->id, restore ? "restored" : "created",
+               j->ngroups, j->m, j->world);
+    return GRPC_STATUS_OK;
+}
+
 grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_hello *h,
                                    struct grist_stream *s, struct grist_job **out, char *err,
                                    size_t errsz)
@@ -178,7 +235,6 @@ grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_he
     if (!j)
         goto nomem;
     snprintf(j->id, sizeof(j->id), "%s", h->job_id);
-    j->key = ++d->next_key;
     j->seed = grist_sketch_job_seed(h->job_id);
     j->world = h->world;
     j->ngroups = h->ngroups;
@@ -200,53 +256,53 @@ grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_he
             goto nomem;
         j->hist[g].cap = hcap;
     }
-    uint32_t cov = (uint32_t)d->cfg->cov_dim;
-    /* a fold below the block length would make elements of one run collide
-     * (docs/MATH.md section 2.2) */
-    if (cov != 0 && h->sketch_kind == GRIST_SKETCH_BLOCK && cov < GRIST_SKETCH_BLOCK_LEN)
-        cov = GRIST_SKETCH_BLOCK_LEN;
-    if (cov > h->m)
-        cov = h->m;
-    /* the memory budget, checked before anything is allocated for the statistics */
-    j->stats_bytes = job_stats_bytes(d, h->ngroups, h->m, pol.ncand, cov);
-    const uint64_t budget = memory_budget_bytes(d);
-    const uint64_t job_limit = (uint64_t)(d->cfg->job_memory_budget * 1048576.0);
-    GRIST_DEBUG("job '%s': statistics about %.1f MiB (%u groups, m %u, K %u); held %.1f of %.1f MiB",
-                h->job_id, (double)j->stats_bytes / 1048576.0, h->ngroups, h->m, pol.ncand,
-                (double)d->stats_bytes / 1048576.0, (double)budget / 1048576.0);
-    const int own = j->stats_bytes > job_limit;
-    if (own || d->stats_bytes + j->stats_bytes > budget) {
-        snprintf(err, errsz,
-                 own ? "job '%s' needs about %.0f MiB of statistics (%u groups x sketch_dim %u), over "
-                       "--job-memory-budget %.0f MiB"
-                     : "job '%s' needs about %.0f MiB of statistics (%u groups x sketch_dim %u): "
-                       "the daemon's --memory-budget of %.0f MiB is used up",
-                 h->job_id, (double)j->stats_bytes / 1048576.0, h->ngroups, h->m,
-                 own ? d->cfg->job_memory_budget : (double)budget / 1048576.0);
-        j->stats_bytes = 0;
-        job_free(j);
-        return GRPC_STATUS_RESOURCE_EXHAUSTED;
-    }
-    struct grist_engine_job_spec spec = {
-        .key = j->key, .ngroups = j->ngroups, .m = j->m, .cov_dim = cov,
-        .lags = (uint32_t)d->cfg->lags, .cov_batch = (uint32_t)d->cfg->cov_batch,
-        .policy = pol, .groups = j->groups,
-    };
-    if (grist__engine_create_job(grist__engine_of(d, j->key), &spec) < 0)
-        goto nomem;
-    j->next = d->jobs;
-    d->jobs = j;
-    d->stats_bytes += j->stats_bytes;
-    d->njobs++;
-    d->cnt.jobs_created++;
-    GRIST_INFO("job '%s' created: %u groups, m %u, world %u", j->id, j->ngroups, j->m, j->world);
+    grpc_status_code st = job_admit(d, j, NULL, 0, err, errsz);
+    if (st != GRPC_STATUS_OK)
+        return st;
     *out = j;
     return GRPC_STATUS_OK;
 nomem:
     if (j)
-        job_free(j);
+        grist__job_free(j);
     snprintf(err, errsz, "out of memory creating job '%s'", h->job_id);
     return GRPC_STATUS_RESOURCE_EXHAUSTED;
+}
+
+grpc_status_code grist__job_restore(struct grist_daemon *d, struct grist_job *j, const void *eng,
+                                    size_t eng_len, char *err, size_t errsz)
+{
+    if (grist__job_find(d, j->id)) {
+        snprintf(err, errsz, "job '%s' is already known (two state files name it)", j->id);
+        grist__job_free(j);
+        return GRPC_STATUS_ALREADY_EXISTS;
+    }
+    if (d->njobs >= (uint32_t)d->cfg->max_jobs) {
+        snprintf(err, errsz, "job limit reached (%u jobs; --max-jobs)", d->njobs);
+        grist__job_free(j);
+        return GRPC_STATUS_RESOURCE_EXHAUSTED;
+    }
+    if (j->seed != grist_sketch_job_seed(j->id))
+        GRIST_WARN("job '%s': its snapshot's seed %08x is not the one its id gives (%08x); "
+                   "workers of this build sketch with the latter", j->id, j->seed,
+                   grist_sketch_job_seed(j->id));
+    if (j->version) { /* re-attaching workers get the values in force at once */
+        for (uint32_t g = 0; g < j->ngroups; g++)
+            j->push[g].reason = j->push_reason[g];
+        j->push_msg = grist__encode_hyperparams(j->version, j->push_step, j->ngroups, j->push,
+                                                &j->push_len);
+        if (!j->push_msg) {
+            snprintf(err, errsz, "out of memory restoring job '%s'", j->id);
+            grist__job_free(j);
+            return GRPC_STATUS_RESOURCE_EXHAUSTED;
+        }
+    }
+    return job_admit(d, j, eng, eng_len, err, errsz);
+}
+
+void grist__job_complete_open(struct grist_daemon *d, struct grist_job *j)
+{
+    while (j->aggs)
+        complete(d, j, j->aggs);
 }
 
 void grist__job_detach(struct grist_daemon *d, struct grist_job *j, struct grist_stream *s)
@@ -443,12 +499,21 @@ static void hist_add(struct grist_hist *h, const struct grist_hist_point *p)
 void grist__job_on_result(void *ud, struct grist_engine_result *r)
 {
     struct grist_daemon *d = ud;
+    if (r->snapshot) {
+        grist__snapshot_result(d, r); /* takes r */
+        return;
+    }
     struct grist_job *j = NULL;
     for (struct grist_job *x = d->jobs; x; x = x->next)
         if (x->key == r->key)
             j = x;
-    if (!j || r->ngroups != j->ngroups) {
-        free(r);
+    if (j && r->restore_failed) {
+        GRIST_ERR("job '%s': its snapshot's statistics were refused (%s); they start fresh",
+                  j->id, grist_strerror(r->error));
+        d->cnt.snapshots_refused++;
+    }
+    if (!j || r->restore_failed || r->ngroups != j->ngroups) {
+        grist__engine_result_free(r);
         return;
     }
     if (r->families_only) {
@@ -457,11 +522,11 @@ void grist__job_on_result(void *ud, struct grist_engine_result *r)
                 j->last->groups[g].fam = r->groups[g].fam;
                 j->last->groups[g].have_families = r->groups[g].have_families;
             }
-        free(r);
+        grist__engine_result_free(r);
         grist__watch_notify(d, j);
         return;
     }
-    free(j->last);
+    grist__engine_result_free(j->last);
     j->last = r;
     grist__hist_observe(&d->solve_seconds, r->solve_s);
     int changed = 0, warm = 0;
@@ -545,7 +610,8 @@ void grist__jobs_tick(struct grist_daemon *d)
             d->cnt.jobs_expired++;
             grist__engine_drop_job(grist__engine_of(d, j->key), j->key);
             grist__watch_finish_all(d, j->id);
-            job_free(j);
+            grist__snapshot_forget(d, j);
+            grist__job_free(j);
             continue;
         }
         p = &j->next;
@@ -557,6 +623,6 @@ void grist__jobs_free_all(struct grist_daemon *d)
     while (d->jobs) {
         struct grist_job *j = d->jobs;
         unlink_job(d, j);
-        job_free(j);
+        grist__job_free(j);
     }
 }

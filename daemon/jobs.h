@@ -53,7 +53,17 @@ struct grist_job {
     uint64_t created_ms, idle_since_ms;
     struct grist_engine_result *last;
     struct grist_hist *hist;
+    uint64_t snap_sig;    /* the state last handed to the writer (snapshot.c) */
+    int snap_pending;     /* a snapshot of it is being taken */
 };
+
+void grist__job_free(struct grist_job *j);
+/* Admit a job decoded from a snapshot (j filled by snapshot.c; eng: its
+ * compute state for the engine). On failure j is freed and err says why. */
+grpc_status_code grist__job_restore(struct grist_daemon *d, struct grist_job *j, const void *eng,
+                                    size_t eng_len, char *err, size_t errsz);
+/* Aggregate every open step as it is (partial), before a final snapshot. */
+void grist__job_complete_open(struct grist_daemon *d, struct grist_job *j);
 
 /* The values in force for group g: the newest push, or the group's own
  * starting momentum and lr_scale 1 before the first one. */

@@ -1,15 +1,19 @@
 /*
  * DESIGN: gristd's entry point. Start order: parse config -> open the
  * kernels backend (an explicit backend that is unavailable is fatal) ->
- * start the compute thread -> grpc_init -> bind listeners -> write the
- * ready fd -> run the loop.
+ * start the compute threads -> restore the state (--state-dir) -> grpc_init
+ * -> bind listeners -> write the ready fd -> run the loop.
  *
  * Shutdown order on SIGTERM/SIGINT (tests/integration asserts what clients
  * see): (1) every live Attach stream is finished with UNAVAILABLE; (2) the
  * server stops accepting and gets a grace period for those statuses to go
  * out, then cancels what is left; (3) the completion queue drains and the
- * pump thread is joined; (4) the compute thread finishes its queue and is
- * joined; (5) timers and signal handles close, the loop returns, exit 0.
+ * pump thread is joined; (4) with --state-dir, the open steps are
+ * aggregated and every job that changed is written (snapshot.c); (5) the
+ * compute threads finish their
+ * queues and are joined; (6) timers and signal handles close, the loop
+ * returns, exit 0. The state is restored before the listeners bind, so a
+ * daemon that reports ready serves its restored jobs.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -38,14 +42,20 @@ static void on_engine_stopped(void *ud)
     uv_close((uv_handle_t *)&g_sigterm, NULL);
     uv_close((uv_handle_t *)&g_sigint, NULL);
     uv_close((uv_handle_t *)&d->tick, NULL);
+    grist__snapshot_stop(d);
     GRIST_INFO("shutdown complete");
+}
+
+static void stop_engines(struct grist_daemon *d)
+{
+    for (uint32_t i = 0; i < d->nengines; i++)
+        grist__engine_stop(d->engines[i], on_engine_stopped);
 }
 
 static void on_net_stopped(struct grist_net *net)
 {
-    struct grist_daemon *d = grist__daemon_of(net);
-    for (uint32_t i = 0; i < d->nengines; i++)
-        grist__engine_stop(d->engines[i], on_engine_stopped);
+    /* no summary comes in any more: the final snapshot sees everything */
+    grist__snapshot_final(grist__daemon_of(net), stop_engines);
 }
 
 static void on_signal(uv_signal_t *s, int signum)
@@ -196,6 +206,8 @@ int main(int argc, char **argv)
         }
         d->engines_running++;
     }
+    if (grist__snapshot_start(d) < 0)
+        return 1;
     grpc_init();
     r = grist__net_start(&d->net, &loop, &g_cfg);
     if (r < 0) {

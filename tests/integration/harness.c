@@ -72,6 +72,8 @@ int gristd_start(struct gristd_proc *p, const char *const *args)
          line = strtok(NULL, "\n")) {
         if (strncmp(line, "grpc ", 5) == 0)
             snprintf(p->addr[p->naddr++], sizeof(p->addr[0]), "%s", line + 5);
+        else if (strncmp(line, "http ", 5) == 0)
+            snprintf(p->http, sizeof(p->http), "%s", line + 5);
     }
     return p->naddr > 0 ? 0 : -1;
 }

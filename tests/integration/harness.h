@@ -13,6 +13,7 @@ struct gristd_proc {
     pid_t pid;
     int naddr;
     char addr[GRIST_TEST_MAX_ADDR][300]; /* from the ready fd, "grpc " stripped */
+    char http[300];                       /* the "http HOST:PORT" line's address, or "" */
 };
 
 /* Start $GRISTD with the given extra arguments (NULL-terminated) plus
