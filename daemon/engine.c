@@ -388,28 +388,56 @@ static void post_snapshot(struct grist_engine *e, uint64_t key, struct e_job *j)
     post(e, r);
 }
 
+/* Decode a job's compute state and build its statistics on be, checked
+ * against the job it must belong to (groups, m, candidates, forms) before
+ * anything is allocated; the statistics keep their own fold, lags and
+ * batch (a daemon restarted with another --cov-dim restores them as they
+ * were). gs / st: ngroups each, filled; the caller
+ * frees st[]. @return 0; GRIST_EBADSTATE; -ENOMEM; a backend's error. */
+static int state_decode(struct grist_backend *be, const struct grist_engine_job_spec *sp,
+                        const void *buf, size_t len, struct e_state_group *gs,
+                        struct grist_stats **st, uint64_t c[4])
+{
+    uint32_t ng = sp->ngroups;
+    struct grist_sio rd = {.p = (unsigned char *)buf, .len = len, .reading = 1};
+    visit_state(&rd, &ng, c, gs);
+    if (rd.bad || rd.off != len || ng != sp->ngroups)
+        return GRIST_EBADSTATE;
+    for (uint32_t g = 0; g < sp->ngroups; g++) {
+        struct grist_stats_config cfg;
+        if (grist_stats_peek_config(gs[g].stats, gs[g].stats_len, &cfg) < 0 || cfg.m != sp->m ||
+            cfg.ncand != sp->policy.ncand || cfg.form != (uint32_t)sp->groups[g].form ||
+            gs[g].sel.cur >= sp->policy.ncand || gs[g].sel.challenger >= sp->policy.ncand)
+            return GRIST_EBADSTATE;
+        const int r = grist_stats_deserialize(be, gs[g].stats, gs[g].stats_len, &st[g]);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+int grist__engine_state_check(struct grist_backend *be, const struct grist_engine_job_spec *sp,
+                              const void *buf, size_t len)
+{
+    struct e_state_group *gs = calloc(sp->ngroups, sizeof(*gs));
+    struct grist_stats **st = calloc(sp->ngroups, sizeof(*st));
+    uint64_t c[4];
+    int r = gs && st ? state_decode(be, sp, buf, len, gs, st, c) : -ENOMEM;
+    for (uint32_t g = 0; st && g < sp->ngroups; g++)
+        grist_stats_free(st[g]);
+    free(st);
+    free(gs);
+    return r;
+}
+
 /* compute thread: replace a fresh job's state by a snapshot's, all or
- * nothing. @return 0; GRIST_EBADSTATE; -ENOMEM; a backend's error. */
-static int restore_state(struct grist_engine *e, struct e_job *j, const void *buf, size_t len)
+ * nothing. @return as state_decode(). */
+static int restore_state(struct grist_engine *e, struct e_job *j, const struct grist_engine_job_spec *sp)
 {
     struct e_state_group *gs = calloc(j->ngroups, sizeof(*gs));
     struct grist_stats **st = calloc(j->ngroups, sizeof(*st));
-    int r = gs && st ? 0 : -ENOMEM;
-    uint32_t ng = j->ngroups;
     uint64_t c[4];
-    if (r == 0) {
-        struct grist_sio rd = {.p = (unsigned char *)buf, .len = len, .reading = 1};
-        visit_state(&rd, &ng, c, gs);
-        if (rd.bad || rd.off != len || ng != j->ngroups)
-            r = GRIST_EBADSTATE;
-    }
-    for (uint32_t g = 0; r == 0 && g < j->ngroups; g++) {
-        r = grist_stats_deserialize(e->be, gs[g].stats, gs[g].stats_len, &st[g]);
-        if (r == 0 && (grist_stats_cov_dim(st[g]) != grist_stats_cov_dim(j->stats[g]) ||
-                       gs[g].sel.cur >= GRIST_MAX_CANDIDATES ||
-                       gs[g].sel.challenger >= GRIST_MAX_CANDIDATES))
-            r = GRIST_EBADSTATE;
-    }
+    int r = gs && st ? state_decode(e->be, sp, sp->restore, sp->restore_len, gs, st, c) : -ENOMEM;
     if (r == 0) {
         for (uint32_t g = 0; g < j->ngroups; g++) {
             grist_stats_free(j->stats[g]);
@@ -501,7 +529,7 @@ static void do_create(struct grist_engine *e, struct item *it)
                             cfg.cand, cfg.ncand);
     }
     if (sp->restore) {
-        const int r = restore_state(e, j, sp->restore, sp->restore_len);
+        const int r = restore_state(e, j, sp);
         if (r < 0)
             post_restore_failed(e, j, r);
     }

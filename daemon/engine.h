@@ -74,6 +74,14 @@ int grist__engine_start(struct grist_engine **out, uv_loop_t *loop, struct grist
 /** Stop the thread (after it drained its queue), free everything. Loop thread. */
 void grist__engine_stop(struct grist_engine *e, void (*done)(void *ud));
 
+/**
+ * Check a job's compute state from a snapshot against its spec, building
+ * and freeing its statistics on be (the snapshot fuzz target; any thread).
+ * @return 0; GRIST_EBADSTATE; -ENOMEM; a backend's error.
+ */
+int grist__engine_state_check(struct grist_backend *be, const struct grist_engine_job_spec *sp,
+                              const void *buf, size_t len);
+
 /** Free a result and what it owns. */
 void grist__engine_result_free(struct grist_engine_result *r);
 

@@ -91,6 +91,10 @@ static inline void sio_blob(struct grist_sio *s, const void **ptr, size_t *n)
  * mark | u64 payload length | u64 FNV-1a of the payload | payload. */
 #define GRIST_SIO_HEADER 32u
 
+/* A job file of --state-dir (daemon/snapshot.c, docs/PERSISTENCE.md). */
+#define GRIST_JOB_MAGIC "GRISTJB1"
+#define GRIST_JOB_VERSION 1u
+
 uint64_t grist__sio_fnv1a(const unsigned char *p, size_t n);
 /* Write the header in front of a payload of plen bytes at buf + GRIST_SIO_HEADER. */
 void grist__sio_seal(unsigned char *buf, const char magic[8], uint32_t version, size_t plen);

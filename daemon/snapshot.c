@@ -50,8 +50,6 @@
 #include "log.h"
 #include "snapio.h"
 
-#define JOB_MAGIC "GRISTJB1"
-#define JOB_VERSION 1u
 #define SUFFIX ".state"
 
 struct op {
@@ -591,7 +589,7 @@ void grist__snapshot_result(struct grist_daemon *d, struct grist_engine_result *
         } else {
             w = (struct grist_sio){.p = buf + GRIST_SIO_HEADER};
             visit_job(&w, j, now, d, &eng, &eng_len);
-            grist__sio_seal(buf, JOB_MAGIC, JOB_VERSION, w.off);
+            grist__sio_seal(buf, GRIST_JOB_MAGIC, GRIST_JOB_VERSION, w.off);
             o->buf = buf;
             o->len = GRIST_SIO_HEADER + w.off;
             o->key = j->key;
@@ -688,12 +686,13 @@ static int read_file(const char *path, uint8_t **buf, size_t *len)
 
 /* Decode one job file. @return the job (calloc'ed, arrays allocated) with
  * *eng pointing into buf; NULL with why filled. */
-static struct grist_job *decode(const struct grist_daemon *d, const uint8_t *buf, size_t len,
-                                const void **eng, size_t *eng_len, char *why, size_t whysz)
+static struct grist_job *decode(const struct grist_daemon *d, uint64_t now, const uint8_t *buf,
+                                size_t len, const void **eng, size_t *eng_len, char *why,
+                                size_t whysz)
 {
     const unsigned char *pl;
     size_t plen;
-    if (grist__sio_open(buf, len, JOB_MAGIC, JOB_VERSION, &pl, &plen, why, whysz) < 0)
+    if (grist__sio_open(buf, len, GRIST_JOB_MAGIC, GRIST_JOB_VERSION, &pl, &plen, why, whysz) < 0)
         return NULL;
     struct grist_job *j = calloc(1, sizeof(*j));
     if (!j) {
@@ -701,7 +700,7 @@ static struct grist_job *decode(const struct grist_daemon *d, const uint8_t *buf
         return NULL;
     }
     struct grist_sio r = {.p = (unsigned char *)pl, .len = plen, .reading = 1};
-    visit_job(&r, j, grist__now_ms(d), d, eng, eng_len);
+    visit_job(&r, j, now, d, eng, eng_len);
     if (r.bad || r.off != plen) {
         snprintf(why, whysz, "inconsistent contents at byte %zu of %zu (a field out of range, "
                  "or a limit of this daemon lowered since)", r.off, plen);
@@ -748,7 +747,7 @@ static void load_all(struct grist_daemon *d, struct grist_snapshots *sn)
         char why[256];
         const void *eng = NULL;
         size_t eng_len = 0;
-        struct grist_job *j = decode(d, buf, len, &eng, &eng_len, why, sizeof(why));
+        struct grist_job *j = decode(d, grist__now_ms(d), buf, len, &eng, &eng_len, why, sizeof(why));
         if (!j) {
             refuse(d, path, why);
             free(buf);
@@ -783,6 +782,25 @@ static void load_all(struct grist_daemon *d, struct grist_snapshots *sn)
     }
     closedir(dir);
     GRIST_INFO("state: %u job%s restored from %s", restored, restored == 1 ? "" : "s", sn->dir);
+}
+
+int grist__snapshot_check(const struct grist_daemon *d, struct grist_backend *be,
+                          const uint8_t *buf, size_t len, char *why, size_t whysz)
+{
+    const void *eng = NULL;
+    size_t eng_len = 0;
+    struct grist_job *j = decode(d, 0, buf, len, &eng, &eng_len, why, whysz);
+    if (!j)
+        return -1;
+    const struct grist_engine_job_spec spec = {
+        .ngroups = j->ngroups, .m = j->m, .cov_dim = (uint32_t)d->cfg->cov_dim,
+        .policy = j->policy, .groups = j->groups,
+    };
+    const int r = grist__engine_state_check(be, &spec, eng, eng_len);
+    if (r < 0)
+        snprintf(why, whysz, "the compute state: %s", grist_strerror(r));
+    grist__job_free(j);
+    return r < 0 ? -1 : 0;
 }
 
 int grist__snapshot_start(struct grist_daemon *d)

@@ -171,11 +171,9 @@ static int dev_get(struct grist_stats *st, struct rd *r, double *dev, size_t n)
     return e < 0 ? GRIST_EDEVICE : 0;
 }
 
-int grist_stats_deserialize(struct grist_backend *be, const void *buf, size_t len,
-                            struct grist_stats **out)
+/* The header's checks and the configuration at the payload's start. */
+static int read_config(const void *buf, size_t len, struct rd *r, struct grist_stats_config *c)
 {
-    if (!be || !buf || !out)
-        return -EINVAL;
     const unsigned char *p = buf;
     uint32_t ver, bom;
     uint64_t plen, sum;
@@ -187,22 +185,38 @@ int grist_stats_deserialize(struct grist_backend *be, const void *buf, size_t le
     memcpy(&sum, p + 24, 8);
     if (ver != VERSION || bom != BOM || plen != len - HEADER || fnv1a(p + HEADER, plen) != sum)
         return GRIST_EBADSTATE;
-
-    struct rd r = {p + HEADER, 0, plen, 0};
-    struct grist_stats_config c;
-    memset(&c, 0, sizeof(c));
-    GET(&r, c.m);
-    GET(&r, c.cov_dim);
-    GET(&r, c.lags);
-    GET(&r, c.cov_batch);
-    GET(&r, c.gamma);
-    GET(&r, c.ncand);
-    if (r.bad || c.ncand > GRIST_MAX_CANDIDATES || c.lags > GRIST_MAX_LAGS)
+    *r = (struct rd){p + HEADER, 0, plen, 0};
+    memset(c, 0, sizeof(*c));
+    GET(r, c->m);
+    GET(r, c->cov_dim);
+    GET(r, c->lags);
+    GET(r, c->cov_batch);
+    GET(r, c->gamma);
+    GET(r, c->ncand);
+    if (r->bad || c->ncand > GRIST_MAX_CANDIDATES || c->lags > GRIST_MAX_LAGS)
         return GRIST_EBADSTATE;
-    get(&r, c.cand, c.ncand * sizeof(double));
-    GET(&r, c.form);
-    GET(&r, c.curv_block);
-    if (r.bad)
+    get(r, c->cand, c->ncand * sizeof(double));
+    GET(r, c->form);
+    GET(r, c->curv_block);
+    return r->bad ? GRIST_EBADSTATE : 0;
+}
+
+int grist_stats_peek_config(const void *buf, size_t len, struct grist_stats_config *cfg)
+{
+    if (!buf || !cfg)
+        return -EINVAL;
+    struct rd r;
+    return read_config(buf, len, &r, cfg);
+}
+
+int grist_stats_deserialize(struct grist_backend *be, const void *buf, size_t len,
+                            struct grist_stats **out)
+{
+    if (!be || !buf || !out)
+        return -EINVAL;
+    struct rd r;
+    struct grist_stats_config c;
+    if (read_config(buf, len, &r, &c) < 0)
         return GRIST_EBADSTATE;
     struct grist_stats *st;
     int e = grist_stats_new(be, &c, &st);

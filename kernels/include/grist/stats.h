@@ -250,6 +250,15 @@ uint32_t grist_stats_cov_dim(const struct grist_stats *st);
 int grist_stats_serialize(struct grist_stats *st, void **buf, size_t *len);
 
 /**
+ * The configuration inside grist_stats_serialize() output, without building
+ * anything (to check a buffer against what it must be before allocating).
+ *
+ * @return 0; GRIST_EBADSTATE for a buffer that is truncated, corrupt or of
+ *         another version.
+ */
+int grist_stats_peek_config(const void *buf, size_t len, struct grist_stats_config *cfg);
+
+/**
  * Rebuild a state from grist_stats_serialize() output, on any backend.
  *
  * @return 0; GRIST_EBADSTATE for a buffer that is truncated, corrupt or of
