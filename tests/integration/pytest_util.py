@@ -1,5 +1,6 @@
 """Helpers for the Python integration tests: start gristd with a readiness
 pipe (no sleeps), query it with the protoc-generated classes."""
+import atexit
 import os
 import subprocess
 import sys
@@ -22,10 +23,33 @@ def load_pb2():
     raise ImportError("grist_pb2 not found: set PYTHONPATH to build/proto")
 
 
+_children = []
+
+
+def _reap():
+    """A test that fails leaves its daemons running; they hold the test
+    runner's output pipe open, so meson would wait for its timeout instead of
+    reporting the failure. Kill whatever is still alive at exit."""
+    for proc in _children:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+atexit.register(_reap)
+
+
+def spawn(argv, **kw):
+    """subprocess.Popen, killed at interpreter exit if still running."""
+    proc = subprocess.Popen(argv, **kw)
+    _children.append(proc)
+    return proc
+
+
 def start_gristd(gristd, listen, *extra):
     r, w = os.pipe()
-    proc = subprocess.Popen([gristd, "--listen", listen, "--ready-fd", str(w), "--log-level",
-                             "warn", *extra], pass_fds=(w,))
+    proc = spawn([gristd, "--listen", listen, "--ready-fd", str(w), "--log-level", "warn",
+                  *extra], pass_fds=(w,))
     os.close(w)
     out = b""
     while True:

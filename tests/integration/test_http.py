@@ -36,8 +36,8 @@ from grist._native import Client, Session, group_seed, sketch_f32
 def start(gristd, *extra):
     """gristd with --http on a free port; returns (proc, grpc address, http address)."""
     r, w = os.pipe()
-    proc = subprocess.Popen([gristd, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0",
-                             "--ready-fd", str(w), "--log-level", "warn", *extra], pass_fds=(w,))
+    proc = pytest_util.spawn([gristd, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0",
+                              "--ready-fd", str(w), "--log-level", "warn", *extra], pass_fds=(w,))
     os.close(w)
     out = b""
     while chunk := os.read(r, 4096):
@@ -286,9 +286,9 @@ def check_prometheus(http):
         f.write("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: gristd\n"
                 f"    static_configs:\n      - targets: ['{http}']\n")
     port = free_port()
-    proc = subprocess.Popen([prom, f"--config.file={conf}", f"--storage.tsdb.path={tmp}/data",
-                             f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = pytest_util.spawn([prom, f"--config.file={conf}", f"--storage.tsdb.path={tmp}/data",
+                              f"--web.listen-address=127.0.0.1:{port}"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         query = urllib.parse.quote('gristd_group_momentum{exported_job="http a/1",group="conv"}')
         deadline = time.monotonic() + 60
