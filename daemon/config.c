@@ -45,6 +45,10 @@ static const struct opt table[] = {
      "--snapshot-interval and at SIGTERM; restored at start); off when empty"},
     {"snapshot-interval", OPT_DBL, F(snapshot_interval), "10", 0.05, 86400,
      "seconds between snapshots of the jobs that changed (what a SIGKILL can lose)"},
+    {"listener-probe", OPT_DBL, F(listener_probe), "5", 0, 3600,
+     "seconds between probes of each listener (an HTTP/2 preface to itself); three without an "
+     "answer (gRPC stops accepting after EMFILE) make health NOT_SERVING and gristd exit 1 "
+     "after an ordered shutdown; 0 = off"},
     {"backend", OPT_STR, F(backend), "auto", 0, 0,
      "kernels backend: auto (first usable of cuda, cpu, ref), cuda, cpu or ref"},
     {"log-level", OPT_STR, F(log_level), "info", 0, 0, "error, warn, info or debug"},

@@ -55,6 +55,7 @@ struct grist_config {
     double horizon_step;
     char state_dir[1024];
     double snapshot_interval;
+    double listener_probe;
 };
 
 /** Fill every field with its default from the table. */

@@ -64,6 +64,8 @@ struct grist_daemon {
     struct grist_histogram push_latency_seconds; /* step queued -> push handed to its streams */
     struct grist_http *http;                     /* NULL without --http */
     struct grist_snapshots *snap;                /* NULL without --state-dir */
+    struct grist_probe *probe;                   /* NULL with --listener-probe 0 */
+    int exit_code;                               /* main()'s status once the loop returns */
     int stopping;
 };
 
@@ -115,6 +117,13 @@ int grist__snapshot_check(const struct grist_daemon *d, struct grist_backend *be
                           const uint8_t *buf, size_t len, char *why, size_t whysz);
 /* Close the timer; free everything (after final). */
 void grist__snapshot_stop(struct grist_daemon *d);
+
+/* probe.c: every interval_s, each listener must answer an HTTP/2 preface;
+ * PROBE_FAILS misses in a row call failed (once). 0 also when off. */
+struct grist_probe;
+int grist__probe_start(struct grist_daemon *d, double interval_s,
+                       void (*failed)(struct grist_daemon *d), struct grist_probe **out);
+void grist__probe_stop(struct grist_probe *p); /* NULL: no-op */
 
 /* attach.c */
 void grist__attach_call(struct grist_net *net, grpc_call *call);

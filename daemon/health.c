@@ -1,7 +1,7 @@
 /*
  * DESIGN: grpc.health.v1.Health/Check. The overall service ("") and
  * "grist.v1.Grist" are SERVING while the daemon runs and NOT_SERVING once
- * shutdown has begun; any other service name is NOT_FOUND, as the health
+ * shutdown has begun or a listener stopped accepting (probe.c); any other service name is NOT_FOUND, as the health
  * protocol specifies. Loop thread.
  */
 #include <stdio.h>
@@ -29,7 +29,7 @@ static grpc_status_code check(struct grist_net *net, const unsigned char *in, si
     }
     grpc__health__v1__health_check_request__free_unpacked(req, NULL);
     Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
-    resp.status = net->shutting_down
+    resp.status = net->shutting_down || net->listener_failed
                       ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
                       : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
     *out_len = grpc__health__v1__health_check_response__get_packed_size(&resp);

@@ -58,18 +58,34 @@ static void on_net_stopped(struct grist_net *net)
     grist__snapshot_final(grist__daemon_of(net), stop_engines);
 }
 
-static void on_signal(uv_signal_t *s, int signum)
+static void begin_shutdown(struct grist_daemon *d)
 {
-    struct grist_daemon *d = s->data;
     if (d->stopping)
         return;
     d->stopping = 1;
-    GRIST_INFO("signal %d: shutting down (%u streams, %u jobs)", signum, d->nstreams, d->njobs);
+    grist__probe_stop(d->probe);
+    d->probe = NULL;
     grist__http_stop(d->http);
     d->http = NULL;
     grist__streams_finish_all(d);
     grist__watch_finish_all(d, NULL);
     grist__net_shutdown(&d->net, 2.0, on_net_stopped);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    struct grist_daemon *d = s->data;
+    if (d->stopping)
+        return;
+    GRIST_INFO("signal %d: shutting down (%u streams, %u jobs)", signum, d->nstreams, d->njobs);
+    begin_shutdown(d);
+}
+
+/* A listener stopped accepting (probe.c): stop in order, exit 1. */
+static void on_listener_failed(struct grist_daemon *d)
+{
+    d->exit_code = 1;
+    begin_shutdown(d);
 }
 
 static void on_tick(uv_timer_t *t)
@@ -235,6 +251,8 @@ int main(int argc, char **argv)
         grpc_shutdown();
         return 1;
     }
+    if (grist__probe_start(d, g_cfg.listener_probe, on_listener_failed, &d->probe) < 0)
+        GRIST_WARN("listener probe: out of memory; listeners are not probed");
     write_ready(g_cfg.ready_fd, &d->net, d->http);
 
     uv_run(&loop, UV_RUN_DEFAULT);
@@ -243,5 +261,5 @@ int main(int argc, char **argv)
     grist__net_destroy(&d->net);
     uv_loop_close(&loop);
     grpc_shutdown();
-    return 0;
+    return d->exit_code;
 }

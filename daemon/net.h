@@ -43,6 +43,7 @@ struct grist_net {
     char bound[GRIST_MAX_LISTENERS][300];
     int nbound;
     int shutting_down;
+    int listener_failed; /* a listener stopped accepting (probe.c): health NOT_SERVING */
     int live_calls;
     struct grist_tag shutdown_tag;
     uv_timer_t grace;

@@ -2,12 +2,15 @@
  * gristd end to end: the real daemon on 127.0.0.1:0 and on a unix socket,
  * started with --ready-fd, checked with a gRPC core client.
  */
+#include <arpa/inet.h>
 #include <check.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -61,10 +64,15 @@ START_TEST(test_unix_and_two_listeners)
     snprintf(sock, sizeof(sock), "unix:/tmp/gristd-test-%d.sock", (int)getpid());
     unlink(sock + 5);
     struct gristd_proc p;
-    const char *args[] = {"--listen", sock, "--listen", "127.0.0.1:0", "--log-level", "warn", NULL};
+    /* both listeners probed every 0.2 s: answering ones never trip it */
+    const char *args[] = {"--listen", sock, "--listen", "127.0.0.1:0", "--listener-probe", "0.2",
+                          "--log-level", "warn", NULL};
     ck_assert_int_eq(gristd_start(&p, args), 0);
     ck_assert_int_eq(p.naddr, 2);
     ck_assert_str_eq(p.addr[0], sock);
+    usleep(1500 * 1000);
+    int st;
+    ck_assert_int_eq(waitpid(p.pid, &st, WNOHANG), 0);
     grpc_init();
     ck_assert_int_eq(health_check(p.addr[0], ""), 1);
     ck_assert_int_eq(health_check(p.addr[1], ""), 1);
@@ -190,6 +198,46 @@ START_TEST(test_port_in_use)
 }
 END_TEST
 
+/* A listener that stops accepting makes gristd exit 1 (probe.c). gRPC
+ * core stops accepting for good once accept4() fails with EMFILE; with 64
+ * open files, 120 raw TCP connections get it there. The probe must not fire
+ * while the listener answers: 2 s of 0.5 s probes leave health SERVING. */
+START_TEST(test_listener_probe)
+{
+    if (getenv("GRISTD_WRAPPER"))
+        return; /* the wrapper below would replace a memcheck wrapper */
+    if (system("prlimit --version >/dev/null 2>&1") != 0)
+        ck_abort_msg("prlimit missing (util-linux)");
+    setenv("GRISTD_WRAPPER", "prlimit --nofile=64:64", 1);
+    struct gristd_proc p;
+    const char *args[] = {"--listen", "127.0.0.1:0", "--listener-probe", "0.5",
+                          "--log-level", "warn", NULL};
+    const int started = gristd_start(&p, args);
+    unsetenv("GRISTD_WRAPPER");
+    ck_assert_int_eq(started, 0);
+    usleep(2000 * 1000);
+    int st;
+    ck_assert_int_eq(waitpid(p.pid, &st, WNOHANG), 0); /* still running */
+    grpc_init();
+    ck_assert_int_eq(health_check(p.addr[0], ""), 1);
+    grpc_shutdown();
+
+    const char *colon = strrchr(p.addr[0], ':');
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    int fds[120];
+    for (int i = 0; i < 120; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+        ck_assert_int_ge(fds[i], 0);
+        ck_assert_int_eq(connect(fds[i], (struct sockaddr *)&sa, sizeof(sa)), 0);
+    }
+    /* three missed probes (1.5 s), then an ordered shutdown and exit 1 */
+    ck_assert_int_eq(gristd_stop(&p, 0), 1);
+    for (int i = 0; i < 120; i++)
+        close(fds[i]);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("daemon");
@@ -202,6 +250,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_port_in_use);
     tcase_add_test(tc, test_engine_start_failure);
     tcase_add_test(tc, test_nofile_raised);
+    tcase_add_test(tc, test_listener_probe);
     suite_add_tcase(s, tc);
     return s;
 }
