@@ -64,6 +64,9 @@ static const struct opt table[] = {
      "largest sketch dimension m a worker may choose"},
     {"compute-queue", OPT_INT, F(compute_queue), "4096", 16, 1 << 20,
      "aggregated steps waiting for the compute thread; beyond it steps are dropped and counted"},
+    {"compute-lag", OPT_DBL, F(compute_lag), "1", 0, 3600,
+     "seconds the oldest queued step may wait before its compute thread counts as behind (so does "
+     "a half-full queue); then a job holding more than 1/N of the queued work (N jobs on the thread) sheds its new steps; 0 = no fair share"},
     {"compute-threads", OPT_INT, F(compute_threads), "2", 1, 16,
      "compute threads, each with its own kernels backend; jobs are sharded over them by id"},
     {"cov-dim", OPT_INT, F(cov_dim), "256", 0, 65536,

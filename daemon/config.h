@@ -26,6 +26,7 @@ struct grist_config {
     int64_t max_step_jump;
     int64_t max_sketch_dim;
     int64_t compute_queue;
+    double compute_lag;
     int64_t compute_threads;
     int64_t cov_dim;
     int64_t lags;

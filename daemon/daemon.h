@@ -23,7 +23,7 @@ struct grist_watch;
 struct grist_counters {
     uint64_t streams_opened, streams_closed;
     uint64_t summaries, summaries_rejected, summaries_late, summaries_duplicate;
-    uint64_t steps_aggregated, steps_partial, steps_dropped;
+    uint64_t steps_aggregated, steps_partial, steps_dropped, steps_shed;
     uint64_t pushes, push_messages;
     uint64_t bytes_in, bytes_out;
     uint64_t jobs_created, jobs_expired;

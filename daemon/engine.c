@@ -13,6 +13,20 @@
  * thread falls behind, work merges instead of piling up. Control items
  * (create, drop) never count against the capacity and are never dropped.
  *
+ * Fair share (admission, loop thread, under mu): the queue is bounded by
+ * capacity steps, and, once the thread is behind (the queue is half full, or
+ * its oldest step has waited lag_ns), by a share of the queued work per
+ * job: a job whose
+ * queued floats (ngroups * m per step, what its updates cost) exceed 1/N of
+ * all queued floats, N the jobs on this thread, has its new steps refused
+ * (-EBUSY), unless it holds fewer than capacity / 2N steps (its reserve:
+ * the others can fill at most half the queue once it is behind, so a job
+ * within its reserve always finds room). The thread takes the whole queue at once, so the time a taken
+ * batch needs is bounded by about lag_ns of work plus the others' steps: a
+ * heavy job cannot make its neighbours' steps wait past the capacity. A
+ * lone job (N = 1) is never over its share and uses the whole queue.
+ * lag_ns = 0 turns the share off (the queue's capacity is the only bound).
+ *
  * Family solves (eigendecompositions, ~9 ms per 256 x 256 group here) run
  * on a second, low-priority thread with its own backend instance, so they
  * never delay a selection or a push: when they are due, the compute thread
@@ -94,6 +108,11 @@ struct grist_engine {
     uv_cond_t cv;
     struct item *head, *tail; /* in */
     uint32_t depth, capacity;
+    uint32_t njobs;           /* jobs on this thread (created, not dropped) */
+    uint64_t gen;             /* takes of the queue so far */
+    uint64_t work;            /* floats queued since the last take */
+    uint64_t lag_ns;          /* the thread is behind once the head waited this */
+    uint64_t shed;            /* steps refused for being over their share */
     struct grist_engine_result *out_head, *out_tail;
     uv_async_t async;
     grist_engine_result_fn *cb;
@@ -109,6 +128,7 @@ struct grist_engine {
     uv_cond_t fcv;
     struct fam_req *fhead, *ftail;
     unsigned families_delay_ms; /* fault injection only */
+    unsigned slow_us_per_group; /* fault injection only: each step costs this per group */
     int fstop, have_fthread;
 };
 
@@ -637,6 +657,8 @@ static void flush(struct grist_engine *e, struct e_job *j)
         }
     }
     free(steps);
+    if (e->slow_us_per_group) /* GRISTD_FAULT=compute-slow (tests): a known cost per step */
+        usleep((useconds_t)(n * j->ngroups * e->slow_us_per_group));
     if (!err) {
         j->steps += n;
         j->last_step = j->pend[n - 1]->step;
@@ -662,6 +684,8 @@ static void thread_main(void *arg)
         struct item *list = e->head;
         e->head = e->tail = NULL;
         e->depth = 0;
+        e->work = 0;
+        e->gen++; /* every job's share starts again */
         uv_mutex_unlock(&e->mu);
 
         struct e_job *dirty = NULL;
@@ -795,7 +819,7 @@ static void on_async_closed_free(uv_handle_t *h)
 }
 
 int grist__engine_start(struct grist_engine **out, uv_loop_t *loop, struct grist_backend *be,
-                        uint32_t capacity, grist_engine_result_fn *cb, void *ud)
+                        uint32_t capacity, double lag_s, grist_engine_result_fn *cb, void *ud)
 {
     struct grist_engine *e = calloc(1, sizeof(*e));
     if (!e)
@@ -803,6 +827,7 @@ int grist__engine_start(struct grist_engine **out, uv_loop_t *loop, struct grist
     e->loop = loop;
     e->be = be;
     e->capacity = capacity;
+    e->lag_ns = (uint64_t)(lag_s * 1e9);
     e->cb = cb;
     e->ud = ud;
     uv_mutex_init(&e->mu);
@@ -817,6 +842,7 @@ int grist__engine_start(struct grist_engine **out, uv_loop_t *loop, struct grist
     {
         const char *f = getenv("GRISTD_FAULT");
         e->families_delay_ms = f && strcmp(f, "families-slow") == 0 ? 1500 : 0;
+        e->slow_us_per_group = f && strcmp(f, "compute-slow") == 0 ? 50 : 0;
     }
     if (grist_backend_open(grist_backend_name(be), &e->fbe) == 0) {
         grist_backend_set_threads(e->fbe, 1);
@@ -926,6 +952,7 @@ int grist__engine_create_job(struct grist_engine *e, const struct grist_engine_j
     it->key = spec->key;
     it->spec = sp;
     uv_mutex_lock(&e->mu);
+    e->njobs++;
     push(e, it);
     uv_mutex_unlock(&e->mu);
     return 0;
@@ -955,25 +982,56 @@ void grist__engine_result_free(struct grist_engine_result *r)
 void grist__engine_drop_job(struct grist_engine *e, uint64_t key)
 {
     struct item *it = calloc(1, sizeof(*it));
-    if (!it)
+    if (!it) {
+        uv_mutex_lock(&e->mu);
+        e->njobs--;
+        uv_mutex_unlock(&e->mu);
         return; /* the state stays until the daemon exits; nothing breaks */
+    }
     it->kind = IT_DROP;
     it->key = key;
     uv_mutex_lock(&e->mu);
+    e->njobs--;
     push(e, it);
     uv_mutex_unlock(&e->mu);
 }
 
-static int queue_data(struct grist_engine *e, enum item_kind kind, uint64_t key, uint64_t step,
-                      uint32_t nworkers, uint32_t ngroups, uint32_t m, const float *sk,
-                      const double *worker_sq, const uint32_t *batch, const double *lrb)
+/* Under mu: 0 when a step of `work` floats from the job owning sh may be
+ * queued now; -EAGAIN (full) or -EBUSY (over its share while behind). */
+static int admit_locked(struct grist_engine *e, struct grist_engine_share *sh, uint64_t work)
 {
-    uv_mutex_lock(&e->mu);
-    if (e->depth >= e->capacity) {
-        uv_mutex_unlock(&e->mu);
+    if (e->depth >= e->capacity)
         return -EAGAIN;
+    if (sh->gen != e->gen) {
+        sh->gen = e->gen;
+        sh->work = 0;
+        sh->steps = 0;
     }
+    /* a job holding fewer than capacity / 2N steps is always admitted: the
+     * queue is never full while one is */
+    if (!e->lag_ns || e->njobs <= 1 || !e->head || (uint64_t)sh->steps * 2 * e->njobs < e->capacity)
+        return 0;
+    if (e->depth < e->capacity / 2 && uv_hrtime() - e->head->queued_ns < e->lag_ns)
+        return 0; /* not behind */
+    /* behind: over 1/N of the queued work (this step included) is refused */
+    if ((sh->work + work) * e->njobs > e->work + work) {
+        e->shed++;
+        return -EBUSY;
+    }
+    return 0;
+}
+
+static int queue_data(struct grist_engine *e, struct grist_engine_share *sh, enum item_kind kind,
+                      uint64_t key, uint64_t step, uint32_t nworkers, uint32_t ngroups, uint32_t m,
+                      const float *sk, const double *worker_sq, const uint32_t *batch,
+                      const double *lrb)
+{
+    const uint64_t work = (uint64_t)ngroups * m;
+    uv_mutex_lock(&e->mu);
+    const int adm = admit_locked(e, sh, work);
     uv_mutex_unlock(&e->mu);
+    if (adm < 0)
+        return adm;
     struct item *it = calloc(1, sizeof(*it));
     if (!it)
         return -ENOMEM;
@@ -1005,23 +1063,41 @@ static int queue_data(struct grist_engine *e, enum item_kind kind, uint64_t key,
         memcpy(it->lrb, lrb, 2 * (size_t)ngroups * sizeof(double));
     }
     uv_mutex_lock(&e->mu);
+    if (sh->gen != e->gen) { /* the thread took the queue meanwhile */
+        sh->gen = e->gen;
+        sh->work = 0;
+        sh->steps = 0;
+    }
+    sh->work += work;
+    sh->steps++;
+    e->work += work;
     e->depth++;
     push(e, it);
     uv_mutex_unlock(&e->mu);
     return 0;
 }
 
-int grist__engine_step(struct grist_engine *e, uint64_t key, uint64_t step, uint32_t nworkers,
-                       uint32_t ngroups, uint32_t m, const float *mean, const double *worker_sq,
-                       const uint32_t *batch, const double *lrb)
+int grist__engine_step(struct grist_engine *e, struct grist_engine_share *sh, uint64_t key,
+                       uint64_t step, uint32_t nworkers, uint32_t ngroups, uint32_t m,
+                       const float *mean, const double *worker_sq, const uint32_t *batch,
+                       const double *lrb)
 {
-    return queue_data(e, IT_STEP, key, step, nworkers, ngroups, m, mean, worker_sq, batch, lrb);
+    return queue_data(e, sh, IT_STEP, key, step, nworkers, ngroups, m, mean, worker_sq, batch,
+                      lrb);
 }
 
-int grist__engine_validation(struct grist_engine *e, uint64_t key, uint32_t ngroups, uint32_t m,
-                             const float *sketch)
+int grist__engine_validation(struct grist_engine *e, struct grist_engine_share *sh, uint64_t key,
+                             uint32_t ngroups, uint32_t m, const float *sketch)
 {
-    return queue_data(e, IT_VALIDATION, key, 0, 1, ngroups, m, sketch, NULL, NULL, NULL);
+    return queue_data(e, sh, IT_VALIDATION, key, 0, 1, ngroups, m, sketch, NULL, NULL, NULL);
+}
+
+uint64_t grist__engine_shed(struct grist_engine *e)
+{
+    uv_mutex_lock(&e->mu);
+    const uint64_t s = e->shed;
+    uv_mutex_unlock(&e->mu);
+    return s;
 }
 
 uint32_t grist__engine_depth(struct grist_engine *e)

@@ -53,6 +53,8 @@ typedef void grist_engine_result_fn(void *ud, struct grist_engine_result *r);
 
 /** Aggregated steps waiting in the engine's queue now (thread-safe). */
 uint32_t grist__engine_depth(struct grist_engine *e);
+/** Steps refused so far for being over their job's share (thread-safe). */
+uint64_t grist__engine_shed(struct grist_engine *e);
 
 struct grist_engine_job_spec {
     uint64_t key;
@@ -69,7 +71,18 @@ struct grist_engine_job_spec {
  * @return 0; -ENOMEM.
  */
 int grist__engine_start(struct grist_engine **out, uv_loop_t *loop, struct grist_backend *be,
-                        uint32_t capacity, grist_engine_result_fn *cb, void *ud);
+                        uint32_t capacity, double lag_s, grist_engine_result_fn *cb, void *ud);
+
+/*
+ * A job's share of its compute thread's queue: what it has queued since the
+ * thread last took the queue. Owned by the job (loop thread), read and
+ * written only under the engine's lock, inside grist__engine_step().
+ */
+struct grist_engine_share {
+    uint64_t gen;   /* the engine's take count when `work` was last reset */
+    uint64_t work;  /* floats queued (ngroups * m per step) */
+    uint32_t steps; /* steps queued */
+};
 
 /** Stop the thread (after it drained its queue), free everything. Loop thread. */
 void grist__engine_stop(struct grist_engine *e, void (*done)(void *ud));
@@ -100,15 +113,22 @@ void grist__engine_drop_job(struct grist_engine *e, uint64_t key);
 /**
  * Queue one aggregated step: mean sketch (ngroups * m floats), per group sum
  * of the workers' |s_w|^2, local batch sizes; copied.
- * @return 0; -EAGAIN when the queue is full (the step is dropped and
- *         counted); -ENOMEM.
+ * Fair share: once the thread is behind (its queue half full, or the oldest
+ * queued step waited lag_s), a job holding more than 1/N of the queued work (N = jobs on this
+ * thread) has its new steps refused, so a heavy job sheds its own steps and
+ * the others' still fit.
+ * @return 0; -EAGAIN when the queue is full; -EBUSY when the job is over
+ *         its share while the thread is behind (either way the step is
+ *         dropped and counted); -ENOMEM.
  */
-int grist__engine_step(struct grist_engine *e, uint64_t key, uint64_t step, uint32_t nworkers,
+int grist__engine_step(struct grist_engine *e, struct grist_engine_share *sh, uint64_t key,
+                       uint64_t step, uint32_t nworkers,
                        uint32_t ngroups, uint32_t m, const float *mean, const double *worker_sq,
                        const uint32_t *batch, const double *lrb);
 
 /** Queue a validation sketch (ngroups * m floats). Same returns. */
-int grist__engine_validation(struct grist_engine *e, uint64_t key, uint32_t ngroups, uint32_t m,
+int grist__engine_validation(struct grist_engine *e, struct grist_engine_share *sh, uint64_t key,
+                             uint32_t ngroups, uint32_t m,
                              const float *sketch);
 
 

@@ -373,7 +373,11 @@ static void metrics(struct conn *c, int keep)
     metric_u64(&b, "gristd_steps_aggregated_total", "counter", "Steps aggregated over ranks.",
                k->steps_aggregated);
     metric_u64(&b, "gristd_steps_dropped_total", "counter",
-               "Aggregated steps dropped because the compute queue was full.", k->steps_dropped);
+               "Aggregated steps dropped: the compute queue was full, or the job was over its "
+               "share of a compute thread that was behind.", k->steps_dropped);
+    metric_u64(&b, "gristd_steps_shed_total", "counter",
+               "Of the dropped steps: refused for being over their job's share of a compute "
+               "thread that was behind (--compute-lag).", k->steps_shed);
     metric_u64(&b, "gristd_pushes_total", "counter", "Hyperparameter versions pushed.", k->pushes);
     metric_u64(&b, "gristd_received_bytes_total", "counter", "Bytes of worker messages received.",
                k->bytes_in);
@@ -448,11 +452,12 @@ static void job_brief(struct sbuf *b, const struct grist_job *j)
     sb_jstr(b, j->id);
     sb_printf(b,
               ",\"world_size\":%u,\"live_workers\":%u,\"groups\":%u,\"sketch_dim\":%u,"
-              "\"step\":%llu,\"version\":%llu,\"dropped_steps\":%llu,\"late_summaries\":%llu,"
+              "\"step\":%llu,\"version\":%llu,\"dropped_steps\":%llu,\"shed_steps\":%llu,"
+              "\"late_summaries\":%llu,"
               "\"validation_summaries\":%llu,\"step_segments\":%llu,\"sketch_kind\":\"%s\"}",
               j->world, j->nstreams, j->ngroups, j->m, (unsigned long long)j->high_step,
               (unsigned long long)j->version, (unsigned long long)j->dropped,
-              (unsigned long long)j->late, (unsigned long long)j->validation,
+              (unsigned long long)j->shed, (unsigned long long)j->late, (unsigned long long)j->validation,
               (unsigned long long)j->segments, grist_sketch_kind_name(j->sketch_kind));
 }
 

@@ -333,10 +333,15 @@ static void complete(struct grist_daemon *d, struct grist_job *j, struct grist_a
             mean[i] = (float)(a->sum[i] * inv);
         for (uint32_t g = 0; g < j->ngroups; g++)
             batch[g] = (uint32_t)(a->batch[g] / a->n);
-        int r = grist__engine_step(grist__engine_of(d, j->key), j->key, a->step, a->n, j->ngroups, j->m, mean, a->sq, batch, a->lrb);
+        int r = grist__engine_step(grist__engine_of(d, j->key), &j->share, j->key, a->step, a->n,
+                                   j->ngroups, j->m, mean, a->sq, batch, a->lrb);
         if (r < 0) {
             j->dropped++;
             d->cnt.steps_dropped++;
+            if (r == -EBUSY) {
+                j->shed++;
+                d->cnt.steps_shed++;
+            }
         } else {
             j->steps++;
             d->cnt.steps_aggregated++;
@@ -386,7 +391,8 @@ int grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t rank
 {
     d->cnt.summaries++;
     if (sum->validation) {
-        if (grist__engine_validation(grist__engine_of(d, j->key), j->key, j->ngroups, j->m, sum->sketch) < 0)
+        if (grist__engine_validation(grist__engine_of(d, j->key), &j->share, j->key, j->ngroups,
+                                     j->m, sum->sketch) < 0)
             d->cnt.steps_dropped++;
         else
             j->validation++;

@@ -49,6 +49,8 @@ struct grist_job {
     struct grist_agg *aggs;
     uint32_t naggs;
     uint64_t high_step, steps, dropped, partial, late, duplicate, rejected, segments, validation;
+    uint64_t shed;        /* of dropped: over its share of a compute thread that was behind */
+    struct grist_engine_share share;
     int seg_open;         /* a new segment began and none of its steps is aggregated */
     uint64_t created_ms, idle_since_ms;
     struct grist_engine_result *last;

@@ -216,7 +216,7 @@ int main(int argc, char **argv)
             GRIST_INFO("gristd %s: kernels backend %s, %u compute thread%s", GRIST_VERSION,
                        grist_backend_name(be), d->nengines, d->nengines > 1 ? "s" : "");
         if (grist__engine_start(&d->engines[i], &loop, be, (uint32_t)g_cfg.compute_queue,
-                                grist__job_on_result, d) < 0) {
+                                g_cfg.compute_lag, grist__job_on_result, d) < 0) {
             grist_backend_close(be);
             return 1;
         }

@@ -25,6 +25,7 @@ static void brief(const struct grist_job *j, Grist__V1__JobBrief *b)
     b->step = j->high_step;
     b->version = j->version;
     b->dropped_steps = j->dropped;
+    b->shed_steps = j->shed;
     b->late_summaries = j->late;
     b->validation_summaries = j->validation;
     b->step_segments = j->segments;

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "grist/sketch.h"
@@ -658,6 +659,104 @@ static void send_step(struct tw *w, uint64_t step)
     free(buf);
 }
 
+/* Fair share of a compute thread (engine.c): a heavy job (64 groups, each
+ * step made to cost 3.2 ms by GRISTD_FAULT=compute-slow) sent as fast as
+ * possible beside two light ones (1 group, a step every 10 ms) on one
+ * compute thread with a 256-step queue. With the share (--compute-lag
+ * 0.05) the heavy job sheds its own steps and the light ones lose none;
+ * without it (--compute-lag 0) the
+ * full queue drops the light jobs' steps too: the test can fail. */
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void run_fair_share(const char *lag, uint64_t *light_dropped, uint64_t *heavy_shed)
+{
+    enum { HG = 64, HM = 64, LIGHT_STEPS = 250 };
+    setenv("GRISTD_FAULT", "compute-slow", 1);
+    const char *extra[] = {"--compute-threads", "1", "--compute-queue", "256", "--compute-lag",
+                           lag, "--cov-dim", "0", NULL};
+    struct gristd_proc p = start_daemon(extra);
+    unsetenv("GRISTD_FAULT");
+    grpc_init();
+    struct tw_opts ho = {.job = "fair-heavy", .world = 1, .ngroups = HG, .m = HM, .n = 100,
+                         .beta0 = 0.9};
+    struct tw_opts lo = {.job = "fair-light-a", .world = 1, .ngroups = 1, .m = M, .n = 100,
+                         .beta0 = 0.9};
+    uint32_t seed;
+    struct tw *h = tw_open(p.addr[0], &ho);
+    ck_assert_int_eq(tw_welcome(h, &seed, 10), 0);
+    struct tw *la = tw_open(p.addr[0], &lo);
+    ck_assert_int_eq(tw_welcome(la, &seed, 10), 0);
+    lo.job = "fair-light-b";
+    struct tw *lb = tw_open(p.addr[0], &lo);
+    ck_assert_int_eq(tw_welcome(lb, &seed, 10), 0);
+    static float hsk[HG * HM];
+    for (int i = 0; i < HG * HM; i++)
+        hsk[i] = 0.01f * (float)(i % 5);
+    uint64_t hstep = 0;
+    double next = now_s();
+    for (uint64_t ls = 1; ls <= LIGHT_STEPS;) {
+        if (now_s() >= next) {
+            send_step(la, ls);
+            send_step(lb, ls);
+            ls++;
+            next += 0.010;
+        } else {
+            uint8_t *buf;
+            size_t len = tw_encode_summary(&buf, ++hstep, HG, HM, hsk, NULL, 8);
+            ck_assert_int_eq(tw_send_raw(h, buf, len), 0);
+            free(buf);
+        }
+    }
+    wait_job_step(p.addr[0], "fair-light-a", LIGHT_STEPS);
+    wait_job_step(p.addr[0], "fair-light-b", LIGHT_STEPS);
+    *light_dropped = 0;
+    const char *ids[] = {"fair-light-a", "fair-light-b", "fair-heavy"};
+    for (int k = 0; k < 3; k++) {
+        grpc_status_code st;
+        Grist__V1__GetJobResponse *r = get_job(p.addr[0], ids[k], &st);
+        ck_assert_msg(r, "GetJob %s failed: %d", ids[k], st);
+        printf("fair share (--compute-lag %s): %s step %llu, dropped %llu, shed %llu "
+               "(heavy sent %llu)\n", lag, ids[k], (unsigned long long)r->job->step,
+               (unsigned long long)r->job->dropped_steps, (unsigned long long)r->job->shed_steps,
+               (unsigned long long)hstep);
+        fflush(stdout);
+        if (k < 2)
+            *light_dropped += r->job->dropped_steps;
+        else
+            *heavy_shed = r->job->shed_steps;
+        grist__v1__get_job_response__free_unpacked(r, NULL);
+    }
+    tw_cancel(h);
+    tw_cancel(la);
+    tw_cancel(lb);
+    tw_free(h);
+    tw_free(la);
+    tw_free(lb);
+    grpc_shutdown();
+    ck_assert_int_eq(gristd_stop(&p, SIGTERM), 0);
+}
+
+START_TEST(test_fair_share)
+{
+    if (getenv("GRISTD_WRAPPER"))
+        return; /* under memcheck the loop, not the compute thread, is the bottleneck */
+    uint64_t light, shed;
+    run_fair_share("0.05", &light, &shed);
+    ck_assert_msg(light == 0, "the light jobs lost %llu steps beside a heavy one",
+                  (unsigned long long)light);
+    ck_assert_msg(shed > 0, "the heavy job was never over its share (the test sent too little)");
+    run_fair_share("0", &light, &shed);
+    ck_assert_msg(light > 0, "without the share the light jobs lost nothing: the load is too "
+                             "small for this test to fail");
+    ck_assert_uint_eq(shed, 0);
+}
+END_TEST
+
 /* The step-number rules: late, a refused far jump, a resumed run. */
 START_TEST(test_step_numbers)
 {
@@ -1013,6 +1112,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_world_change_and_expiry);
     tcase_add_test(tc, test_world_grows_mid_step);
     tcase_add_test(tc, test_step_numbers);
+    tcase_add_test(tc, test_fair_share);
     tcase_add_test(tc, test_open_step_eviction);
     tcase_add_test(tc, test_hello_timeout);
     tcase_add_test(tc, test_sketch_kind);
