@@ -1,0 +1,304 @@
+/*
+ * The per-step aggregation rules of daemon/jobs.c, one test per rule, on a
+ * daemon core without a network: a real engine (ref backend) behind
+ * grist__job_attach() and grist__job_submit(), the job's counters read
+ * directly. The gRPC path is tested by tests/integration/test_attach.c.
+ */
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "daemon.h"
+#include "engine.h"
+#include "jobs.h"
+#include "wire.h"
+#include "grist/backend.h"
+#include "grist/select.h"
+#include "grist/stats.h"
+#include "../check_main.h"
+
+enum { G = 2, M = 64 };
+
+static struct grist_config cfg;
+static struct grist_daemon dd;
+static uv_loop_t loop;
+
+static void setup(void)
+{
+    memset(&dd, 0, sizeof(dd));
+    grist__config_defaults(&cfg);
+    cfg.aggregation_timeout = 0.05;
+    dd.cfg = &cfg;
+    grist_policy_default(&dd.defaults.sel);
+    dd.defaults.solve_every = 10;
+    dd.defaults.families_every = 1000;
+    dd.defaults.gamma = 0.95;
+    dd.defaults.ncand = grist_candidates_default(0.0, 0.9999, dd.defaults.cand);
+    dd.limits.max_groups = 256;
+    dd.limits.max_workers = 4096;
+    dd.limits.max_sketch_dim = 65536;
+    ck_assert_int_eq(uv_loop_init(&loop), 0);
+    dd.loop = &loop;
+    struct grist_backend *be;
+    ck_assert_int_eq(grist_backend_open("ref", &be), 0);
+    dd.nengines = 1;
+    ck_assert_int_eq(grist__engine_start(&dd.engines[0], &loop, be, 4096, 1.0,
+                                         grist__job_on_result, &dd), 0);
+}
+
+static void stopped(void *ud)
+{
+    (void)ud;
+}
+
+static void teardown(void)
+{
+    grist__jobs_free_all(&dd);
+    grist__engine_stop(dd.engines[0], stopped);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+}
+
+static struct grist_job *attach(const char *id, uint32_t world)
+{
+    struct grist_hello h = {.world = world, .m = M, .ngroups = G};
+    snprintf(h.job_id, sizeof(h.job_id), "%s", id);
+    struct grist_group_spec gs[G];
+    memset(gs, 0, sizeof(gs));
+    for (int g = 0; g < G; g++) {
+        snprintf(gs[g].name, sizeof(gs[g].name), "g%d", g);
+        gs[g].n = 1000;
+        gs[g].lr = 0.1;
+        gs[g].beta0 = 0.9;
+    }
+    h.groups = gs;
+    struct grist_job *j = NULL;
+    char err[256] = "";
+    ck_assert_msg(grist__job_attach(&dd, &h, NULL, &j, err, sizeof(err)) == GRPC_STATUS_OK, "%s",
+                  err);
+    return j;
+}
+
+/* Submit rank's summary of step (each sketch value = v); the return of
+ * grist__job_submit(). */
+static int submit(struct grist_job *j, uint32_t rank, uint64_t step, float v)
+{
+    struct grist_summary s = {.step = step, .ngroups = G, .m = M};
+    s.sq_norm = calloc(G, sizeof(double));
+    s.batch = malloc(G * sizeof(uint32_t));
+    s.lrb = malloc(2 * G * sizeof(double));
+    s.sketch = malloc(G * M * sizeof(float));
+    for (int g = 0; g < G; g++) {
+        s.batch[g] = 8;
+        s.lrb[g] = 0.0;
+        s.lrb[G + g] = -1.0;
+    }
+    for (int i = 0; i < G * M; i++)
+        s.sketch[i] = v;
+    char err[256] = "";
+    return grist__job_submit(&dd, j, rank, &s, err, sizeof(err));
+}
+
+static uint32_t open_steps(const struct grist_job *j)
+{
+    return j->naggs;
+}
+
+/* A step completes when every rank of the world has reported it. */
+START_TEST(test_complete_when_all_ranks)
+{
+    struct grist_job *j = attach("all", 3);
+    ck_assert_int_eq(submit(j, 0, 1, 1.0f), 0);
+    ck_assert_int_eq(submit(j, 2, 1, 1.0f), 0);
+    ck_assert_uint_eq(j->steps, 0);
+    ck_assert_uint_eq(open_steps(j), 1);
+    ck_assert_int_eq(submit(j, 1, 1, 1.0f), 0);
+    ck_assert_uint_eq(j->steps, 1);
+    ck_assert_uint_eq(j->partial, 0);
+    ck_assert_uint_eq(j->high_step, 1);
+    ck_assert_uint_eq(open_steps(j), 0);
+    ck_assert_uint_eq(dd.cnt.steps_aggregated, 1);
+}
+END_TEST
+
+/* A rank reporting a step twice (a restarted rank resending) is counted as
+ * a duplicate and does not complete the step; a rank beyond the world too. */
+START_TEST(test_duplicate_and_rank_beyond_world)
+{
+    struct grist_job *j = attach("dup", 2);
+    ck_assert_int_eq(submit(j, 0, 7, 1.0f), 0);
+    ck_assert_int_eq(submit(j, 0, 7, 5.0f), 0);
+    ck_assert_uint_eq(j->duplicate, 1);
+    ck_assert_uint_eq(j->steps, 0);
+    ck_assert_int_eq(submit(j, 2, 7, 1.0f), 0); /* world is 2 */
+    ck_assert_uint_eq(j->duplicate, 2);
+    ck_assert_uint_eq(j->steps, 0);
+    ck_assert_int_eq(submit(j, 1, 7, 1.0f), 0);
+    ck_assert_uint_eq(j->steps, 1);
+    ck_assert_uint_eq(dd.cnt.summaries_duplicate, 2);
+}
+END_TEST
+
+/* A summary for a step already aggregated (within the segment gap) is late:
+ * counted, ignored, no new open step. */
+START_TEST(test_late)
+{
+    struct grist_job *j = attach("late", 1);
+    for (uint64_t s = 1; s <= 10; s++)
+        ck_assert_int_eq(submit(j, 0, s, 1.0f), 0);
+    ck_assert_uint_eq(j->steps, 10);
+    ck_assert_int_eq(submit(j, 0, 4, 1.0f), 0);
+    ck_assert_int_eq(submit(j, 0, 10, 1.0f), 0);
+    ck_assert_uint_eq(j->late, 2);
+    ck_assert_uint_eq(j->steps, 10);
+    ck_assert_uint_eq(j->high_step, 10);
+    ck_assert_uint_eq(open_steps(j), 0);
+}
+END_TEST
+
+/* A step far behind the newest (more than the gap of 2 x 64 open steps) is
+ * a resumed run: a new segment, its steps aggregated again, and a step of
+ * the new segment below the old newest one is not late. */
+START_TEST(test_resumed_run_is_a_segment)
+{
+    struct grist_job *j = attach("seg", 1);
+    for (uint64_t s = 1000; s < 1010; s++)
+        ck_assert_int_eq(submit(j, 0, s, 1.0f), 0);
+    ck_assert_int_eq(submit(j, 0, 1, 1.0f), 0);
+    ck_assert_uint_eq(j->segments, 1);
+    ck_assert_uint_eq(j->late, 0);
+    ck_assert_uint_eq(j->steps, 11);
+    ck_assert_uint_eq(j->high_step, 1);
+    ck_assert_int_eq(submit(j, 0, 2, 1.0f), 0);
+    ck_assert_uint_eq(j->steps, 12);
+    ck_assert_int_eq(submit(j, 0, 1, 1.0f), 0); /* late within the new segment */
+    ck_assert_uint_eq(j->late, 1);
+    /* 128 behind is still late, not a segment */
+    for (uint64_t s = 3; s <= 200; s++)
+        ck_assert_int_eq(submit(j, 0, s, 1.0f), 0);
+    ck_assert_int_eq(submit(j, 0, 200 - 128, 1.0f), 0);
+    ck_assert_uint_eq(j->late, 2);
+    ck_assert_uint_eq(j->segments, 1);
+}
+END_TEST
+
+/* A step further ahead of the newest than --max-step-jump is refused with
+ * an error and leaves nothing behind; the first step of a job may be any. */
+START_TEST(test_far_jump_refused)
+{
+    cfg.max_step_jump = 1000;
+    struct grist_job *j = attach("jump", 2);
+    ck_assert_int_eq(submit(j, 0, UINT64_C(1) << 40, 1.0f), 0); /* the first: any step */
+    ck_assert_int_eq(submit(j, 1, UINT64_C(1) << 40, 1.0f), 0);
+    ck_assert_uint_eq(j->steps, 1);
+    ck_assert_int_eq(submit(j, 0, (UINT64_C(1) << 40) + 1001, 1.0f), -1);
+    ck_assert_uint_eq(open_steps(j), 0);
+    ck_assert_uint_eq(j->steps, 1);
+    ck_assert_int_eq(submit(j, 0, (UINT64_C(1) << 40) + 1000, 1.0f), 0); /* at the bound */
+    ck_assert_uint_eq(open_steps(j), 1);
+    /* an open step counts as the newest too */
+    ck_assert_int_eq(submit(j, 0, (UINT64_C(1) << 40) + 2001, 1.0f), -1);
+    ck_assert_int_eq(submit(j, 0, UINT64_MAX, 1.0f), -1); /* 2^64 - 1 cannot freeze the job */
+    ck_assert_uint_eq(open_steps(j), 1);
+}
+END_TEST
+
+/* At most 64 steps are open: a rank far ahead closes the oldest one as a
+ * partial step. */
+START_TEST(test_open_step_eviction)
+{
+    struct grist_job *j = attach("evict", 2);
+    for (uint64_t s = 1; s <= 64; s++)
+        ck_assert_int_eq(submit(j, 0, s, 1.0f), 0);
+    ck_assert_uint_eq(open_steps(j), 64);
+    ck_assert_uint_eq(j->steps, 0);
+    ck_assert_int_eq(submit(j, 0, 65, 1.0f), 0);
+    ck_assert_uint_eq(open_steps(j), 64);
+    ck_assert_uint_eq(j->steps, 1);
+    ck_assert_uint_eq(j->partial, 1);
+    ck_assert_uint_eq(j->high_step, 1); /* the oldest went */
+    /* the partner's summary for the evicted step is now late */
+    ck_assert_int_eq(submit(j, 1, 1, 1.0f), 0);
+    ck_assert_uint_eq(j->late, 1);
+    ck_assert_int_eq(submit(j, 1, 2, 1.0f), 0); /* step 2 completes whole */
+    ck_assert_uint_eq(j->steps, 2);
+    ck_assert_uint_eq(j->partial, 1);
+}
+END_TEST
+
+/* An open step older than --aggregation-timeout completes as it is. */
+START_TEST(test_timeout_completes_partial)
+{
+    struct grist_job *j = attach("timeout", 4);
+    ck_assert_int_eq(submit(j, 0, 1, 1.0f), 0);
+    ck_assert_int_eq(submit(j, 3, 1, 1.0f), 0);
+    grist__jobs_tick(&dd);
+    ck_assert_uint_eq(j->steps, 0); /* not yet */
+    usleep(80 * 1000);
+    uv_update_time(&loop);
+    grist__jobs_tick(&dd);
+    ck_assert_uint_eq(j->steps, 1);
+    ck_assert_uint_eq(j->partial, 1);
+    ck_assert_uint_eq(open_steps(j), 0);
+}
+END_TEST
+
+/* The world grows while a step is open: a rank of the new world reports it
+ * (its bit lies past the old world's) and the step completes on the new
+ * world's size, without a write past the old step's buffers. */
+START_TEST(test_world_grows_mid_step)
+{
+    struct grist_job *j = attach("grow", 2);
+    ck_assert_int_eq(submit(j, 0, 5, 1.0f), 0);
+    attach("grow", 20); /* a Hello with the bigger world */
+    ck_assert_uint_eq(j->world, 20);
+    ck_assert_int_eq(submit(j, 17, 5, 1.0f), 0);
+    ck_assert_uint_eq(j->duplicate, 0);
+    ck_assert_int_eq(submit(j, 17, 5, 1.0f), 0);
+    ck_assert_uint_eq(j->duplicate, 1);
+    for (uint32_t r = 1; r < 20; r++)
+        if (r != 17)
+            ck_assert_int_eq(submit(j, r, 5, 1.0f), 0);
+    ck_assert_uint_eq(j->steps, 1);
+    ck_assert_uint_eq(j->partial, 0);
+}
+END_TEST
+
+/* A validation summary is no step: counted apart, nothing opened. */
+START_TEST(test_validation_is_no_step)
+{
+    struct grist_job *j = attach("val", 2);
+    struct grist_summary s = {.step = 3, .ngroups = G, .m = M, .validation = 1};
+    s.sq_norm = calloc(G, sizeof(double));
+    s.batch = calloc(G, sizeof(uint32_t));
+    s.lrb = calloc(2 * G, sizeof(double));
+    s.sketch = calloc(G * M, sizeof(float));
+    char err[64];
+    ck_assert_int_eq(grist__job_submit(&dd, j, 0, &s, err, sizeof(err)), 0);
+    ck_assert_uint_eq(j->validation, 1);
+    ck_assert_uint_eq(open_steps(j), 0);
+    ck_assert_uint_eq(j->steps, 0);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("aggregation");
+    TCase *tc = tcase_create("rules");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_complete_when_all_ranks);
+    tcase_add_test(tc, test_duplicate_and_rank_beyond_world);
+    tcase_add_test(tc, test_late);
+    tcase_add_test(tc, test_resumed_run_is_a_segment);
+    tcase_add_test(tc, test_far_jump_refused);
+    tcase_add_test(tc, test_open_step_eviction);
+    tcase_add_test(tc, test_timeout_completes_partial);
+    tcase_add_test(tc, test_world_grows_mid_step);
+    tcase_add_test(tc, test_validation_is_no_step);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+GRIST_CHECK_MAIN(suite)
