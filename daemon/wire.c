@@ -231,6 +231,148 @@ void grist__batch_free(struct grist_summary *batch, size_t n)
     free(batch);
 }
 
+/*
+ * Counting before decoding. protobuf-c allocates a struct of some 80 bytes
+ * for every embedded message, and an empty GroupSummary is 2 bytes on the
+ * wire: a 64 MiB message of empty groups would cost gigabytes (and seconds
+ * of the loop) before any check ran. So the element counts are read from
+ * the bytes first, by walking the wire format: groups per Summary (must be
+ * the job's), summaries per batch (at most GRIST_MAX_BATCH), groups per
+ * Hello (at most the limit). Malformed bytes are left to the decoder, which
+ * refuses them; only counts are judged here.
+ */
+static int wire_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    *v = 0;
+    for (int shift = 0; shift < 64 && *p < end; shift += 7) {
+        const uint8_t b = *(*p)++;
+        *v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80))
+            return 0;
+    }
+    return -1;
+}
+
+/* Count the length-delimited fields numbered f in [p, end); on each, call
+ * fn(sub, sub_end, ud) unless fn is NULL. -1: malformed (left to the
+ * decoder) or fn said stop; else the count. */
+static long wire_count(const uint8_t *p, const uint8_t *end, uint32_t f,
+                       int (*fn)(const uint8_t *, const uint8_t *, void *), void *ud)
+{
+    long n = 0;
+    while (p < end) {
+        uint64_t key, v;
+        if (wire_varint(&p, end, &key) < 0)
+            return -1;
+        switch (key & 7) {
+        case 0:
+            if (wire_varint(&p, end, &v) < 0)
+                return -1;
+            break;
+        case 1:
+            if (end - p < 8)
+                return -1;
+            p += 8;
+            break;
+        case 5:
+            if (end - p < 4)
+                return -1;
+            p += 4;
+            break;
+        case 2:
+            if (wire_varint(&p, end, &v) < 0 || v > (uint64_t)(end - p))
+                return -1;
+            if ((key >> 3) == f) {
+                n++;
+                if (fn && fn(p, p + v, ud) < 0)
+                    return -1;
+            }
+            p += v;
+            break;
+        default:
+            return -1;
+        }
+    }
+    return n;
+}
+
+struct precheck {
+    uint32_t ngroups;
+    uint64_t total; /* groups (or summaries) over every occurrence: protobuf merges them */
+    long bad;       /* a batch element's group count that is wrong, -1 none */
+    size_t index;   /* that element's index in the batch */
+};
+
+/* Groups of one Summary (or Hello, field 4) occurrence, added up. */
+static int add_groups(const uint8_t *p, const uint8_t *end, void *ud)
+{
+    const long n = wire_count(p, end, 2, NULL, NULL);
+    if (n > 0)
+        ((struct precheck *)ud)->total += (uint64_t)n;
+    return 0;
+}
+
+static int add_hello_groups(const uint8_t *p, const uint8_t *end, void *ud)
+{
+    const long n = wire_count(p, end, 4, NULL, NULL);
+    if (n > 0)
+        ((struct precheck *)ud)->total += (uint64_t)n;
+    return 0;
+}
+
+/* One element of SummaryBatch.summaries: exactly the job's groups. */
+static int check_element(const uint8_t *p, const uint8_t *end, void *ud)
+{
+    struct precheck *c = ud;
+    const long n = wire_count(p, end, 2, NULL, NULL);
+    if (n >= 0 && (uint64_t)n != c->ngroups) {
+        c->bad = n;
+        return -1;
+    }
+    c->index++;
+    return 0;
+}
+
+static int add_batch(const uint8_t *p, const uint8_t *end, void *ud)
+{
+    struct precheck *c = ud;
+    const long n = wire_count(p, end, 1, NULL, NULL);
+    if (n > 0)
+        c->total += (uint64_t)n;
+    if (c->total > GRIST_MAX_BATCH)
+        return -1;
+    return wire_count(p, end, 1, check_element, c) < 0 && c->bad >= 0 ? -1 : 0;
+}
+
+static enum grist_wire_status precheck(const uint8_t *buf, size_t len,
+                                       const struct grist_limits *lim, uint32_t ngroups,
+                                       char *err, size_t errsz)
+{
+    const uint8_t *end = buf + len;
+    struct precheck c = {.bad = -1};
+    wire_count(buf, end, 1, add_hello_groups, &c);
+    if (c.total > lim->max_groups) {
+        snprintf(err, errsz, "hello.groups: %llu groups exceed the limit %u",
+                 (unsigned long long)c.total, lim->max_groups);
+        return GRIST_WIRE_EXHAUSTED;
+    }
+    if (!ngroups)
+        return GRIST_WIRE_OK; /* a summary before Hello is refused by the caller */
+    c = (struct precheck){.ngroups = ngroups, .bad = -1};
+    if (wire_count(buf, end, 2, add_groups, &c) > 0 && c.total != ngroups)
+        return ERR("summary.groups: %llu groups, the job attached with %u",
+                   (unsigned long long)c.total, ngroups);
+    c = (struct precheck){.ngroups = ngroups, .bad = -1};
+    wire_count(buf, end, 3, add_batch, &c);
+    if (c.total > GRIST_MAX_BATCH)
+        return ERR("batch.summaries: %llu summaries, expected 1 to %u",
+                   (unsigned long long)c.total, GRIST_MAX_BATCH);
+    if (c.bad >= 0)
+        return ERR("batch.summaries[%zu]: summary.groups: %ld groups, the job attached with %u",
+                   c.index, c.bad, ngroups);
+    return GRIST_WIRE_OK;
+}
+
 enum grist_wire_status grist__decode_worker(const uint8_t *buf, size_t len,
                                             const struct grist_limits *lim, uint32_t ngroups,
                                             uint32_t m, enum grist_wmsg_kind *kind,
@@ -239,6 +381,11 @@ enum grist_wire_status grist__decode_worker(const uint8_t *buf, size_t len,
                                             struct grist_summary **batch, size_t *nbatch,
                                             char *err, size_t errsz)
 {
+    *batch = NULL;
+    *nbatch = 0;
+    const enum grist_wire_status pre = precheck(buf, len, lim, ngroups, err, errsz);
+    if (pre != GRIST_WIRE_OK)
+        return pre;
     Grist__V1__WorkerMessage *msg = grist__v1__worker_message__unpack(NULL, len, buf);
     if (!msg)
         return ERR("WorkerMessage: the bytes do not decode as grist.v1.WorkerMessage");

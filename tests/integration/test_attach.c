@@ -1027,6 +1027,72 @@ END_TEST
  * --job-memory-budget, or the daemon's --memory-budget on top of the jobs it
  * holds, is refused with RESOURCE_EXHAUSTED and a clear message; the jobs it
  * holds keep serving, and the room of an expired job comes back. */
+/* Counting before decoding (wire.c precheck): a 32 MiB Summary of 16.7M
+ * empty groups (2 bytes each on the wire, some 80 bytes each once
+ * protobuf-c has unpacked them: 1.3 GB) is refused from its element count
+ * before it is unpacked; gristd's peak RSS stays far below what unpacking
+ * would take, and the job goes on. */
+static long peak_rss_kb(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long kb = -1;
+    while (f && fgets(line, sizeof(line), f))
+        if (sscanf(line, "VmHWM: %ld kB", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+START_TEST(test_counted_before_decoding)
+{
+    if (getenv("GRISTD_WRAPPER"))
+        return; /* the wrapper's own memory would be measured */
+    struct gristd_proc p = start_daemon(NULL);
+    grpc_init();
+    struct tw_opts o = {.job = "precount", .rank = 0, .world = 1, .ngroups = 2, .m = M, .n = 100,
+                        .beta0 = 0.9};
+    struct tw *w = tw_open(p.addr[0], &o);
+    uint32_t seed;
+    ck_assert_int_eq(tw_welcome(w, &seed, 10), 0);
+    const long before = peak_rss_kb(p.pid);
+    /* WorkerMessage{summary(2): Summary{step(1)=1, groups(2) = {} x n}} */
+    const size_t n = (size_t)1 << 24, inner = 2 + 2 * n;
+    uint8_t *buf = malloc(inner + 16), *q = buf;
+    *q++ = 0x12; /* field 2, length-delimited */
+    for (uint64_t v = inner; ; v >>= 7) {
+        *q++ = (uint8_t)((v & 0x7f) | (v >= 0x80 ? 0x80 : 0));
+        if (v < 0x80)
+            break;
+    }
+    *q++ = 0x08; /* step = 1 */
+    *q++ = 0x01;
+    for (size_t i = 0; i < n; i++) {
+        *q++ = 0x12; /* an empty GroupSummary */
+        *q++ = 0x00;
+    }
+    ck_assert_int_eq(tw_send_raw(w, buf, (size_t)(q - buf)), 0);
+    free(buf);
+    char det[256];
+    ck_assert_int_eq(expect_end(w, det, sizeof(det)), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_msg(strstr(det, "summary.groups: 16777216 groups"), "unclear: %s", det);
+    tw_free(w);
+    const long after = peak_rss_kb(p.pid);
+    printf("counted before decoding: peak RSS %ld kB before, %ld kB after a 32 MiB message of "
+           "16.7M empty groups\n", before, after);
+    fflush(stdout);
+    ck_assert_msg(after - before < 400 * 1024, "gristd grew by %ld kB", after - before);
+    /* the job goes on */
+    w = tw_open(p.addr[0], &o);
+    ck_assert_int_eq(tw_welcome(w, &seed, 10), 0);
+    tw_free(w);
+    grpc_shutdown();
+    ck_assert_int_eq(gristd_stop(&p, SIGTERM), 0);
+}
+END_TEST
+
 START_TEST(test_memory_budget)
 {
     const char *extra[] = {"--job-memory-budget", "8", "--memory-budget", "10", "--idle-expiry", "1",
@@ -1119,6 +1185,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_families_after_last_step);
     tcase_add_test(tc, test_batches);
     tcase_add_test(tc, test_memory_budget);
+    tcase_add_test(tc, test_counted_before_decoding);
     suite_add_tcase(s, tc);
     return s;
 }
