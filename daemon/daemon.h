@@ -71,6 +71,10 @@ struct grist_daemon {
 
 uint64_t grist__now_ms(const struct grist_daemon *d);
 
+/* jobs.c: d->cfg = c, and the daemon-wide policy defaults and limits from
+ * it. @return 0, or -1 after a message on stderr naming the bad option. */
+int grist__daemon_configure(struct grist_daemon *d, const struct grist_config *c);
+
 /* The compute thread that owns a job's statistics. */
 static inline struct grist_engine *grist__engine_of(const struct grist_daemon *d, uint64_t key)
 {

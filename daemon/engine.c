@@ -996,17 +996,23 @@ void grist__engine_drop_job(struct grist_engine *e, uint64_t key)
     uv_mutex_unlock(&e->mu);
 }
 
+/* Under mu: what the job has queued since the thread last took the queue. */
+static void share_current_locked(const struct grist_engine *e, struct grist_engine_share *sh)
+{
+    if (sh->gen != e->gen) {
+        sh->gen = e->gen;
+        sh->work = 0;
+        sh->steps = 0;
+    }
+}
+
 /* Under mu: 0 when a step of `work` floats from the job owning sh may be
  * queued now; -EAGAIN (full) or -EBUSY (over its share while behind). */
 static int admit_locked(struct grist_engine *e, struct grist_engine_share *sh, uint64_t work)
 {
     if (e->depth >= e->capacity)
         return -EAGAIN;
-    if (sh->gen != e->gen) {
-        sh->gen = e->gen;
-        sh->work = 0;
-        sh->steps = 0;
-    }
+    share_current_locked(e, sh);
     /* a job holding fewer than capacity / 2N steps is always admitted: the
      * queue is never full while one is */
     if (!e->lag_ns || e->njobs <= 1 || !e->head || (uint64_t)sh->steps * 2 * e->njobs < e->capacity)
@@ -1063,11 +1069,7 @@ static int queue_data(struct grist_engine *e, struct grist_engine_share *sh, enu
         memcpy(it->lrb, lrb, 2 * (size_t)ngroups * sizeof(double));
     }
     uv_mutex_lock(&e->mu);
-    if (sh->gen != e->gen) { /* the thread took the queue meanwhile */
-        sh->gen = e->gen;
-        sh->work = 0;
-        sh->steps = 0;
-    }
+    share_current_locked(e, sh); /* the thread may have taken the queue meanwhile */
     sh->work += work;
     sh->steps++;
     e->work += work;

@@ -121,42 +121,6 @@ static int write_ready(int fd, const struct grist_net *net, const struct grist_h
     return 0;
 }
 
-/* Daemon-wide policy defaults from the configuration. @return 0 or -1. */
-static int make_defaults(const struct grist_config *c, struct grist_job_policy *p)
-{
-    memset(p, 0, sizeof(*p));
-    grist_policy_default(&p->sel);
-    if (grist_mode_parse(c->mode, &p->sel.mode) < 0 ||
-        grist_noise_parse(c->noise_correction, &p->sel.noise) < 0 ||
-        grist_coupling_parse(c->lr_coupling, &p->sel.coupling) < 0 ||
-        grist_select_on_parse(c->select_on, &p->sel.select_on) < 0 ||
-        grist_rule_parse(c->rule, &p->sel.rule) < 0) {
-        fprintf(stderr, "gristd: bad --mode, --noise-correction, --lr-coupling, --select-on or --rule (see --help)\n");
-        return -1;
-    }
-    if (c->beta_min > c->beta_max) {
-        fprintf(stderr, "gristd: --beta-min is above --beta-max\n");
-        return -1;
-    }
-    if (c->cov_dim != 0 && (c->cov_dim < 8 || (c->cov_dim & (c->cov_dim - 1)) != 0)) {
-        fprintf(stderr, "gristd: --cov-dim must be 0 or a power of two >= 8\n");
-        return -1;
-    }
-    p->sel.beta_min = c->beta_min;
-    p->sel.beta_max = c->beta_max;
-    p->sel.min_steps = (uint32_t)c->min_steps;
-    p->sel.z = c->hysteresis_z;
-    p->sel.j_ema = c->j_ema;
-    p->sel.h = (uint32_t)c->hysteresis_h;
-    p->sel.z_fast = c->hysteresis_z_fast;
-    p->sel.horizon_step = c->horizon_step;
-    p->solve_every = (uint32_t)c->solve_every;
-    p->families_every = (uint32_t)c->families_every;
-    p->gamma = c->ema_gamma;
-    p->ncand = grist_candidates_default(0.0, 0.9999, p->cand);
-    return 0;
-}
-
 /* Raise the soft limit on open files to the hard one: every connection
  * (gRPC and HTTP) is a descriptor, and at 1024 a burst of clients made
  * gRPC's accept fail with EMFILE. Logged, never fatal. */
@@ -193,12 +157,8 @@ int main(int argc, char **argv)
     }
     grist__log_set_level(lvl);
     raise_nofile();
-    d->cfg = &g_cfg;
-    if (make_defaults(&g_cfg, &d->defaults) < 0)
+    if (grist__daemon_configure(d, &g_cfg) < 0)
         return 2;
-    d->limits.max_groups = (uint32_t)g_cfg.max_groups;
-    d->limits.max_workers = (uint32_t)g_cfg.max_workers;
-    d->limits.max_sketch_dim = (uint32_t)g_cfg.max_sketch_dim;
 
     static uv_loop_t loop;
     uv_loop_init(&loop);

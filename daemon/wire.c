@@ -298,25 +298,19 @@ static long wire_count(const uint8_t *p, const uint8_t *end, uint32_t f,
 
 struct precheck {
     uint32_t ngroups;
-    uint64_t total; /* groups (or summaries) over every occurrence: protobuf merges them */
-    long bad;       /* a batch element's group count that is wrong, -1 none */
-    size_t index;   /* that element's index in the batch */
+    uint32_t field;  /* what add_count counts in each occurrence */
+    uint64_t total;  /* over every occurrence: protobuf merges them */
+    long bad;        /* a batch element's group count that is wrong, -1 none */
+    size_t index;    /* that element's index in the batch */
 };
 
-/* Groups of one Summary (or Hello, field 4) occurrence, added up. */
-static int add_groups(const uint8_t *p, const uint8_t *end, void *ud)
+/* The fields numbered c->field of one occurrence, added to c->total. */
+static int add_count(const uint8_t *p, const uint8_t *end, void *ud)
 {
-    const long n = wire_count(p, end, 2, NULL, NULL);
+    struct precheck *c = ud;
+    const long n = wire_count(p, end, c->field, NULL, NULL);
     if (n > 0)
-        ((struct precheck *)ud)->total += (uint64_t)n;
-    return 0;
-}
-
-static int add_hello_groups(const uint8_t *p, const uint8_t *end, void *ud)
-{
-    const long n = wire_count(p, end, 4, NULL, NULL);
-    if (n > 0)
-        ((struct precheck *)ud)->total += (uint64_t)n;
+        c->total += (uint64_t)n;
     return 0;
 }
 
@@ -333,12 +327,11 @@ static int check_element(const uint8_t *p, const uint8_t *end, void *ud)
     return 0;
 }
 
+/* One SummaryBatch occurrence (c->field = 1, its summaries). */
 static int add_batch(const uint8_t *p, const uint8_t *end, void *ud)
 {
     struct precheck *c = ud;
-    const long n = wire_count(p, end, 1, NULL, NULL);
-    if (n > 0)
-        c->total += (uint64_t)n;
+    add_count(p, end, c);
     if (c->total > GRIST_MAX_BATCH)
         return -1;
     return wire_count(p, end, 1, check_element, c) < 0 && c->bad >= 0 ? -1 : 0;
@@ -349,8 +342,8 @@ static enum grist_wire_status precheck(const uint8_t *buf, size_t len,
                                        char *err, size_t errsz)
 {
     const uint8_t *end = buf + len;
-    struct precheck c = {.bad = -1};
-    wire_count(buf, end, 1, add_hello_groups, &c);
+    struct precheck c = {.field = 4, .bad = -1}; /* Hello.groups */
+    wire_count(buf, end, 1, add_count, &c);
     if (c.total > lim->max_groups) {
         snprintf(err, errsz, "hello.groups: %llu groups exceed the limit %u",
                  (unsigned long long)c.total, lim->max_groups);
@@ -358,11 +351,11 @@ static enum grist_wire_status precheck(const uint8_t *buf, size_t len,
     }
     if (!ngroups)
         return GRIST_WIRE_OK; /* a summary before Hello is refused by the caller */
-    c = (struct precheck){.ngroups = ngroups, .bad = -1};
-    if (wire_count(buf, end, 2, add_groups, &c) > 0 && c.total != ngroups)
+    c = (struct precheck){.ngroups = ngroups, .field = 2, .bad = -1}; /* Summary.groups */
+    if (wire_count(buf, end, 2, add_count, &c) > 0 && c.total != ngroups)
         return ERR("summary.groups: %llu groups, the job attached with %u",
                    (unsigned long long)c.total, ngroups);
-    c = (struct precheck){.ngroups = ngroups, .bad = -1};
+    c = (struct precheck){.ngroups = ngroups, .field = 1, .bad = -1}; /* SummaryBatch.summaries */
     wire_count(buf, end, 3, add_batch, &c);
     if (c.total > GRIST_MAX_BATCH)
         return ERR("batch.summaries: %llu summaries, expected 1 to %u",

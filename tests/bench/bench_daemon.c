@@ -31,27 +31,6 @@
 #include "worker.h"
 #include "../rng.h"
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static long rss_kib(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    long kb = -1;
-    while (f && fgets(line, sizeof(line), f))
-        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return kb;
-}
-
 static const char *g_addr;
 static pid_t g_pid;
 
@@ -153,7 +132,7 @@ static void *ing_thread(void *p)
     free(prev);
     if (a->start) /* no stream sends while another still prepares (CPU contention) */
         pthread_barrier_wait(a->start);
-    const double t0 = now() + a->phase;
+    const double t0 = mono_s() + a->phase;
     for (int t = 1; t <= a->steps; t++) {
         const float *sk = pre + (size_t)(t % CYCLE) * G * M;
         uint8_t *buf;
@@ -162,14 +141,14 @@ static void *ing_thread(void *p)
             /* wait for the send time while receiving pushes as they come */
             const double due = t0 + t / a->rate;
             for (;;) {
-                const double dt = due - now();
+                const double dt = due - mono_s();
                 if (dt <= 0)
                     break;
                 struct tw_hp hp;
                 if (a->lat && tw_next(w, &hp, dt) == 1) {
                     if (hp.step >= 1 && hp.step <= (uint64_t)a->steps) {
                         a->arr_step[a->nlat] = hp.step;
-                        a->lat[a->nlat++] = now();
+                        a->lat[a->nlat++] = mono_s();
                     }
                 } else if (!a->lat) {
                     usleep((useconds_t)(dt * 1e6));
@@ -177,7 +156,7 @@ static void *ing_thread(void *p)
             }
         }
         if (a->sent_at)
-            a->sent_at[t] = now();
+            a->sent_at[t] = mono_s();
         tw_send_raw(w, buf, len);
         free(buf);
         if (a->lat) { /* collect pushes that arrived */
@@ -185,7 +164,7 @@ static void *ing_thread(void *p)
             while (tw_next(w, &hp, 0.0001) == 1)
                 if (hp.step >= 1 && hp.step <= (uint64_t)a->steps) {
                     a->arr_step[a->nlat] = hp.step;
-                    a->lat[a->nlat++] = now();
+                    a->lat[a->nlat++] = mono_s();
                 }
         }
     }
@@ -194,7 +173,7 @@ static void *ing_thread(void *p)
         while (tw_next(w, &hp, 0.5) == 1)
             if (hp.step >= 1 && hp.step <= (uint64_t)a->steps) {
                 a->arr_step[a->nlat] = hp.step;
-                a->lat[a->nlat++] = now();
+                a->lat[a->nlat++] = mono_s();
             }
     }
     tw_finish(w, NULL, 0, 30);
@@ -225,11 +204,11 @@ static void ingestion(int streams, int steps, int round)
         pthread_create(&th[s], NULL, ing_thread, &args[s]);
     }
     pthread_barrier_wait(&start);
-    const double t0 = now(), c0 = cpu_s(g_pid);
+    const double t0 = mono_s(), c0 = cpu_s(g_pid);
     for (int s = 0; s < streams; s++)
         pthread_join(th[s], NULL);
     pthread_barrier_destroy(&start);
-    const double t_sent = now() - t0;
+    const double t_sent = mono_s() - t0;
     uint64_t dropped = 0;
     for (int j = 0; j < jobs; j++) {
         char id[32];
@@ -239,7 +218,7 @@ static void ingestion(int streams, int steps, int round)
             usleep(2000);
         dropped += d;
     }
-    const double dt = now() - t0, cpu = cpu_s(g_pid) - c0;
+    const double dt = mono_s() - t0, cpu = cpu_s(g_pid) - c0;
     const double ws = (double)streams * steps / dt;
     const double bytes = ws * (G * (M * 4.0 + 16));
     printf("| %d | %d x %d | %d | %.0f | %.1f | %llu | %.0f%% | %.0f |\n", streams, jobs, world, steps, ws,
@@ -357,7 +336,7 @@ int main(int argc, char **argv)
     grpc_init();
     printf("## Memory (RSS of gristd as jobs are added, measured first on a fresh daemon)\n\n");
     {
-        const long base = rss_kib(p.pid);
+        const long base = proc_status_kb(p.pid, "VmRSS");
         const int marks[] = {1, 4, 16, 64, 256};
         const int nmarks = quick ? 3 : 5;
         enum { MAXJ = 256 };
@@ -393,7 +372,7 @@ int main(int argc, char **argv)
                 while (job_steps(id, NULL) < 20) /* every step applied and evaluated */
                     usleep(2000);
             }
-            const long rss = rss_kib(p.pid);
+            const long rss = proc_status_kb(p.pid, "VmRSS");
             xs[k] = marks[k];
             ys[k] = (double)rss;
             printf("| %d | %d | %.1f | %.0f |\n", marks[k], marks[k] * G, rss / 1024.0,

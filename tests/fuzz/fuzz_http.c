@@ -1,7 +1,8 @@
 /*
  * Fuzz target: the HTTP request path (daemon/http.c) as a client reaches
- * it. One in-process daemon core (a ref-backend engine, one job with a few
- * aggregated steps, so /metrics and /api/v1 have something to print) serves
+ * it. One in-process daemon core (tests/core: a ref-backend engine, one job
+ * with a few aggregated steps, so /metrics and /api/v1 have something to
+ * print) serves
  * --http on 127.0.0.1:0; each input is written as is over a real loopback
  * TCP connection, the write side is shut, and the target reads until the
  * server closes. Any request bytes (pipelined, partial, oversize, invalid)
@@ -16,79 +17,31 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "config.h"
-#include "daemon.h"
-#include "engine.h"
-#include "jobs.h"
+#include "core/core.h"
 #include "log.h"
-#include "wire.h"
-#include "grist/backend.h"
-#include "grist/select.h"
-#include "grist/stats.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static struct grist_config cfg;
-static struct grist_daemon dd;
-static uv_loop_t loop;
+static struct test_core core;
 static struct sockaddr_in srv;
-
-static void add_job(void)
-{
-    enum { G = 2, M = 64 };
-    struct grist_hello h = {.world = 1, .m = M, .ngroups = G};
-    snprintf(h.job_id, sizeof(h.job_id), "fuzz \"job\"/1");
-    struct grist_group_spec gs[G];
-    memset(gs, 0, sizeof(gs));
-    for (int g = 0; g < G; g++) {
-        snprintf(gs[g].name, sizeof(gs[g].name), "g<%d>", g);
-        gs[g].n = 1000;
-        gs[g].lr = 0.1;
-        gs[g].beta0 = 0.9;
-    }
-    h.groups = gs;
-    struct grist_job *j = NULL;
-    char err[256];
-    if (grist__job_attach(&dd, &h, NULL, &j, err, sizeof(err)) != GRPC_STATUS_OK)
-        abort();
-    for (uint64_t step = 1; step <= 30; step++) {
-        struct grist_summary s = {.step = step, .ngroups = G, .m = M};
-        s.sq_norm = calloc(G, sizeof(double));
-        s.batch = malloc(G * sizeof(uint32_t));
-        s.lrb = malloc(2 * G * sizeof(double));
-        s.sketch = malloc(G * M * sizeof(float));
-        for (int g = 0; g < G; g++)
-            s.batch[g] = 8, s.lrb[g] = 0.0, s.lrb[G + g] = -1.0;
-        for (int i = 0; i < G * M; i++)
-            s.sketch[i] = (float)((i * 7 + (int)step) % 13) * 0.01f;
-        grist__job_submit(&dd, j, 0, &s, err, sizeof(err));
-    }
-}
 
 static void init(void)
 {
     grist__log_set_level(GRIST_LOG_ERROR);
-    grist__config_defaults(&cfg);
-    dd.cfg = &cfg;
-    grist_policy_default(&dd.defaults.sel);
-    dd.defaults.solve_every = 10;
-    dd.defaults.families_every = 1000;
-    dd.defaults.gamma = 0.95;
-    dd.defaults.ncand = grist_candidates_default(0.0, 0.9999, dd.defaults.cand);
-    uv_loop_init(&loop);
-    dd.loop = &loop;
-    struct grist_backend *be;
-    if (grist_backend_open("ref", &be) < 0)
+    grist__config_defaults(&core.cfg);
+    if (test_core_start(&core) < 0)
         abort();
-    dd.nengines = 1;
-    if (grist__engine_start(&dd.engines[0], &loop, be, 4096, 1.0, grist__job_on_result, &dd) < 0)
+    char err[256];
+    /* a job id and group names that need escaping in JSON and labels */
+    struct grist_job *j = test_core_attach(&core, "fuzz \"job\"/1", 1, 2, 64, err, sizeof(err));
+    if (!j)
         abort();
-    add_job();
-    if (grist__http_start(&dd, "127.0.0.1:0", &dd.http) < 0)
+    for (uint64_t step = 1; step <= 30; step++)
+        test_core_submit(&core, j, 0, step, 0.01f * (float)(step % 13));
+    if (grist__http_start(&core.d, "127.0.0.1:0", &core.d.http) < 0)
         abort();
-    const char *b = grist__http_bound(dd.http);
-    const char *colon = strrchr(b, ':');
-    uv_ip4_addr("127.0.0.1", atoi(colon + 1), &srv);
+    const char *b = grist__http_bound(core.d.http);
+    uv_ip4_addr("127.0.0.1", atoi(strrchr(b, ':') + 1), &srv);
 }
 
 struct client {
@@ -167,15 +120,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char *copy = malloc(size ? size : 1);
     memcpy(copy, data, size);
     c->out = uv_buf_init(copy, (unsigned)size);
-    uv_tcp_init(&loop, &c->tcp);
+    uv_tcp_init(&core.loop, &c->tcp);
     c->tcp.data = c;
     c->creq.data = c;
     uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)&srv, connect_cb);
     while (!c->done)
-        uv_run(&loop, UV_RUN_ONCE);
+        uv_run(&core.loop, UV_RUN_ONCE);
     /* let the server side finish closing its connection */
     for (int i = 0; i < 8; i++)
-        uv_run(&loop, UV_RUN_NOWAIT);
+        uv_run(&core.loop, UV_RUN_NOWAIT);
     free(copy);
     free(c);
     return 0;

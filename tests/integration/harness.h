@@ -22,6 +22,11 @@ int gristd_start(struct gristd_proc *p, const char *const *args);
 /* Send sig and wait; returns the exit status (or 128 + signal). */
 int gristd_stop(struct gristd_proc *p, int sig);
 
+/* A "key: N kB" line of /proc/PID/status ("VmRSS", "VmHWM"); -1 if absent. */
+long proc_status_kb(pid_t pid, const char *key);
+/* Seconds on the monotonic clock. */
+double mono_s(void);
+
 /* One unary call; *resp is malloc'd (NULL when no message came). */
 grpc_status_code rpc_unary(const char *target, const char *method, const void *req,
                            size_t req_len, void **resp, size_t *resp_len, char *details,

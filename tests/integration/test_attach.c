@@ -11,7 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "grist/sketch.h"
@@ -666,13 +665,6 @@ static void send_step(struct tw *w, uint64_t step)
  * 0.05) the heavy job sheds its own steps and the light ones lose none;
  * without it (--compute-lag 0) the
  * full queue drops the light jobs' steps too: the test can fail. */
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void run_fair_share(const char *lag, uint64_t *light_dropped, uint64_t *heavy_shed)
 {
     enum { HG = 64, HM = 64, LIGHT_STEPS = 250 };
@@ -698,9 +690,9 @@ static void run_fair_share(const char *lag, uint64_t *light_dropped, uint64_t *h
     for (int i = 0; i < HG * HM; i++)
         hsk[i] = 0.01f * (float)(i % 5);
     uint64_t hstep = 0;
-    double next = now_s();
+    double next = mono_s();
     for (uint64_t ls = 1; ls <= LIGHT_STEPS;) {
-        if (now_s() >= next) {
+        if (mono_s() >= next) {
             send_step(la, ls);
             send_step(lb, ls);
             ls++;
@@ -1032,20 +1024,6 @@ END_TEST
  * protobuf-c has unpacked them: 1.3 GB) is refused from its element count
  * before it is unpacked; gristd's peak RSS stays far below what unpacking
  * would take, and the job goes on. */
-static long peak_rss_kb(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    long kb = -1;
-    while (f && fgets(line, sizeof(line), f))
-        if (sscanf(line, "VmHWM: %ld kB", &kb) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return kb;
-}
-
 START_TEST(test_counted_before_decoding)
 {
     if (getenv("GRISTD_WRAPPER"))
@@ -1057,7 +1035,7 @@ START_TEST(test_counted_before_decoding)
     struct tw *w = tw_open(p.addr[0], &o);
     uint32_t seed;
     ck_assert_int_eq(tw_welcome(w, &seed, 10), 0);
-    const long before = peak_rss_kb(p.pid);
+    const long before = proc_status_kb(p.pid, "VmHWM");
     /* WorkerMessage{summary(2): Summary{step(1)=1, groups(2) = {} x n}} */
     const size_t n = (size_t)1 << 24, inner = 2 + 2 * n;
     uint8_t *buf = malloc(inner + 16), *q = buf;
@@ -1079,7 +1057,7 @@ START_TEST(test_counted_before_decoding)
     ck_assert_int_eq(expect_end(w, det, sizeof(det)), GRPC_STATUS_INVALID_ARGUMENT);
     ck_assert_msg(strstr(det, "summary.groups: 16777216 groups"), "unclear: %s", det);
     tw_free(w);
-    const long after = peak_rss_kb(p.pid);
+    const long after = proc_status_kb(p.pid, "VmHWM");
     printf("counted before decoding: peak RSS %ld kB before, %ld kB after a 32 MiB message of "
            "16.7M empty groups\n", before, after);
     fflush(stdout);

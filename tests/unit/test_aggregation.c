@@ -1,104 +1,45 @@
 /*
  * The per-step aggregation rules of daemon/jobs.c, one test per rule, on a
- * daemon core without a network: a real engine (ref backend) behind
- * grist__job_attach() and grist__job_submit(), the job's counters read
- * directly. The gRPC path is tested by tests/integration/test_attach.c.
+ * daemon core without a network (tests/core: a real engine on the ref
+ * backend behind grist__job_attach() and grist__job_submit()), the job's
+ * counters read directly. The gRPC path is tested by tests/integration/test_attach.c.
  */
 #include <check.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "config.h"
-#include "daemon.h"
-#include "engine.h"
-#include "jobs.h"
+#include "core/core.h"
 #include "wire.h"
-#include "grist/backend.h"
-#include "grist/select.h"
-#include "grist/stats.h"
 #include "../check_main.h"
 
 enum { G = 2, M = 64 };
 
-static struct grist_config cfg;
-static struct grist_daemon dd;
-static uv_loop_t loop;
+static struct test_core core;
 
 static void setup(void)
 {
-    memset(&dd, 0, sizeof(dd));
-    grist__config_defaults(&cfg);
-    cfg.aggregation_timeout = 0.05;
-    dd.cfg = &cfg;
-    grist_policy_default(&dd.defaults.sel);
-    dd.defaults.solve_every = 10;
-    dd.defaults.families_every = 1000;
-    dd.defaults.gamma = 0.95;
-    dd.defaults.ncand = grist_candidates_default(0.0, 0.9999, dd.defaults.cand);
-    dd.limits.max_groups = 256;
-    dd.limits.max_workers = 4096;
-    dd.limits.max_sketch_dim = 65536;
-    ck_assert_int_eq(uv_loop_init(&loop), 0);
-    dd.loop = &loop;
-    struct grist_backend *be;
-    ck_assert_int_eq(grist_backend_open("ref", &be), 0);
-    dd.nengines = 1;
-    ck_assert_int_eq(grist__engine_start(&dd.engines[0], &loop, be, 4096, 1.0,
-                                         grist__job_on_result, &dd), 0);
-}
-
-static void stopped(void *ud)
-{
-    (void)ud;
+    grist__config_defaults(&core.cfg);
+    core.cfg.aggregation_timeout = 0.05;
+    ck_assert_int_eq(test_core_start(&core), 0);
 }
 
 static void teardown(void)
 {
-    grist__jobs_free_all(&dd);
-    grist__engine_stop(dd.engines[0], stopped);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    uv_loop_close(&loop);
+    test_core_stop(&core);
 }
 
 static struct grist_job *attach(const char *id, uint32_t world)
 {
-    struct grist_hello h = {.world = world, .m = M, .ngroups = G};
-    snprintf(h.job_id, sizeof(h.job_id), "%s", id);
-    struct grist_group_spec gs[G];
-    memset(gs, 0, sizeof(gs));
-    for (int g = 0; g < G; g++) {
-        snprintf(gs[g].name, sizeof(gs[g].name), "g%d", g);
-        gs[g].n = 1000;
-        gs[g].lr = 0.1;
-        gs[g].beta0 = 0.9;
-    }
-    h.groups = gs;
-    struct grist_job *j = NULL;
     char err[256] = "";
-    ck_assert_msg(grist__job_attach(&dd, &h, NULL, &j, err, sizeof(err)) == GRPC_STATUS_OK, "%s",
-                  err);
+    struct grist_job *j = test_core_attach(&core, id, world, G, M, err, sizeof(err));
+    ck_assert_msg(j, "%s", err);
     return j;
 }
 
-/* Submit rank's summary of step (each sketch value = v); the return of
- * grist__job_submit(). */
 static int submit(struct grist_job *j, uint32_t rank, uint64_t step, float v)
 {
-    struct grist_summary s = {.step = step, .ngroups = G, .m = M};
-    s.sq_norm = calloc(G, sizeof(double));
-    s.batch = malloc(G * sizeof(uint32_t));
-    s.lrb = malloc(2 * G * sizeof(double));
-    s.sketch = malloc(G * M * sizeof(float));
-    for (int g = 0; g < G; g++) {
-        s.batch[g] = 8;
-        s.lrb[g] = 0.0;
-        s.lrb[G + g] = -1.0;
-    }
-    for (int i = 0; i < G * M; i++)
-        s.sketch[i] = v;
-    char err[256] = "";
-    return grist__job_submit(&dd, j, rank, &s, err, sizeof(err));
+    return test_core_submit(&core, j, rank, step, v);
 }
 
 static uint32_t open_steps(const struct grist_job *j)
@@ -119,7 +60,7 @@ START_TEST(test_complete_when_all_ranks)
     ck_assert_uint_eq(j->partial, 0);
     ck_assert_uint_eq(j->high_step, 1);
     ck_assert_uint_eq(open_steps(j), 0);
-    ck_assert_uint_eq(dd.cnt.steps_aggregated, 1);
+    ck_assert_uint_eq(core.d.cnt.steps_aggregated, 1);
 }
 END_TEST
 
@@ -137,7 +78,7 @@ START_TEST(test_duplicate_and_rank_beyond_world)
     ck_assert_uint_eq(j->steps, 0);
     ck_assert_int_eq(submit(j, 1, 7, 1.0f), 0);
     ck_assert_uint_eq(j->steps, 1);
-    ck_assert_uint_eq(dd.cnt.summaries_duplicate, 2);
+    ck_assert_uint_eq(core.d.cnt.summaries_duplicate, 2);
 }
 END_TEST
 
@@ -188,7 +129,7 @@ END_TEST
  * an error and leaves nothing behind; the first step of a job may be any. */
 START_TEST(test_far_jump_refused)
 {
-    cfg.max_step_jump = 1000;
+    core.cfg.max_step_jump = 1000; /* read at each summary */
     struct grist_job *j = attach("jump", 2);
     ck_assert_int_eq(submit(j, 0, UINT64_C(1) << 40, 1.0f), 0); /* the first: any step */
     ck_assert_int_eq(submit(j, 1, UINT64_C(1) << 40, 1.0f), 0);
@@ -234,11 +175,11 @@ START_TEST(test_timeout_completes_partial)
     struct grist_job *j = attach("timeout", 4);
     ck_assert_int_eq(submit(j, 0, 1, 1.0f), 0);
     ck_assert_int_eq(submit(j, 3, 1, 1.0f), 0);
-    grist__jobs_tick(&dd);
+    grist__jobs_tick(&core.d);
     ck_assert_uint_eq(j->steps, 0); /* not yet */
     usleep(80 * 1000);
-    uv_update_time(&loop);
-    grist__jobs_tick(&dd);
+    uv_update_time(&core.loop);
+    grist__jobs_tick(&core.d);
     ck_assert_uint_eq(j->steps, 1);
     ck_assert_uint_eq(j->partial, 1);
     ck_assert_uint_eq(open_steps(j), 0);
@@ -276,7 +217,7 @@ START_TEST(test_validation_is_no_step)
     s.lrb = calloc(2 * G, sizeof(double));
     s.sketch = calloc(G * M, sizeof(float));
     char err[64];
-    ck_assert_int_eq(grist__job_submit(&dd, j, 0, &s, err, sizeof(err)), 0);
+    ck_assert_int_eq(grist__job_submit(&core.d, j, 0, &s, err, sizeof(err)), 0);
     ck_assert_uint_eq(j->validation, 1);
     ck_assert_uint_eq(open_steps(j), 0);
     ck_assert_uint_eq(j->steps, 0);
