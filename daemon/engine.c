@@ -328,10 +328,12 @@ struct e_state_group {
     struct grist_families fam;
 };
 
-static void visit_state(struct grist_sio *s, uint32_t *ngroups, uint64_t c[4],
+static void visit_state(struct grist_sio *s, uint32_t *ngroups, uint32_t cap, uint64_t c[4],
                         struct e_state_group *gs)
 {
     sio_u32(s, ngroups);
+    if (*ngroups > cap) /* read from the input: gs holds cap groups */
+        s->bad = 1;
     for (int i = 0; i < 4; i++)
         sio_u64(s, &c[i]);
     for (uint32_t g = 0; g < *ngroups && !s->bad; g++) {
@@ -394,12 +396,12 @@ static void post_snapshot(struct grist_engine *e, uint64_t key, struct e_job *j)
         uint32_t ng = j->ngroups;
         uint64_t c[4] = {j->steps, j->last_step, j->next_solve, j->next_families};
         struct grist_sio w = {0};
-        visit_state(&w, &ng, c, gs);
+        visit_state(&w, &ng, j->ngroups, c, gs);
         r->snap = malloc(w.off);
         if (r->snap) {
             r->snap_len = w.off;
             w = (struct grist_sio){.p = r->snap};
-            visit_state(&w, &ng, c, gs);
+            visit_state(&w, &ng, j->ngroups, c, gs);
         }
     }
     for (uint32_t g = 0; gs && g < j->ngroups; g++)
@@ -420,7 +422,7 @@ static int state_decode(struct grist_backend *be, const struct grist_engine_job_
 {
     uint32_t ng = sp->ngroups;
     struct grist_sio rd = {.p = (unsigned char *)buf, .len = len, .reading = 1};
-    visit_state(&rd, &ng, c, gs);
+    visit_state(&rd, &ng, sp->ngroups, c, gs);
     if (rd.bad || rd.off != len || ng != sp->ngroups)
         return GRIST_EBADSTATE;
     for (uint32_t g = 0; g < sp->ngroups; g++) {
