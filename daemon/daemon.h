@@ -28,7 +28,7 @@ struct grist_counters {
     uint64_t bytes_in, bytes_out;
     uint64_t jobs_created, jobs_expired;
     uint64_t step_segments;
-    uint64_t snapshots_written, snapshot_errors, snapshots_refused, jobs_restored;
+    uint64_t snapshots_written, snapshots_superseded, snapshot_errors, snapshots_refused, jobs_restored;
 };
 
 /* A Prometheus-style histogram (cumulative buckets are made when printed). */

@@ -388,6 +388,9 @@ static void metrics(struct conn *c, int keep)
                k->jobs_expired);
     metric_u64(&b, "gristd_snapshots_written_total", "counter",
                "Job snapshots written to --state-dir.", k->snapshots_written);
+    metric_u64(&b, "gristd_snapshots_superseded_total", "counter",
+               "Job snapshots replaced, before their write began, by a newer state of the job "
+               "(the disk was slower than --snapshot-interval).", k->snapshots_superseded);
     metric_u64(&b, "gristd_snapshot_errors_total", "counter",
                "Job snapshots that could not be taken or written (retried every interval).",
                k->snapshot_errors);

@@ -302,6 +302,62 @@ START_TEST(test_sigkill)
 }
 END_TEST
 
+/* A disk slower than the interval (GRISTD_FAULT=snapshot-slow: 100 ms per
+ * write, 4 jobs changing every 0.1 s interval, so 4 writes are asked for in
+ * the time of one): a newer state replaces a job's waiting write, so once
+ * the load stops the files catch up within a few writes and a SIGKILL then
+ * loses nothing. With a queue of every request (the first version) the
+ * backlog after 3 s was ~9 s of stale writes and the restored jobs were
+ * seconds old. */
+START_TEST(test_snapshot_slow_disk)
+{
+    enum { NJ = 4, STEPS = 100 };
+    fresh_dir("slow");
+    grpc_init();
+    setenv("GRISTD_FAULT", "snapshot-slow", 1);
+    struct gristd_proc p = start(g_dir, NULL, NULL);
+    unsetenv("GRISTD_FAULT");
+    static const char *ids[NJ] = {"s0", "s1", "s2", "s3"};
+    struct feed f[NJ];
+    struct tw *w[NJ];
+    for (int j = 0; j < NJ; j++) {
+        feed_init(&f[j]);
+        w[j] = attach(p.addr[0], ids[j]);
+    }
+    for (uint64_t t = 1; t <= STEPS; t++) {
+        for (int j = 0; j < NJ; j++)
+            feed_steps(&f[j], w[j], t, t);
+        usleep(30000);
+    }
+    Grist__V1__GetJobResponse *before[NJ];
+    for (int j = 0; j < NJ; j++)
+        before[j] = wait_steps(p.addr[0], ids[j], STEPS);
+    /* the waiting writes: one per job at most, plus the one running */
+    usleep((NJ + 1) * 100000 + 100000 + 800000);
+    const double superseded = metric(&p, "gristd_snapshots_superseded_total");
+    for (int j = 0; j < NJ; j++) {
+        tw_cancel(w[j]);
+        tw_free(w[j]);
+    }
+    ck_assert_int_eq(gristd_stop(&p, SIGKILL), 128 + SIGKILL);
+    p = start(g_dir, NULL, NULL);
+    for (int j = 0; j < NJ; j++) {
+        grpc_status_code st;
+        Grist__V1__GetJobResponse *after = get_job(p.addr[0], ids[j], &st);
+        ck_assert_msg(after, "job %s was lost: %d", ids[j], st);
+        ck_assert_msg(after->job->step == STEPS, "job %s restored at step %llu of %d", ids[j],
+                      (unsigned long long)after->job->step, STEPS);
+        assert_same(before[j], after, 0);
+        grist__v1__get_job_response__free_unpacked(before[j], NULL);
+        grist__v1__get_job_response__free_unpacked(after, NULL);
+    }
+    ck_assert_msg(superseded > 0, "no write was superseded: the fault did not slow the disk");
+    ck_assert_int_eq(gristd_stop(&p, SIGTERM), 0);
+    grpc_shutdown();
+    rm_dir();
+}
+END_TEST
+
 static void copy_file(const char *from, const char *to)
 {
     char cmd[1400];
@@ -455,6 +511,7 @@ static Suite *suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_restart_continues);
     tcase_add_test(tc, test_sigkill);
+    tcase_add_test(tc, test_snapshot_slow_disk);
     tcase_add_test(tc, test_refused_files);
     tcase_add_test(tc, test_unwritable_dir);
     tcase_add_test(tc, test_expiry_removes_file);
