@@ -68,7 +68,7 @@ static const struct opt table[] = {
      "seconds the oldest queued step may wait before its compute thread counts as behind (so does "
      "a half-full queue); then a job holding more than 1/N of the queued work (N jobs on the thread) sheds its new steps; 0 = no fair share"},
     {"compute-threads", OPT_INT, F(compute_threads), "2", 1, 16,
-     "compute threads, each with its own kernels backend; jobs are sharded over them by id"},
+     "compute threads, each with its own kernels backend; jobs are spread over them in admission order"},
     {"cov-dim", OPT_INT, F(cov_dim), "256", 0, 65536,
      "fold the sketch covariance to this many dimensions (power of two; 0 = no covariance)"},
     {"lags", OPT_INT, F(lags), "16", 2, 64, "autocorrelation lags L"},

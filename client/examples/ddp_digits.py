@@ -5,7 +5,7 @@ DDP communication hook that sketches every rank's local gradient before the
 all-reduce, so gristd sees two workers per step and estimates the gradient
 noise from them (MATH.md section 4). Ranks are started with
 torch.multiprocessing.spawn (Debian's torch.distributed.run launcher
-crashes under its Python 3.11, see STYLE.md).
+crashes under its Python 3.11, see CONTRIBUTING.md).
 
     /usr/bin/python3 client/examples/ddp_digits.py --address 127.0.0.1:7788
 """
