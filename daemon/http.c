@@ -367,6 +367,12 @@ static void metrics(struct conn *c, int keep)
                "Summaries refused (malformed, non-finite, wrong size).", k->summaries_rejected);
     metric_u64(&b, "gristd_summaries_late_total", "counter",
                "Summaries for a step already aggregated.", k->summaries_late);
+    metric_u64(&b, "gristd_summaries_duplicate_total", "counter",
+               "Summaries of a rank for a step it had already sent (ignored).",
+               k->summaries_duplicate);
+    metric_u64(&b, "gristd_steps_partial_total", "counter",
+               "Steps aggregated without every rank, after --aggregation-timeout.",
+               k->steps_partial);
     metric_u64(&b, "gristd_step_segments_total", "counter",
                "Runs resumed from an earlier step (a new segment of a job's steps).",
                k->step_segments);
