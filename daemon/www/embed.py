@@ -1,20 +1,36 @@
 """Build step: daemon/www/index.html -> a C header with the page as bytes.
 
-    embed.py INDEX_HTML OUT_H [CHART_JS CHART_CSS]
+    embed.py INDEX_HTML OUT_H [CHART_JS CHART_CSS SHA256SUMS]
 
-When CHART_JS is given (uPlot's IIFE build fetched from npm at build time,
-see daemon/meson.build), it is inlined into the page in place of the
+When CHART_JS is given (uPlot's IIFE build, vendored in
+daemon/www/vendor/uplot/), both files are first checked against SHA256SUMS
+(a mismatch fails the build) and then inlined into the page in place of the
 marker <!--CHARTLIB-->, so the daemon serves one self-contained page.
 Without it the page draws its charts with its own canvas code.
 """
+import hashlib
+import os
 import sys
 
 src, out = sys.argv[1], sys.argv[2]
 html = open(src, encoding="utf-8").read()
 lib = ""
-js = open(sys.argv[3], encoding="utf-8").read() if len(sys.argv) > 3 and sys.argv[3] else ""
-if js.strip():  # an empty file: the fetch failed (offline), no library
-    lib = "<script>/* uPlot (MIT), bundled from npm at build time */\n" + \
+js = ""
+if len(sys.argv) > 5:
+    sums = {}
+    with open(sys.argv[5], encoding="utf-8") as f:
+        for line in f:
+            digest, name = line.split()
+            sums[name] = digest
+    for path in sys.argv[3:5]:
+        with open(path, "rb") as f:
+            got = hashlib.sha256(f.read()).hexdigest()
+        want = sums.get(os.path.basename(path))
+        if got != want:
+            sys.exit(f"embed.py: {path}: sha256 {got}, SHA256SUMS says {want}")
+    js = open(sys.argv[3], encoding="utf-8").read()
+if js.strip():
+    lib = "<script>/* uPlot 1.6.31 (MIT, daemon/www/vendor/uplot/LICENSE) */\n" + \
         js.replace("</script", "<\\/script") + "\n</script>"
     css = open(sys.argv[4], encoding="utf-8").read() if len(sys.argv) > 4 else ""
     lib += "<style>" + css + "</style>"
