@@ -74,7 +74,7 @@ static const struct opt table[] = {
     {"lags", OPT_INT, F(lags), "16", 2, 64, "autocorrelation lags L"},
     {"cov-batch", OPT_INT, F(cov_batch), "16", 1, 256, "steps per rank-b covariance update"},
     {"solve-every", OPT_INT, F(solve_every), "10", 1, 1 << 20,
-     "steps between selections and family solves (a job may ask for its own)"},
+     "steps between selections (a job may ask for its own); family solves: --families-every"},
     {"families-every", OPT_INT, F(families_every), "50", 1, 1 << 20,
      "steps between family solves (one eigendecomposition per group; at most as often as solve-every)"},
     {"min-steps", OPT_INT, F(min_steps), "20", 0, 1 << 20, "no push before this many steps"},

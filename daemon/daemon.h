@@ -1,6 +1,6 @@
 /*
  * The daemon's shared state, owned by the loop thread: configuration, the
- * gRPC side (net), the compute thread (engine), the job registry and the
+ * gRPC side (net), the compute threads (engine), the job registry and the
  * live streams. Nothing here is touched by another thread.
  */
 #ifndef GRIST_DAEMON_DAEMON_H

@@ -1,5 +1,6 @@
 /*
- * The compute thread: owns the kernels backend and every job's statistics;
+ * A compute thread (one engine each, --compute-threads of them): owns its
+ * kernels backend and the statistics of the jobs given to it (key % N);
  * the loop talks to it only through a queue and receives results through
  * uv_async. Aggregated steps waiting in the queue are applied as one batched
  * update per job; beyond the queue's capacity steps are dropped and counted,

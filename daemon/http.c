@@ -10,7 +10,7 @@
  * callback-based and allocation-free, it fits a libuv read callback
  * directly; llhttp, its successor, is not packaged in Debian 12. Each
  * connection serves one request at a time (keep-alive honoured), requests
- * are limited to 8 KiB of URL and headers, and a response is built in
+ * are limited to 4 KiB of URL and 8 KiB of headers, and a response is built in
  * memory and written with one uv_write, so the loop never blocks on a slow
  * client: a stalled reader only holds its own buffer. Work per request is
  * bounded: /metrics by --metrics-max-jobs, history by LTTB downsampling.

@@ -5,9 +5,10 @@
  * queue into net->events and wakes the loop; everything else runs on the
  * loop thread. Ordering: events reach the loop in completion-queue order.
  *
- * Shutdown order (asserted by tests/integration): (1) stop accepting and
- * cancel every live call (grpc_server_shutdown_and_notify +
- * grpc_server_cancel_all_calls): clients see a status, never a hang; (2) when
+ * Shutdown order (asserted by tests/integration): (1) stop accepting
+ * (grpc_server_shutdown_and_notify) and, after a 2 s grace for the calls the
+ * loop is ending with a status (on_grace), cancel the rest
+ * (grpc_server_cancel_all_calls): clients see a status, never a hang; (2) when
  * the server's shutdown tag completes, shut the completion queue down; (3)
  * the pump thread sees GRPC_QUEUE_SHUTDOWN after the last event, posts it and
  * exits; (4) the loop joins it, closes the async handle and calls

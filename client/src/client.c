@@ -2,9 +2,9 @@
  * DESIGN: libgrist (see include/grist/client.h).
  *
  * Threads: the caller's threads only take c->mu briefly to queue a summary
- * (and, when the stream is idle, start its send: grpc_call_start_batch is
- * thread-safe and non-blocking) or to copy the latest hyperparameters. The
- * background thread owns the completion queue: it starts calls, handles
+ * or to copy the latest hyperparameters; they never start a send (the
+ * sender thread batches what is queued and sends it). The background
+ * thread owns the completion queue: it starts calls, handles
  * every completion under c->mu, and schedules reconnects.
  *
  * A session's stream: [SEND_INITIAL_METADATA + Hello], RECV_STATUS_ON_CLIENT,
