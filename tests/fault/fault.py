@@ -419,6 +419,11 @@ def item_sigstop(a):
     # --quick, the CI part: 3-s windows on a machine running other tests).
     normal_med = max(np.median(by["normal before"]), np.median(by["normal after"]))
     tol = 1.25 if a.quick else 1.05
+    if os.environ.get("GRIST_SANITIZED"):  # a sanitizer build's timings mean nothing
+        print("sanitizer build: the figures are reported, not gated")
+        session.close()
+        d.stop()
+        return it.done()
     it.row("median step time stopped / the slower normal window's",
            f"{np.median(by['stopped']) / normal_med:.3f} (gate {tol})")
     it.check(np.median(by["stopped"]) <= tol * normal_med,
@@ -669,14 +674,17 @@ def item_soak(a):
     # the floor of each minute: snapshots serialise every job's statistics
     # every 10 s (tens of MiB, freed at once), so single samples spike
     minute = (t // 60).astype(int)
-    floors = np.array([r[minute == k].min() for k in np.unique(minute)])
+    full = [k for k in np.unique(minute) if (minute == k).sum() >= 6]  # a part minute is no floor
+    floors = np.array([r[minute == k].min() for k in full])
     n3 = max(1, len(floors) // 3)
     mid, last = floors[n3:2 * n3], floors[-n3:]
     growth = float(np.mean(last) - np.mean(mid)) if len(mid) else 0.0
+    print("  RSS floor per minute (MiB): " + " ".join(f"{x:.1f}" for x in floors))
     steps = sum(j.step for j in jobs.values())
     it.row("gristd RSS: floor of the first minute / of the last / highest sample",
            f"{floors[0]:.1f} / {floors[-1]:.1f} / {r.max():.1f} MiB")
-    it.row("RSS floor growth, last third against the middle third", f"{growth:+.2f} MiB")
+    it.row("RSS floor growth, last third against the middle third",
+           f"{growth:+.2f} MiB ({growth / float(np.mean(mid) if len(mid) else 1) * 100:+.2f} %)")
     it.row("steps aggregated (all jobs) / submitted per rank", f"{steps} / {st['submitted'] // 2}")
     it.row("dropped: client queue / daemon (compute behind) / late summaries",
            f"{st['dropped']} / {m.get('gristd_steps_dropped_total', 0):.0f} / "
@@ -687,7 +695,10 @@ def item_soak(a):
                                          f"{m.get('gristd_snapshot_errors_total', 0):.0f}")
     it.check(st["dropped"] == 0 and m.get("gristd_steps_dropped_total", 0) == 0, "drops")
     it.check(steps == st["submitted"] // 2, "steps not aggregated")
-    it.check(growth < 1.0, "the RSS floor grows by a MiB or more")
+    # bounded: the floor of the last third within 2% of the middle third's
+    # (a leak of ~50 bytes per worker-step or more fails a 30-minute soak)
+    it.check(growth < 0.02 * float(np.mean(mid) if len(mid) else floors[-1]),
+             "the RSS floor grows by 2% or more")
     load.close()
     d.stop()
     return it.done()
@@ -698,7 +709,8 @@ def item_soak(a):
 def item_world(a):
     it = Item("world", "the world growing and ranks leaving mid-step, gristd under valgrind")
     vg = subprocess.run(["sh", "-c", "command -v valgrind"], capture_output=True, text=True)
-    if vg.returncode != 0:
+    sanitized = bool(os.environ.get("GRIST_SANITIZED"))  # an ASan build checks itself
+    if vg.returncode != 0 and not sanitized:
         print("skipped: valgrind not installed")
         return None
     tmp = tempfile.mkdtemp(prefix="grist-world-")
@@ -706,7 +718,8 @@ def item_world(a):
     supp = os.path.join(_here, "..", "valgrind.supp")
     wrapper = ["valgrind", "--tool=memcheck", "--leak-check=full", "--errors-for-leak-kinds=definite",
                "--error-exitcode=66", f"--suppressions={supp}", f"--log-file={log}"]
-    d = Gristd(a.gristd, os.path.join(tmp, "s"), "--aggregation-timeout", "1", wrapper=wrapper)
+    d = Gristd(a.gristd, os.path.join(tmp, "s"), "--aggregation-timeout", "1",
+               wrapper=None if sanitized else wrapper)
     job = "world"
     groups = [dict(name="g", n=1000, optimizer="sgd", lr=0.1, beta=0.9)]
     sessions = []
@@ -775,8 +788,10 @@ def item_world(a):
         s.close()
         c.close()
     rc = d.stop(timeout=120)
-    with open(log) as f:
-        vlog = f.read()
+    vlog = ""
+    if not sanitized:
+        with open(log) as f:
+            vlog = f.read()
     summ = [line for line in vlog.splitlines() if "ERROR SUMMARY" in line or "definitely lost" in line]
     it.row("steps sent / aggregated", f"{step} / {jb.step}")
     it.row("phases", "; ".join(phases))
@@ -791,7 +806,7 @@ def item_world(a):
     # the 5 steps after ranks 6 and 7 left waited for them (then the world of
     # 8 is still the job's; every later step is partial too)
     it.check(partial >= 5, f"{partial:.0f} partial steps, expected the 15 without ranks 6 and 7")
-    it.check(any("ERROR SUMMARY: 0 errors" in line for line in summ), "memcheck errors")
+    it.check(sanitized or any("ERROR SUMMARY: 0 errors" in line for line in summ), "memcheck errors")
     return it.done()
 
 

@@ -39,6 +39,16 @@ def _reap():
 atexit.register(_reap)
 
 
+def foreign_env():
+    """The environment for a program that is not grist's (Chromium, Prometheus,
+    promtool): without the ASan preload of a sanitizer build's Python tests."""
+    env = dict(os.environ)
+    if env.get("GRIST_SANITIZED"):
+        env.pop("LD_PRELOAD", None)
+        env.pop("ASAN_OPTIONS", None)
+    return env
+
+
 def spawn(argv, **kw):
     """subprocess.Popen, killed at interpreter exit if still running."""
     proc = subprocess.Popen(argv, **kw)

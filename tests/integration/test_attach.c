@@ -430,7 +430,7 @@ START_TEST(test_vanishing_client_and_sigterm)
      * under memcheck, which makes it exit 99 at SIGTERM (checked below) */
     char wrap[600];
     const char *supp = getenv("GRIST_VALGRIND_SUPP");
-    const int memcheck = !getenv("GRISTD_WRAPPER") && supp &&
+    const int memcheck = !getenv("GRISTD_WRAPPER") && !getenv("GRIST_SANITIZED") && supp &&
                          system("valgrind --version >/dev/null 2>&1") == 0;
     if (memcheck) {
         snprintf(wrap, sizeof(wrap), "valgrind --error-exitcode=99 --quiet --suppressions=%s", supp);
@@ -565,7 +565,7 @@ START_TEST(test_world_grows_mid_step)
      * under memcheck, which makes it exit 99 at SIGTERM (checked below) */
     char wrap[600];
     const char *supp = getenv("GRIST_VALGRIND_SUPP");
-    const int memcheck = !getenv("GRISTD_WRAPPER") && supp &&
+    const int memcheck = !getenv("GRISTD_WRAPPER") && !getenv("GRIST_SANITIZED") && supp &&
                          system("valgrind --version >/dev/null 2>&1") == 0;
     if (memcheck) {
         snprintf(wrap, sizeof(wrap), "valgrind --error-exitcode=99 --quiet --suppressions=%s", supp);

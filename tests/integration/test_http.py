@@ -216,7 +216,8 @@ def check_metrics(http):
     text = body.decode()
     promtool = shutil.which("promtool")
     assert promtool, "promtool missing: sh deploy/setup.sh installs Debian's prometheus"
-    p = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True)
+    p = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True,
+                       env=pytest_util.foreign_env())
     assert p.returncode == 0, (p.stdout, p.stderr)
     for needle in ['gristd_group_momentum{job="http a/1",group="conv"}',
                    'gristd_group_effective_rank{job="http a/1",group="head"}',
@@ -288,7 +289,8 @@ def check_prometheus(http):
     port = free_port()
     proc = pytest_util.spawn([prom, f"--config.file={conf}", f"--storage.tsdb.path={tmp}/data",
                               f"--web.listen-address=127.0.0.1:{port}"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=pytest_util.foreign_env())
     try:
         query = urllib.parse.quote('gristd_group_momentum{exported_job="http a/1",group="conv"}')
         deadline = time.monotonic() + 60
@@ -335,15 +337,16 @@ def check_page(http, artifacts):
     base = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
             "--virtual-time-budget=10000", "--window-size=1300,1100", f"--user-data-dir={tempfile.mkdtemp()}"]
     page = f"http://{http}/#job=" + urllib.parse.quote("http a/1", safe="")
-    p = subprocess.run(base + ["--dump-dom", page], capture_output=True, timeout=120)
+    p = subprocess.run(base + ["--dump-dom", page], capture_output=True, timeout=120,
+                       env=pytest_util.foreign_env())
     dom = p.stdout.decode()
     assert 'data-job="http a/1"' in dom, dom[:2000]
     assert dom.count('class="group"') >= 2, "the selected job's groups are not drawn"
     assert "momentum over steps" in dom and ("<canvas" in dom or "uplot" in dom), dom[:3000]
     assert "live," in dom, "the page did not finish a refresh"
     shot = os.path.join(artifacts, "http-page.png")
-    subprocess.run(base + [f"--screenshot={shot}", page], capture_output=True,
-                   timeout=120)
+    subprocess.run(base + [f"--screenshot={shot}", page], capture_output=True, timeout=120,
+                   env=pytest_util.foreign_env())
     assert os.path.getsize(shot) > 10000, "screenshot missing or empty"
     print(f"page: DOM has the job and its charts ({'uPlot' if 'uplot' in dom else 'canvas'}); "
           f"screenshot {shot}")
