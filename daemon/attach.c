@@ -28,7 +28,7 @@ struct grist_stream {
     struct grist_daemon *d;
     grpc_call *call;
     struct grist_stream *next, *prev; /* d->streams */
-    struct grist_stream *job_next;    /* job->streams */
+    struct grist_stream *job_next; /* job->streams */
     struct grist_job *job;
     uint32_t rank;
     uint64_t session;
@@ -50,8 +50,8 @@ struct grist_stream *grist__stream_next_in_job(struct grist_stream *s)
     return s->job_next;
 }
 
-#define STREAM_OF(tag, member) \
-    ((struct grist_stream *)((char *)(tag) - offsetof(struct grist_stream, member)))
+#define STREAM_OF(tag, member)                                                                     \
+    ((struct grist_stream *)((char *)(tag)-offsetof(struct grist_stream, member)))
 
 static void detach(struct grist_stream *s)
 {
@@ -300,8 +300,9 @@ static void on_recv(struct grist_tag *tag, int ok)
             if (s->job)
                 s->job->rejected++;
         }
-        finish(s, st == GRIST_WIRE_INVALID ? GRPC_STATUS_INVALID_ARGUMENT
-                                           : GRPC_STATUS_RESOURCE_EXHAUSTED,
+        finish(s,
+               st == GRIST_WIRE_INVALID ? GRPC_STATUS_INVALID_ARGUMENT
+                                        : GRPC_STATUS_RESOURCE_EXHAUSTED,
                err[0] ? err : "out of memory");
     } else if (kind == GRIST_WMSG_HELLO) {
         on_hello(s, &hello);
@@ -400,7 +401,8 @@ void grist__attach_tick(struct grist_daemon *d)
         next = s->next;
         if (!s->job && !s->finishing && now - s->opened_ms >= limit) {
             char msg[96];
-            snprintf(msg, sizeof(msg), "no Hello within --hello-timeout %.3g s", d->cfg->hello_timeout);
+            snprintf(msg, sizeof(msg), "no Hello within --hello-timeout %.3g s",
+                     d->cfg->hello_timeout);
             finish(s, GRPC_STATUS_DEADLINE_EXCEEDED, msg);
         }
     }

@@ -101,7 +101,8 @@ static const struct opt table[] = {
     {"idle-expiry", OPT_DBL, F(idle_expiry), "3600", 1, 1e9,
      "seconds after its last worker left before a job and its statistics are dropped"},
     {"mode", OPT_STR, F(mode), "per_group", 0, 0, "per_group or global"},
-    {"noise-correction", OPT_STR, F(noise_correction), "auto", 0, 0, "off, workers, acf, lag1 or auto (auto: workers with >= 2 ranks, else lag1 under the curvature rule, acf under alignment)"},
+    {"noise-correction", OPT_STR, F(noise_correction), "auto", 0, 0,
+     "off, workers, acf, lag1 or auto (auto: workers with >= 2 ranks, else lag1 under the curvature rule, acf under alignment)"},
     {"lr-coupling", OPT_STR, F(lr_coupling), "none", 0, 0,
      "none, dc, energy, radius or greedy (none chosen from the lr sweep in docs/QUALITY.md; greedy: docs/MATH.md 6.1)"},
     {"select-on", OPT_STR, F(select_on), "train", 0, 0, "train or validation"},
@@ -200,7 +201,8 @@ void grist__config_help(FILE *f)
             fprintf(f, "; range %g..%g", o->min, o->max);
         fprintf(f, ")\n      %s\n", o->help);
     }
-    fprintf(f, "  --help\n      print this and exit\n  --version\n      print the version and exit\n");
+    fprintf(f,
+            "  --help\n      print this and exit\n  --version\n      print the version and exit\n");
 }
 
 static int parse_file(struct grist_config *cfg, const char *path)

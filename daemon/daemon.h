@@ -28,7 +28,8 @@ struct grist_counters {
     uint64_t bytes_in, bytes_out;
     uint64_t jobs_created, jobs_expired;
     uint64_t step_segments;
-    uint64_t snapshots_written, snapshots_superseded, snapshot_errors, snapshots_refused, jobs_restored;
+    uint64_t snapshots_written, snapshots_superseded, snapshot_errors, snapshots_refused,
+        jobs_restored;
 };
 
 /* A Prometheus-style histogram (cumulative buckets are made when printed). */
@@ -52,20 +53,20 @@ struct grist_daemon {
     struct grist_engine *engines[GRIST_MAX_COMPUTE]; /* jobs are sharded by key */
     uint32_t nengines, engines_running;
     uv_timer_t tick;
-    struct grist_job *jobs;      /* all jobs, a list */
+    struct grist_job *jobs; /* all jobs, a list */
     uint32_t njobs;
     uint64_t stats_bytes; /* the estimated statistics memory of every job (--memory-budget) */
     uint64_t next_key, next_session;
     struct grist_stream *streams; /* all live Attach streams */
-    struct grist_watch *watches;  /* all live WatchJob streams */
+    struct grist_watch *watches; /* all live WatchJob streams */
     uint32_t nstreams;
     struct grist_counters cnt;
-    struct grist_histogram solve_seconds;        /* selection time per evaluation */
+    struct grist_histogram solve_seconds; /* selection time per evaluation */
     struct grist_histogram push_latency_seconds; /* step queued -> push handed to its streams */
-    struct grist_http *http;                     /* NULL without --http */
-    struct grist_snapshots *snap;                /* NULL without --state-dir */
-    struct grist_probe *probe;                   /* NULL with --listener-probe 0 */
-    int exit_code;                               /* main()'s status once the loop returns */
+    struct grist_http *http; /* NULL without --http */
+    struct grist_snapshots *snap; /* NULL without --state-dir */
+    struct grist_probe *probe; /* NULL with --listener-probe 0 */
+    int exit_code; /* main()'s status once the loop returns */
     int stopping;
 };
 

@@ -59,10 +59,10 @@ struct item {
     uint64_t key, step, queued_ns;
     uint32_t nworkers, ngroups, m;
     struct grist_engine_job_spec *spec; /* IT_CREATE */
-    float *sketch;                      /* ngroups * m */
-    double *worker_sq;                  /* ngroups */
-    uint32_t *batch;                    /* ngroups */
-    double *lrb;                        /* 2 * ngroups: update multiplier, beta */
+    float *sketch; /* ngroups * m */
+    double *worker_sq; /* ngroups */
+    uint32_t *batch; /* ngroups */
+    double *lrb; /* 2 * ngroups: update multiplier, beta */
 };
 
 /* the newest family values of a job, shared with the families thread */
@@ -75,10 +75,10 @@ struct fam_box {
 struct fam_req {
     struct fam_req *next;
     struct fam_box *box;
-    uint64_t key;        /* the job's: the solved families are posted to the loop */
+    uint64_t key; /* the job's: the solved families are posted to the loop */
     uint32_t ngroups, n; /* n = m_cov */
-    double *sigma;       /* ngroups * n * n */
-    double *c;           /* ngroups; 0 = group not ready */
+    double *sigma; /* ngroups * n * n */
+    double *c; /* ngroups; 0 = group not ready */
 };
 
 struct e_job {
@@ -108,11 +108,11 @@ struct grist_engine {
     uv_cond_t cv;
     struct item *head, *tail; /* in */
     uint32_t depth, capacity;
-    uint32_t njobs;           /* jobs on this thread (created, not dropped) */
-    uint64_t gen;             /* takes of the queue so far */
-    uint64_t work;            /* floats queued since the last take */
-    uint64_t lag_ns;          /* the thread is behind once the head waited this */
-    uint64_t shed;            /* steps refused for being over their share */
+    uint32_t njobs; /* jobs on this thread (created, not dropped) */
+    uint64_t gen; /* takes of the queue so far */
+    uint64_t work; /* floats queued since the last take */
+    uint64_t lag_ns; /* the thread is behind once the head waited this */
+    uint64_t shed; /* steps refused for being over their share */
     struct grist_engine_result *out_head, *out_tail;
     uv_async_t async;
     grist_engine_result_fn *cb;
@@ -174,8 +174,9 @@ static void families_main(void *arg)
         int *ok = calloc(q->ngroups, sizeof(*ok));
         for (uint32_t g = 0; out && ok && g < q->ngroups; g++)
             if (q->c[g] > 0.0)
-                ok[g] = grist_families_from_snapshot(e->fbe, q->n, q->sigma + (size_t)g * q->n * q->n,
-                                                     q->c[g], 1e-12, &out[g]) == 0;
+                ok[g] =
+                    grist_families_from_snapshot(e->fbe, q->n, q->sigma + (size_t)g * q->n * q->n,
+                                                 q->c[g], 1e-12, &out[g]) == 0;
         uv_mutex_lock(&e->fmu);
         for (uint32_t g = 0; out && ok && g < q->ngroups; g++)
             if (ok[g]) {
@@ -454,7 +455,8 @@ int grist__engine_state_check(struct grist_backend *be, const struct grist_engin
 
 /* compute thread: replace a fresh job's state by a snapshot's, all or
  * nothing. @return as state_decode(). */
-static int restore_state(struct grist_engine *e, struct e_job *j, const struct grist_engine_job_spec *sp)
+static int restore_state(struct grist_engine *e, struct e_job *j,
+                         const struct grist_engine_job_spec *sp)
 {
     struct e_state_group *gs = calloc(j->ngroups, sizeof(*gs));
     struct grist_stats **st = calloc(j->ngroups, sizeof(*st));
@@ -1086,8 +1088,7 @@ int grist__engine_step(struct grist_engine *e, struct grist_engine_share *sh, ui
                        const float *mean, const double *worker_sq, const uint32_t *batch,
                        const double *lrb)
 {
-    return queue_data(e, sh, IT_STEP, key, step, nworkers, ngroups, m, mean, worker_sq, batch,
-                      lrb);
+    return queue_data(e, sh, IT_STEP, key, step, nworkers, ngroups, m, mean, worker_sq, batch, lrb);
 }
 
 int grist__engine_validation(struct grist_engine *e, struct grist_engine_share *sh, uint64_t key,

@@ -33,18 +33,18 @@ struct grist_engine_group_result {
 struct grist_engine_result {
     struct grist_engine_result *next;
     uint64_t key;
-    uint64_t step;       /* newest step number applied */
-    uint64_t steps;      /* steps applied so far */
-    int error;           /* 0 or a grist error (device failure: statistics were reset) */
-    double solve_s;      /* seconds the selection (and snapshot) took on the compute thread */
-    uint64_t queued_ns;  /* uv_hrtime() when the newest step of this evaluation was queued */
-    int families_only;   /* 1: only groups[].fam / have_families are set (the families
+    uint64_t step; /* newest step number applied */
+    uint64_t steps; /* steps applied so far */
+    int error; /* 0 or a grist error (device failure: statistics were reset) */
+    double solve_s; /* seconds the selection (and snapshot) took on the compute thread */
+    uint64_t queued_ns; /* uv_hrtime() when the newest step of this evaluation was queued */
+    int families_only; /* 1: only groups[].fam / have_families are set (the families
                             thread finished a solve); the rest of the job's state stands */
-    int snapshot;        /* 1: an answer to grist__engine_snapshot(): snap holds the job's
+    int snapshot; /* 1: an answer to grist__engine_snapshot(): snap holds the job's
                             compute state (NULL: the job is unknown or memory ran out) */
-    int restore_failed;  /* 1: the state given to grist__engine_create_job() was refused;
+    int restore_failed; /* 1: the state given to grist__engine_create_job() was refused;
                             the job started fresh (error says why) */
-    uint8_t *snap;       /* malloc'd, owned by the result */
+    uint8_t *snap; /* malloc'd, owned by the result */
     size_t snap_len;
     uint32_t ngroups;
     struct grist_engine_group_result groups[]; /* ngroups */
@@ -80,8 +80,8 @@ int grist__engine_start(struct grist_engine **out, uv_loop_t *loop, struct grist
  * written only under the engine's lock, inside grist__engine_step().
  */
 struct grist_engine_share {
-    uint64_t gen;   /* the engine's take count when `work` was last reset */
-    uint64_t work;  /* floats queued (ngroups * m per step) */
+    uint64_t gen; /* the engine's take count when `work` was last reset */
+    uint64_t work; /* floats queued (ngroups * m per step) */
     uint32_t steps; /* steps queued */
 };
 
@@ -123,14 +123,12 @@ void grist__engine_drop_job(struct grist_engine *e, uint64_t key);
  *         dropped and counted); -ENOMEM.
  */
 int grist__engine_step(struct grist_engine *e, struct grist_engine_share *sh, uint64_t key,
-                       uint64_t step, uint32_t nworkers,
-                       uint32_t ngroups, uint32_t m, const float *mean, const double *worker_sq,
-                       const uint32_t *batch, const double *lrb);
+                       uint64_t step, uint32_t nworkers, uint32_t ngroups, uint32_t m,
+                       const float *mean, const double *worker_sq, const uint32_t *batch,
+                       const double *lrb);
 
 /** Queue a validation sketch (ngroups * m floats). Same returns. */
 int grist__engine_validation(struct grist_engine *e, struct grist_engine_share *sh, uint64_t key,
-                             uint32_t ngroups, uint32_t m,
-                             const float *sketch);
-
+                             uint32_t ngroups, uint32_t m, const float *sketch);
 
 #endif

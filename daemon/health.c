@@ -21,7 +21,7 @@ static grpc_status_code check(struct grist_net *net, const unsigned char *in, si
         return GRPC_STATUS_INVALID_ARGUMENT;
     }
     const int known = req->service == NULL || req->service[0] == '\0' ||
-                      strcmp(req->service, "grist.v1.Grist") == 0;
+        strcmp(req->service, "grist.v1.Grist") == 0;
     if (!known) {
         snprintf(msg, msg_size, "unknown service '%.100s'", req->service);
         grpc__health__v1__health_check_request__free_unpacked(req, NULL);
@@ -30,8 +30,8 @@ static grpc_status_code check(struct grist_net *net, const unsigned char *in, si
     grpc__health__v1__health_check_request__free_unpacked(req, NULL);
     Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
     resp.status = net->shutting_down || net->listener_failed
-                      ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
-                      : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+        ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
+        : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
     *out_len = grpc__health__v1__health_check_response__get_packed_size(&resp);
     *out = malloc(*out_len ? *out_len : 1);
     if (!*out)

@@ -144,9 +144,9 @@ struct conn {
     char url[URL_MAX + 1];
     size_t url_len, header_bytes;
     int url_too_long, headers_too_long, busy, closing;
-    char *in;             /* bytes read and not parsed yet (pipelined requests) */
+    char *in; /* bytes read and not parsed yet (pipelined requests) */
     size_t in_len, in_cap;
-    uv_timer_t timer;     /* idle / slow-request timeout (--http-idle-timeout) */
+    uv_timer_t timer; /* idle / slow-request timeout (--http-idle-timeout) */
     int timer_on;
 };
 
@@ -219,14 +219,22 @@ static void on_written(uv_write_t *w, int status)
 static const char *reason_of(int code)
 {
     switch (code) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 414: return "URI Too Long";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    default: return "Error";
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 414:
+        return "URI Too Long";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    default:
+        return "Error";
     }
 }
 
@@ -380,10 +388,12 @@ static void metrics(struct conn *c, int keep)
                k->steps_aggregated);
     metric_u64(&b, "gristd_steps_dropped_total", "counter",
                "Aggregated steps dropped: the compute queue was full, or the job was over its "
-               "share of a compute thread that was behind.", k->steps_dropped);
+               "share of a compute thread that was behind.",
+               k->steps_dropped);
     metric_u64(&b, "gristd_steps_shed_total", "counter",
                "Of the dropped steps: refused for being over their job's share of a compute "
-               "thread that was behind (--compute-lag).", k->steps_shed);
+               "thread that was behind (--compute-lag).",
+               k->steps_shed);
     metric_u64(&b, "gristd_pushes_total", "counter", "Hyperparameter versions pushed.", k->pushes);
     metric_u64(&b, "gristd_received_bytes_total", "counter", "Bytes of worker messages received.",
                k->bytes_in);
@@ -396,7 +406,8 @@ static void metrics(struct conn *c, int keep)
                "Job snapshots written to --state-dir.", k->snapshots_written);
     metric_u64(&b, "gristd_snapshots_superseded_total", "counter",
                "Job snapshots replaced, before their write began, by a newer state of the job "
-               "(the disk was slower than --snapshot-interval).", k->snapshots_superseded);
+               "(the disk was slower than --snapshot-interval).",
+               k->snapshots_superseded);
     metric_u64(&b, "gristd_snapshot_errors_total", "counter",
                "Job snapshots that could not be taken or written (retried every interval).",
                k->snapshot_errors);
@@ -415,12 +426,15 @@ static void metrics(struct conn *c, int keep)
         const char *name, *help;
         group_value_fn *fn;
     } gm[] = {
-        {"gristd_group_momentum", "Momentum (SGD) or beta1 (Adam) in force for the group.", gv_momentum},
+        {"gristd_group_momentum", "Momentum (SGD) or beta1 (Adam) in force for the group.",
+         gv_momentum},
         {"gristd_group_lr_scale", "Factor on the group's learning rate in force.", gv_lr_scale},
-        {"gristd_group_alignment", "Alignment J of the chosen candidate (sketch units).", gv_alignment},
+        {"gristd_group_alignment", "Alignment J of the chosen candidate (sketch units).",
+         gv_alignment},
         {"gristd_group_noise_scale", "Gradient noise scale B_noise (examples).", gv_noise_scale},
         {"gristd_group_sigma_trace", "Trace of the sketch covariance.", gv_trace},
-        {"gristd_group_effective_rank", "Effective rank tr(S)^2/|S|_F^2 of the sketch covariance.", gv_erank},
+        {"gristd_group_effective_rank", "Effective rank tr(S)^2/|S|_F^2 of the sketch covariance.",
+         gv_erank},
     };
     const uint32_t limit = (uint32_t)d->cfg->metrics_max_jobs;
     uint32_t omitted = 0;
@@ -466,8 +480,9 @@ static void job_brief(struct sbuf *b, const struct grist_job *j)
               "\"validation_summaries\":%llu,\"step_segments\":%llu,\"sketch_kind\":\"%s\"}",
               j->world, j->nstreams, j->ngroups, j->m, (unsigned long long)j->high_step,
               (unsigned long long)j->version, (unsigned long long)j->dropped,
-              (unsigned long long)j->shed, (unsigned long long)j->late, (unsigned long long)j->validation,
-              (unsigned long long)j->segments, grist_sketch_kind_name(j->sketch_kind));
+              (unsigned long long)j->shed, (unsigned long long)j->late,
+              (unsigned long long)j->validation, (unsigned long long)j->segments,
+              grist_sketch_kind_name(j->sketch_kind));
 }
 
 static void api_jobs(struct conn *c, int keep)
@@ -600,7 +615,8 @@ static void api_history(struct conn *c, const struct grist_job *j, const char *q
     char series[32] = "momentum", gname[GRIST_GROUP_NAME_MAX + 1] = "";
     uint64_t group = 0, from = 0, to = 0, points = 500;
     if (query_param(q, "series", series, sizeof(series)) && grist__series_index(series) < 0) {
-        respond_error(c, 400, "series: not momentum, lr_scale, noise, noise_scale or confidence", keep);
+        respond_error(c, 400, "series: not momentum, lr_scale, noise, noise_scale or confidence",
+                      keep);
         return;
     }
     if (query_param(q, "group", gname, sizeof(gname))) {
@@ -636,7 +652,8 @@ static void api_history(struct conn *c, const struct grist_job *j, const char *q
     uint64_t *steps = NULL;
     double *vals = NULL;
     size_t n = 0;
-    if (grist__history(j, (uint32_t)group, series, from, to, (size_t)points, &steps, &vals, &n) < 0) {
+    if (grist__history(j, (uint32_t)group, series, from, to, (size_t)points, &steps, &vals, &n) <
+        0) {
         respond_error(c, 500, "history: out of memory", keep);
         return;
     }
@@ -708,10 +725,11 @@ static void route(struct conn *c)
     }
     if (strcmp(path, "/") == 0 || strcmp(path, "/index.html") == 0) {
         struct sbuf b = {0};
-        sb_put(&b, (const char *)grist_www_index, grist_www_index_len); {
-        respond(c, 200, "text/html; charset=utf-8", &b, keep);
-        return;
-    }
+        sb_put(&b, (const char *)grist_www_index, grist_www_index_len);
+        {
+            respond(c, 200, "text/html; charset=utf-8", &b, keep);
+            return;
+        }
     }
     if (strcmp(path, "/api/v1/jobs") == 0 || strcmp(path, "/api/v1/jobs/") == 0) {
         api_jobs(c, keep);
@@ -809,7 +827,8 @@ static void on_timeout(uv_timer_t *t)
 static void arm_timer(struct conn *c)
 {
     if (c->timer_on)
-        uv_timer_start(&c->timer, on_timeout, (uint64_t)(c->h->d->cfg->http_idle_timeout * 1000.0), 0);
+        uv_timer_start(&c->timer, on_timeout, (uint64_t)(c->h->d->cfg->http_idle_timeout * 1000.0),
+                       0);
 }
 
 /* Parse buffered input until a request completes (it is answered, and the

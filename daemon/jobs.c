@@ -34,7 +34,6 @@ uint64_t grist__now_ms(const struct grist_daemon *d)
     return uv_now(d->loop);
 }
 
-
 int grist__daemon_configure(struct grist_daemon *d, const struct grist_config *c)
 {
     d->cfg = c;
@@ -49,7 +48,9 @@ int grist__daemon_configure(struct grist_daemon *d, const struct grist_config *c
         grist_coupling_parse(c->lr_coupling, &p->sel.coupling) < 0 ||
         grist_select_on_parse(c->select_on, &p->sel.select_on) < 0 ||
         grist_rule_parse(c->rule, &p->sel.rule) < 0) {
-        fprintf(stderr, "gristd: bad --mode, --noise-correction, --lr-coupling, --select-on or --rule (see --help)\n");
+        fprintf(
+            stderr,
+            "gristd: bad --mode, --noise-correction, --lr-coupling, --select-on or --rule (see --help)\n");
         return -1;
     }
     if (c->beta_min > c->beta_max) {
@@ -152,8 +153,9 @@ static void unlink_job(struct grist_daemon *d, struct grist_job *j)
 static uint64_t job_stats_bytes(const struct grist_daemon *d, uint32_t ngroups, uint32_t m,
                                 uint32_t ncand, uint32_t cov)
 {
-    const double per = ((double)(ncand + (uint32_t)d->cfg->lags + 4u) * m +
-                        (double)cov * cov + (double)cov * (double)d->cfg->cov_batch) * 8.0;
+    const double per = ((double)(ncand + (uint32_t)d->cfg->lags + 4u) * m + (double)cov * cov +
+                        (double)cov * (double)d->cfg->cov_batch) *
+        8.0;
     return (uint64_t)(1.35 * per * ngroups);
 }
 
@@ -165,7 +167,8 @@ static uint64_t memory_budget_bytes(const struct grist_daemon *d)
     return pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz / 2 : UINT64_MAX;
 }
 
-static int same_shape(const struct grist_job *j, const struct grist_hello *h, char *err, size_t errsz)
+static int same_shape(const struct grist_job *j, const struct grist_hello *h, char *err,
+                      size_t errsz)
 {
     if (h->ngroups != j->ngroups) {
         snprintf(err, errsz, "hello.groups: job '%s' attached with %u groups, not %u", j->id,
@@ -173,12 +176,14 @@ static int same_shape(const struct grist_job *j, const struct grist_hello *h, ch
         return 0;
     }
     if (h->m != j->m) {
-        snprintf(err, errsz, "hello.sketch_dim: job '%s' attached with %u, not %u", j->id, j->m, h->m);
+        snprintf(err, errsz, "hello.sketch_dim: job '%s' attached with %u, not %u", j->id, j->m,
+                 h->m);
         return 0;
     }
     if (h->sketch_kind != j->sketch_kind) {
-        snprintf(err, errsz, "hello.sketch_kind: job '%s' attached with the %s sketch, not %s", j->id,
-                 grist_sketch_kind_name(j->sketch_kind), grist_sketch_kind_name(h->sketch_kind));
+        snprintf(err, errsz, "hello.sketch_kind: job '%s' attached with the %s sketch, not %s",
+                 j->id, grist_sketch_kind_name(j->sketch_kind),
+                 grist_sketch_kind_name(h->sketch_kind));
         return 0;
     }
     for (uint32_t g = 0; g < h->ngroups; g++)
@@ -210,26 +215,35 @@ static grpc_status_code job_admit(struct grist_daemon *d, struct grist_job *j, c
     j->stats_bytes = job_stats_bytes(d, j->ngroups, j->m, j->policy.ncand, cov);
     const uint64_t budget = memory_budget_bytes(d);
     const uint64_t job_limit = (uint64_t)(d->cfg->job_memory_budget * 1048576.0);
-    GRIST_DEBUG("job '%s': statistics about %.1f MiB (%u groups, m %u, K %u); held %.1f of %.1f MiB",
-                j->id, (double)j->stats_bytes / 1048576.0, j->ngroups, j->m, j->policy.ncand,
-                (double)d->stats_bytes / 1048576.0, (double)budget / 1048576.0);
+    GRIST_DEBUG(
+        "job '%s': statistics about %.1f MiB (%u groups, m %u, K %u); held %.1f of %.1f MiB", j->id,
+        (double)j->stats_bytes / 1048576.0, j->ngroups, j->m, j->policy.ncand,
+        (double)d->stats_bytes / 1048576.0, (double)budget / 1048576.0);
     const int own = j->stats_bytes > job_limit;
     if (own || d->stats_bytes + j->stats_bytes > budget) {
-        snprintf(err, errsz,
-                 own ? "job '%s' needs about %.0f MiB of statistics (%u groups x sketch_dim %u), over "
-                       "--job-memory-budget %.0f MiB"
-                     : "job '%s' needs about %.0f MiB of statistics (%u groups x sketch_dim %u): "
-                       "the daemon's --memory-budget of %.0f MiB is used up",
-                 j->id, (double)j->stats_bytes / 1048576.0, j->ngroups, j->m,
-                 own ? d->cfg->job_memory_budget : (double)budget / 1048576.0);
+        snprintf(
+            err, errsz,
+            own ? "job '%s' needs about %.0f MiB of statistics (%u groups x sketch_dim %u), over "
+                  "--job-memory-budget %.0f MiB"
+                : "job '%s' needs about %.0f MiB of statistics (%u groups x sketch_dim %u): "
+                  "the daemon's --memory-budget of %.0f MiB is used up",
+            j->id, (double)j->stats_bytes / 1048576.0, j->ngroups, j->m,
+            own ? d->cfg->job_memory_budget : (double)budget / 1048576.0);
         j->stats_bytes = 0;
         grist__job_free(j);
         return GRPC_STATUS_RESOURCE_EXHAUSTED;
     }
     struct grist_engine_job_spec spec = {
-        .key = j->key, .ngroups = j->ngroups, .m = j->m, .cov_dim = cov,
-        .lags = (uint32_t)d->cfg->lags, .cov_batch = (uint32_t)d->cfg->cov_batch,
-        .policy = j->policy, .groups = j->groups, .restore = restore, .restore_len = restore_len,
+        .key = j->key,
+        .ngroups = j->ngroups,
+        .m = j->m,
+        .cov_dim = cov,
+        .lags = (uint32_t)d->cfg->lags,
+        .cov_batch = (uint32_t)d->cfg->cov_batch,
+        .policy = j->policy,
+        .groups = j->groups,
+        .restore = restore,
+        .restore_len = restore_len,
     };
     if (grist__engine_create_job(grist__engine_of(d, j->key), &spec) < 0) {
         snprintf(err, errsz, "out of memory creating job '%s'", j->id);
@@ -265,7 +279,8 @@ grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_he
         return GRPC_STATUS_OK;
     }
     if (d->njobs >= (uint32_t)d->cfg->max_jobs) {
-        snprintf(err, errsz, "job limit reached (%u jobs); try later or raise --max-jobs", d->njobs);
+        snprintf(err, errsz, "job limit reached (%u jobs); try later or raise --max-jobs",
+                 d->njobs);
         return GRPC_STATUS_RESOURCE_EXHAUSTED;
     }
     struct grist_job_policy pol;
@@ -323,13 +338,13 @@ grpc_status_code grist__job_restore(struct grist_daemon *d, struct grist_job *j,
     }
     if (j->seed != grist_sketch_job_seed(j->id))
         GRIST_WARN("job '%s': its snapshot's seed %08x is not the one its id gives (%08x); "
-                   "workers of this build sketch with the latter", j->id, j->seed,
-                   grist_sketch_job_seed(j->id));
+                   "workers of this build sketch with the latter",
+                   j->id, j->seed, grist_sketch_job_seed(j->id));
     if (j->version) { /* re-attaching workers get the values in force at once */
         for (uint32_t g = 0; g < j->ngroups; g++)
             j->push[g].reason = j->push_reason[g];
-        j->push_msg = grist__encode_hyperparams(j->version, j->push_step, j->ngroups, j->push,
-                                                &j->push_len);
+        j->push_msg =
+            grist__encode_hyperparams(j->version, j->push_step, j->ngroups, j->push, &j->push_len);
         if (!j->push_msg) {
             snprintf(err, errsz, "out of memory restoring job '%s'", j->id);
             grist__job_free(j);
@@ -417,8 +432,9 @@ static void complete(struct grist_daemon *d, struct grist_job *j, struct grist_a
 static void new_segment(struct grist_daemon *d, struct grist_job *j, uint64_t step)
 {
     GRIST_INFO("job '%s': step %llu is %llu behind its newest step %llu: a new segment "
-               "(a resumed run)", j->id, (unsigned long long)step,
-               (unsigned long long)(j->high_step - step), (unsigned long long)j->high_step);
+               "(a resumed run)",
+               j->id, (unsigned long long)step, (unsigned long long)(j->high_step - step),
+               (unsigned long long)j->high_step);
     while (j->aggs)
         complete(d, j, j->aggs);
     j->seg_open = 1; /* no step of the new segment aggregated yet */
@@ -450,12 +466,12 @@ int grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t rank
         for (struct grist_agg *x = j->aggs; x; x = x->next)
             if (!known || x->step > newest)
                 newest = x->step, known = 1;
-        if (known && sum->step > newest &&
-            sum->step - newest > (uint64_t)d->cfg->max_step_jump) {
-            snprintf(err, errsz, "summary.step: %llu jumps %llu past the job's newest step %llu "
-                     "(more than --max-step-jump %lld)", (unsigned long long)sum->step,
-                     (unsigned long long)(sum->step - newest), (unsigned long long)newest,
-                     (long long)d->cfg->max_step_jump);
+        if (known && sum->step > newest && sum->step - newest > (uint64_t)d->cfg->max_step_jump) {
+            snprintf(err, errsz,
+                     "summary.step: %llu jumps %llu past the job's newest step %llu "
+                     "(more than --max-step-jump %lld)",
+                     (unsigned long long)sum->step, (unsigned long long)(sum->step - newest),
+                     (unsigned long long)newest, (long long)d->cfg->max_step_jump);
             grist__summary_free(sum);
             return -1;
         }
@@ -554,8 +570,8 @@ void grist__job_on_result(void *ud, struct grist_engine_result *r)
         if (x->key == r->key)
             j = x;
     if (j && r->restore_failed) {
-        GRIST_ERR("job '%s': its snapshot's statistics were refused (%s); they start fresh",
-                  j->id, grist_strerror(r->error));
+        GRIST_ERR("job '%s': its snapshot's statistics were refused (%s); they start fresh", j->id,
+                  grist_strerror(r->error));
         d->cnt.snapshots_refused++;
     }
     if (!j || r->restore_failed || r->ngroups != j->ngroups) {
@@ -579,8 +595,9 @@ void grist__job_on_result(void *ud, struct grist_engine_result *r)
     for (uint32_t g = 0; g < j->ngroups; g++) {
         const struct grist_engine_group_result *gr = &r->groups[g];
         const struct grist_choice *c = &gr->choice;
-        struct grist_hist_point p = {r->step, c->beta, c->lr_scale, c->noise, c->noise_scale,
-                                     isfinite(c->confidence) ? c->confidence : 1e9};
+        struct grist_hist_point p = {r->step,        c->beta,
+                                     c->lr_scale,    c->noise,
+                                     c->noise_scale, isfinite(c->confidence) ? c->confidence : 1e9};
         hist_add(&j->hist[g], &p);
         if (gr->steps < j->policy.sel.min_steps)
             warm = 1;
@@ -619,8 +636,9 @@ void grist__job_on_result(void *ud, struct grist_engine_result *r)
     grist__watch_notify(d, j);
 }
 
-const double grist__hist_bounds[GRIST_HIST_NB] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
-                                                  0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5};
+const double grist__hist_bounds[GRIST_HIST_NB] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                                                  0.005,  0.01,    0.025,  0.05,  0.1,
+                                                  0.25,   0.5,     1.0,    2.5};
 
 void grist__hist_observe(struct grist_histogram *h, double v)
 {

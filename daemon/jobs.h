@@ -11,12 +11,12 @@ struct grist_agg {
     uint64_t step;
     uint32_t n;
     uint64_t t0_ms;
-    uint8_t *seen;        /* one bit per rank < world */
-    uint32_t world;       /* ranks seen[] holds: the job's world when it last grew */
-    double *sum;          /* ngroups * m */
-    double *sq;           /* ngroups: sum over workers of |s_w|^2 */
-    uint64_t *batch;      /* ngroups */
-    double *lrb;          /* 2 * ngroups: update multiplier and beta of the first summary */
+    uint8_t *seen; /* one bit per rank < world */
+    uint32_t world; /* ranks seen[] holds: the job's world when it last grew */
+    double *sum; /* ngroups * m */
+    double *sq; /* ngroups: sum over workers of |s_w|^2 */
+    uint64_t *batch; /* ngroups */
+    double *lrb; /* 2 * ngroups: update multiplier and beta of the first summary */
 };
 
 struct grist_hist_point {
@@ -49,14 +49,14 @@ struct grist_job {
     struct grist_agg *aggs;
     uint32_t naggs;
     uint64_t high_step, steps, dropped, partial, late, duplicate, rejected, segments, validation;
-    uint64_t shed;        /* of dropped: over its share of a compute thread that was behind */
+    uint64_t shed; /* of dropped: over its share of a compute thread that was behind */
     struct grist_engine_share share;
-    int seg_open;         /* a new segment began and none of its steps is aggregated */
+    int seg_open; /* a new segment began and none of its steps is aggregated */
     uint64_t created_ms, idle_since_ms;
     struct grist_engine_result *last;
     struct grist_hist *hist;
-    uint64_t snap_sig;    /* the state last handed to the writer (snapshot.c) */
-    int snap_pending;     /* a snapshot of it is being taken */
+    uint64_t snap_sig; /* the state last handed to the writer (snapshot.c) */
+    int snap_pending; /* a snapshot of it is being taken */
 };
 
 void grist__job_free(struct grist_job *j);

@@ -152,7 +152,8 @@ int main(int argc, char **argv)
         return 2;
     enum grist_log_level lvl;
     if (grist__log_parse_level(g_cfg.log_level, &lvl) < 0) {
-        fprintf(stderr, "gristd: bad --log-level '%s' (error, warn, info, debug)\n", g_cfg.log_level);
+        fprintf(stderr, "gristd: bad --log-level '%s' (error, warn, info, debug)\n",
+                g_cfg.log_level);
         return 2;
     }
     grist__log_set_level(lvl);
@@ -202,7 +203,8 @@ int main(int argc, char **argv)
     d->tick.data = d;
     uv_timer_start(&d->tick, on_tick, 50, 50);
     if (g_cfg.http[0] && grist__http_start(d, g_cfg.http, &d->http) < 0) {
-        fprintf(stderr, "gristd: --http %s: cannot serve (HOST:PORT, e.g. 127.0.0.1:9788)\n", g_cfg.http);
+        fprintf(stderr, "gristd: --http %s: cannot serve (HOST:PORT, e.g. 127.0.0.1:9788)\n",
+                g_cfg.http);
         on_signal(&g_sigterm, SIGTERM);
         uv_run(&loop, UV_RUN_DEFAULT);
         grist__jobs_free_all(d);

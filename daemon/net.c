@@ -40,7 +40,8 @@ static void pump_main(void *arg)
 {
     struct grist_net *net = arg;
     for (;;) {
-        grpc_event ev = grpc_completion_queue_next(net->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        grpc_event ev =
+            grpc_completion_queue_next(net->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
         uv_mutex_lock(&net->mu);
         if (ev.type == GRPC_QUEUE_SHUTDOWN) {
             net->cq_drained = 1;
@@ -297,7 +298,8 @@ int grist__net_start(struct grist_net *net, uv_loop_t *loop, const struct grist_
 static void on_server_shutdown(struct grist_tag *tag, int ok)
 {
     (void)ok;
-    struct grist_net *net = (struct grist_net *)((char *)tag - offsetof(struct grist_net, shutdown_tag));
+    struct grist_net *net =
+        (struct grist_net *)((char *)tag - offsetof(struct grist_net, shutdown_tag));
     GRIST_INFO("server stopped; draining the completion queue");
     if (net->grace_armed && !uv_is_closing((uv_handle_t *)&net->grace)) {
         uv_timer_stop(&net->grace);

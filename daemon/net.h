@@ -38,7 +38,7 @@ struct grist_net {
     uv_mutex_t mu;
     struct grist_net_event *events; /* ring, guarded by mu */
     size_t ev_cap, ev_head, ev_len;
-    int cq_drained;                 /* pump saw GRPC_QUEUE_SHUTDOWN (guarded by mu) */
+    int cq_drained; /* pump saw GRPC_QUEUE_SHUTDOWN (guarded by mu) */
 
     char bound[GRIST_MAX_LISTENERS][300];
     int nbound;

@@ -46,8 +46,8 @@ struct grist_probe {
     int n;
     struct sockaddr_storage addr[GRIST_MAX_LISTENERS];
     char path[GRIST_MAX_LISTENERS][256]; /* unix listeners */
-    int kind[GRIST_MAX_LISTENERS];       /* 0 not probed, 1 tcp, 2 unix */
-    int answered[GRIST_MAX_LISTENERS];   /* the probe of this interval got its SETTINGS */
+    int kind[GRIST_MAX_LISTENERS]; /* 0 not probed, 1 tcp, 2 unix */
+    int answered[GRIST_MAX_LISTENERS]; /* the probe of this interval got its SETTINGS */
     int fails[GRIST_MAX_LISTENERS];
     struct probe_conn *cur[GRIST_MAX_LISTENERS];
     int stopped, gave_up;
@@ -156,7 +156,8 @@ static void on_tick(uv_timer_t *t)
             GRIST_ERR("listener %s stopped accepting connections (%d probes without an HTTP/2 "
                       "answer; gRPC stops accepting after EMFILE, see the log above): health is "
                       "NOT_SERVING, shutting down with exit status 1 so that a supervisor "
-                      "restarts gristd", p->d->net.bound[i], PROBE_FAILS);
+                      "restarts gristd",
+                      p->d->net.bound[i], PROBE_FAILS);
             p->d->net.listener_failed = 1;
             p->failed(p->d);
             return;

@@ -29,8 +29,9 @@ static void brief(const struct grist_job *j, Grist__V1__JobBrief *b)
     b->late_summaries = j->late;
     b->validation_summaries = j->validation;
     b->step_segments = j->segments;
-    b->sketch_kind = j->sketch_kind == GRIST_SKETCH_BLOCK ? GRIST__V1__SKETCH_KIND__SKETCH_KIND_BLOCK
-                                                          : GRIST__V1__SKETCH_KIND__SKETCH_KIND_HASHED;
+    b->sketch_kind = j->sketch_kind == GRIST_SKETCH_BLOCK
+        ? GRIST__V1__SKETCH_KIND__SKETCH_KIND_BLOCK
+        : GRIST__V1__SKETCH_KIND__SKETCH_KIND_HASHED;
 }
 
 static grpc_status_code list_jobs(struct grist_net *net, const unsigned char *in, size_t in_len,
@@ -163,8 +164,8 @@ struct grist_watch {
     int details_set;
 };
 
-#define WATCH_OF(tag, member) \
-    ((struct grist_watch *)((char *)(tag) - offsetof(struct grist_watch, member)))
+#define WATCH_OF(tag, member)                                                                      \
+    ((struct grist_watch *)((char *)(tag)-offsetof(struct grist_watch, member)))
 
 static void watch_unlink(struct grist_watch *w)
 {
@@ -307,7 +308,8 @@ static void watch_on_recv(struct grist_tag *tag, int ok)
     size_t len;
     uint8_t *buf = grist__bb_read(bb, &len);
     grpc_byte_buffer_destroy(bb);
-    Grist__V1__WatchJobRequest *req = buf ? grist__v1__watch_job_request__unpack(NULL, len, buf) : NULL;
+    Grist__V1__WatchJobRequest *req =
+        buf ? grist__v1__watch_job_request__unpack(NULL, len, buf) : NULL;
     free(buf);
     if (!req) {
         watch_finish(w, GRPC_STATUS_INVALID_ARGUMENT, "WatchJobRequest does not decode");
@@ -397,11 +399,16 @@ int grist__series_index(const char *s)
 static double series_value(const struct grist_hist_point *p, int k)
 {
     switch (k) {
-    case 0: return p->momentum;
-    case 1: return p->lr_scale;
-    case 2: return p->noise;
-    case 3: return p->noise_scale;
-    default: return p->confidence;
+    case 0:
+        return p->momentum;
+    case 1:
+        return p->lr_scale;
+    case 2:
+        return p->noise;
+    case 3:
+        return p->noise_scale;
+    default:
+        return p->confidence;
     }
 }
 
@@ -450,7 +457,8 @@ static size_t lttb(const double *x, const double *y, size_t n, size_t points, si
 }
 
 int grist__history(const struct grist_job *j, uint32_t group, const char *series, uint64_t from,
-                   uint64_t to, size_t points, uint64_t **steps_out, double **vals_out, size_t *n_out)
+                   uint64_t to, size_t points, uint64_t **steps_out, double **vals_out,
+                   size_t *n_out)
 {
     if (group >= j->ngroups)
         return -ENOENT;
@@ -517,7 +525,8 @@ static grpc_status_code get_history(struct grist_net *net, const unsigned char *
         snprintf(msg, msz, "group: %u is not below the job's %u groups", req->group, j->ngroups);
         code = GRPC_STATUS_INVALID_ARGUMENT;
     } else if (r == -EINVAL) {
-        snprintf(msg, msz, "series: '%.64s' is not momentum, lr_scale, noise, noise_scale or confidence",
+        snprintf(msg, msz,
+                 "series: '%.64s' is not momentum, lr_scale, noise, noise_scale or confidence",
                  req->series);
         code = GRPC_STATUS_INVALID_ARGUMENT;
     } else if (r < 0) {
@@ -542,9 +551,9 @@ static grpc_status_code get_history(struct grist_net *net, const unsigned char *
 int grist__query_method(const char *method)
 {
     return strcmp(method, "/grist.v1.Grist/ListJobs") == 0 ||
-           strcmp(method, "/grist.v1.Grist/GetJob") == 0 ||
-           strcmp(method, "/grist.v1.Grist/GetHistory") == 0 ||
-           strcmp(method, "/grist.v1.Grist/WatchJob") == 0;
+        strcmp(method, "/grist.v1.Grist/GetJob") == 0 ||
+        strcmp(method, "/grist.v1.Grist/GetHistory") == 0 ||
+        strcmp(method, "/grist.v1.Grist/WatchJob") == 0;
 }
 
 void grist__query_call(struct grist_net *net, grpc_call *call, const char *method)

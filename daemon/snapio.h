@@ -17,7 +17,7 @@
 
 struct grist_sio {
     unsigned char *p; /* writing: the output (NULL: count only); reading: the input */
-    size_t off, len;  /* reading: len is the input's length */
+    size_t off, len; /* reading: len is the input's length */
     int reading, bad;
 };
 
@@ -37,10 +37,22 @@ static inline void sio_bytes(struct grist_sio *s, void *v, size_t n)
     s->off += n;
 }
 
-static inline void sio_u32(struct grist_sio *s, uint32_t *v) { sio_bytes(s, v, sizeof(*v)); }
-static inline void sio_u64(struct grist_sio *s, uint64_t *v) { sio_bytes(s, v, sizeof(*v)); }
-static inline void sio_i32(struct grist_sio *s, int32_t *v) { sio_bytes(s, v, sizeof(*v)); }
-static inline void sio_f64(struct grist_sio *s, double *v) { sio_bytes(s, v, sizeof(*v)); }
+static inline void sio_u32(struct grist_sio *s, uint32_t *v)
+{
+    sio_bytes(s, v, sizeof(*v));
+}
+static inline void sio_u64(struct grist_sio *s, uint64_t *v)
+{
+    sio_bytes(s, v, sizeof(*v));
+}
+static inline void sio_i32(struct grist_sio *s, int32_t *v)
+{
+    sio_bytes(s, v, sizeof(*v));
+}
+static inline void sio_f64(struct grist_sio *s, double *v)
+{
+    sio_bytes(s, v, sizeof(*v));
+}
 
 /* An int or an enum through a 32-bit field. */
 #define sio_int(s, v)                                                                              \

@@ -59,8 +59,8 @@ struct op {
     size_t len;
     uint64_t key, sig; /* the job and the state the file holds */
     unsigned delay_ms; /* GRISTD_FAULT=snapshot-slow (tests): a slow disk */
-    int err;           /* errno of the failure, 0 */
-    char what[32];     /* the step that failed */
+    int err; /* errno of the failure, 0 */
+    char what[32]; /* the step that failed */
 };
 
 struct grist_snapshots {
@@ -231,7 +231,8 @@ static void visit_last(struct grist_sio *s, struct grist_job *j)
     if (!have || s->bad)
         return;
     if (s->reading) {
-        j->last = calloc(1, sizeof(*j->last) + j->ngroups * sizeof(struct grist_engine_group_result));
+        j->last =
+            calloc(1, sizeof(*j->last) + j->ngroups * sizeof(struct grist_engine_group_result));
         if (!j->last) {
             s->bad = 1;
             return;
@@ -350,13 +351,13 @@ static void visit_job(struct grist_sio *s, struct grist_job *j, uint64_t now,
         sio_f64(s, &p->lr);
         sio_f64(s, &p->confidence);
         sio_str(s, j->push_reason[g], sizeof(j->push_reason[g]));
-        if (s->reading && !(isfinite(p->momentum) && p->momentum >= 0 && p->momentum < 1 &&
-                            isfinite(p->lr_scale) && isfinite(p->lr)))
+        if (s->reading &&
+            !(isfinite(p->momentum) && p->momentum >= 0 && p->momentum < 1 &&
+              isfinite(p->lr_scale) && isfinite(p->lr)))
             s->bad = 1;
     }
-    uint64_t *counters[] = {&j->high_step, &j->steps,     &j->dropped,  &j->partial,
-                            &j->late,      &j->duplicate, &j->rejected, &j->segments,
-                            &j->validation};
+    uint64_t *counters[] = {&j->high_step, &j->steps,    &j->dropped,  &j->partial,   &j->late,
+                            &j->duplicate, &j->rejected, &j->segments, &j->validation};
     for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++)
         sio_u64(s, counters[i]);
     sio_int(s, j->seg_open);
@@ -375,9 +376,9 @@ static void visit_job(struct grist_sio *s, struct grist_job *j, uint64_t now,
 /* What a snapshot would hold changed since the last one handed to the writer. */
 static uint64_t job_sig(const struct grist_job *j)
 {
-    const uint64_t v[] = {j->steps,     j->dropped,  j->partial,  j->late,    j->duplicate,
-                          j->rejected,  j->segments, j->validation, j->version, j->world,
-                          j->high_step, j->last ? j->last->steps : 0};
+    const uint64_t v[] = {j->steps,     j->dropped,  j->partial,   j->late,
+                          j->duplicate, j->rejected, j->segments,  j->validation,
+                          j->version,   j->world,    j->high_step, j->last ? j->last->steps : 0};
     return grist__sio_fnv1a((const unsigned char *)v, sizeof(v)) | 1; /* 0: never written */
 }
 
@@ -473,7 +474,8 @@ static void check_final(struct grist_snapshots *sn)
 
 static void op_done(uv_work_t *w, int status)
 {
-    struct grist_snapshots *sn = (struct grist_snapshots *)((char *)w - offsetof(struct grist_snapshots, work));
+    struct grist_snapshots *sn =
+        (struct grist_snapshots *)((char *)w - offsetof(struct grist_snapshots, work));
     struct op *o = sn->running;
     struct grist_daemon *d = sn->d;
     sn->running = NULL;
@@ -490,7 +492,8 @@ static void op_done(uv_work_t *w, int status)
         d->cnt.snapshot_errors++;
         if (!sn->failing)
             GRIST_ERR("state: %s %s: %s (counted in gristd_snapshot_errors_total; retried every "
-                      "interval; the daemon goes on serving)", o->what, o->path, strerror(o->err));
+                      "interval; the daemon goes on serving)",
+                      o->what, o->path, strerror(o->err));
         else
             GRIST_DEBUG("state: %s %s: %s", o->what, o->path, strerror(o->err));
         sn->failing = 1;
@@ -725,8 +728,10 @@ static struct grist_job *decode(const struct grist_daemon *d, uint64_t now, cons
     struct grist_sio r = {.p = (unsigned char *)pl, .len = plen, .reading = 1};
     visit_job(&r, j, now, d, eng, eng_len);
     if (r.bad || r.off != plen) {
-        snprintf(why, whysz, "inconsistent contents at byte %zu of %zu (a field out of range, "
-                 "or a limit of this daemon lowered since)", r.off, plen);
+        snprintf(why, whysz,
+                 "inconsistent contents at byte %zu of %zu (a field out of range, "
+                 "or a limit of this daemon lowered since)",
+                 r.off, plen);
         grist__job_free(j);
         return NULL;
     }
@@ -754,7 +759,8 @@ static void load_all(struct grist_daemon *d, struct grist_snapshots *sn)
     struct dirent *de;
     while ((de = readdir(dir)) != NULL) {
         const size_t n = strlen(de->d_name), sl = strlen(SUFFIX);
-        if (n <= sl || strncmp(de->d_name, "job-", 4) != 0 || strcmp(de->d_name + n - sl, SUFFIX) != 0)
+        if (n <= sl || strncmp(de->d_name, "job-", 4) != 0 ||
+            strcmp(de->d_name + n - sl, SUFFIX) != 0)
             continue;
         char path[sizeof(sn->dir) + sizeof(de->d_name) + 2];
         snprintf(path, sizeof(path), "%s/%s", sn->dir, de->d_name);
@@ -770,7 +776,8 @@ static void load_all(struct grist_daemon *d, struct grist_snapshots *sn)
         char why[256];
         const void *eng = NULL;
         size_t eng_len = 0;
-        struct grist_job *j = decode(d, grist__now_ms(d), buf, len, &eng, &eng_len, why, sizeof(why));
+        struct grist_job *j =
+            decode(d, grist__now_ms(d), buf, len, &eng, &eng_len, why, sizeof(why));
         if (!j) {
             refuse(d, path, why);
             free(buf);
@@ -816,8 +823,11 @@ int grist__snapshot_check(const struct grist_daemon *d, struct grist_backend *be
     if (!j)
         return -1;
     const struct grist_engine_job_spec spec = {
-        .ngroups = j->ngroups, .m = j->m, .cov_dim = (uint32_t)d->cfg->cov_dim,
-        .policy = j->policy, .groups = j->groups,
+        .ngroups = j->ngroups,
+        .m = j->m,
+        .cov_dim = (uint32_t)d->cfg->cov_dim,
+        .policy = j->policy,
+        .groups = j->groups,
     };
     const int r = grist__engine_state_check(be, &spec, eng, eng_len);
     if (r < 0)

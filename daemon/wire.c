@@ -42,8 +42,9 @@ static int copy_str(char *dst, size_t cap, const char *src)
     return 0;
 }
 
-static enum grist_wire_status decode_hello(const Grist__V1__Hello *in, const struct grist_limits *lim,
-                                           struct grist_hello *h, char *err, size_t errsz)
+static enum grist_wire_status decode_hello(const Grist__V1__Hello *in,
+                                           const struct grist_limits *lim, struct grist_hello *h,
+                                           char *err, size_t errsz)
 {
     memset(h, 0, sizeof(*h));
     if (!in->job_id || !in->job_id[0])
@@ -118,7 +119,8 @@ static enum grist_wire_status decode_hello(const Grist__V1__Hello *in, const str
                  g->optimizer == GRIST__V1__OPTIMIZER_KIND__OPTIMIZER_KIND_UNSPECIFIED)
             o->form = GRIST_FORM_HEAVY_BALL;
         else {
-            snprintf(err, errsz, "hello.groups[%zu].optimizer: unknown kind %d", i, (int)g->optimizer);
+            snprintf(err, errsz, "hello.groups[%zu].optimizer: unknown kind %d", i,
+                     (int)g->optimizer);
             goto bad;
         }
         if (!isfinite(g->lr) || g->lr < 0) {
@@ -133,7 +135,8 @@ static enum grist_wire_status decode_hello(const Grist__V1__Hello *in, const str
         o->beta0 = g->beta;
         continue;
     bad_name:
-        snprintf(err, errsz, "hello.groups[%zu].name: longer than %d bytes", i, GRIST_GROUP_NAME_MAX);
+        snprintf(err, errsz, "hello.groups[%zu].name: longer than %d bytes", i,
+                 GRIST_GROUP_NAME_MAX);
     bad:
         grist__hello_free(h);
         return GRIST_WIRE_INVALID;
@@ -199,7 +202,8 @@ static enum grist_wire_status decode_summary(const Grist__V1__Summary *in, uint3
         nval += g->validation != 0;
     }
     if (nval != 0 && (size_t)nval != in->n_groups)
-        return ERR("summary.groups[].validation: either every group or none is a validation sketch");
+        return ERR(
+            "summary.groups[].validation: either every group or none is a validation sketch");
     s->step = in->step;
     s->ngroups = ngroups;
     s->m = m;
@@ -298,10 +302,10 @@ static long wire_count(const uint8_t *p, const uint8_t *end, uint32_t f,
 
 struct precheck {
     uint32_t ngroups;
-    uint32_t field;  /* what add_count counts in each occurrence */
-    uint64_t total;  /* over every occurrence: protobuf merges them */
-    long bad;        /* a batch element's group count that is wrong, -1 none */
-    size_t index;    /* that element's index in the batch */
+    uint32_t field; /* what add_count counts in each occurrence */
+    uint64_t total; /* over every occurrence: protobuf merges them */
+    long bad; /* a batch element's group count that is wrong, -1 none */
+    size_t index; /* that element's index in the batch */
 };
 
 /* The fields numbered c->field of one occurrence, added to c->total. */
@@ -338,8 +342,8 @@ static int add_batch(const uint8_t *p, const uint8_t *end, void *ud)
 }
 
 static enum grist_wire_status precheck(const uint8_t *buf, size_t len,
-                                       const struct grist_limits *lim, uint32_t ngroups,
-                                       char *err, size_t errsz)
+                                       const struct grist_limits *lim, uint32_t ngroups, char *err,
+                                       size_t errsz)
 {
     const uint8_t *end = buf + len;
     struct precheck c = {.field = 4, .bad = -1}; /* Hello.groups */
@@ -358,21 +362,19 @@ static enum grist_wire_status precheck(const uint8_t *buf, size_t len,
     c = (struct precheck){.ngroups = ngroups, .field = 1, .bad = -1}; /* SummaryBatch.summaries */
     wire_count(buf, end, 3, add_batch, &c);
     if (c.total > GRIST_MAX_BATCH)
-        return ERR("batch.summaries: %llu summaries, expected 1 to %u",
-                   (unsigned long long)c.total, GRIST_MAX_BATCH);
+        return ERR("batch.summaries: %llu summaries, expected 1 to %u", (unsigned long long)c.total,
+                   GRIST_MAX_BATCH);
     if (c.bad >= 0)
         return ERR("batch.summaries[%zu]: summary.groups: %ld groups, the job attached with %u",
                    c.index, c.bad, ngroups);
     return GRIST_WIRE_OK;
 }
 
-enum grist_wire_status grist__decode_worker(const uint8_t *buf, size_t len,
-                                            const struct grist_limits *lim, uint32_t ngroups,
-                                            uint32_t m, enum grist_wmsg_kind *kind,
-                                            struct grist_hello *hello,
-                                            struct grist_summary *summary,
-                                            struct grist_summary **batch, size_t *nbatch,
-                                            char *err, size_t errsz)
+enum grist_wire_status
+grist__decode_worker(const uint8_t *buf, size_t len, const struct grist_limits *lim,
+                     uint32_t ngroups, uint32_t m, enum grist_wmsg_kind *kind,
+                     struct grist_hello *hello, struct grist_summary *summary,
+                     struct grist_summary **batch, size_t *nbatch, char *err, size_t errsz)
 {
     *batch = NULL;
     *nbatch = 0;
@@ -436,26 +438,40 @@ int grist__policy_merge(const struct grist_job_policy *d, const struct grist_pol
     *out = *d;
     struct grist_policy *p = &out->sel;
     if (q->mode[0] && grist_mode_parse(q->mode, &p->mode) < 0)
-        return snprintf(err, errsz, "hello.policy.mode: '%s' is not per_group or global", q->mode), -1;
+        return snprintf(err, errsz, "hello.policy.mode: '%s' is not per_group or global", q->mode),
+               -1;
     if (q->noise[0] && grist_noise_parse(q->noise, &p->noise) < 0)
-        return snprintf(err, errsz, "hello.policy.noise_correction: '%s' is not off, workers, acf, auto or lag1", q->noise), -1;
+        return snprintf(
+                   err, errsz,
+                   "hello.policy.noise_correction: '%s' is not off, workers, acf, auto or lag1",
+                   q->noise),
+               -1;
     if (q->coupling[0] && grist_coupling_parse(q->coupling, &p->coupling) < 0)
-        return snprintf(err, errsz, "hello.policy.lr_coupling: '%s' is not none, dc, energy, radius or greedy", q->coupling), -1;
+        return snprintf(err, errsz,
+                        "hello.policy.lr_coupling: '%s' is not none, dc, energy, radius or greedy",
+                        q->coupling),
+               -1;
     if (q->rule[0] && grist_rule_parse(q->rule, &p->rule) < 0)
-        return snprintf(err, errsz, "hello.policy.rule: '%s' is not curvature or alignment", q->rule), -1;
+        return snprintf(err, errsz, "hello.policy.rule: '%s' is not curvature or alignment",
+                        q->rule),
+               -1;
     if (q->z_fast != 0.0) {
         if (!(q->z_fast > 0.0 && q->z_fast <= 100.0))
             return snprintf(err, errsz, "hello.policy.hysteresis_z_fast: not in (0, 100]"), -1;
         p->z_fast = q->z_fast;
     }
     if (q->select_on[0] && grist_select_on_parse(q->select_on, &p->select_on) < 0)
-        return snprintf(err, errsz, "hello.policy.select_on: '%s' is not train or validation", q->select_on), -1;
+        return snprintf(err, errsz, "hello.policy.select_on: '%s' is not train or validation",
+                        q->select_on),
+               -1;
     if (q->beta_min != 0.0)
         p->beta_min = q->beta_min;
     if (q->beta_max != 0.0)
         p->beta_max = q->beta_max;
     if (!(p->beta_min >= 0.0 && p->beta_min <= p->beta_max && p->beta_max < 1.0))
-        return snprintf(err, errsz, "hello.policy.beta_min/beta_max: need 0 <= beta_min <= beta_max < 1"), -1;
+        return snprintf(err, errsz,
+                        "hello.policy.beta_min/beta_max: need 0 <= beta_min <= beta_max < 1"),
+               -1;
     if (q->min_steps)
         p->min_steps = q->min_steps;
     if (q->solve_every)
@@ -486,7 +502,9 @@ int grist__policy_merge(const struct grist_job_policy *d, const struct grist_pol
         out->ncand = 0;
         for (uint32_t i = 0; i < q->ncand; i++) {
             if (!(q->cand[i] >= 0.0 && q->cand[i] < 1.0))
-                return snprintf(err, errsz, "hello.policy.candidates[%u]: %g is not in [0, 1)", i, q->cand[i]), -1;
+                return snprintf(err, errsz, "hello.policy.candidates[%u]: %g is not in [0, 1)", i,
+                                q->cand[i]),
+                       -1;
             out->cand[out->ncand++] = q->cand[i];
         }
     }
@@ -495,7 +513,8 @@ int grist__policy_merge(const struct grist_job_policy *d, const struct grist_pol
     for (uint32_t i = 0; i < out->ncand; i++)
         inside |= out->cand[i] >= p->beta_min && out->cand[i] <= p->beta_max;
     if (!inside)
-        return snprintf(err, errsz, "hello.policy: no candidate lies within [beta_min, beta_max]"), -1;
+        return snprintf(err, errsz, "hello.policy: no candidate lies within [beta_min, beta_max]"),
+               -1;
     return 0;
 }
 

@@ -14,9 +14,9 @@
 /* Outcome of a decode; maps to a gRPC status in attach.c. */
 enum grist_wire_status {
     GRIST_WIRE_OK = 0,
-    GRIST_WIRE_INVALID,   /* INVALID_ARGUMENT */
+    GRIST_WIRE_INVALID, /* INVALID_ARGUMENT */
     GRIST_WIRE_EXHAUSTED, /* RESOURCE_EXHAUSTED: over a limit */
-    GRIST_WIRE_NOMEM,     /* RESOURCE_EXHAUSTED: out of memory */
+    GRIST_WIRE_NOMEM, /* RESOURCE_EXHAUSTED: out of memory */
 };
 
 struct grist_limits {
@@ -58,11 +58,11 @@ struct grist_hello {
 struct grist_summary {
     uint64_t step;
     uint32_t ngroups, m;
-    int validation;      /* every group carries a validation sketch */
-    double *sq_norm;     /* ngroups */
-    uint32_t *batch;     /* ngroups */
-    double *lrb;         /* 2 * ngroups: the update multiplier (0: not reported), then beta (-1) */
-    float *sketch;       /* ngroups * m, group-major */
+    int validation; /* every group carries a validation sketch */
+    double *sq_norm; /* ngroups */
+    uint32_t *batch; /* ngroups */
+    double *lrb; /* 2 * ngroups: the update multiplier (0: not reported), then beta (-1) */
+    float *sketch; /* ngroups * m, group-major */
 };
 
 enum grist_wmsg_kind { GRIST_WMSG_HELLO = 1, GRIST_WMSG_SUMMARY = 2, GRIST_WMSG_BATCH = 3 };
@@ -82,13 +82,11 @@ enum grist_wmsg_kind { GRIST_WMSG_HELLO = 1, GRIST_WMSG_SUMMARY = 2, GRIST_WMSG_
  *         grist__summary_free, grist__batch_free). A batch decodes whole or
  *         not at all: one bad summary refuses it, naming its index.
  */
-enum grist_wire_status grist__decode_worker(const uint8_t *buf, size_t len,
-                                            const struct grist_limits *lim, uint32_t ngroups,
-                                            uint32_t m, enum grist_wmsg_kind *kind,
-                                            struct grist_hello *hello,
-                                            struct grist_summary *summary,
-                                            struct grist_summary **batch, size_t *nbatch,
-                                            char *err, size_t errsz);
+enum grist_wire_status
+grist__decode_worker(const uint8_t *buf, size_t len, const struct grist_limits *lim,
+                     uint32_t ngroups, uint32_t m, enum grist_wmsg_kind *kind,
+                     struct grist_hello *hello, struct grist_summary *summary,
+                     struct grist_summary **batch, size_t *nbatch, char *err, size_t errsz);
 void grist__batch_free(struct grist_summary *batch, size_t n);
 
 void grist__hello_free(struct grist_hello *h);
@@ -96,7 +94,7 @@ void grist__summary_free(struct grist_summary *s);
 
 /** The effective policy of a job: daemon defaults overridden by a request. */
 struct grist_job_policy {
-    struct grist_policy sel;   /* kernels' selection policy */
+    struct grist_policy sel; /* kernels' selection policy */
     uint32_t solve_every;
     uint32_t families_every; /* family solves (eigendecompositions); a multiple of solve_every */
     double gamma;

@@ -12,7 +12,7 @@ libuv1-dev libhttp-parser-dev
 libgrpc-dev protobuf-compiler-grpc
 libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
 libopenblas-dev liblapacke-dev
-check valgrind
+check valgrind clang clang-format
 python3 python3-torch python3-grpcio python3-protobuf python3-numpy
 python3-matplotlib python3-sklearn
 prometheus chromium

@@ -47,8 +47,13 @@ int main(int argc, char **argv)
         return 1;
     const double lr = 0.5, beta0 = 0.0;
     struct grist_group_desc g = {"weights", D, GRIST_OPT_SGD, lr, beta0};
-    struct grist_attach_options o = {.job = "c-worker", .rank = 0, .world_size = 1, .ngroups = 1,
-                                     .groups = &g, .sketch_dim = M, .solve_every = 20};
+    struct grist_attach_options o = {.job = "c-worker",
+                                     .rank = 0,
+                                     .world_size = 1,
+                                     .ngroups = 1,
+                                     .groups = &g,
+                                     .sketch_dim = M,
+                                     .solve_every = 20};
     if (grist_session_attach(c, &o, &s) < 0)
         return 1;
     if (grist_session_wait_ready(s, 5.0) < 0)

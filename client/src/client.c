@@ -56,7 +56,7 @@ struct grist_session {
     /* stream, under c->mu */
     grpc_call *call;
     struct tag tags[3];
-    int ops;            /* batches outstanding on the current call */
+    int ops; /* batches outstanding on the current call */
     int active, connected, send_in_flight, status_done, closing, dead;
     int batches; /* the daemon's Welcome said accepts_batches */
     grpc_byte_buffer *send_buf, *recv_buf;
@@ -453,8 +453,9 @@ static void *thread_main(void *arg)
                 wake = s->next_attempt;
         }
         pthread_mutex_unlock(&c->mu);
-        gpr_timespec dl = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-                                       gpr_time_from_micros((int64_t)((wake - now) * 1e6), GPR_TIMESPAN));
+        gpr_timespec dl =
+            gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                         gpr_time_from_micros((int64_t)((wake - now) * 1e6), GPR_TIMESPAN));
         grpc_event ev = grpc_completion_queue_next(c->cq, dl, NULL);
         if (ev.type == GRPC_OP_COMPLETE) {
             pthread_mutex_lock(&c->mu);
@@ -485,13 +486,21 @@ int grist_client_open(const char *address, const struct grist_client_options *op
     c->rng = (uint64_t)(mono() * 1e9) ^ (uint64_t)(uintptr_t)c;
     grpc_init();
     grpc_arg args[8] = {
-        {GRPC_ARG_INTEGER, (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, {.integer = c->opt.max_message_bytes}},
-        {GRPC_ARG_INTEGER, (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, {.integer = c->opt.max_message_bytes}},
+        {GRPC_ARG_INTEGER,
+         (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+         {.integer = c->opt.max_message_bytes}},
+        {GRPC_ARG_INTEGER,
+         (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
+         {.integer = c->opt.max_message_bytes}},
         {GRPC_ARG_INTEGER, (char *)GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, {.integer = 100}},
-        {GRPC_ARG_INTEGER, (char *)GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, {.integer = (int)(c->opt.backoff_max_s * 1000)}},
+        {GRPC_ARG_INTEGER,
+         (char *)GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
+         {.integer = (int)(c->opt.backoff_max_s * 1000)}},
         /* pings on the connection: a peer that stops answering fails the
          * stream (UNAVAILABLE) and the session reconnects with backoff */
-        {GRPC_ARG_INTEGER, (char *)GRPC_ARG_KEEPALIVE_TIME_MS, {.integer = (int)(c->opt.keepalive_s * 1000)}},
+        {GRPC_ARG_INTEGER,
+         (char *)GRPC_ARG_KEEPALIVE_TIME_MS,
+         {.integer = (int)(c->opt.keepalive_s * 1000)}},
         {GRPC_ARG_INTEGER, (char *)GRPC_ARG_KEEPALIVE_TIMEOUT_MS, {.integer = 5000}},
         {GRPC_ARG_INTEGER, (char *)GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, {.integer = 1}},
         {GRPC_ARG_INTEGER, (char *)GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, {.integer = 0}},
@@ -905,8 +914,8 @@ void grist_session_close(struct grist_session *s)
         grpc_op op;
         memset(&op, 0, sizeof(op));
         op.op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-        if (r == 0 && grpc_call_start_batch(s->call, &op, 1, &s->tags[TAG_SEND], NULL) ==
-                          GRPC_CALL_OK) {
+        if (r == 0 &&
+            grpc_call_start_batch(s->call, &op, 1, &s->tags[TAG_SEND], NULL) == GRPC_CALL_OK) {
             s->ops++;
             while (!s->dead && r == 0)
                 r = pthread_cond_timedwait(&s->cv, &c->mu, &ts);

@@ -21,13 +21,20 @@
 static int status_to_errno(grpc_status_code st)
 {
     switch (st) {
-    case GRPC_STATUS_OK: return 0;
-    case GRPC_STATUS_NOT_FOUND: return -ENOENT;
-    case GRPC_STATUS_INVALID_ARGUMENT: return -EINVAL;
-    case GRPC_STATUS_DEADLINE_EXCEEDED: return -ETIMEDOUT;
-    case GRPC_STATUS_UNAVAILABLE: return -ECONNREFUSED;
-    case GRPC_STATUS_RESOURCE_EXHAUSTED: return -ENOMEM;
-    default: return -EPROTO;
+    case GRPC_STATUS_OK:
+        return 0;
+    case GRPC_STATUS_NOT_FOUND:
+        return -ENOENT;
+    case GRPC_STATUS_INVALID_ARGUMENT:
+        return -EINVAL;
+    case GRPC_STATUS_DEADLINE_EXCEEDED:
+        return -ETIMEDOUT;
+    case GRPC_STATUS_UNAVAILABLE:
+        return -ECONNREFUSED;
+    case GRPC_STATUS_RESOURCE_EXHAUSTED:
+        return -ENOMEM;
+    default:
+        return -EPROTO;
     }
 }
 
@@ -98,8 +105,9 @@ static void qcall_close(struct qcall *q)
     if (q->call)
         grpc_call_unref(q->call);
     grpc_completion_queue_shutdown(q->cq);
-    while (grpc_completion_queue_pluck(q->cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
-           GRPC_QUEUE_SHUTDOWN)
+    while (
+        grpc_completion_queue_pluck(q->cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+        GRPC_QUEUE_SHUTDOWN)
         ;
     grpc_completion_queue_destroy(q->cq);
 }
@@ -243,7 +251,8 @@ int grist_query_jobs(struct grist_client *c, double timeout_s, struct grist_job_
 }
 
 int grist_query_job(struct grist_client *c, const char *job, double timeout_s,
-                    struct grist_job_info *info, struct grist_group_info **groups, uint32_t *ngroups)
+                    struct grist_job_info *info, struct grist_group_info **groups,
+                    uint32_t *ngroups)
 {
     if (!c || !job || !info || !groups || !ngroups)
         return -EINVAL;
@@ -316,7 +325,8 @@ int grist_query_watch(struct grist_client *c, const char *job, double duration_s
     int r = -EPROTO, stopped = 0;
     grpc_op ops[3];
     const int nsend = qcall_send(&q, ops);
-    if (q.call && grpc_call_start_batch(q.call, ops, (size_t)nsend, (void *)1, NULL) == GRPC_CALL_OK) {
+    if (q.call &&
+        grpc_call_start_batch(q.call, ops, (size_t)nsend, (void *)1, NULL) == GRPC_CALL_OK) {
         wait_tag(q.cq, (void *)1, NULL);
         qcall_status_op(&q, &ops[0]);
         grpc_call_start_batch(q.call, ops, 1, (void *)2, NULL);

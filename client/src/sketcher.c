@@ -66,11 +66,14 @@ static int run(struct grist__sketcher *sk)
         double *sq = &sk->sq[t->group];
         int r;
         if (t->exp_avg_sq)
-            r = (sk->block ? grist_sketch_block_accum_adam_f32 : grist_sketch_accum_adam_f32)(
-                seed, t->grad, t->exp_avg_sq, t->n, t->offset, t->v_scale, t->eps, acc, sk->m, sq);
+            r = (sk->block ? grist_sketch_block_accum_adam_f32
+                           : grist_sketch_accum_adam_f32)(seed, t->grad, t->exp_avg_sq, t->n,
+                                                          t->offset, t->v_scale, t->eps, acc, sk->m,
+                                                          sq);
         else
-            r = (sk->block ? grist_sketch_block_accum_f32 : grist_sketch_accum_f32)(
-                seed, t->grad, t->n, t->offset, acc, sk->m, sq);
+            r = (sk->block ? grist_sketch_block_accum_f32 : grist_sketch_accum_f32)(seed, t->grad,
+                                                                                    t->n, t->offset,
+                                                                                    acc, sk->m, sq);
         if (r < 0)
             return r;
     }

@@ -39,8 +39,9 @@ static int usage(void)
 static int fail(const char *what, int r)
 {
     fprintf(stderr, "gristctl: %s: %s\n", what,
-            r == -ENOENT ? "no such job" : r == -EINVAL ? "invalid argument (group or series)"
-                                                        : strerror(-r));
+            r == -ENOENT       ? "no such job"
+                : r == -EINVAL ? "invalid argument (group or series)"
+                               : strerror(-r));
     return r == -ENOENT || r == -EINVAL ? 3 : 1;
 }
 
@@ -271,7 +272,8 @@ int main(int argc, char **argv)
         uint64_t *steps;
         double *vals;
         uint32_t n;
-        r = grist_query_history(c, id, group, series, from, to, points, g_timeout, &steps, &vals, &n);
+        r = grist_query_history(c, id, group, series, from, to, points, g_timeout, &steps, &vals,
+                                &n);
         if (r < 0) {
             rc = fail(id, r);
         } else {

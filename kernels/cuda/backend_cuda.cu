@@ -31,20 +31,29 @@ struct cuda_ctx {
     cudaStream_t stream;
     cublasHandle_t blas;
     cusolverDnHandle_t solver;
-    double *scratch;      /* device scratch, grown on demand */
+    double *scratch; /* device scratch, grown on demand */
     size_t scratch_bytes;
-    int *info;            /* device int */
+    int *info; /* device int */
 };
 
-static inline bool ok_(cudaError_t e) { return e == cudaSuccess; }
-static inline bool ok_(cublasStatus_t e) { return e == CUBLAS_STATUS_SUCCESS; }
-static inline bool ok_(cusolverStatus_t e) { return e == CUSOLVER_STATUS_SUCCESS; }
+static inline bool ok_(cudaError_t e)
+{
+    return e == cudaSuccess;
+}
+static inline bool ok_(cublasStatus_t e)
+{
+    return e == CUBLAS_STATUS_SUCCESS;
+}
+static inline bool ok_(cusolverStatus_t e)
+{
+    return e == CUSOLVER_STATUS_SUCCESS;
+}
 
 /* The one translation point of device errors. */
-#define CK(call)                      \
-    do {                              \
-        if (!ok_(call))               \
-            return GRIST_EDEVICE;     \
+#define CK(call)                                                                                   \
+    do {                                                                                           \
+        if (!ok_(call))                                                                            \
+            return GRIST_EDEVICE;                                                                  \
     } while (0)
 
 static struct cuda_ctx *ctx_of(struct grist_backend *be)
@@ -192,8 +201,8 @@ __global__ static void k_momentum(int m, const double *beta, double *V, const do
     }
 }
 
-static int cuda_momentum(struct grist_backend *be, int K, int m, const double *beta_host,
-                         double *V, const double *s, double *dots, double *energy)
+static int cuda_momentum(struct grist_backend *be, int K, int m, const double *beta_host, double *V,
+                         const double *s, double *dots, double *energy)
 {
     struct cuda_ctx *c = ctx_of(be);
     double *buf;
@@ -211,8 +220,8 @@ static int cuda_momentum(struct grist_backend *be, int K, int m, const double *b
     return 0;
 }
 
-static int cuda_rowdots(struct grist_backend *be, int L, int m, const double *rows,
-                        const double *s, double *out)
+static int cuda_rowdots(struct grist_backend *be, int L, int m, const double *rows, const double *s,
+                        double *out)
 {
     struct cuda_ctx *c = ctx_of(be);
     double *out_d;
@@ -236,17 +245,19 @@ static int cuda_syrk(struct grist_backend *be, int n, int k, double alpha, const
 }
 
 /* Eigendecomposition into device arrays a_d (vectors, n x n) and w_d. */
-static int eig_dev(struct cuda_ctx *c, int n, const double *A, double *a_d, double *w_d, int vectors)
+static int eig_dev(struct cuda_ctx *c, int n, const double *A, double *a_d, double *w_d,
+                   int vectors)
 {
     const size_t nn = (size_t)n * n;
     CK(cudaMemcpyAsync(a_d, A, nn * sizeof(double), cudaMemcpyDeviceToDevice, c->stream));
     const cusolverEigMode_t jobz = vectors ? CUSOLVER_EIG_MODE_VECTOR : CUSOLVER_EIG_MODE_NOVECTOR;
     int lwork = 0;
-    CK(cusolverDnDsyevd_bufferSize(c->solver, jobz, CUBLAS_FILL_MODE_LOWER, n, a_d, n, w_d, &lwork));
+    CK(cusolverDnDsyevd_bufferSize(c->solver, jobz, CUBLAS_FILL_MODE_LOWER, n, a_d, n, w_d,
+                                   &lwork));
     double *work = NULL;
     CK(cudaMallocAsync((void **)&work, (size_t)lwork * sizeof(double), c->stream));
-    cusolverStatus_t st = cusolverDnDsyevd(c->solver, jobz, CUBLAS_FILL_MODE_LOWER, n, a_d, n,
-                                           w_d, work, lwork, c->info);
+    cusolverStatus_t st = cusolverDnDsyevd(c->solver, jobz, CUBLAS_FILL_MODE_LOWER, n, a_d, n, w_d,
+                                           work, lwork, c->info);
     int info = 0;
     cudaMemcpyAsync(&info, c->info, sizeof(int), cudaMemcpyDeviceToHost, c->stream);
     cudaFreeAsync(work, c->stream);
@@ -298,8 +309,9 @@ static int cuda_syevd_batched(struct grist_backend *be, int n, int batch, const 
     cusolverDnXsyevjSetMaxSweeps(params, 100);
     const cusolverEigMode_t jobz = U ? CUSOLVER_EIG_MODE_VECTOR : CUSOLVER_EIG_MODE_NOVECTOR;
     int lwork = 0;
-    cusolverStatus_t st = cusolverDnDsyevjBatched_bufferSize(
-        c->solver, jobz, CUBLAS_FILL_MODE_LOWER, n, a_d, n, w_d, &lwork, params, batch);
+    cusolverStatus_t st =
+        cusolverDnDsyevjBatched_bufferSize(c->solver, jobz, CUBLAS_FILL_MODE_LOWER, n, a_d, n, w_d,
+                                           &lwork, params, batch);
     double *work = NULL;
     if (st == CUSOLVER_STATUS_SUCCESS &&
         cudaMallocAsync((void **)&work, (size_t)lwork * sizeof(double), c->stream) == cudaSuccess)
@@ -310,8 +322,9 @@ static int cuda_syevd_batched(struct grist_backend *be, int n, int batch, const 
     int bad = 0;
     if (st == CUSOLVER_STATUS_SUCCESS) {
         int *info = (int *)malloc(batch * sizeof(int));
-        if (info && cudaMemcpyAsync(info, info_d, batch * sizeof(int), cudaMemcpyDeviceToHost,
-                                    c->stream) == cudaSuccess &&
+        if (info &&
+            cudaMemcpyAsync(info, info_d, batch * sizeof(int), cudaMemcpyDeviceToHost, c->stream) ==
+                cudaSuccess &&
             cudaStreamSynchronize(c->stream) == cudaSuccess) {
             for (int b = 0; b < batch; b++)
                 bad |= info[b] != 0;
@@ -398,7 +411,8 @@ static int cuda_families(struct grist_backend *be, int n, const double *C, doubl
     double *w = (double *)malloc(n * sizeof(double));
     if (!w)
         return -ENOMEM;
-    cudaError_t e1 = cudaMemcpyAsync(acc, acc_d, 2 * sizeof(double), cudaMemcpyDeviceToHost, c->stream);
+    cudaError_t e1 =
+        cudaMemcpyAsync(acc, acc_d, 2 * sizeof(double), cudaMemcpyDeviceToHost, c->stream);
     cudaError_t e2 = cudaMemcpyAsync(w, w_d, n * sizeof(double), cudaMemcpyDeviceToHost, c->stream);
     cudaError_t e3 = cudaStreamSynchronize(c->stream);
     if (e1 != cudaSuccess || e2 != cudaSuccess || e3 != cudaSuccess) {

@@ -79,7 +79,7 @@ static int launch(uint32_t seed_p, const float *x_dev, uint64_t n, uint64_t offs
         blocks = 1024;
     const size_t shmem = m <= SHARED_MAX ? m * sizeof(double) : 0;
     k_sketch<<<blocks, THREADS, shmem, (cudaStream_t)stream>>>(seed_p, x_dev, n, (uint32_t)offset,
-                                                             acc_dev, m, sq_dev, kind);
+                                                               acc_dev, m, sq_dev, kind);
     return cudaGetLastError() == cudaSuccess ? 0 : GRIST_EDEVICE;
 }
 

@@ -36,8 +36,8 @@ static void cpu_set_threads(struct grist_backend *be, int n)
     openblas_set_num_threads(n > 0 ? n : 1);
 }
 
-static int cpu_rowdots(struct grist_backend *be, int L, int m, const double *rows,
-                       const double *s, double *out)
+static int cpu_rowdots(struct grist_backend *be, int L, int m, const double *rows, const double *s,
+                       double *out)
 {
     (void)be;
     cblas_dgemv(CblasRowMajor, CblasNoTrans, L, m, 1.0, rows, m, s, 1, 0.0, out, 1);

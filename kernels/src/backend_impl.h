@@ -30,8 +30,8 @@ typedef int grist_rowdots_fn(struct grist_backend *be, int L, int m, const doubl
                              const double *s_dev, double *out_host);
 
 /* C <- beta C + alpha A A^T on the lower triangle; A is n x k, C is n x n. */
-typedef int grist_syrk_fn(struct grist_backend *be, int n, int k, double alpha,
-                          const double *A_dev, double beta, double *C_dev);
+typedef int grist_syrk_fn(struct grist_backend *be, int n, int k, double alpha, const double *A_dev,
+                          double beta, double *C_dev);
 
 /* Eigendecomposition of the symmetric n x n A (lower triangle read); w gets
  * ascending eigenvalues, U (may be NULL) the eigenvectors as columns. A is
@@ -41,12 +41,12 @@ typedef int grist_syevd_fn(struct grist_backend *be, int n, const double *A_dev,
 
 /* batch independent problems, A_dev holds batch n x n matrices back to back;
  * w_host batch * n; U_host batch * n * n or NULL. */
-typedef int grist_syevd_batched_fn(struct grist_backend *be, int n, int batch,
-                                   const double *A_dev, double *w_host, double *U_host);
+typedef int grist_syevd_batched_fn(struct grist_backend *be, int n, int batch, const double *A_dev,
+                                   double *w_host, double *U_host);
 
 /* Families of MATH.md section 7 on the symmetric n x n C (lower read). */
-typedef int grist_families_fn(struct grist_backend *be, int n, const double *C_dev,
-                              double delta, struct grist_families *out_host);
+typedef int grist_families_fn(struct grist_backend *be, int n, const double *C_dev, double delta,
+                              struct grist_families *out_host);
 
 struct grist_backend_ops {
     const char *name;
@@ -69,7 +69,7 @@ struct grist_backend_ops {
 
 struct grist_backend {
     struct grist_backend_ops ops; /* a copy: cpu starts from ref's table */
-    void *priv;                   /* backend-private context (handles, stream) */
+    void *priv; /* backend-private context (handles, stream) */
 };
 
 /* Table fillers; each returns 0 when the backend is usable here. */
@@ -83,8 +83,8 @@ int grist__jacobi_eig(int n, const double *a_lower, double *w, double *u);
  * sqrt(s_i) over the diagonal s of the clipped Sigma and the Lyapunov sum
  * sum_ij Sigma_ij^2 / (s_i + s_j + 2 delta). Inline so that the cuda shared
  * library needs no symbol of the C library. */
-static inline void grist__families_from_parts(int n, const double *w, double diag_sqrt,
-                                              double lyap, struct grist_families *out)
+static inline void grist__families_from_parts(int n, const double *w, double diag_sqrt, double lyap,
+                                              struct grist_families *out)
 {
     double tr = 0.0, fro2 = 0.0, trs = 0.0, lmax = 0.0;
     for (int i = 0; i < n; i++) {

@@ -49,8 +49,8 @@ int grist__host_zero(struct grist_backend *be, void *dst, size_t bytes)
     return 0;
 }
 
-static int ref_momentum(struct grist_backend *be, int K, int m, const double *beta,
-                        double *V, const double *s, double *dots, double *energy)
+static int ref_momentum(struct grist_backend *be, int K, int m, const double *beta, double *V,
+                        const double *s, double *dots, double *energy)
 {
     (void)be;
     for (int j = 0; j < K; j++) {
@@ -69,8 +69,8 @@ static int ref_momentum(struct grist_backend *be, int K, int m, const double *be
     return 0;
 }
 
-static int ref_rowdots(struct grist_backend *be, int L, int m, const double *rows,
-                       const double *s, double *out)
+static int ref_rowdots(struct grist_backend *be, int L, int m, const double *rows, const double *s,
+                       double *out)
 {
     (void)be;
     for (int k = 0; k < L; k++) {
@@ -136,8 +136,8 @@ int grist__jacobi_eig(int n, const double *a_lower, double *w, double *u)
                     continue;
                 const double app = a[p + (size_t)p * n], aqq = a[q + (size_t)q * n];
                 const double theta = (aqq - app) / (2.0 * apq);
-                const double t = (theta >= 0 ? 1.0 : -1.0) /
-                                 (fabs(theta) + sqrt(theta * theta + 1.0));
+                const double t =
+                    (theta >= 0 ? 1.0 : -1.0) / (fabs(theta) + sqrt(theta * theta + 1.0));
                 const double c = 1.0 / sqrt(t * t + 1.0), s = t * c;
                 for (int k = 0; k < n; k++) { /* columns: A <- A J */
                     const double akp = a[k + (size_t)p * n], akq = a[k + (size_t)q * n];
@@ -193,8 +193,8 @@ static int ref_syevd(struct grist_backend *be, int n, const double *A, double *w
     return grist__jacobi_eig(n, A, w, U);
 }
 
-static int ref_syevd_batched(struct grist_backend *be, int n, int batch, const double *A,
-                             double *w, double *U)
+static int ref_syevd_batched(struct grist_backend *be, int n, int batch, const double *A, double *w,
+                             double *U)
 {
     const size_t nn = (size_t)n * (size_t)n;
     for (int b = 0; b < batch; b++) {

@@ -12,8 +12,8 @@ const char *grist_strerror(int err)
     switch (err) {
     case 0:
         return "success";
-#define GRIST__ERR_STR(name, val, msg) \
-    case (val):                        \
+#define GRIST__ERR_STR(name, val, msg)                                                             \
+    case (val):                                                                                    \
         return (msg);
         GRIST_ERRNO_MAP(GRIST__ERR_STR)
 #undef GRIST__ERR_STR
@@ -30,8 +30,8 @@ const char *grist_err_name(int err)
     switch (err) {
     case 0:
         return "OK";
-#define GRIST__ERR_NAME(name, val, msg) \
-    case (val):                         \
+#define GRIST__ERR_NAME(name, val, msg)                                                            \
+    case (val):                                                                                    \
         return "GRIST_E" #name;
         GRIST_ERRNO_MAP(GRIST__ERR_NAME)
 #undef GRIST__ERR_NAME

@@ -40,9 +40,8 @@ static double inner(uint32_t n, const double *a, const double *b)
     return d;
 }
 
-int grist_family_solve(enum grist_family fam, uint32_t n, const double *sigma,
-                       const double *metric, double radius, double delta, double *q,
-                       double *value)
+int grist_family_solve(enum grist_family fam, uint32_t n, const double *sigma, const double *metric,
+                       double radius, double delta, double *q, double *value)
 {
     if (n == 0 || !sigma || !q || !(radius > 0.0) || delta < 0.0)
         return -EINVAL;

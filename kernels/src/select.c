@@ -34,22 +34,22 @@ void grist_policy_default(struct grist_policy *p)
     p->radius = 1e-3;
 }
 
-#define NAMES(fn_parse, fn_name, type, ...)                                     \
-    static const char *const fn_name##_tab[] = {__VA_ARGS__};                   \
-    int fn_parse(const char *s, type *out)                                      \
-    {                                                                           \
-        for (size_t i = 0; i < sizeof(fn_name##_tab) / sizeof(fn_name##_tab[0]); i++) \
-            if (s && strcmp(s, fn_name##_tab[i]) == 0) {                        \
-                *out = (type)i;                                                 \
-                return 0;                                                       \
-            }                                                                   \
-        return -EINVAL;                                                         \
-    }                                                                           \
-    const char *fn_name(type v)                                                 \
-    {                                                                           \
-        if ((size_t)v < sizeof(fn_name##_tab) / sizeof(fn_name##_tab[0]))       \
-            return fn_name##_tab[v];                                            \
-        return "?";                                                             \
+#define NAMES(fn_parse, fn_name, type, ...)                                                        \
+    static const char *const fn_name##_tab[] = {__VA_ARGS__};                                      \
+    int fn_parse(const char *s, type *out)                                                         \
+    {                                                                                              \
+        for (size_t i = 0; i < sizeof(fn_name##_tab) / sizeof(fn_name##_tab[0]); i++)              \
+            if (s && strcmp(s, fn_name##_tab[i]) == 0) {                                           \
+                *out = (type)i;                                                                    \
+                return 0;                                                                          \
+            }                                                                                      \
+        return -EINVAL;                                                                            \
+    }                                                                                              \
+    const char *fn_name(type v)                                                                    \
+    {                                                                                              \
+        if ((size_t)v < sizeof(fn_name##_tab) / sizeof(fn_name##_tab[0]))                          \
+            return fn_name##_tab[v];                                                               \
+        return "?";                                                                                \
     }
 
 NAMES(grist_noise_parse, grist_noise_name, enum grist_noise, "off", "workers", "acf", "auto",
@@ -65,8 +65,8 @@ static double clamp(double x, double lo, double hi)
     return x < lo ? lo : (x > hi ? hi : x);
 }
 
-void grist_selector_init(struct grist_selector *sel, enum grist_form form, double beta0,
-                         uint64_t n, const double *cand, uint32_t ncand)
+void grist_selector_init(struct grist_selector *sel, enum grist_form form, double beta0, uint64_t n,
+                         const double *cand, uint32_t ncand)
 {
     memset(sel, 0, sizeof(*sel));
     sel->form = form;
@@ -104,7 +104,8 @@ double grist_noise_estimate(const struct grist_stats_view *v, enum grist_noise m
     }
 }
 
-enum grist_noise grist_policy_noise(const struct grist_policy *pol, const struct grist_stats_view *v)
+enum grist_noise grist_policy_noise(const struct grist_policy *pol,
+                                    const struct grist_stats_view *v)
 {
     if (pol->noise != GRIST_NOISE_AUTO)
         return pol->noise;
@@ -207,7 +208,6 @@ static void driving_j(const struct grist_policy *pol, const struct grist_stats_v
     }
 }
 
-
 /* Argmax, hysteresis and output, shared by both modes. */
 static void decide(const struct grist_policy *pol, struct grist_selector *sel, const double *cand,
                    uint32_t ncand, const double *j, double se_of(void *, uint32_t, uint32_t),
@@ -269,8 +269,7 @@ static void decide(const struct grist_policy *pol, struct grist_selector *sel, c
                 for (uint32_t k = 0; k < ncand; k++) {
                     const double hk = 1.0 / (1.0 - cand[k]);
                     if (cand[k] < pol->beta_min || cand[k] > pol->beta_max ||
-                        hk > hstep * hcur * (1 + 1e-9) ||
-                        hk < hcur / hstep * (1 - 1e-9))
+                        hk > hstep * hcur * (1 + 1e-9) || hk < hcur / hstep * (1 - 1e-9))
                         continue;
                     const int toward = hb > hcur ? hk > hbest && hk <= hb * (1 + 1e-12)
                                                  : hk < hbest && hk >= hb * (1 - 1e-12);
@@ -285,9 +284,9 @@ static void decide(const struct grist_policy *pol, struct grist_selector *sel, c
             sel->streak = 0;
             out->changed = 1;
             out->reason = fast ? "moved: gain above z_fast standard errors"
-                               : pol->rule == GRIST_RULE_CURVATURE
-                                     ? "moved: predicted drop above z standard errors for H evaluations"
-                                     : "moved: alignment gain above z standard errors for H evaluations";
+                : pol->rule == GRIST_RULE_CURVATURE
+                ? "moved: predicted drop above z standard errors for H evaluations"
+                : "moved: alignment gain above z standard errors for H evaluations";
         } else {
             out->reason = "challenger ahead; waiting for H consecutive evaluations";
         }
@@ -297,8 +296,8 @@ static void decide(const struct grist_policy *pol, struct grist_selector *sel, c
     }
 }
 
-static void finish(const struct grist_policy *pol, struct grist_selector *sel,
-                   const double *cand, const struct grist_stats_view *v, struct grist_choice *out)
+static void finish(const struct grist_policy *pol, struct grist_selector *sel, const double *cand,
+                   const struct grist_stats_view *v, struct grist_choice *out)
 {
     out->index = sel->cur;
     const double beta = sel->moved ? cand[sel->cur] : sel->beta0;
@@ -359,7 +358,7 @@ static void smooth(const struct grist_policy *pol, struct grist_selector *sel, u
 struct robust_ctx {
     struct greedy_ctx g[3]; /* lo, point, hi */
     const double *D[3];
-    const double *Dpt;      /* what decide() sees as j[] */
+    const double *Dpt; /* what decide() sees as j[] */
 };
 
 static double se_robust(void *ctx, uint32_t a, uint32_t b)
@@ -438,8 +437,8 @@ int grist_select_group(const struct grist_policy *pol, struct grist_selector *se
         finish(pol, sel, v.cand, &v, out);
         return 0;
     }
-    if (pol->rule == GRIST_RULE_CURVATURE && !(pol->select_on == GRIST_SELECT_VALIDATION &&
-                                                v.val_steps > 0)) {
+    if (pol->rule == GRIST_RULE_CURVATURE &&
+        !(pol->select_on == GRIST_SELECT_VALIDATION && v.val_steps > 0)) {
         select_curvature(pol, sel, st, &v, out);
         finish(pol, sel, v.cand, &v, out);
         return 0;
@@ -473,8 +472,7 @@ static double se_global(void *ctx, uint32_t a, uint32_t b)
 }
 
 int grist_select_global(const struct grist_policy *pol, struct grist_selector *sel,
-                        struct grist_stats *const *st, uint32_t ngroups,
-                        struct grist_choice *out)
+                        struct grist_stats *const *st, uint32_t ngroups, struct grist_choice *out)
 {
     if (!pol || !sel || !st || !out || ngroups == 0)
         return -EINVAL;

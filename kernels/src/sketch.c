@@ -83,35 +83,35 @@ static double sum16(const double *v)
 /* Per chunk: keys (vectorized), signed values with the sign applied without a
  * branch (the sign is a random bit: a branch would mispredict half the time),
  * the squared norm in 16 partial sums (vectorized), then the scatter. */
-#define GRIST__SKETCH_BODY(VALUE_EXPR)                                              \
-    uint32_t key[GRIST__CHUNK];                                                     \
-    double val[GRIST__CHUNK];                                                       \
-    const uint32_t mask = m - 1;                                                    \
-    double sqv[16] = {0};                                                           \
-    for (uint64_t c0 = 0; c0 < n; c0 += GRIST__CHUNK) {                             \
-        uint32_t len = (uint32_t)(n - c0 < GRIST__CHUNK ? n - c0 : GRIST__CHUNK);   \
-        chunk_keys(seed_p, (uint32_t)(offset + c0), len, key);                      \
-        for (uint32_t k = 0; k < len; k++) {                                        \
-            const uint64_t i = c0 + k;                                              \
-            val[k] = (VALUE_EXPR);                                                  \
-        }                                                                           \
-        uint32_t k = 0;                                                             \
-        for (; k + 16 <= len; k += 16)                                              \
-            for (uint32_t j = 0; j < 16; j++)                                       \
-                sqv[j] += val[k + j] * val[k + j];                                  \
-        for (; k < len; k++)                                                        \
-            sqv[k & 15] += val[k] * val[k];                                         \
-        for (k = 0; k < len; k++) {                                                 \
-            /* flip the sign bit of val when the key's top bit is set */            \
-            uint64_t bits;                                                          \
-            memcpy(&bits, &val[k], 8);                                              \
-            bits ^= (uint64_t)(key[k] >> 31) << 63;                                 \
-            memcpy(&val[k], &bits, 8);                                              \
-        }                                                                           \
-        for (k = 0; k < len; k++)                                                   \
-            acc[key[k] & mask] += val[k];                                           \
-    }                                                                               \
-    if (sq_norm)                                                                    \
+#define GRIST__SKETCH_BODY(VALUE_EXPR)                                                             \
+    uint32_t key[GRIST__CHUNK];                                                                    \
+    double val[GRIST__CHUNK];                                                                      \
+    const uint32_t mask = m - 1;                                                                   \
+    double sqv[16] = {0};                                                                          \
+    for (uint64_t c0 = 0; c0 < n; c0 += GRIST__CHUNK) {                                            \
+        uint32_t len = (uint32_t)(n - c0 < GRIST__CHUNK ? n - c0 : GRIST__CHUNK);                  \
+        chunk_keys(seed_p, (uint32_t)(offset + c0), len, key);                                     \
+        for (uint32_t k = 0; k < len; k++) {                                                       \
+            const uint64_t i = c0 + k;                                                             \
+            val[k] = (VALUE_EXPR);                                                                 \
+        }                                                                                          \
+        uint32_t k = 0;                                                                            \
+        for (; k + 16 <= len; k += 16)                                                             \
+            for (uint32_t j = 0; j < 16; j++)                                                      \
+                sqv[j] += val[k + j] * val[k + j];                                                 \
+        for (; k < len; k++)                                                                       \
+            sqv[k & 15] += val[k] * val[k];                                                        \
+        for (k = 0; k < len; k++) {                                                                \
+            /* flip the sign bit of val when the key's top bit is set */                           \
+            uint64_t bits;                                                                         \
+            memcpy(&bits, &val[k], 8);                                                             \
+            bits ^= (uint64_t)(key[k] >> 31) << 63;                                                \
+            memcpy(&val[k], &bits, 8);                                                             \
+        }                                                                                          \
+        for (k = 0; k < len; k++)                                                                  \
+            acc[key[k] & mask] += val[k];                                                          \
+    }                                                                                              \
+    if (sq_norm)                                                                                   \
         *sq_norm += sum16(sqv);
 
 /* float32 input: the sign goes onto the float's sign bit (32-bit lanes, 8 per
@@ -245,36 +245,39 @@ static inline void block_signs(uint32_t blk, uint32_t seed_p, double *restrict s
  * applied by multiplying with +-1.0, which is exact. (Float input has its
  * own loop with an AVX2 whole-block path: folding it into this macro as a
  * per-run hook measured 15 % slower in build/tests/bench-kernels --quick.) */
-#define GRIST__BLOCK_BODY(VALUE_EXPR)                                                   \
-    const uint32_t mask = m - 1;                                                        \
-    double sqv[16] = {0};                                                               \
-    double val[GRIST_SKETCH_BLOCK_LEN], sgn[GRIST_SKETCH_BLOCK_LEN];                    \
-    for (uint64_t c0 = 0; c0 < n;) {                                                    \
-        const uint32_t i0 = (uint32_t)(offset + c0);                                    \
-        const uint32_t p = i0 & 63u, blk = i0 >> 6;                                     \
-        const uint32_t len = (uint32_t)(n - c0 < 64u - p ? n - c0 : 64u - p);           \
-        block_signs(blk, seed_p, sgn);                                                  \
-        const double *restrict sg = sgn + p;                                            \
-        for (uint32_t j = 0; j < len; j++) {                                            \
-            const uint64_t i = c0 + j;                                                  \
-            val[j] = (VALUE_EXPR) * sg[j];                                              \
-        }                                                                               \
-        run_sq(val, len, sqv);                                                          \
-        const uint32_t q = (grist_sketch_block_rot(blk, seed_p) + p) & mask;            \
-        const uint32_t first = len < m - q ? len : m - q;                               \
-        run_add(acc + q, val, first);                                                   \
-        if (first < len)                                                                \
-            run_add(acc, val + first, len - first);                                     \
-        c0 += len;                                                                      \
-    }                                                                                   \
-    if (sq_norm)                                                                        \
+#define GRIST__BLOCK_BODY(VALUE_EXPR)                                                              \
+    const uint32_t mask = m - 1;                                                                   \
+    double sqv[16] = {0};                                                                          \
+    double val[GRIST_SKETCH_BLOCK_LEN], sgn[GRIST_SKETCH_BLOCK_LEN];                               \
+    for (uint64_t c0 = 0; c0 < n;) {                                                               \
+        const uint32_t i0 = (uint32_t)(offset + c0);                                               \
+        const uint32_t p = i0 & 63u, blk = i0 >> 6;                                                \
+        const uint32_t len = (uint32_t)(n - c0 < 64u - p ? n - c0 : 64u - p);                      \
+        block_signs(blk, seed_p, sgn);                                                             \
+        const double *restrict sg = sgn + p;                                                       \
+        for (uint32_t j = 0; j < len; j++) {                                                       \
+            const uint64_t i = c0 + j;                                                             \
+            val[j] = (VALUE_EXPR)*sg[j];                                                           \
+        }                                                                                          \
+        run_sq(val, len, sqv);                                                                     \
+        const uint32_t q = (grist_sketch_block_rot(blk, seed_p) + p) & mask;                       \
+        const uint32_t first = len < m - q ? len : m - q;                                          \
+        run_add(acc + q, val, first);                                                              \
+        if (first < len)                                                                           \
+            run_add(acc, val + first, len - first);                                                \
+        c0 += len;                                                                                 \
+    }                                                                                              \
+    if (sq_norm)                                                                                   \
         *sq_norm += sum16(sqv);
 
 /* Float sign masks of the 8 elements of one byte of a sign word: entry b,
  * lane l is bit l of b moved to bit 31. */
-#define GRIST__T(b)                                                                       \
-    {((b) & 1u) << 31, ((b) >> 1 & 1u) << 31, ((b) >> 2 & 1u) << 31, ((b) >> 3 & 1u) << 31, \
-     ((b) >> 4 & 1u) << 31, ((b) >> 5 & 1u) << 31, ((b) >> 6 & 1u) << 31, ((b) >> 7 & 1u) << 31}
+#define GRIST__T(b)                                                                                \
+    {                                                                                              \
+        ((b)&1u) << 31, ((b) >> 1 & 1u) << 31, ((b) >> 2 & 1u) << 31, ((b) >> 3 & 1u) << 31,       \
+            ((b) >> 4 & 1u) << 31, ((b) >> 5 & 1u) << 31, ((b) >> 6 & 1u) << 31,                   \
+            ((b) >> 7 & 1u) << 31                                                                  \
+    }
 #define GRIST__T4(b) GRIST__T(b), GRIST__T(b + 1), GRIST__T(b + 2), GRIST__T(b + 3)
 #define GRIST__T16(b) GRIST__T4(b), GRIST__T4(b + 4), GRIST__T4(b + 8), GRIST__T4(b + 12)
 #define GRIST__T64(b) GRIST__T16(b), GRIST__T16(b + 16), GRIST__T16(b + 32), GRIST__T16(b + 48)
@@ -288,14 +291,15 @@ static const uint32_t sign_tab[256][8] = {GRIST__T64(0u), GRIST__T64(64u), GRIST
  * row of sign masks, an xor, two widenings, the squares into 4 x 4 lanes
  * (lane j & 15, as the portable path) and two contiguous adds. */
 __attribute__((target("avx2"))) static void block64_avx2(const float *x, uint32_t w0, uint32_t w1,
-                                                       double *dst, double *sqv)
+                                                         double *dst, double *sqv)
 {
     __m256d sq[4];
     for (int l = 0; l < 4; l++)
         sq[l] = _mm256_loadu_pd(sqv + 4 * l);
     for (int k = 0; k < 8; k++) {
         const uint32_t w = k < 4 ? w0 : w1;
-        const __m256i msk = _mm256_loadu_si256((const __m256i *)sign_tab[(w >> (8 * (k & 3))) & 255u]);
+        const __m256i msk =
+            _mm256_loadu_si256((const __m256i *)sign_tab[(w >> (8 * (k & 3))) & 255u]);
         const __m256 v = _mm256_xor_ps(_mm256_loadu_ps(x + 8 * k), _mm256_castsi256_ps(msk));
         const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
         const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));

@@ -60,8 +60,9 @@ static int check_config(const struct grist_stats_config *cfg)
     int r = grist_sketch_check_dim(cfg->m);
     if (r < 0)
         return r;
-    if (cfg->cov_dim != 0 && (cfg->cov_dim < 8 || cfg->cov_dim > GRIST_SKETCH_MAX_DIM ||
-                              (cfg->cov_dim & (cfg->cov_dim - 1)) != 0))
+    if (cfg->cov_dim != 0 &&
+        (cfg->cov_dim < 8 || cfg->cov_dim > GRIST_SKETCH_MAX_DIM ||
+         (cfg->cov_dim & (cfg->cov_dim - 1)) != 0))
         return GRIST_EBADCONF;
     if (cfg->lags < 1 || cfg->lags > GRIST_MAX_LAGS)
         return GRIST_EBADCONF;
@@ -194,7 +195,7 @@ int grist_stats_new(struct grist_backend *be, const struct grist_stats_config *c
         goto fail;
     {
         double **arr[8] = {&st->U, &st->a_prev, &st->a_cur, &st->s_last,
-                           &st->R, &st->R_ref, &st->s_ref, &st->Dsp};
+                           &st->R, &st->R_ref,  &st->s_ref, &st->Dsp};
         for (int i = 0; i < 8; i++)
             *arr[i] = st->traj + (size_t)i * cfg->m;
     }
@@ -345,8 +346,8 @@ static double dot(const double *restrict a, const double *restrict b, uint32_t m
 }
 
 /* <r, y - x> without forming the difference */
-static double dot_diff(const double *restrict r, const double *restrict y,
-                       const double *restrict x, uint32_t m)
+static double dot_diff(const double *restrict r, const double *restrict y, const double *restrict x,
+                       uint32_t m)
 {
     double s = 0.0;
     for (uint32_t i = 0; i < m; i++)
@@ -461,8 +462,7 @@ static int apply_step(struct grist_stats *st, const struct grist_step *in)
         return r;
 
     /* 1. virtual momentum buffers, alignment and energy */
-    r = be->ops.momentum(be, (int)K, (int)m, st->cfg.cand, st->V, st->s_dev, st->dots,
-                         st->energy);
+    r = be->ops.momentum(be, (int)K, (int)m, st->cfg.cand, st->V, st->s_dev, st->dots, st->energy);
     if (r < 0)
         return r;
     double x[GRIST_MAX_CANDIDATES];
@@ -654,9 +654,9 @@ void grist_stats_curvature(const struct grist_stats *st, struct grist_curvature 
         out->source = 2;
     }
     const struct grist_curv_est *e = out->source == 1 ? &out->one_step
-                                     : out->source == 2 ? &out->block
-                                     : out->one_step.se <= out->block.se ? &out->one_step
-                                                                         : &out->block;
+        : out->source == 2                            ? &out->block
+        : out->one_step.se <= out->block.se           ? &out->one_step
+                                                      : &out->block;
     if (isfinite(e->se)) {
         const double k = e->kappa > 0.0 ? e->kappa : 0.0;
         out->lo = fmax(0.0, e->kappa - 2.0 * e->se);

@@ -109,7 +109,7 @@ static int payload(struct grist_stats *st, struct wr *w)
     put(w, st->fprev, (size_t)(2 * K + 1) * sizeof(double));
     {
         const double *arr[8] = {st->U, st->a_prev, st->a_cur, st->s_last,
-                                st->R, st->R_ref, st->s_ref, st->Dsp};
+                                st->R, st->R_ref,  st->s_ref, st->Dsp};
         for (int i = 0; i < 8; i++)
             put(w, arr[i], c->m * sizeof(double));
     }
@@ -245,7 +245,7 @@ int grist_stats_deserialize(struct grist_backend *be, const void *buf, size_t le
     get(&r, st->fprev, (size_t)(2 * K + 1) * sizeof(double));
     {
         double *arr[8] = {st->U, st->a_prev, st->a_cur, st->s_last,
-                          st->R, st->R_ref, st->s_ref, st->Dsp};
+                          st->R, st->R_ref,  st->s_ref, st->Dsp};
         for (int i = 0; i < 8; i++)
             get(&r, arr[i], c.m * sizeof(double));
     }
@@ -258,8 +258,7 @@ int grist_stats_deserialize(struct grist_backend *be, const void *buf, size_t le
     if (mc)
         get(&r, st->mu, mc * sizeof(double));
     if (r.bad || st->npending > c.cov_batch || st->ring_head >= L || st->traj_n > 2 ||
-        st->block_open > 1 || st->block_i > c.curv_block ||
-        (mc == 0 && st->npending != 0)) {
+        st->block_open > 1 || st->block_i > c.curv_block || (mc == 0 && st->npending != 0)) {
         e = GRIST_EBADSTATE;
         goto fail;
     }

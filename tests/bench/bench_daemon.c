@@ -60,7 +60,8 @@ static uint64_t job_query(const char *id, uint64_t *dropped, uint64_t *aggregate
     size_t len = grist__v1__get_job_request__pack(&req, buf);
     void *resp;
     size_t rlen;
-    if (rpc_unary(g_addr, "/grist.v1.Grist/GetJob", buf, len, &resp, &rlen, NULL, 0, 10) != GRPC_STATUS_OK)
+    if (rpc_unary(g_addr, "/grist.v1.Grist/GetJob", buf, len, &resp, &rlen, NULL, 0, 10) !=
+        GRPC_STATUS_OK)
         return 0;
     Grist__V1__GetJobResponse *r = grist__v1__get_job_response__unpack(NULL, rlen, resp);
     free(resp);
@@ -80,7 +81,6 @@ static uint64_t job_steps(const char *id, uint64_t *dropped)
     return job_query(id, dropped, NULL);
 }
 
-
 /* ---- 1. ingestion ---- */
 
 enum { G = 8, M = 1024 };
@@ -92,7 +92,7 @@ struct ing_arg {
     double rate; /* steps/s, 0 = as fast as possible */
     /* latency */
     double *sent_at; /* per step, last rank only */
-    double *lat;      /* arrival times of pushes */
+    double *lat; /* arrival times of pushes */
     uint64_t *arr_step; /* the step each push was computed from */
     int nlat;
     int regime_flip;
@@ -103,9 +103,17 @@ struct ing_arg {
 static void *ing_thread(void *p)
 {
     struct ing_arg *a = p;
-    struct tw_opts o = {.job = a->job, .rank = a->rank, .world = a->world, .ngroups = G, .m = M,
-                        .n = 1 << 20, .beta0 = 0.9, .solve_every = a->rate > 0 ? 1 : (uint32_t)a->steps,
-                        .min_steps = 2, .hysteresis_h = 1, .hysteresis_z = 1e-9};
+    struct tw_opts o = {.job = a->job,
+                        .rank = a->rank,
+                        .world = a->world,
+                        .ngroups = G,
+                        .m = M,
+                        .n = 1 << 20,
+                        .beta0 = 0.9,
+                        .solve_every = a->rate > 0 ? 1 : (uint32_t)a->steps,
+                        .min_steps = 2,
+                        .hysteresis_h = 1,
+                        .hysteresis_z = 1e-9};
     struct tw *w = tw_open(g_addr, &o);
     uint32_t seed;
     if (tw_welcome(w, &seed, 30) != 0) {
@@ -221,8 +229,8 @@ static void ingestion(int streams, int steps, int round)
     const double dt = mono_s() - t0, cpu = cpu_s(g_pid) - c0;
     const double ws = (double)streams * steps / dt;
     const double bytes = ws * (G * (M * 4.0 + 16));
-    printf("| %d | %d x %d | %d | %.0f | %.1f | %llu | %.0f%% | %.0f |\n", streams, jobs, world, steps, ws,
-           bytes / 1e6, (unsigned long long)dropped, 100.0 * t_sent / dt,
+    printf("| %d | %d x %d | %d | %.0f | %.1f | %llu | %.0f%% | %.0f |\n", streams, jobs, world,
+           steps, ws, bytes / 1e6, (unsigned long long)dropped, 100.0 * t_sent / dt,
            1e6 * cpu / ((double)streams * steps));
     printf("#result ingest_ws_%d=%.1f\n", streams, ws);
     free(args);
@@ -344,7 +352,8 @@ int main(int argc, char **argv)
         double xs[5], ys[5];
         /* K = 32 candidates, L = 16, m_cov = 256, cov batch 16, doubles */
         const double need = (32.0 * M + 16.0 * M + M + 256.0 * 256 + 256.0 * 16 + 256) * 8;
-        printf("| jobs | groups | RSS MiB | RSS growth KiB per job since the fresh daemon |\n|---|---|---|---|\n");
+        printf(
+            "| jobs | groups | RSS MiB | RSS growth KiB per job since the fresh daemon |\n|---|---|---|---|\n");
         printf("| 0 | 0 | %.1f | - |\n", base / 1024.0);
         float *sk = calloc((size_t)G * M, sizeof(float));
         int opened = 0;
@@ -352,8 +361,14 @@ int main(int argc, char **argv)
             for (; opened < marks[k]; opened++) {
                 char id[32];
                 snprintf(id, sizeof(id), "mem-%d", opened);
-                struct tw_opts o = {.job = id, .rank = 0, .world = 1, .ngroups = G, .m = M, .n = 1 << 20,
-                                    .beta0 = 0.9, .solve_every = 10};
+                struct tw_opts o = {.job = id,
+                                    .rank = 0,
+                                    .world = 1,
+                                    .ngroups = G,
+                                    .m = M,
+                                    .n = 1 << 20,
+                                    .beta0 = 0.9,
+                                    .solve_every = 10};
                 w[opened] = tw_open(g_addr, &o);
                 uint32_t seed;
                 tw_welcome(w[opened], &seed, 30);
@@ -389,11 +404,14 @@ int main(int argc, char **argv)
             syy += ys[k] * ys[k];
         }
         const double nm = nmarks, b = (nm * sxy - sx * sy) / (nm * sxx - sx * sx);
-        const double r2 = pow(nm * sxy - sx * sy, 2) / ((nm * sxx - sx * sx) * (nm * syy - sy * sy));
-        printf("\nGrowth: linear in jobs, slope %.0f KiB per job = %.0f KiB per group (R^2 = %.4f); "
-               "the statistics of a group need %.0f KiB (K 32, L 16, m 1024, m_cov 256): ratio %.2f.\n",
-               b, b / G, r2, need / 1024, b * 1024 / G / need);
-        printf("#result rss_kib_per_group=%.1f\n#result rss_ratio=%.3f\n", b / G, b * 1024 / G / need);
+        const double r2 =
+            pow(nm * sxy - sx * sy, 2) / ((nm * sxx - sx * sx) * (nm * syy - sy * sy));
+        printf(
+            "\nGrowth: linear in jobs, slope %.0f KiB per job = %.0f KiB per group (R^2 = %.4f); "
+            "the statistics of a group need %.0f KiB (K 32, L 16, m 1024, m_cov 256): ratio %.2f.\n",
+            b, b / G, r2, need / 1024, b * 1024 / G / need);
+        printf("#result rss_kib_per_group=%.1f\n#result rss_ratio=%.3f\n", b / G,
+               b * 1024 / G / need);
         for (int j = 0; j < opened; j++) {
             tw_finish(w[j], NULL, 0, 10);
             tw_free(w[j]);
@@ -402,13 +420,20 @@ int main(int argc, char **argv)
     }
     printf("\n");
     printf("## Ingestion (8 groups, m = 1024; client threads and gristd share the machine)\n\n");
-    printf("| streams | jobs x workers | steps per stream | worker-steps/s | MB/s in | dropped steps | time spent sending | gristd CPU us per worker-step |\n|---|---|---|---|---|---|---|---|\n");
+    printf(
+        "| streams | jobs x workers | steps per stream | worker-steps/s | MB/s in | dropped steps | time spent sending | gristd CPU us per worker-step |\n|---|---|---|---|---|---|---|---|\n");
     const int counts[] = {1, 16, 64};
     for (int i = 0; i < 3; i++)
-        ingestion(counts[i], quick ? 100 : (counts[i] == 1 ? 2000 : counts[i] == 16 ? 300 : 100), i);
+        ingestion(counts[i],
+                  quick ? 100
+                        : (counts[i] == 1        ? 2000
+                               : counts[i] == 16 ? 300
+                                                 : 100),
+                  i);
 
     printf("\n## Push latency (16 jobs x 4 workers, 8 groups, m = 1024, selection every step)\n\n");
-    printf("| steps/s per worker | offered worker-steps/s | pushes observed | p50 ms | p99 ms | max ms | dropped steps |\n|---|---|---|---|---|---|---|\n");
+    printf(
+        "| steps/s per worker | offered worker-steps/s | pushes observed | p50 ms | p99 ms | max ms | dropped steps |\n|---|---|---|---|---|---|---|\n");
     const double rates[] = {10, 25, 100};
     for (int ri = 0; ri < 3; ri++) {
         struct lat_result r;
@@ -422,7 +447,8 @@ int main(int argc, char **argv)
     /* the whole-cluster simulation: N jobs x 8 workers at 10 steps/s, N
      * doubled (then bisected) until p99 exceeds 10 ms or steps are dropped */
     printf("\n## Cluster simulation (N jobs x 8 workers, 10 steps/s each, 8 groups, m = 1024)\n\n");
-    printf("| jobs x workers | streams | offered worker-steps/s | pushes observed | p50 ms | p99 ms | max ms | dropped steps | within target |\n|---|---|---|---|---|---|---|---|---|\n");
+    printf(
+        "| jobs x workers | streams | offered worker-steps/s | pushes observed | p50 ms | p99 ms | max ms | dropped steps | within target |\n|---|---|---|---|---|---|---|---|---|\n");
     int best = 0, lo = 0, hi = 0;
     const int duration_s = quick ? 4 : 8;
     for (int n = 2, round = 0; round < 8; round++) {
@@ -431,8 +457,9 @@ int main(int argc, char **argv)
         snprintf(tag, sizeof(tag), "cl%d", round);
         latency_run(tag, n, 8, 10.0, 10 * duration_s, &r);
         const int ok = r.n > 0 && r.p99 <= 0.010 && r.dropped == 0;
-        printf("| %d x 8 | %d | %d | %zu | %.2f | %.2f | %.2f | %llu | %s |\n", n, n * 8, n * 80, r.n,
-               r.p50 * 1e3, r.p99 * 1e3, r.max * 1e3, (unsigned long long)r.dropped, ok ? "yes" : "no");
+        printf("| %d x 8 | %d | %d | %zu | %.2f | %.2f | %.2f | %llu | %s |\n", n, n * 8, n * 80,
+               r.n, r.p50 * 1e3, r.p99 * 1e3, r.max * 1e3, (unsigned long long)r.dropped,
+               ok ? "yes" : "no");
         if (ok) {
             best = n > best ? n : best;
             lo = n;
@@ -448,11 +475,13 @@ int main(int argc, char **argv)
         if (n * 8 > MAX_STREAMS)
             break;
     }
-    printf("\nLargest sustained: %d jobs x 8 workers = %d streams (p99 push latency <= 10 ms, no dropped steps).\n",
-           best, best * 8);
+    printf(
+        "\nLargest sustained: %d jobs x 8 workers = %d streams (p99 push latency <= 10 ms, no dropped steps).\n",
+        best, best * 8);
     printf("#result cluster_streams_w8=%d\n", best * 8);
-    printf("\n(latency: from the last of the job's 4 ranks sending a step's summary to each rank\n"
-           "receiving the Hyperparams computed from that step; client clocks are one machine's.)\n");
+    printf(
+        "\n(latency: from the last of the job's 4 ranks sending a step's summary to each rank\n"
+        "receiving the Hyperparams computed from that step; client clocks are one machine's.)\n");
     grpc_shutdown();
     return gristd_stop(&p, SIGTERM);
 }

@@ -24,8 +24,14 @@ int openblas_get_num_procs(void);
 #else
 /* kernels-only build without OpenBLAS (the GPU machine): no bare-BLAS
  * references and no host peak; the device figures are still measured. */
-static void openblas_set_num_threads(int n) { (void)n; }
-static int openblas_get_num_procs(void) { return 1; }
+static void openblas_set_num_threads(int n)
+{
+    (void)n;
+}
+static int openblas_get_num_procs(void)
+{
+    return 1;
+}
 #endif
 
 #include "backend_impl.h"
@@ -306,12 +312,14 @@ int main(int argc, char **argv)
     printf("| sgemm 1536^3, %d threads | %.1f GFLOP/s |\n", ncpu, speakn);
     const double triad = triad_gbs();
     printf("| triad a = b + 3c, 3 x 128 MiB, 1 thread | %.1f GB/s |\n\n", triad);
-    printf("#result dgemm_1t=%.2f\n#result dgemm_nt=%.2f\n#result sgemm_1t=%.2f\n#result triad_1t=%.2f\n",
-           peak1, peakn, speak1, triad);
+    printf(
+        "#result dgemm_1t=%.2f\n#result dgemm_nt=%.2f\n#result sgemm_1t=%.2f\n#result triad_1t=%.2f\n",
+        peak1, peakn, speak1, triad);
 
     const char *names[] = {"ref", "cpu", "cuda"};
     printf("## Per-step statistics update (K = 32, m = 1024, L = 16), one group, 1 thread\n\n");
-    printf("| backend | covariance | us/step median | min | max | GB/s of V+ring traffic | %% of triad |\n|---|---|---|---|---|---|---|\n");
+    printf(
+        "| backend | covariance | us/step median | min | max | GB/s of V+ring traffic | %% of triad |\n|---|---|---|---|---|---|---|\n");
     for (int b = 0; b < 3; b++) {
         if (!grist_backend_usable(names[b]))
             continue;
@@ -324,8 +332,8 @@ int main(int argc, char **argv)
             /* V read + written (2 K m), ring read (L m), doubles */
             const double bytes = (2.0 * 32 * 1024 + 16.0 * 1024) * 8;
             printf("| %s | %s | %.1f | %.1f | %.1f | %.1f | %.0f%% |\n", names[b],
-                   covs[c] ? "m_cov 256, batch 16" : "none", s.med * 1e6, s.min * 1e6,
-                   s.max * 1e6, bytes / s.med * 1e-9, 100.0 * bytes / s.med * 1e-9 / triad);
+                   covs[c] ? "m_cov 256, batch 16" : "none", s.med * 1e6, s.min * 1e6, s.max * 1e6,
+                   bytes / s.med * 1e-9, 100.0 * bytes / s.med * 1e-9 / triad);
             if (b == 1 && covs[c])
                 printf("#result step_us_cpu=%.2f\n#result step_frac_triad=%.3f\n", s.med * 1e6,
                        bytes / s.med * 1e-9 / triad);
@@ -333,8 +341,10 @@ int main(int argc, char **argv)
         grist_backend_close(be);
     }
 
-    printf("\n## Covariance update: grist path (fold + scale + stage b steps + SYRK) vs bare OpenBLAS, 1 thread\n\n");
-    printf("| backend | m_cov | b | grist ms/update | bare dsyrk ms | grist / dsyrk rate | bare ssyrk ms | grist GFLOP/s | %% of 1-thread dgemm peak |\n|---|---|---|---|---|---|---|---|---|\n");
+    printf(
+        "\n## Covariance update: grist path (fold + scale + stage b steps + SYRK) vs bare OpenBLAS, 1 thread\n\n");
+    printf(
+        "| backend | m_cov | b | grist ms/update | bare dsyrk ms | grist / dsyrk rate | bare ssyrk ms | grist GFLOP/s | %% of 1-thread dgemm peak |\n|---|---|---|---|---|---|---|---|---|\n");
     openblas_set_num_threads(1);
     for (int bk = 1; bk < 3; bk++) {
         if (!grist_backend_usable(names[bk]))
@@ -349,12 +359,13 @@ int main(int argc, char **argv)
                     continue;
                 struct covres r = cov_bench(be, ms[i], bs[j]);
                 const double flops = (double)ms[i] * (ms[i] + 1) * bs[j];
-                printf("| %s | %d | %d | %.3f | %.3f | %.2f | %.3f | %.2f | %.0f%% |\n", names[bk], ms[i],
-                       bs[j], r.path.med * 1e3, r.dsyrk.med * 1e3, r.dsyrk.med / r.path.med,
+                printf("| %s | %d | %d | %.3f | %.3f | %.2f | %.3f | %.2f | %.0f%% |\n", names[bk],
+                       ms[i], bs[j], r.path.med * 1e3, r.dsyrk.med * 1e3, r.dsyrk.med / r.path.med,
                        r.ssyrk.med * 1e3, flops / r.path.med * 1e-9,
                        100.0 * flops / r.path.med * 1e-9 / peak1);
                 if (bk == 1 && bs[j] >= 16) /* the batched path the daemon runs */
-                    printf("#result cov_ratio_%d_%d=%.3f\n", ms[i], bs[j], r.dsyrk.med / r.path.med);
+                    printf("#result cov_ratio_%d_%d=%.3f\n", ms[i], bs[j],
+                           r.dsyrk.med / r.path.med);
             }
         grist_backend_close(be);
     }
@@ -367,19 +378,22 @@ int main(int argc, char **argv)
         struct stat3 sk[SK_N];
         sketch_bench(n, 1024, sk);
         printf("| kernel | ms median | min | max | ns per element |\n|---|---|---|---|---|\n");
-        const char *what[SK_N] = {"grist_sketch_accum_f32 (hashed: hash, sign, norm, scatter)",
-                                  "grist_sketch_block_accum_f32 (block: signs, norm, contiguous adds)",
-                                  "bare scatter-add at precomputed buckets (the hashed floor)",
-                                  "bare contiguous add of 64-element runs (the block floor)"};
+        const char *what[SK_N] =
+            {"grist_sketch_accum_f32 (hashed: hash, sign, norm, scatter)",
+             "grist_sketch_block_accum_f32 (block: signs, norm, contiguous adds)",
+             "bare scatter-add at precomputed buckets (the hashed floor)",
+             "bare contiguous add of 64-element runs (the block floor)"};
         for (int k = 0; k < SK_N; k++)
-            printf("| %s | %.3f | %.3f | %.3f | %.2f |\n", what[k], sk[k].med * 1e3, sk[k].min * 1e3,
-                   sk[k].max * 1e3, sk[k].med / (double)n * 1e9);
-        printf("\nhashed / block: %.2f; hashed / scatter floor %.2f; block / contiguous floor %.2f\n",
-               sk[SK_HASHED].med / sk[SK_BLOCK].med, sk[SK_HASHED].med / sk[SK_SCATTER].med,
-               sk[SK_BLOCK].med / sk[SK_STREAM].med);
+            printf("| %s | %.3f | %.3f | %.3f | %.2f |\n", what[k], sk[k].med * 1e3,
+                   sk[k].min * 1e3, sk[k].max * 1e3, sk[k].med / (double)n * 1e9);
+        printf(
+            "\nhashed / block: %.2f; hashed / scatter floor %.2f; block / contiguous floor %.2f\n",
+            sk[SK_HASHED].med / sk[SK_BLOCK].med, sk[SK_HASHED].med / sk[SK_SCATTER].med,
+            sk[SK_BLOCK].med / sk[SK_STREAM].med);
         if (z == 1)
-            printf("#result sketch_ms=%.3f\n#result sketch_block_ms=%.3f\n#result scatter_floor_ms=%.3f\n",
-                   sk[SK_HASHED].med * 1e3, sk[SK_BLOCK].med * 1e3, sk[SK_SCATTER].med * 1e3);
+            printf(
+                "#result sketch_ms=%.3f\n#result sketch_block_ms=%.3f\n#result scatter_floor_ms=%.3f\n",
+                sk[SK_HASHED].med * 1e3, sk[SK_BLOCK].med * 1e3, sk[SK_SCATTER].med * 1e3);
     }
 
     printf("\n## Symmetric eigendecomposition (values + vectors)\n\n");
@@ -398,12 +412,14 @@ int main(int argc, char **argv)
             const int th = b == 1 ? ncpu : 1;
             grist_backend_set_threads(be, th);
             struct stat3 s = eig_bench(be, ns[i]);
-            printf("| %s | %d | %d | %.4f | %.4f | %.4f |\n", names[b], ns[i], th, s.med, s.min, s.max);
+            printf("| %s | %d | %d | %.4f | %.4f | %.4f |\n", names[b], ns[i], th, s.med, s.min,
+                   s.max);
         }
         grist_backend_close(be);
     }
     printf("\n## Batched eigendecompositions (syevd_batched slot; values + vectors)\n\n");
-    printf("| backend | n | batch | threads | s per batch median | ms per matrix |\n|---|---|---|---|---|---|\n");
+    printf(
+        "| backend | n | batch | threads | s per batch median | ms per matrix |\n|---|---|---|---|---|---|\n");
     for (int b = 1; b < 3; b++) {
         if (!grist_backend_usable(names[b]))
             continue;
@@ -415,11 +431,13 @@ int main(int argc, char **argv)
             const size_t nn = (size_t)n * n;
             struct grist_rng r;
             grist_rng_seed(&r, 9);
-            double *A = malloc(nn * nb * 8), *w = malloc((size_t)n * nb * 8), *U = malloc(nn * nb * 8);
+            double *A = malloc(nn * nb * 8), *w = malloc((size_t)n * nb * 8),
+                   *U = malloc(nn * nb * 8);
             for (int k = 0; k < nb; k++)
                 for (int jj = 0; jj < n; jj++)
                     for (int ii = jj; ii < n; ii++)
-                        A[k * nn + ii + (size_t)jj * n] = A[k * nn + jj + (size_t)ii * n] = grist_rng_normal(&r);
+                        A[k * nn + ii + (size_t)jj * n] = A[k * nn + jj + (size_t)ii * n] =
+                            grist_rng_normal(&r);
             double *Ad = be->ops.alloc(be, nn * nb * 8);
             be->ops.upload(be, Ad, A, nn * nb * 8);
             const int th = b == 1 ? ncpu : 1;
@@ -431,7 +449,8 @@ int main(int argc, char **argv)
                 t[rep] = now() - t0;
             }
             struct stat3 s3 = summarize(t, 3);
-            printf("| %s | %d | %d | %d | %.4f | %.3f |\n", names[b], n, nb, th, s3.med, s3.med / nb * 1e3);
+            printf("| %s | %d | %d | %d | %.4f | %.3f |\n", names[b], n, nb, th, s3.med,
+                   s3.med / nb * 1e3);
             be->ops.free(be, Ad);
             free(A), free(w), free(U);
         }

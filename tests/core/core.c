@@ -73,7 +73,7 @@ int test_core_submit(struct test_core *c, struct grist_job *j, uint32_t rank, ui
     }
     for (uint32_t g = 0; g < ng; g++) {
         s.batch[g] = 8;
-        s.lrb[g] = 0.0;       /* lr not reported */
+        s.lrb[g] = 0.0; /* lr not reported */
         s.lrb[ng + g] = -1.0; /* beta not reported */
     }
     for (size_t i = 0; i < (size_t)ng * m; i++)

@@ -37,7 +37,8 @@ int main(void)
     for (int k = 0; k < 6; k++) {
         const int block = k >= 3; /* both kinds: hashed, then block */
         const uint32_t m = ms[k % 3], seed = grist_sketch_seed(77, 2);
-        double *ref = calloc(m, sizeof(double)), *got = malloc(m * sizeof(double)), sq_ref = 0, sq = 0;
+        double *ref = calloc(m, sizeof(double)), *got = malloc(m * sizeof(double)), sq_ref = 0,
+               sq = 0;
         if (block)
             grist_sketch_block_accum_f32(seed, x, n, off, ref, m, &sq_ref);
         else
@@ -57,8 +58,8 @@ int main(void)
             scale = fmax(scale, fabs(ref[b]));
         }
         const int ok = r == 0 && worst <= 1e-9 * scale && fabs(sq - sq_ref) <= 1e-9 * sq_ref;
-        printf("%s m %5u: max |cuda - c| %.3g of %.3g, sq %.12g vs %.12g: %s\n", block ? "block " : "hashed", m, worst, scale, sq,
-               sq_ref, ok ? "ok" : "FAIL");
+        printf("%s m %5u: max |cuda - c| %.3g of %.3g, sq %.12g vs %.12g: %s\n",
+               block ? "block " : "hashed", m, worst, scale, sq, sq_ref, ok ? "ok" : "FAIL");
         fails += !ok;
         cudaFree(accd);
         cudaFree(sqd);

@@ -94,19 +94,20 @@ int gristd_stop(struct gristd_proc *p, int sig)
     return 128 + WTERMSIG(st);
 }
 
-grpc_status_code rpc_unary(const char *target, const char *method, const void *req,
-                           size_t req_len, void **resp, size_t *resp_len, char *details,
-                           size_t details_size, double timeout_s)
+grpc_status_code rpc_unary(const char *target, const char *method, const void *req, size_t req_len,
+                           void **resp, size_t *resp_len, char *details, size_t details_size,
+                           double timeout_s)
 {
     grpc_channel_credentials *creds = grpc_insecure_credentials_create();
     grpc_channel *ch = grpc_channel_create(target, creds, NULL);
     grpc_channel_credentials_release(creds);
     grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
-    gpr_timespec deadline = gpr_time_add(gpr_now(GPR_CLOCK_REALTIME),
-                                         gpr_time_from_millis((int64_t)(timeout_s * 1000), GPR_TIMESPAN));
+    gpr_timespec deadline =
+        gpr_time_add(gpr_now(GPR_CLOCK_REALTIME),
+                     gpr_time_from_millis((int64_t)(timeout_s * 1000), GPR_TIMESPAN));
     grpc_slice m = grpc_slice_from_copied_string(method);
-    grpc_call *call = grpc_channel_create_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq, m, NULL,
-                                               deadline, NULL);
+    grpc_call *call =
+        grpc_channel_create_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq, m, NULL, deadline, NULL);
     grpc_slice_unref(m);
 
     grpc_slice s = grpc_slice_from_copied_buffer(req, req_len);
@@ -134,7 +135,8 @@ grpc_status_code rpc_unary(const char *target, const char *method, const void *r
     ops[5].data.recv_status_on_client.status_details = &status_details;
     int tag;
     if (grpc_call_start_batch(call, ops, 6, &tag, NULL) == GRPC_CALL_OK) {
-        grpc_event ev = grpc_completion_queue_pluck(cq, &tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        grpc_event ev =
+            grpc_completion_queue_pluck(cq, &tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
         (void)ev;
         if (details) {
             char *d = grpc_slice_to_c_string(status_details);

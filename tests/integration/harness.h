@@ -13,7 +13,7 @@ struct gristd_proc {
     pid_t pid;
     int naddr;
     char addr[GRIST_TEST_MAX_ADDR][300]; /* from the ready fd, "grpc " stripped */
-    char http[300];                       /* the "http HOST:PORT" line's address, or "" */
+    char http[300]; /* the "http HOST:PORT" line's address, or "" */
 };
 
 /* Start $GRISTD with the given extra arguments (NULL-terminated) plus
@@ -28,9 +28,9 @@ long proc_status_kb(pid_t pid, const char *key);
 double mono_s(void);
 
 /* One unary call; *resp is malloc'd (NULL when no message came). */
-grpc_status_code rpc_unary(const char *target, const char *method, const void *req,
-                           size_t req_len, void **resp, size_t *resp_len, char *details,
-                           size_t details_size, double timeout_s);
+grpc_status_code rpc_unary(const char *target, const char *method, const void *req, size_t req_len,
+                           void **resp, size_t *resp_len, char *details, size_t details_size,
+                           double timeout_s);
 
 /* Health/Check of service ("" for the server); returns the serving status
  * (1 SERVING, 2 NOT_SERVING) or -grpc_status on a failed call. */

@@ -95,9 +95,16 @@ START_TEST(test_jobs_converge)
     uint32_t seed[NJOBS];
     for (int j = 0; j < NJOBS; j++)
         for (int r = 0; r < W; r++) {
-            struct tw_opts o = {.job = ids[j], .rank = (uint32_t)r, .world = W, .ngroups = 1,
-                                .m = M, .n = N, .beta0 = 0.45, .solve_every = 10,
-                                .noise = "workers", .rule = "alignment"};
+            struct tw_opts o = {.job = ids[j],
+                                .rank = (uint32_t)r,
+                                .world = W,
+                                .ngroups = 1,
+                                .m = M,
+                                .n = N,
+                                .beta0 = 0.45,
+                                .solve_every = 10,
+                                .noise = "workers",
+                                .rule = "alignment"};
             w[j][r] = tw_open(p.addr[0], &o);
             uint32_t s;
             ck_assert_int_eq(tw_welcome(w[j][r], &s, 10.0), 0);
@@ -201,7 +208,8 @@ START_TEST(test_jobs_converge)
     /* ListJobs sees the three */
     void *resp;
     size_t rlen;
-    ck_assert_int_eq(rpc_unary(p.addr[0], "/grist.v1.Grist/ListJobs", "", 0, &resp, &rlen, NULL, 0, 10),
+    ck_assert_int_eq(rpc_unary(p.addr[0], "/grist.v1.Grist/ListJobs", "", 0, &resp, &rlen, NULL, 0,
+                               10),
                      GRPC_STATUS_OK);
     Grist__V1__ListJobsResponse *lj = grist__v1__list_jobs_response__unpack(NULL, rlen, resp);
     ck_assert_uint_eq(lj->n_jobs, NJOBS);
@@ -214,7 +222,8 @@ START_TEST(test_jobs_converge)
     hr.points = 20;
     uint8_t hb[256];
     size_t hl = grist__v1__get_history_request__pack(&hr, hb);
-    ck_assert_int_eq(rpc_unary(p.addr[0], "/grist.v1.Grist/GetHistory", hb, hl, &resp, &rlen, NULL, 0, 10),
+    ck_assert_int_eq(rpc_unary(p.addr[0], "/grist.v1.Grist/GetHistory", hb, hl, &resp, &rlen, NULL,
+                               0, 10),
                      GRPC_STATUS_OK);
     Grist__V1__GetHistoryResponse *h = grist__v1__get_history_response__unpack(NULL, rlen, resp);
     ck_assert_uint_eq(h->n_steps, 20);
@@ -227,8 +236,8 @@ START_TEST(test_jobs_converge)
     free(resp);
 
     /* a late joiner gets Welcome, then the current version at once */
-    struct tw_opts o = {.job = "job-c", .rank = 1, .world = W, .ngroups = 1, .m = M, .n = N,
-                        .beta0 = 0.9};
+    struct tw_opts o =
+        {.job = "job-c", .rank = 1, .world = W, .ngroups = 1, .m = M, .n = N, .beta0 = 0.9};
     struct tw *late = tw_open(p.addr[0], &o);
     uint32_t s;
     ck_assert_int_eq(tw_welcome(late, &s, 10.0), 0);
@@ -264,7 +273,8 @@ static grpc_status_code expect_end(struct tw *w, char *det, size_t dsz)
 
 START_TEST(test_bad_input)
 {
-    const char *extra[] = {"--max-message-bytes", "65536", "--max-workers", "8", "--max-jobs", "2", NULL};
+    const char *extra[] =
+        {"--max-message-bytes", "65536", "--max-workers", "8", "--max-jobs", "2", NULL};
     struct gristd_proc p = start_daemon(extra);
     grpc_init();
     char det[256];
@@ -275,8 +285,15 @@ START_TEST(test_bad_input)
     size_t len;
 
     /* a healthy worker of job "ok" keeps streaming through all of this */
-    struct tw_opts ok = {.job = "ok", .rank = 0, .world = 1, .ngroups = 2, .m = M, .n = 1000, .beta0 = 0.9,
-                         .solve_every = 1, .min_steps = 1}; /* every step evaluated */
+    struct tw_opts ok = {.job = "ok",
+                         .rank = 0,
+                         .world = 1,
+                         .ngroups = 2,
+                         .m = M,
+                         .n = 1000,
+                         .beta0 = 0.9,
+                         .solve_every = 1,
+                         .min_steps = 1}; /* every step evaluated */
     struct tw *good = tw_open(p.addr[0], &ok);
     uint32_t seed;
     ck_assert_int_eq(tw_welcome(good, &seed, 10), 0);
@@ -367,7 +384,8 @@ START_TEST(test_bad_input)
     ck_assert_int_eq(expect_end(w, det, sizeof(det)), GRPC_STATUS_FAILED_PRECONDITION);
     tw_free(w);
     /* an oversize message: gRPC refuses it before gristd decodes it */
-    struct tw_opts huge = {.job = "huge", .rank = 0, .world = 1, .ngroups = 1, .m = 32768, .n = 100000, .beta0 = 0.9};
+    struct tw_opts huge =
+        {.job = "huge", .rank = 0, .world = 1, .ngroups = 1, .m = 32768, .n = 100000, .beta0 = 0.9};
     w = tw_open(p.addr[0], &huge);
     ck_assert_int_eq(tw_welcome(w, &seed, 10), 0);
     float *hs = calloc(32768, sizeof(float));
@@ -431,9 +449,10 @@ START_TEST(test_vanishing_client_and_sigterm)
     char wrap[600];
     const char *supp = getenv("GRIST_VALGRIND_SUPP");
     const int memcheck = !getenv("GRISTD_WRAPPER") && !getenv("GRIST_SANITIZED") && supp &&
-                         system("valgrind --version >/dev/null 2>&1") == 0;
+        system("valgrind --version >/dev/null 2>&1") == 0;
     if (memcheck) {
-        snprintf(wrap, sizeof(wrap), "valgrind --error-exitcode=99 --quiet --suppressions=%s", supp);
+        snprintf(wrap, sizeof(wrap), "valgrind --error-exitcode=99 --quiet --suppressions=%s",
+                 supp);
         setenv("GRISTD_WRAPPER", wrap, 1);
     }
     const char *extra[] = {"--aggregation-timeout", "3", NULL};
@@ -444,8 +463,15 @@ START_TEST(test_vanishing_client_and_sigterm)
     pid_t child = fork();
     if (child == 0) {
         grpc_init();
-        struct tw_opts o = {.job = "v", .rank = 1, .world = 2, .ngroups = 1, .m = M, .n = 1000,
-                            .beta0 = 0.9, .solve_every = 5, .min_steps = 5};
+        struct tw_opts o = {.job = "v",
+                            .rank = 1,
+                            .world = 2,
+                            .ngroups = 1,
+                            .m = M,
+                            .n = 1000,
+                            .beta0 = 0.9,
+                            .solve_every = 5,
+                            .min_steps = 5};
         struct tw *w = tw_open(p.addr[0], &o);
         uint32_t s;
         tw_welcome(w, &s, 10);
@@ -459,8 +485,15 @@ START_TEST(test_vanishing_client_and_sigterm)
         }
     }
     grpc_init();
-    struct tw_opts o = {.job = "v", .rank = 0, .world = 2, .ngroups = 1, .m = M, .n = 1000,
-                        .beta0 = 0.9, .solve_every = 5, .min_steps = 5};
+    struct tw_opts o = {.job = "v",
+                        .rank = 0,
+                        .world = 2,
+                        .ngroups = 1,
+                        .m = M,
+                        .n = 1000,
+                        .beta0 = 0.9,
+                        .solve_every = 5,
+                        .min_steps = 5};
     struct tw *w = tw_open(p.addr[0], &o);
     uint32_t s;
     ck_assert_int_eq(tw_welcome(w, &s, 10), 0);
@@ -504,7 +537,8 @@ START_TEST(test_world_change_and_expiry)
     const char *extra[] = {"--idle-expiry", "1", NULL};
     struct gristd_proc p = start_daemon(extra);
     grpc_init();
-    struct tw_opts o = {.job = "ws", .rank = 0, .world = 2, .ngroups = 1, .m = M, .n = 100, .beta0 = 0.9};
+    struct tw_opts o =
+        {.job = "ws", .rank = 0, .world = 2, .ngroups = 1, .m = M, .n = 100, .beta0 = 0.9};
     struct tw *a = tw_open(p.addr[0], &o);
     uint32_t seed;
     ck_assert_int_eq(tw_welcome(a, &seed, 10), 0);
@@ -566,9 +600,10 @@ START_TEST(test_world_grows_mid_step)
     char wrap[600];
     const char *supp = getenv("GRIST_VALGRIND_SUPP");
     const int memcheck = !getenv("GRISTD_WRAPPER") && !getenv("GRIST_SANITIZED") && supp &&
-                         system("valgrind --version >/dev/null 2>&1") == 0;
+        system("valgrind --version >/dev/null 2>&1") == 0;
     if (memcheck) {
-        snprintf(wrap, sizeof(wrap), "valgrind --error-exitcode=99 --quiet --suppressions=%s", supp);
+        snprintf(wrap, sizeof(wrap), "valgrind --error-exitcode=99 --quiet --suppressions=%s",
+                 supp);
         setenv("GRISTD_WRAPPER", wrap, 1);
     }
     const char *extra[] = {"--aggregation-timeout", "3", NULL};
@@ -576,8 +611,8 @@ START_TEST(test_world_grows_mid_step)
     if (memcheck)
         unsetenv("GRISTD_WRAPPER");
     grpc_init();
-    struct tw_opts o = {.job = "grow", .rank = 0, .world = 2, .ngroups = 1, .m = M, .n = 100,
-                        .beta0 = 0.9};
+    struct tw_opts o =
+        {.job = "grow", .rank = 0, .world = 2, .ngroups = 1, .m = M, .n = 100, .beta0 = 0.9};
     struct tw *a = tw_open(p.addr[0], &o);
     uint32_t seed;
     ck_assert_int_eq(tw_welcome(a, &seed, 10), 0);
@@ -669,15 +704,22 @@ static void run_fair_share(const char *lag, uint64_t *light_dropped, uint64_t *h
 {
     enum { HG = 64, HM = 64, LIGHT_STEPS = 250 };
     setenv("GRISTD_FAULT", "compute-slow", 1);
-    const char *extra[] = {"--compute-threads", "1", "--compute-queue", "256", "--compute-lag",
-                           lag, "--cov-dim", "0", NULL};
+    const char *extra[] = {"--compute-threads",
+                           "1",
+                           "--compute-queue",
+                           "256",
+                           "--compute-lag",
+                           lag,
+                           "--cov-dim",
+                           "0",
+                           NULL};
     struct gristd_proc p = start_daemon(extra);
     unsetenv("GRISTD_FAULT");
     grpc_init();
-    struct tw_opts ho = {.job = "fair-heavy", .world = 1, .ngroups = HG, .m = HM, .n = 100,
-                         .beta0 = 0.9};
-    struct tw_opts lo = {.job = "fair-light-a", .world = 1, .ngroups = 1, .m = M, .n = 100,
-                         .beta0 = 0.9};
+    struct tw_opts ho =
+        {.job = "fair-heavy", .world = 1, .ngroups = HG, .m = HM, .n = 100, .beta0 = 0.9};
+    struct tw_opts lo =
+        {.job = "fair-light-a", .world = 1, .ngroups = 1, .m = M, .n = 100, .beta0 = 0.9};
     uint32_t seed;
     struct tw *h = tw_open(p.addr[0], &ho);
     ck_assert_int_eq(tw_welcome(h, &seed, 10), 0);
@@ -713,7 +755,8 @@ static void run_fair_share(const char *lag, uint64_t *light_dropped, uint64_t *h
         Grist__V1__GetJobResponse *r = get_job(p.addr[0], ids[k], &st);
         ck_assert_msg(r, "GetJob %s failed: %d", ids[k], st);
         printf("fair share (--compute-lag %s): %s step %llu, dropped %llu, shed %llu "
-               "(heavy sent %llu)\n", lag, ids[k], (unsigned long long)r->job->step,
+               "(heavy sent %llu)\n",
+               lag, ids[k], (unsigned long long)r->job->step,
                (unsigned long long)r->job->dropped_steps, (unsigned long long)r->job->shed_steps,
                (unsigned long long)hstep);
         fflush(stdout);
@@ -743,8 +786,9 @@ START_TEST(test_fair_share)
                   (unsigned long long)light);
     ck_assert_msg(shed > 0, "the heavy job was never over its share (the test sent too little)");
     run_fair_share("0", &light, &shed);
-    ck_assert_msg(light > 0, "without the share the light jobs lost nothing: the load is too "
-                             "small for this test to fail");
+    ck_assert_msg(light > 0,
+                  "without the share the light jobs lost nothing: the load is too "
+                  "small for this test to fail");
     ck_assert_uint_eq(shed, 0);
 }
 END_TEST
@@ -754,8 +798,8 @@ START_TEST(test_step_numbers)
 {
     struct gristd_proc p = start_daemon(NULL);
     grpc_init();
-    struct tw_opts o = {.job = "steps", .rank = 0, .world = 1, .ngroups = 1, .m = M, .n = 100,
-                        .beta0 = 0.9};
+    struct tw_opts o =
+        {.job = "steps", .rank = 0, .world = 1, .ngroups = 1, .m = M, .n = 100, .beta0 = 0.9};
     struct tw *a = tw_open(p.addr[0], &o);
     uint32_t seed;
     ck_assert_int_eq(tw_welcome(a, &seed, 10), 0);
@@ -803,8 +847,8 @@ START_TEST(test_open_step_eviction)
     const char *extra[] = {"--aggregation-timeout", "600", NULL};
     struct gristd_proc p = start_daemon(extra);
     grpc_init();
-    struct tw_opts o = {.job = "evict", .rank = 0, .world = 2, .ngroups = 1, .m = M, .n = 100,
-                        .beta0 = 0.9};
+    struct tw_opts o =
+        {.job = "evict", .rank = 0, .world = 2, .ngroups = 1, .m = M, .n = 100, .beta0 = 0.9};
     struct tw *a = tw_open(p.addr[0], &o);
     uint32_t seed;
     ck_assert_int_eq(tw_welcome(a, &seed, 10), 0);
@@ -857,8 +901,14 @@ START_TEST(test_sketch_kind)
     grpc_init();
     char det[256];
     uint32_t seed;
-    struct tw_opts o = {.job = "kinds", .rank = 0, .world = 2, .ngroups = 1, .m = M, .n = 1000,
-                        .beta0 = 0.9, .sketch_kind = 1};
+    struct tw_opts o = {.job = "kinds",
+                        .rank = 0,
+                        .world = 2,
+                        .ngroups = 1,
+                        .m = M,
+                        .n = 1000,
+                        .beta0 = 0.9,
+                        .sketch_kind = 1};
     struct tw *a = tw_open(p.addr[0], &o);
     ck_assert_int_eq(tw_welcome(a, &seed, 10), 0);
     struct tw_opts o2 = o;
@@ -892,8 +942,15 @@ START_TEST(test_families_after_last_step)
     struct gristd_proc p = start_daemon(NULL);
     unsetenv("GRISTD_FAULT");
     grpc_init();
-    struct tw_opts o = {.job = "fam", .rank = 0, .world = 1, .ngroups = 1, .m = M, .n = 1000,
-                        .beta0 = 0.9, .solve_every = 1, .min_steps = 1};
+    struct tw_opts o = {.job = "fam",
+                        .rank = 0,
+                        .world = 1,
+                        .ngroups = 1,
+                        .m = M,
+                        .n = 1000,
+                        .beta0 = 0.9,
+                        .solve_every = 1,
+                        .min_steps = 1};
     struct tw *w = tw_open(p.addr[0], &o);
     uint32_t seed;
     ck_assert_int_eq(tw_welcome(w, &seed, 10), 0);
@@ -937,7 +994,7 @@ static size_t encode_batch(uint8_t **out, uint8_t *const *msgs, const size_t *le
     uint8_t *b = malloc(total + 11);
     size_t off = 0;
     b[off++] = 0x1a;
-    for (uint64_t v = total; ; v >>= 7) {
+    for (uint64_t v = total;; v >>= 7) {
         b[off++] = (uint8_t)(v >= 0x80 ? (v & 0x7f) | 0x80 : v);
         if (v < 0x80)
             break;
@@ -971,8 +1028,15 @@ START_TEST(test_batches)
     char det[256];
     uint32_t seed;
     static float sk[M];
-    struct tw_opts o = {.job = "batch", .rank = 0, .world = 1, .ngroups = 1, .m = M, .n = 1000,
-                        .beta0 = 0.9, .solve_every = 1, .min_steps = 1};
+    struct tw_opts o = {.job = "batch",
+                        .rank = 0,
+                        .world = 1,
+                        .ngroups = 1,
+                        .m = M,
+                        .n = 1000,
+                        .beta0 = 0.9,
+                        .solve_every = 1,
+                        .min_steps = 1};
     struct tw *w = tw_open(p.addr[0], &o);
     ck_assert_int_eq(tw_welcome(w, &seed, 10), 0);
     uint8_t *msgs[5], *buf;
@@ -1030,8 +1094,8 @@ START_TEST(test_counted_before_decoding)
         return; /* the wrapper's own memory would be measured */
     struct gristd_proc p = start_daemon(NULL);
     grpc_init();
-    struct tw_opts o = {.job = "precount", .rank = 0, .world = 1, .ngroups = 2, .m = M, .n = 100,
-                        .beta0 = 0.9};
+    struct tw_opts o =
+        {.job = "precount", .rank = 0, .world = 1, .ngroups = 2, .m = M, .n = 100, .beta0 = 0.9};
     struct tw *w = tw_open(p.addr[0], &o);
     uint32_t seed;
     ck_assert_int_eq(tw_welcome(w, &seed, 10), 0);
@@ -1040,7 +1104,7 @@ START_TEST(test_counted_before_decoding)
     const size_t n = (size_t)1 << 24, inner = 2 + 2 * n;
     uint8_t *buf = malloc(inner + 16), *q = buf;
     *q++ = 0x12; /* field 2, length-delimited */
-    for (uint64_t v = inner; ; v >>= 7) {
+    for (uint64_t v = inner;; v >>= 7) {
         *q++ = (uint8_t)((v & 0x7f) | (v >= 0x80 ? 0x80 : 0));
         if (v < 0x80)
             break;
@@ -1059,7 +1123,8 @@ START_TEST(test_counted_before_decoding)
     tw_free(w);
     const long after = proc_status_kb(p.pid, "VmHWM");
     printf("counted before decoding: peak RSS %ld kB before, %ld kB after a 32 MiB message of "
-           "16.7M empty groups\n", before, after);
+           "16.7M empty groups\n",
+           before, after);
     fflush(stdout);
     ck_assert_msg(after - before < 400 * 1024, "gristd grew by %ld kB", after - before);
     /* the job goes on */
@@ -1073,23 +1138,30 @@ END_TEST
 
 START_TEST(test_memory_budget)
 {
-    const char *extra[] = {"--job-memory-budget", "8", "--memory-budget", "10", "--idle-expiry", "1",
-                           NULL};
+    const char *extra[] =
+        {"--job-memory-budget", "8", "--memory-budget", "10", "--idle-expiry", "1", NULL};
     struct gristd_proc p = start_daemon(extra);
     grpc_init();
     char det[256];
     uint32_t seed;
     /* 16 groups x m 4096: about 49 MiB */
-    struct tw_opts big = {.job = "big", .rank = 0, .world = 1, .ngroups = 16, .m = 4096, .n = 10000,
-                          .beta0 = 0.9};
+    struct tw_opts big =
+        {.job = "big", .rank = 0, .world = 1, .ngroups = 16, .m = 4096, .n = 10000, .beta0 = 0.9};
     struct tw *w = tw_open(p.addr[0], &big);
     ck_assert_int_eq(tw_welcome(w, &seed, 20), -GRPC_STATUS_RESOURCE_EXHAUSTED);
     tw_status(w, det, sizeof(det));
     ck_assert_msg(strstr(det, "--job-memory-budget"), "unclear: %s", det);
     tw_free(w);
     /* two jobs of 2 groups (about 5.9 MiB each) do not both fit in 10 MiB */
-    struct tw_opts a = {.job = "a", .rank = 0, .world = 1, .ngroups = 2, .m = 4096, .n = 10000,
-                        .beta0 = 0.9, .solve_every = 1, .min_steps = 1};
+    struct tw_opts a = {.job = "a",
+                        .rank = 0,
+                        .world = 1,
+                        .ngroups = 2,
+                        .m = 4096,
+                        .n = 10000,
+                        .beta0 = 0.9,
+                        .solve_every = 1,
+                        .min_steps = 1};
     struct tw *wa = tw_open(p.addr[0], &a);
     ck_assert_int_eq(tw_welcome(wa, &seed, 10), 0);
     struct tw_opts b = a;
@@ -1100,8 +1172,8 @@ START_TEST(test_memory_budget)
     ck_assert_msg(strstr(det, "--memory-budget"), "unclear: %s", det);
     tw_free(wb);
     /* a small job still fits, and job a goes on */
-    struct tw_opts c = {.job = "c", .rank = 0, .world = 1, .ngroups = 1, .m = 256, .n = 1000,
-                        .beta0 = 0.9};
+    struct tw_opts c =
+        {.job = "c", .rank = 0, .world = 1, .ngroups = 1, .m = 256, .n = 1000, .beta0 = 0.9};
     struct tw *wc = tw_open(p.addr[0], &c);
     ck_assert_int_eq(tw_welcome(wc, &seed, 10), 0);
     static float sk[2 * 4096];

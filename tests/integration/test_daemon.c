@@ -27,7 +27,7 @@ START_TEST(test_health_and_sigterm)
     ck_assert_msg(strncmp(p.addr[0], "127.0.0.1:", 10) == 0 && strcmp(p.addr[0], "127.0.0.1:0"),
                   "bound address %s", p.addr[0]);
     grpc_init();
-    ck_assert_int_eq(health_check(p.addr[0], ""), 1);              /* SERVING */
+    ck_assert_int_eq(health_check(p.addr[0], ""), 1); /* SERVING */
     ck_assert_int_eq(health_check(p.addr[0], "grist.v1.Grist"), 1);
     ck_assert_int_eq(health_check(p.addr[0], "no.such.Service"), -GRPC_STATUS_NOT_FOUND);
     grpc_shutdown();
@@ -48,8 +48,8 @@ START_TEST(test_unknown_method_and_bad_request)
     ck_assert_ptr_nonnull(strstr(details, "/grist.v1.Nope/Nothing"));
     /* bytes that are not a HealthCheckRequest */
     const unsigned char junk[] = {0xff, 0xff, 0xff, 0xff, 0x0f};
-    ck_assert_int_eq(rpc_unary(p.addr[0], "/grpc.health.v1.Health/Check", junk, sizeof(junk),
-                               NULL, NULL, details, sizeof(details), 10.0),
+    ck_assert_int_eq(rpc_unary(p.addr[0], "/grpc.health.v1.Health/Check", junk, sizeof(junk), NULL,
+                               NULL, details, sizeof(details), 10.0),
                      GRPC_STATUS_INVALID_ARGUMENT);
     /* the daemon still serves */
     ck_assert_int_eq(health_check(p.addr[0], ""), 1);
@@ -65,8 +65,8 @@ START_TEST(test_unix_and_two_listeners)
     unlink(sock + 5);
     struct gristd_proc p;
     /* both listeners probed every 0.2 s: answering ones never trip it */
-    const char *args[] = {"--listen", sock, "--listen", "127.0.0.1:0", "--listener-probe", "0.2",
-                          "--log-level", "warn", NULL};
+    const char *args[] = {"--listen", sock,          "--listen", "127.0.0.1:0", "--listener-probe",
+                          "0.2",      "--log-level", "warn",     NULL};
     ck_assert_int_eq(gristd_start(&p, args), 0);
     ck_assert_int_eq(p.naddr, 2);
     ck_assert_str_eq(p.addr[0], sock);
@@ -112,8 +112,8 @@ START_TEST(test_help_and_bad_flags)
     const char *bin = getenv("GRISTD");
     const char *help[] = {bin, "--help", NULL};
     ck_assert_int_eq(run_capture(help, out, sizeof(out)), 0);
-    const char *opts[] = {"--listen", "--ready-fd", "--backend", "--log-level",
-                          "--max-message-bytes", "--config"};
+    const char *opts[] = {"--listen",    "--ready-fd",          "--backend",
+                          "--log-level", "--max-message-bytes", "--config"};
     for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++)
         ck_assert_msg(strstr(out, opts[i]) != NULL, "--help lacks %s", opts[i]);
     ck_assert_ptr_nonnull(strstr(out, "default: 127.0.0.1:7788"));
@@ -145,8 +145,8 @@ START_TEST(test_engine_start_failure)
     ck_assert_int_eq(run_capture(plain, out, sizeof(out)), 1);
     ck_assert_msg(strstr(out, "cannot start the compute thread"), "no clear error: %s", out);
     if (memcheck) {
-        const char *vg[] = {"/usr/bin/valgrind", "--error-exitcode=99", "--quiet", suppopt,
-                            bin, "--listen", "127.0.0.1:0", NULL};
+        const char *vg[] = {"/usr/bin/valgrind", "--error-exitcode=99", "--quiet", suppopt, bin,
+                            "--listen",          "127.0.0.1:0",         NULL};
         ck_assert_int_eq(run_capture(vg, out, sizeof(out)), 1);
         ck_assert_msg(!strstr(out, "Invalid"), "memcheck: %s", out);
     }
@@ -193,7 +193,7 @@ START_TEST(test_port_in_use)
     struct gristd_proc b;
     const char *args2[] = {"--listen", a.addr[0], "--log-level", "error", NULL};
     ck_assert_int_ne(gristd_start(&b, args2), 0); /* no ready line */
-    ck_assert_int_eq(gristd_stop(&b, 0), 1);       /* exits 1 by itself */
+    ck_assert_int_eq(gristd_stop(&b, 0), 1); /* exits 1 by itself */
     ck_assert_int_eq(gristd_stop(&a, SIGTERM), 0);
 }
 END_TEST
@@ -210,8 +210,8 @@ START_TEST(test_listener_probe)
         ck_abort_msg("prlimit missing (util-linux)");
     setenv("GRISTD_WRAPPER", "prlimit --nofile=64:64", 1);
     struct gristd_proc p;
-    const char *args[] = {"--listen", "127.0.0.1:0", "--listener-probe", "0.5",
-                          "--log-level", "warn", NULL};
+    const char *args[] = {"--listen", "127.0.0.1:0", "--listener-probe", "0.5", "--log-level",
+                          "warn",     NULL};
     const int started = gristd_start(&p, args);
     unsetenv("GRISTD_WRAPPER");
     ck_assert_int_eq(started, 0);

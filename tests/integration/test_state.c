@@ -49,8 +49,9 @@ static void rm_dir(void)
 /* gristd on 127.0.0.1:0 with HTTP, a state directory (NULL: none) and a fast interval */
 static struct gristd_proc start(const char *dir, const char *extra1, const char *extra2)
 {
-    const char *args[20] = {"--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--log-level",
-                            "warn", "--snapshot-interval", "0.1"};
+    const char *args[20] =
+        {"--listen", "127.0.0.1:0",         "--http", "127.0.0.1:0", "--log-level",
+         "warn",     "--snapshot-interval", "0.1"};
     int n = 8;
     if (dir) {
         args[n++] = "--state-dir";
@@ -171,9 +172,18 @@ static void feed_sync(struct feed *f, struct tw *w, const char *addr, const char
 
 static struct tw *attach(const char *addr, const char *job)
 {
-    struct tw_opts o = {.job = job, .rank = 0, .world = 1, .ngroups = 1, .m = M, .n = 1000,
-                        .beta0 = 0.5, .solve_every = 5, .min_steps = 5, .hysteresis_h = 1,
-                        .rule = "alignment", .noise = "acf"};
+    struct tw_opts o = {.job = job,
+                        .rank = 0,
+                        .world = 1,
+                        .ngroups = 1,
+                        .m = M,
+                        .n = 1000,
+                        .beta0 = 0.5,
+                        .solve_every = 5,
+                        .min_steps = 5,
+                        .hysteresis_h = 1,
+                        .rule = "alignment",
+                        .noise = "acf"};
     struct tw *w = tw_open(addr, &o);
     ck_assert_ptr_nonnull(w);
     uint32_t seed;

@@ -118,8 +118,12 @@ static struct tw *open_call(const char *target, const char *method)
 {
     struct tw *w = calloc(1, sizeof(*w));
     grpc_channel_credentials *creds = grpc_insecure_credentials_create();
-    grpc_arg arg = {GRPC_ARG_INTEGER, (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, {.integer = 64 << 20}};
-    grpc_arg arg2 = {GRPC_ARG_INTEGER, (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, {.integer = 64 << 20}};
+    grpc_arg arg = {GRPC_ARG_INTEGER,
+                    (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+                    {.integer = 64 << 20}};
+    grpc_arg arg2 = {GRPC_ARG_INTEGER,
+                     (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
+                     {.integer = 64 << 20}};
     grpc_arg args[2] = {arg, arg2};
     grpc_channel_args ca = {2, args};
     w->ch = grpc_channel_create(target, creds, &ca);

@@ -18,14 +18,14 @@ struct tw_hp {
 struct tw_opts {
     const char *job;
     uint32_t rank, world, ngroups, m;
-    uint64_t n;              /* elements per group */
+    uint64_t n; /* elements per group */
     double beta0;
     int adam;
     uint32_t solve_every, min_steps, hysteresis_h;
-    const char *noise;       /* NULL = daemon default */
+    const char *noise; /* NULL = daemon default */
     double hysteresis_z;
-    const char *rule;        /* NULL = daemon default */
-    int sketch_kind;         /* SketchKind on the wire (0 hashed, 1 block; others to test refusals) */
+    const char *rule; /* NULL = daemon default */
+    int sketch_kind; /* SketchKind on the wire (0 hashed, 1 block; others to test refusals) */
 };
 
 /* Open a call of any streaming method (nothing sent yet). */

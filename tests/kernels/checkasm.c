@@ -29,12 +29,12 @@ static uint64_t g_seed;
 static int g_fail, g_checks;
 static const char *g_backend;
 
-#define FAIL(...)                                                                \
-    do {                                                                         \
-        fprintf(stderr, "checkasm: FAIL [%s] ", g_backend);                      \
-        fprintf(stderr, __VA_ARGS__);                                            \
-        fprintf(stderr, " (seed %" PRIu64 ")\n", g_seed);                        \
-        g_fail++;                                                                \
+#define FAIL(...)                                                                                  \
+    do {                                                                                           \
+        fprintf(stderr, "checkasm: FAIL [%s] ", g_backend);                                        \
+        fprintf(stderr, __VA_ARGS__);                                                              \
+        fprintf(stderr, " (seed %" PRIu64 ")\n", g_seed);                                          \
+        g_fail++;                                                                                  \
     } while (0)
 
 /* host array with guards on both sides */

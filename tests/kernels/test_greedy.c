@@ -212,7 +212,8 @@ START_TEST(test_horizon_step)
         printf("horizon step %.0f: largest move %.3fx, final beta %.3f\n", steps_allowed[k], ratio,
                bt);
         ck_assert_msg(ratio <= steps_allowed[k] * (1 + 1e-6), "a move of %gx", ratio);
-        ck_assert_msg(ratio > steps_allowed[k] * 0.7, "largest move %gx: the step never bound", ratio);
+        ck_assert_msg(ratio > steps_allowed[k] * 0.7, "largest move %gx: the step never bound",
+                      ratio);
     }
 }
 END_TEST
@@ -239,8 +240,8 @@ START_TEST(test_curvature_isotropic)
     struct grist_curvature cv;
     grist_stats_curvature(st, &cv);
     ck_assert_uint_ge(cv.block.samples, 6); /* one per 8-step block */
-    printf("curvature: one-step %.4f +- %.4f, k-step %.4f +- %.4f (true %.2f)\n",
-           cv.one_step.kappa, cv.one_step.se, cv.block.kappa, cv.block.se, h);
+    printf("curvature: one-step %.4f +- %.4f, k-step %.4f +- %.4f (true %.2f)\n", cv.one_step.kappa,
+           cv.one_step.se, cv.block.kappa, cv.block.se, h);
     ck_assert(cv.one_step.identified && cv.block.identified);
     ck_assert_double_eq_tol(cv.one_step.kappa, h, 0.05 * h);
     ck_assert_double_eq_tol(cv.block.kappa, h, 0.05 * h);
@@ -278,8 +279,8 @@ START_TEST(test_forms_scale)
 {
     double cand[3] = {0.0, 0.5, 0.9}, dots[3] = {0.7, 1.1, 2.5}, E[3] = {0.8, 1.9, 9.0};
     double acf[2] = {0.8, 0.3};
-    struct grist_stats_view v = {.ncand = 3, .cand = cand, .dots = dots, .E = E, .acf = acf,
-                                 .lags = 1};
+    struct grist_stats_view v =
+        {.ncand = 3, .cand = cand, .dots = dots, .E = E, .acf = acf, .lags = 1};
     double Dn[3], Fn[3], En[3], Dm[3], Fm[3], Em[3], Dh[3], Fh[3], Eh[3], De[3], Fe[3], Ee[3];
     grist_greedy_drop(&v, GRIST_FORM_NESTEROV, 0.1, 2.0, 0.05, Dn, Fn, En);
     grist_greedy_drop(&v, GRIST_FORM_EMA_NESTEROV, 0.1, 2.0, 0.05, Dm, Fm, Em);
@@ -293,7 +294,8 @@ START_TEST(test_forms_scale)
         ck_assert_double_eq_tol(Fe[j], c * Fh[j], 1e-12);
         ck_assert_double_eq_tol(Ee[j], c * c * Eh[j], 1e-12);
     }
-    ck_assert(grist_form_is_ema(GRIST_FORM_EMA_NESTEROV) && !grist_form_is_ema(GRIST_FORM_NESTEROV));
+    ck_assert(grist_form_is_ema(GRIST_FORM_EMA_NESTEROV) &&
+              !grist_form_is_ema(GRIST_FORM_NESTEROV));
     /* the DC coupling leaves both EMA forms' lr alone */
     ck_assert_double_eq(grist_lr_scale(GRIST_LR_DC, GRIST_FORM_EMA_NESTEROV, 0.5, 0.9), 1.0);
 }

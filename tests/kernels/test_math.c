@@ -111,8 +111,8 @@ START_TEST(test_T2_noise)
     struct stream_result res;
     /* per-worker noise 16x the signal power: the mean of 4 carries 4x */
     run_stream(rho, 10000, 256, 4, 16.0, 2000, 77, &res);
-    printf("T2 rho=0.8: uncorrected %.3f, workers %.3f, acf %.3f\n", res.beta_off,
-           res.beta_workers, res.beta_acf);
+    printf("T2 rho=0.8: uncorrected %.3f, workers %.3f, acf %.3f\n", res.beta_off, res.beta_workers,
+           res.beta_acf);
     ck_assert_msg(res.beta_off < rho - 0.3, "uncorrected chose %.3f", res.beta_off);
     ck_assert_msg(fabs(res.beta_workers - rho) <= 0.07, "workers chose %.3f", res.beta_workers);
     ck_assert_msg(fabs(res.beta_acf - rho) <= 0.07, "acf chose %.3f", res.beta_acf);
@@ -311,7 +311,8 @@ START_TEST(test_T4_families)
 
     for (int f = GRIST_FAMILY_FROBENIUS; f <= GRIST_FAMILY_DIAGONAL; f++) {
         double q[T4N * T4N], value;
-        ck_assert_int_eq(grist_family_solve((enum grist_family)f, n, s, NULL, B, delta, q, &value), 0);
+        ck_assert_int_eq(grist_family_solve((enum grist_family)f, n, s, NULL, B, delta, q, &value),
+                         0);
         const double c = constraint((enum grist_family)f, n, q, s, shalf, metric);
         ck_assert_msg(fabs(c - B) <= 1e-10 * B, "family %d: constraint %.15g != B", f, c);
         double best_random = 0;
@@ -344,7 +345,6 @@ START_TEST(test_T4_families)
     ck_assert_int_eq(grist_family_solve(GRIST_FAMILY_ISOTROPIC, n, s, NULL, B, 0, qb, NULL), 0);
     for (int i = 0; i < n * n; i++)
         ck_assert_double_eq_tol(qa[i], qb[i], 1e-10);
-
 }
 END_TEST
 
@@ -379,16 +379,19 @@ START_TEST(test_T4_reported_values)
         double sigma[64], q[64], v[6];
         ck_assert_int_eq(grist_stats_covariance(st, sigma, NULL), 0);
         for (int f = 0; f < 6; f++)
-            ck_assert_int_eq(grist_family_solve((enum grist_family)f, 8, sigma, NULL, 1.0, delta, q, &v[f]), 0);
+            ck_assert_int_eq(grist_family_solve((enum grist_family)f, 8, sigma, NULL, 1.0, delta, q,
+                                                &v[f]),
+                             0);
         const double got[6] = {fam.value_frobenius, fam.value_spectral, fam.value_isotropic,
-                               fam.value_lyapunov, fam.value_whitened, fam.value_diagonal};
+                               fam.value_lyapunov,  fam.value_whitened, fam.value_diagonal};
         for (int f = 0; f < 6; f++) {
             /* whitened and diagonal closed forms carry delta in a different place */
             const double tol = (f == 4 || f == 5) ? 1e-6 : 1e-9;
             ck_assert_msg(fabs(got[f] - v[f]) <= tol * fabs(v[f]), "%s family %d: %.12g vs %.12g",
                           names[b], f, got[f], v[f]);
         }
-        ck_assert_double_eq_tol(fam.effective_rank, fam.trace * fam.trace / (fam.frobenius * fam.frobenius), 1e-12);
+        ck_assert_double_eq_tol(fam.effective_rank,
+                                fam.trace * fam.trace / (fam.frobenius * fam.frobenius), 1e-12);
         /* a snapshot solved on another backend instance (gristd's families
          * thread) gives the same values, bit for bit on the same backend kind */
         double snap[64], c = 0;
@@ -413,7 +416,8 @@ static Suite *suite(void)
     tcase_set_timeout(tc, 300);
     tcase_add_loop_test(tc, test_T1_ar1, 0, 3);
     tcase_add_test(tc, test_T2_noise);
-    tcase_add_loop_test(tc, test_T3_sketch_variance, 0, (int)(sizeof(t3_cases) / sizeof(t3_cases[0])));
+    tcase_add_loop_test(tc, test_T3_sketch_variance, 0,
+                        (int)(sizeof(t3_cases) / sizeof(t3_cases[0])));
     tcase_add_test(tc, test_T4_families);
     tcase_add_test(tc, test_T4_reported_values);
     suite_add_tcase(s, tc);

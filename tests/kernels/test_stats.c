@@ -250,7 +250,8 @@ END_TEST
 START_TEST(test_lr_coupling)
 {
     ck_assert_double_eq(grist_lr_scale(GRIST_LR_NONE, GRIST_FORM_HEAVY_BALL, 0.5, 0.9), 1.0);
-    ck_assert_double_eq_tol(grist_lr_scale(GRIST_LR_DC, GRIST_FORM_HEAVY_BALL, 0.5, 0.9), 5.0, 1e-12);
+    ck_assert_double_eq_tol(grist_lr_scale(GRIST_LR_DC, GRIST_FORM_HEAVY_BALL, 0.5, 0.9), 5.0,
+                            1e-12);
     ck_assert_double_eq(grist_lr_scale(GRIST_LR_DC, GRIST_FORM_EMA, 0.5, 0.9), 1.0);
     ck_assert_double_eq_tol(grist_lr_scale(GRIST_LR_ENERGY, GRIST_FORM_HEAVY_BALL, 0.6, 0.8),
                             0.8 / 0.6, 1e-12);

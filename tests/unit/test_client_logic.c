@@ -109,17 +109,24 @@ START_TEST(test_sketcher_matches_kernel)
     const struct grist_tensor t[3] = {
         {.grad = g0, .n = 3000, .offset = 0, .group = 0},
         {.grad = g1, .n = 2000, .offset = 3000, .group = 0},
-        {.grad = g2, .exp_avg_sq = v2, .n = 3001, .offset = 0, .group = 1, .v_scale = 2.0, .eps = 1e-8},
+        {.grad = g2,
+         .exp_avg_sq = v2,
+         .n = 3001,
+         .offset = 0,
+         .group = 1,
+         .v_scale = 2.0,
+         .eps = 1e-8},
     };
     for (int kind = GRIST_SKETCH_HASHED; kind <= GRIST_SKETCH_BLOCK; kind++) {
         const int blk = kind == GRIST_SKETCH_BLOCK;
         double want[NG][M] = {{0}}, want_sq[NG] = {0};
-        (blk ? grist_sketch_block_accum_f32 : grist_sketch_accum_f32)(seeds[0], g0, 3000, 0, want[0], M,
-                                                                      &want_sq[0]);
-        (blk ? grist_sketch_block_accum_f32 : grist_sketch_accum_f32)(seeds[0], g1, 2000, 3000, want[0],
-                                                                      M, &want_sq[0]);
-        (blk ? grist_sketch_block_accum_adam_f32 : grist_sketch_accum_adam_f32)(
-            seeds[1], g2, v2, 3001, 0, 2.0, 1e-8, want[1], M, &want_sq[1]);
+        (blk ? grist_sketch_block_accum_f32 : grist_sketch_accum_f32)(seeds[0], g0, 3000, 0,
+                                                                      want[0], M, &want_sq[0]);
+        (blk ? grist_sketch_block_accum_f32 : grist_sketch_accum_f32)(seeds[0], g1, 2000, 3000,
+                                                                      want[0], M, &want_sq[0]);
+        (blk ? grist_sketch_block_accum_adam_f32
+             : grist_sketch_accum_adam_f32)(seeds[1], g2, v2, 3001, 0, 2.0, 1e-8, want[1], M,
+                                            &want_sq[1]);
 
         struct grist__sketcher *sk;
         ck_assert_int_eq(grist__sketcher_new(NG, M, kind, sizes, &sk), 0);
@@ -132,9 +139,11 @@ START_TEST(test_sketcher_matches_kernel)
                 ck_assert_int_eq(grist__sketcher_begin(sk, seeds, t, 3, async), -EBUSY);
                 ck_assert_int_eq(grist__sketcher_wait(sk, &acc, &sq), 0);
                 ck_assert_int_eq(grist__sketcher_busy(sk), 0);
-                ck_assert_int_eq(grist__sketcher_begin(sk, seeds, t, 3, async), -EBUSY); /* until reset */
+                ck_assert_int_eq(grist__sketcher_begin(sk, seeds, t, 3, async),
+                                 -EBUSY); /* until reset */
                 for (int g = 0; g < NG; g++) {
-                    ck_assert_mem_eq(acc + (size_t)g * M, want[g], sizeof(want[g])); /* same order: bit-equal */
+                    ck_assert_mem_eq(acc + (size_t)g * M, want[g],
+                                     sizeof(want[g])); /* same order: bit-equal */
                     ck_assert_double_eq(sq[g], want_sq[g]);
                 }
                 grist__sketcher_reset(sk);
@@ -158,7 +167,8 @@ START_TEST(test_sketcher_refuses_bad_tensors)
     const uint32_t seeds[NG] = {1, 2};
     struct grist__sketcher *sk;
     ck_assert_int_eq(grist__sketcher_new(NG, M, GRIST_SKETCH_BLOCK, sizes, &sk), 0);
-    struct grist_tensor t[2] = {{.grad = x, .n = 100, .group = 0}, {.grad = x, .n = 50, .group = 1}};
+    struct grist_tensor t[2] = {{.grad = x, .n = 100, .group = 0},
+                                {.grad = x, .n = 50, .group = 1}};
     ck_assert_int_eq(grist__sketcher_begin(sk, NULL, t, 2, 0), -EINVAL);
     t[1].group = 2; /* no such group */
     ck_assert_int_eq(grist__sketcher_begin(sk, seeds, t, 2, 0), -EINVAL);

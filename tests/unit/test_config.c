@@ -25,8 +25,14 @@ START_TEST(test_flags)
 {
     struct grist_config c;
     grist__config_defaults(&c);
-    char *argv[] = {"gristd", "--listen", "unix:/tmp/x.sock", "--listen=127.0.0.1:0",
-                    "--ready-fd=5", "--backend", "ref", NULL};
+    char *argv[] = {"gristd",
+                    "--listen",
+                    "unix:/tmp/x.sock",
+                    "--listen=127.0.0.1:0",
+                    "--ready-fd=5",
+                    "--backend",
+                    "ref",
+                    NULL};
     ck_assert_int_eq(grist__config_parse(&c, 7, argv), 0);
     ck_assert_int_eq(c.nlisten, 2);
     ck_assert_str_eq(c.listen[0], "unix:/tmp/x.sock");
@@ -85,8 +91,8 @@ START_TEST(test_help_lists_every_option)
     FILE *f = open_memstream(&buf, &len);
     grist__config_help(f);
     fclose(f);
-    const char *names[] = {"--listen", "--ready-fd", "--backend", "--log-level",
-                           "--max-message-bytes", "--config"};
+    const char *names[] = {"--listen",    "--ready-fd",          "--backend",
+                           "--log-level", "--max-message-bytes", "--config"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         ck_assert_ptr_nonnull(strstr(buf, names[i]));
     ck_assert_ptr_nonnull(strstr(buf, "default: 127.0.0.1:7788"));

@@ -18,9 +18,11 @@ START_TEST(test_fmix_vectors)
     ck_assert_uint_eq(grist_fmix32(0xdeadbeefu), 0x0de5c6a9u);
     const uint32_t seed = grist_sketch_seed(12345, 0);
     ck_assert_uint_eq(seed, 0x6a976b2du);
-    const struct { uint32_t i, key; } v[] = {
-        {0, 0x0a061ae7u}, {1, 0x154af942u}, {2, 0xa56b7859u}, {1000, 0xaf56ac42u},
-        {4294967295u, 0xd717d9f6u},
+    const struct {
+        uint32_t i, key;
+    } v[] = {
+        {0, 0x0a061ae7u},    {1, 0x154af942u},           {2, 0xa56b7859u},
+        {1000, 0xaf56ac42u}, {4294967295u, 0xd717d9f6u},
     };
     for (size_t k = 0; k < sizeof(v) / sizeof(v[0]); k++)
         ck_assert_uint_eq(grist_sketch_key(v[k].i, seed), v[k].key);
@@ -207,8 +209,10 @@ START_TEST(test_block_chunking_and_offsets)
     }
     double acc[64] = {0};
     ck_assert_int_eq(grist_sketch_block_accum_f32(1, x, 4, 0, acc, 100, NULL), GRIST_EBADDIM);
-    ck_assert_int_eq(grist_sketch_block_accum_f32(1, x, 4, UINT32_MAX, acc, 64, NULL), GRIST_ETOOBIG);
-    ck_assert_int_eq(grist_sketch_block_accum_adam_f32(1, x, v, 4, 0, vs, 0.0, acc, 64, NULL), -EINVAL);
+    ck_assert_int_eq(grist_sketch_block_accum_f32(1, x, 4, UINT32_MAX, acc, 64, NULL),
+                     GRIST_ETOOBIG);
+    ck_assert_int_eq(grist_sketch_block_accum_adam_f32(1, x, v, 4, 0, vs, 0.0, acc, 64, NULL),
+                     -EINVAL);
     for (int b = 0; b < 64; b++)
         ck_assert_double_eq(acc[b], 0.0);
     enum grist_sketch_kind kind;

@@ -41,11 +41,11 @@ struct grist_session;
 /** Client options; fill with grist_client_options_default() first. */
 struct grist_client_options {
     double backoff_initial_s; /**< first reconnect delay (default 0.1 s) */
-    double backoff_max_s;     /**< cap of the exponential backoff (default 5 s) */
-    uint32_t queue_capacity;  /**< summaries queued per session (default 1024: a run that
+    double backoff_max_s; /**< cap of the exponential backoff (default 5 s) */
+    uint32_t queue_capacity; /**< summaries queued per session (default 1024: a run that
                                    outpaces its first connection loses nothing) */
     int32_t max_message_bytes; /**< gRPC message limit (default 64 MiB) */
-    double keepalive_s;       /**< HTTP/2 ping interval (default 15 s; gristd accepts one per
+    double keepalive_s; /**< HTTP/2 ping interval (default 15 s; gristd accepts one per
                                    5 s): a daemon that stops answering (hung, SIGSTOP, a dead
                                    link) is noticed within keepalive_s + 5 s and the session
                                    reconnects; 0 = off */
@@ -83,37 +83,37 @@ enum grist_optimizer {
 
 /** One parameter group as declared at attach. */
 struct grist_group_desc {
-    const char *name;          /**< shown in dashboards; may be NULL */
-    uint64_t num_elements;     /**< n, below 2^32 */
+    const char *name; /**< shown in dashboards; may be NULL */
+    uint64_t num_elements; /**< n, below 2^32 */
     enum grist_optimizer optimizer;
-    double lr;                 /**< the user's configured learning rate */
-    double beta;               /**< the user's configured momentum / beta1 */
+    double lr; /**< the user's configured learning rate */
+    double beta; /**< the user's configured momentum / beta1 */
 };
 
 /** What a worker attaches with. Zero policy fields take the daemon's defaults. */
 struct grist_attach_options {
-    const char *job;           /**< job id (1..128 bytes) */
+    const char *job; /**< job id (1..128 bytes) */
     uint32_t rank, world_size;
     uint32_t ngroups;
     const struct grist_group_desc *groups; /**< ngroups entries; copied */
-    uint32_t sketch_dim;       /**< m: a power of two in [64, 65536]; 0 = 1024 */
-    const char *mode;          /**< "per_group" | "global" | NULL */
+    uint32_t sketch_dim; /**< m: a power of two in [64, 65536]; 0 = 1024 */
+    const char *mode; /**< "per_group" | "global" | NULL */
     const char *noise_correction; /**< "off" | "workers" | "acf" | "auto" | NULL */
-    const char *lr_coupling;   /**< "none" | "dc" | "energy" | "radius" | NULL */
+    const char *lr_coupling; /**< "none" | "dc" | "energy" | "radius" | NULL */
     uint32_t solve_every, min_steps;
     double beta_min, beta_max;
-    const double *candidates;  /**< explicit beta list (e.g. the paper's {0.5, 0.9, 0.99});
+    const double *candidates; /**< explicit beta list (e.g. the paper's {0.5, 0.9, 0.99});
                                     NULL = the daemon's grid; copied */
-    uint32_t ncandidates;      /**< entries of candidates, at most 64 */
-    const char *select_on;     /**< "train" | "validation" | NULL */
-    double hysteresis_z;       /**< standard errors the best must lead by; 0 = default */
-    uint32_t hysteresis_h;     /**< consecutive agreeing evaluations; 0 = default */
-    double ema_gamma;          /**< EMA decay of the statistics; 0 = default */
-    double j_ema;              /**< EMA of J before the argmax, in (0, 1); 0 = default */
-    double radius;             /**< rho for lr_coupling "radius"; 0 = default */
-    const char *rule;          /**< "curvature" | "alignment" | NULL (docs/MATH.md 5.4) */
-    double hysteresis_z_fast;  /**< curvature rule: a lead that moves at once; 0 = default */
-    const char *sketch_kind;   /**< "block" | "hashed" | NULL = "block" (docs/MATH.md 2.1); every
+    uint32_t ncandidates; /**< entries of candidates, at most 64 */
+    const char *select_on; /**< "train" | "validation" | NULL */
+    double hysteresis_z; /**< standard errors the best must lead by; 0 = default */
+    uint32_t hysteresis_h; /**< consecutive agreeing evaluations; 0 = default */
+    double ema_gamma; /**< EMA decay of the statistics; 0 = default */
+    double j_ema; /**< EMA of J before the argmax, in (0, 1); 0 = default */
+    double radius; /**< rho for lr_coupling "radius"; 0 = default */
+    const char *rule; /**< "curvature" | "alignment" | NULL (docs/MATH.md 5.4) */
+    double hysteresis_z_fast; /**< curvature rule: a lead that moves at once; 0 = default */
+    const char *sketch_kind; /**< "block" | "hashed" | NULL = "block" (docs/MATH.md 2.1); every
                                     rank of a job must use the same */
 };
 
@@ -186,14 +186,14 @@ GRIST_EXPORT int grist_session_submit(struct grist_session *s, uint64_t step, co
 
 /** One gradient tensor of a step, for grist_session_sketch_begin(). */
 struct grist_tensor {
-    const float *grad;       /**< float32, contiguous, n elements */
+    const float *grad; /**< float32, contiguous, n elements */
     const float *exp_avg_sq; /**< Adam's second moment (float32, n) for the
                                   preconditioned sketch, or NULL for the plain one */
-    uint64_t n;              /**< elements */
-    uint64_t offset;         /**< element offset of this tensor within its group */
-    uint32_t group;          /**< group index */
-    double v_scale;          /**< Adam: 1 / (1 - beta2^t) (bias correction of v) */
-    double eps;              /**< Adam: epsilon */
+    uint64_t n; /**< elements */
+    uint64_t offset; /**< element offset of this tensor within its group */
+    uint32_t group; /**< group index */
+    double v_scale; /**< Adam: 1 / (1 - beta2^t) (bias correction of v) */
+    double eps; /**< Adam: epsilon */
 };
 
 /**
@@ -232,9 +232,9 @@ GRIST_EXPORT int grist_session_sketch_end(struct grist_session *s, uint64_t step
 
 /** Hyperparameters of one group. */
 struct grist_group_hyperparams {
-    double momentum;   /**< momentum (SGD) or beta1 (Adam) */
-    double lr_scale;   /**< factor on the user's lr */
-    double lr;         /**< absolute lr (lr_coupling radius), else 0 */
+    double momentum; /**< momentum (SGD) or beta1 (Adam) */
+    double lr_scale; /**< factor on the user's lr */
+    double lr; /**< absolute lr (lr_coupling radius), else 0 */
     double confidence; /**< margin in standard errors */
 };
 
@@ -252,15 +252,15 @@ GRIST_EXPORT int grist_session_latest(struct grist_session *s, struct grist_grou
 
 /** Counters of a session. */
 struct grist_session_stats {
-    uint64_t submitted;  /**< summaries accepted by submit */
-    uint64_t sent;       /**< summaries handed to gRPC */
-    uint64_t dropped;    /**< summaries dropped because the queue was full */
-    uint64_t attaches;   /**< Welcome messages received (1 + re-attaches) */
-    uint64_t failures;   /**< streams that ended (daemon gone, refused, ...) */
-    uint64_t received;   /**< Hyperparams messages received */
-    uint32_t queued;     /**< summaries waiting now */
-    int connected;       /**< 1 while attached */
-    int last_status;     /**< gRPC status of the last stream that ended */
+    uint64_t submitted; /**< summaries accepted by submit */
+    uint64_t sent; /**< summaries handed to gRPC */
+    uint64_t dropped; /**< summaries dropped because the queue was full */
+    uint64_t attaches; /**< Welcome messages received (1 + re-attaches) */
+    uint64_t failures; /**< streams that ended (daemon gone, refused, ...) */
+    uint64_t received; /**< Hyperparams messages received */
+    uint32_t queued; /**< summaries waiting now */
+    int connected; /**< 1 while attached */
+    int last_status; /**< gRPC status of the last stream that ended */
 };
 
 /** Read the counters. */
@@ -299,11 +299,11 @@ GRIST_EXPORT void grist_session_close(struct grist_session *s);
 /** One job, as ListJobs / GetJob describe it. */
 struct grist_job_info {
     char id[129];
-    uint32_t world_size;     /**< ranks of the job */
-    uint32_t live_workers;   /**< Attach streams open now */
-    uint64_t step;           /**< newest aggregated step */
-    uint64_t version;        /**< hyperparameter versions pushed */
-    uint64_t dropped_steps;  /**< steps lost because a compute thread was behind */
+    uint32_t world_size; /**< ranks of the job */
+    uint32_t live_workers; /**< Attach streams open now */
+    uint64_t step; /**< newest aggregated step */
+    uint64_t version; /**< hyperparameter versions pushed */
+    uint64_t dropped_steps; /**< steps lost because a compute thread was behind */
     uint64_t late_summaries; /**< summaries for a step already aggregated */
 };
 
@@ -313,13 +313,13 @@ struct grist_job_info {
 /** One parameter group's state, as GetJob / WatchJob describe it. */
 struct grist_group_info {
     char name[65];
-    double momentum, lr_scale;   /**< in force */
-    double noise, noise_scale;   /**< sigma-hat^2 and B_noise */
-    uint64_t steps;              /**< steps evaluated */
-    uint32_t ncand;              /**< candidates below (0 before the first evaluation) */
+    double momentum, lr_scale; /**< in force */
+    double noise, noise_scale; /**< sigma-hat^2 and B_noise */
+    uint64_t steps; /**< steps evaluated */
+    uint32_t ncand; /**< candidates below (0 before the first evaluation) */
     double cand[GRIST_QUERY_MAX_CANDIDATES], J[GRIST_QUERY_MAX_CANDIDATES],
         J_se[GRIST_QUERY_MAX_CANDIDATES];
-    int have_families;           /**< the family diagnostics below are set */
+    int have_families; /**< the family diagnostics below are set */
     double trace, frobenius, lambda_max, effective_rank;
     double value_frobenius, value_spectral, value_isotropic, value_lyapunov;
 };

@@ -15,16 +15,16 @@ extern "C" {
 #endif
 
 /* XX(NAME, value, message) */
-#define GRIST_ERRNO_MAP(XX)                                                       \
-    XX(NONFINITE, -4001, "input holds a non-finite value (NaN or Inf)")           \
-    XX(BADLEN, -4002, "input length disagrees with the state it updates")          \
-    XX(BADDIM, -4003, "sketch dimension must be a power of two in [64, 65536]")    \
-    XX(TOOBIG, -4004, "group has 2^32 elements or more")                           \
-    XX(NOBACKEND, -4005, "requested kernels backend is not available")            \
-    XX(DEVICE, -4006, "GPU device call failed")                                    \
-    XX(LAPACK, -4007, "LAPACK routine failed to converge")                         \
-    XX(BADSTATE, -4008, "serialized statistics state is corrupt or of another version") \
-    XX(BADCONF, -4009, "statistics configuration out of bounds")                   \
+#define GRIST_ERRNO_MAP(XX)                                                                        \
+    XX(NONFINITE, -4001, "input holds a non-finite value (NaN or Inf)")                            \
+    XX(BADLEN, -4002, "input length disagrees with the state it updates")                          \
+    XX(BADDIM, -4003, "sketch dimension must be a power of two in [64, 65536]")                    \
+    XX(TOOBIG, -4004, "group has 2^32 elements or more")                                           \
+    XX(NOBACKEND, -4005, "requested kernels backend is not available")                             \
+    XX(DEVICE, -4006, "GPU device call failed")                                                    \
+    XX(LAPACK, -4007, "LAPACK routine failed to converge")                                         \
+    XX(BADSTATE, -4008, "serialized statistics state is corrupt or of another version")            \
+    XX(BADCONF, -4009, "statistics configuration out of bounds")                                   \
     XX(NOTREADY, -4010, "not enough steps yet for this estimate")
 
 enum grist_errno {

@@ -16,17 +16,17 @@ struct grist_backend;
 
 /** Diagnostics of one Sigma (all computed after clipping eigenvalues at 0). */
 struct grist_families {
-    double trace;          /**< tr Sigma */
-    double frobenius;      /**< |Sigma|_F */
-    double trace_sqrt;     /**< tr Sigma^1/2 */
-    double lambda_max;     /**< largest eigenvalue */
+    double trace; /**< tr Sigma */
+    double frobenius; /**< |Sigma|_F */
+    double trace_sqrt; /**< tr Sigma^1/2 */
+    double lambda_max; /**< largest eigenvalue */
     double effective_rank; /**< (tr Sigma)^2 / |Sigma|_F^2, 0 for Sigma = 0 */
     double value_frobenius; /**< max <Q,Sigma> over |Q|_F <= 1 */
-    double value_spectral;  /**< over |Q|_op <= 1 */
+    double value_spectral; /**< over |Q|_op <= 1 */
     double value_isotropic; /**< over tr(Q Sigma Q) <= 1 */
-    double value_lyapunov;  /**< over tr(Q C Q) <= 1, C = diag(Sigma) + delta I */
-    double value_whitened;  /**< over |Sigma^1/2 Q|_op <= 1 */
-    double value_diagonal;  /**< over diagonal Q with q_i sqrt(s_i) <= 1 */
+    double value_lyapunov; /**< over tr(Q C Q) <= 1, C = diag(Sigma) + delta I */
+    double value_whitened; /**< over |Sigma^1/2 Q|_op <= 1 */
+    double value_diagonal; /**< over diagonal Q with q_i sqrt(s_i) <= 1 */
 };
 
 /** The families, in the order of MATH.md's table. */
@@ -53,9 +53,8 @@ enum grist_family {
  * @return 0; -EINVAL for bad arguments; -ENOMEM; GRIST_ELAPACK if an
  *         eigendecomposition fails.
  */
-int grist_family_solve(enum grist_family fam, uint32_t n, const double *sigma,
-                       const double *metric, double radius, double delta, double *q,
-                       double *value);
+int grist_family_solve(enum grist_family fam, uint32_t n, const double *sigma, const double *metric,
+                       double radius, double delta, double *q, double *value);
 
 /**
  * Symmetric eigendecomposition with the plain-C reference (cyclic Jacobi).

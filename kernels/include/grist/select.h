@@ -15,10 +15,20 @@ extern "C" {
 #endif
 
 enum grist_mode { GRIST_MODE_PER_GROUP = 0, GRIST_MODE_GLOBAL = 1 };
-enum grist_noise { GRIST_NOISE_OFF = 0, GRIST_NOISE_WORKERS, GRIST_NOISE_ACF, GRIST_NOISE_AUTO,
-                   GRIST_NOISE_LAG1 };
-enum grist_coupling { GRIST_LR_NONE = 0, GRIST_LR_DC, GRIST_LR_ENERGY, GRIST_LR_RADIUS,
-                      GRIST_LR_GREEDY };
+enum grist_noise {
+    GRIST_NOISE_OFF = 0,
+    GRIST_NOISE_WORKERS,
+    GRIST_NOISE_ACF,
+    GRIST_NOISE_AUTO,
+    GRIST_NOISE_LAG1
+};
+enum grist_coupling {
+    GRIST_LR_NONE = 0,
+    GRIST_LR_DC,
+    GRIST_LR_ENERGY,
+    GRIST_LR_RADIUS,
+    GRIST_LR_GREEDY
+};
 /** Selection rule: the paper's first-order alignment, or the second-order
  *  greedy rule with curvature along the trajectory (docs/MATH.md 5.4). */
 enum grist_rule { GRIST_RULE_ALIGNMENT = 0, GRIST_RULE_CURVATURE = 1 };
@@ -31,16 +41,16 @@ struct grist_policy {
     enum grist_noise noise;
     enum grist_coupling coupling;
     enum grist_select_on select_on;
-    double beta_min, beta_max;   /**< hard bounds on any pushed beta */
+    double beta_min, beta_max; /**< hard bounds on any pushed beta */
     double lr_scale_min, lr_scale_max; /**< hard bounds on lr_scale */
-    uint32_t min_steps;          /**< no move before this many steps */
-    double z;                    /**< hysteresis: margin in standard errors */
-    uint32_t h;                  /**< hysteresis: consecutive evaluations */
-    double j_ema;                /**< extra smoothing of J before argmax; 0 = off */
-    double radius;               /**< rho for GRIST_LR_RADIUS */
-    double z_fast;               /**< a margin of z_fast standard errors moves at once (curvature
+    uint32_t min_steps; /**< no move before this many steps */
+    double z; /**< hysteresis: margin in standard errors */
+    uint32_t h; /**< hysteresis: consecutive evaluations */
+    double j_ema; /**< extra smoothing of J before argmax; 0 = off */
+    double radius; /**< rho for GRIST_LR_RADIUS */
+    double z_fast; /**< a margin of z_fast standard errors moves at once (curvature
                                       rule; 0 = off) */
-    double horizon_step;         /**< curvature rule: one move changes 1/(1-beta) by at most this
+    double horizon_step; /**< curvature rule: one move changes 1/(1-beta) by at most this
                                       factor (2; docs/MATH.md 5.4) */
 };
 
@@ -62,33 +72,33 @@ const char *grist_select_on_name(enum grist_select_on v);
 /** Per-group selector state (embedded; init with grist_selector_init()). */
 struct grist_selector {
     enum grist_form form;
-    double beta0;        /**< the user's configured beta */
-    uint64_t n;          /**< elements of the group (radius coupling) */
-    int moved;           /**< 0 until the first move: beta0 is pushed as is */
-    uint32_t cur;        /**< index of the current candidate */
+    double beta0; /**< the user's configured beta */
+    uint64_t n; /**< elements of the group (radius coupling) */
+    int moved; /**< 0 until the first move: beta0 is pushed as is */
+    uint32_t cur; /**< index of the current candidate */
     uint32_t challenger; /**< candidate of the running streak */
-    uint32_t streak;     /**< consecutive evaluations that favoured challenger */
-    uint64_t smooth_n;   /**< evaluations folded into smooth[] */
-    double lr_scale;     /**< the lr_scale of the last evaluation (greedy coupling) */
+    uint32_t streak; /**< consecutive evaluations that favoured challenger */
+    uint64_t smooth_n; /**< evaluations folded into smooth[] */
+    double lr_scale; /**< the lr_scale of the last evaluation (greedy coupling) */
     double smooth[GRIST_MAX_CANDIDATES]; /**< J after j_ema smoothing */
 };
 
-void grist_selector_init(struct grist_selector *sel, enum grist_form form, double beta0,
-                         uint64_t n, const double *cand, uint32_t ncand);
+void grist_selector_init(struct grist_selector *sel, enum grist_form form, double beta0, uint64_t n,
+                         const double *cand, uint32_t ncand);
 
 /** Outcome of one evaluation. */
 struct grist_choice {
-    double beta;         /**< momentum / beta1 to use */
-    double lr_scale;     /**< factor on the user's lr (1 for radius) */
-    double lr;           /**< absolute lr (radius coupling), else 0 */
-    double confidence;   /**< margin of the best over the current, in standard errors */
-    double noise;        /**< sigma-hat^2 used for the correction */
-    double noise_scale;  /**< B_noise of MATH.md section 4 */
-    uint32_t index;      /**< candidate index of beta (nearest when not moved) */
-    double kappa;        /**< curvature along the trajectory used (0: not identified) */
-    double lr_greedy;    /**< eta* = F / (kappa E) of the current candidate, absolute (0: none) */
-    int changed;         /**< 1 when this evaluation moved beta */
-    const char *reason;  /**< static text explaining the state */
+    double beta; /**< momentum / beta1 to use */
+    double lr_scale; /**< factor on the user's lr (1 for radius) */
+    double lr; /**< absolute lr (radius coupling), else 0 */
+    double confidence; /**< margin of the best over the current, in standard errors */
+    double noise; /**< sigma-hat^2 used for the correction */
+    double noise_scale; /**< B_noise of MATH.md section 4 */
+    uint32_t index; /**< candidate index of beta (nearest when not moved) */
+    double kappa; /**< curvature along the trajectory used (0: not identified) */
+    double lr_greedy; /**< eta* = F / (kappa E) of the current candidate, absolute (0: none) */
+    int changed; /**< 1 when this evaluation moved beta */
+    const char *reason; /**< static text explaining the state */
 };
 
 /**
@@ -100,7 +110,8 @@ double grist_noise_estimate(const struct grist_stats_view *v, enum grist_noise m
 
 /** The noise mode a policy resolves to: under the curvature rule AUTO falls
  *  back to lag1 with one worker (acf under the alignment rule). */
-enum grist_noise grist_policy_noise(const struct grist_policy *pol, const struct grist_stats_view *v);
+enum grist_noise grist_policy_noise(const struct grist_policy *pol,
+                                    const struct grist_stats_view *v);
 
 /**
  * Predicted loss drop D_j = eta F_j - (eta^2 / 2) kappa E_j of every
@@ -133,8 +144,7 @@ int grist_select_group(const struct grist_policy *pol, struct grist_selector *se
  * @return 0; -EINVAL when candidate lists differ.
  */
 int grist_select_global(const struct grist_policy *pol, struct grist_selector *sel,
-                        struct grist_stats *const *st, uint32_t ngroups,
-                        struct grist_choice *out);
+                        struct grist_stats *const *st, uint32_t ngroups, struct grist_choice *out);
 
 #ifdef __cplusplus
 }

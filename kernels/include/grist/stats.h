@@ -49,15 +49,15 @@ static inline int grist_form_is_ema(enum grist_form f)
 
 /** Configuration of one group's statistics. */
 struct grist_stats_config {
-    uint32_t m;        /**< sketch dimension (power of two, 64..65536) */
-    uint32_t cov_dim;  /**< fold the covariance to min(m, cov_dim) (0, or a power
+    uint32_t m; /**< sketch dimension (power of two, 64..65536) */
+    uint32_t cov_dim; /**< fold the covariance to min(m, cov_dim) (0, or a power
                             of two in [8, 65536]); 0: no covariance */
-    uint32_t lags;     /**< L, autocorrelation lags 0..L (>= 2 for acf noise) */
+    uint32_t lags; /**< L, autocorrelation lags 0..L (>= 2 for acf noise) */
     uint32_t cov_batch; /**< steps buffered per rank-b SYRK update (1..256) */
-    double gamma;      /**< EMA decay in (0, 1) */
-    uint32_t ncand;    /**< K, number of candidates (1..GRIST_MAX_CANDIDATES) */
+    double gamma; /**< EMA decay in (0, 1) */
+    uint32_t ncand; /**< K, number of candidates (1..GRIST_MAX_CANDIDATES) */
     double cand[GRIST_MAX_CANDIDATES]; /**< candidate betas in [0, 1) */
-    uint32_t form;     /**< enum grist_form of the worker's optimizer (the applied update) */
+    uint32_t form; /**< enum grist_form of the worker's optimizer (the applied update) */
     uint32_t curv_block; /**< k of the k-step curvature estimate (docs/MATH.md 5.4), 2..256 */
 };
 
@@ -78,19 +78,19 @@ uint32_t grist_candidates_default(double beta_min, double beta_max, double *out)
 
 /** One aggregated step (host memory, read only, not retained). */
 struct grist_step {
-    const float *sketch;   /**< aggregated sketch s-bar, len floats */
-    uint32_t len;          /**< must equal the configured m */
-    uint32_t nworkers;     /**< W: ranks that reported this step (>= 1) */
+    const float *sketch; /**< aggregated sketch s-bar, len floats */
+    uint32_t len; /**< must equal the configured m */
+    uint32_t nworkers; /**< W: ranks that reported this step (>= 1) */
     const float *worker_sketches; /**< nworkers * m floats, or NULL; used when W >= 2 */
-    uint32_t batch_size;   /**< local batch size b of one worker */
-    int has_worker_sq;     /**< when worker_sketches is NULL and W >= 2: use worker_sq_sum */
-    double worker_sq_sum;  /**< sum over the W workers of |s_w|^2; with the mean this gives
+    uint32_t batch_size; /**< local batch size b of one worker */
+    int has_worker_sq; /**< when worker_sketches is NULL and W >= 2: use worker_sq_sum */
+    double worker_sq_sum; /**< sum over the W workers of |s_w|^2; with the mean this gives
                                 sum_w |s_w - s-bar|^2 = worker_sq_sum - W |s-bar|^2 without
                                 keeping W sketches (the daemon's aggregation) */
-    double lr;             /**< multiplier of the applied update a_t in the step the worker took
+    double lr; /**< multiplier of the applied update a_t in the step the worker took
                                 with this gradient (lr in force, times Adam's 1/(1-beta1^k));
                                 0 = unknown: no curvature sample spans this step */
-    double beta;           /**< momentum / beta1 the worker applied in that step, in [0, 1) */
+    double beta; /**< momentum / beta1 the worker applied in that step, in [0, 1) */
 };
 
 /**
@@ -137,22 +137,22 @@ int grist_stats_validation(struct grist_stats *st, const float *sketch, uint32_t
 
 /** Read-only view of the scalar statistics (bias-corrected). */
 struct grist_stats_view {
-    uint64_t steps;        /**< steps applied */
-    uint64_t val_steps;    /**< validation sketches applied */
+    uint64_t steps; /**< steps applied */
+    uint64_t val_steps; /**< validation sketches applied */
     uint32_t ncand;
-    const double *cand;    /**< K betas */
-    const double *J;       /**< alignment per candidate */
-    const double *J_val;   /**< validation alignment per candidate */
-    const double *E;       /**< energy |V_j|^2 per candidate */
-    const double *acf;     /**< r_0 .. r_L (lags beyond steps-1 are 0) */
+    const double *cand; /**< K betas */
+    const double *J; /**< alignment per candidate */
+    const double *J_val; /**< validation alignment per candidate */
+    const double *E; /**< energy |V_j|^2 per candidate */
+    const double *acf; /**< r_0 .. r_L (lags beyond steps-1 are 0) */
     uint32_t lags;
-    double noise_loc;      /**< sigma^2_loc (0 until a step had W >= 2) */
-    double noise_mean;     /**< sigma^2_loc / W: noise of the aggregated sketch */
+    double noise_loc; /**< sigma^2_loc (0 until a step had W >= 2) */
+    double noise_mean; /**< sigma^2_loc / W: noise of the aggregated sketch */
     uint64_t worker_steps; /**< steps that had W >= 2 */
-    double batch_size;     /**< EMA of the local batch size */
-    double nworkers;       /**< EMA of W */
-    const double *dots;    /**< EMA of <s_t, V_j> per candidate (J without its sqrt(1-b^2)) */
-    double lr;             /**< lr of the newest step (0 = not reported) */
+    double batch_size; /**< EMA of the local batch size */
+    double nworkers; /**< EMA of W */
+    const double *dots; /**< EMA of <s_t, V_j> per candidate (J without its sqrt(1-b^2)) */
+    double lr; /**< lr of the newest step (0 = not reported) */
 };
 
 /** Index of the features f = (<s,V_j> for j < K, |V_j|^2 for j < K, |s|^2) of
@@ -164,18 +164,18 @@ struct grist_stats_view {
 
 /** One curvature estimate along the trajectory (docs/MATH.md 5.4). */
 struct grist_curv_est {
-    double kappa;     /**< num / den, or 0 when den <= 0 */
-    double se;        /**< its standard error (delta method); INFINITY when unknown */
+    double kappa; /**< num / den, or 0 when den <= 0 */
+    double se; /**< its standard error (delta method); INFINITY when unknown */
     uint64_t samples; /**< samples folded in */
-    int identified;   /**< kappa > 0 and kappa > 2 se */
+    int identified; /**< kappa > 0 and kappa > 2 se */
 };
 
 /** The curvature the second-order rule uses, and both estimates it comes from. */
 struct grist_curvature {
-    double kappa;     /**< the larger identified estimate; 0 when none is identified */
-    double lo, hi;    /**< plausible range: that estimate +- 2 se (lo >= 0); unidentified:
+    double kappa; /**< the larger identified estimate; 0 when none is identified */
+    double lo, hi; /**< plausible range: that estimate +- 2 se (lo >= 0); unidentified:
                            the range of the more precise estimate; hi = 0: no information */
-    int source;       /**< 0 none, 1 one-step, 2 k-step */
+    int source; /**< 0 none, 1 one-step, 2 k-step */
     struct grist_curv_est one_step, block;
 };
 
