@@ -20,6 +20,7 @@
 #include <http_parser.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -290,6 +291,60 @@ static void metric_head(struct sbuf *b, const char *name, const char *type, cons
     sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* Every daemon-wide counter of /metrics: one row each (name, help, field). */
+static const struct {
+    const char *name, *help;
+    size_t off;
+} counter_table[] = {
+    {"gristd_streams_opened_total", "Attach streams opened.",
+     offsetof(struct grist_counters, streams_opened)},
+    {"gristd_summaries_total", "Worker summaries received.",
+     offsetof(struct grist_counters, summaries)},
+    {"gristd_summaries_rejected_total", "Summaries refused (malformed, non-finite, wrong size).",
+     offsetof(struct grist_counters, summaries_rejected)},
+    {"gristd_summaries_late_total", "Summaries for a step already aggregated.",
+     offsetof(struct grist_counters, summaries_late)},
+    {"gristd_summaries_duplicate_total",
+     "Summaries of a rank for a step it had already sent (ignored).",
+     offsetof(struct grist_counters, summaries_duplicate)},
+    {"gristd_steps_partial_total",
+     "Steps aggregated without every rank, after --aggregation-timeout.",
+     offsetof(struct grist_counters, steps_partial)},
+    {"gristd_step_segments_total",
+     "Runs resumed from an earlier step (a new segment of a job's steps).",
+     offsetof(struct grist_counters, step_segments)},
+    {"gristd_steps_aggregated_total", "Steps aggregated over ranks.",
+     offsetof(struct grist_counters, steps_aggregated)},
+    {"gristd_steps_dropped_total",
+     "Aggregated steps dropped: the compute queue was full, or the job was over its share of a compute thread that was behind.",
+     offsetof(struct grist_counters, steps_dropped)},
+    {"gristd_steps_shed_total",
+     "Of the dropped steps: refused for being over their job's share of a compute thread that was behind (--compute-lag).",
+     offsetof(struct grist_counters, steps_shed)},
+    {"gristd_pushes_total", "Hyperparameter versions pushed.",
+     offsetof(struct grist_counters, pushes)},
+    {"gristd_received_bytes_total", "Bytes of worker messages received.",
+     offsetof(struct grist_counters, bytes_in)},
+    {"gristd_sent_bytes_total", "Bytes of messages sent to workers.",
+     offsetof(struct grist_counters, bytes_out)},
+    {"gristd_jobs_created_total", "Jobs created.", offsetof(struct grist_counters, jobs_created)},
+    {"gristd_jobs_expired_total", "Jobs dropped after idling.",
+     offsetof(struct grist_counters, jobs_expired)},
+    {"gristd_snapshots_written_total", "Job snapshots written to --state-dir.",
+     offsetof(struct grist_counters, snapshots_written)},
+    {"gristd_snapshots_superseded_total",
+     "Job snapshots replaced, before their write began, by a newer state of the job (the disk was slower than --snapshot-interval).",
+     offsetof(struct grist_counters, snapshots_superseded)},
+    {"gristd_snapshot_errors_total",
+     "Job snapshots that could not be taken or written (retried every interval).",
+     offsetof(struct grist_counters, snapshot_errors)},
+    {"gristd_snapshots_refused_total",
+     "State files refused at start (corrupt, truncated, other version).",
+     offsetof(struct grist_counters, snapshots_refused)},
+    {"gristd_jobs_restored_total", "Jobs restored from --state-dir.",
+     offsetof(struct grist_counters, jobs_restored)},
+};
+
 static void metric_u64(struct sbuf *b, const char *name, const char *type, const char *help,
                        uint64_t v)
 {
@@ -367,55 +422,11 @@ static void metrics(struct conn *c, int keep)
     for (uint32_t i = 0; i < d->nengines; i++)
         sb_printf(&b, "gristd_compute_queue_depth{thread=\"%u\"} %u\n", i,
                   d->engines[i] ? grist__engine_depth(d->engines[i]) : 0);
-    const struct grist_counters *k = &d->cnt;
-    metric_u64(&b, "gristd_streams_opened_total", "counter", "Attach streams opened.",
-               k->streams_opened);
-    metric_u64(&b, "gristd_summaries_total", "counter", "Worker summaries received.", k->summaries);
-    metric_u64(&b, "gristd_summaries_rejected_total", "counter",
-               "Summaries refused (malformed, non-finite, wrong size).", k->summaries_rejected);
-    metric_u64(&b, "gristd_summaries_late_total", "counter",
-               "Summaries for a step already aggregated.", k->summaries_late);
-    metric_u64(&b, "gristd_summaries_duplicate_total", "counter",
-               "Summaries of a rank for a step it had already sent (ignored).",
-               k->summaries_duplicate);
-    metric_u64(&b, "gristd_steps_partial_total", "counter",
-               "Steps aggregated without every rank, after --aggregation-timeout.",
-               k->steps_partial);
-    metric_u64(&b, "gristd_step_segments_total", "counter",
-               "Runs resumed from an earlier step (a new segment of a job's steps).",
-               k->step_segments);
-    metric_u64(&b, "gristd_steps_aggregated_total", "counter", "Steps aggregated over ranks.",
-               k->steps_aggregated);
-    metric_u64(&b, "gristd_steps_dropped_total", "counter",
-               "Aggregated steps dropped: the compute queue was full, or the job was over its "
-               "share of a compute thread that was behind.",
-               k->steps_dropped);
-    metric_u64(&b, "gristd_steps_shed_total", "counter",
-               "Of the dropped steps: refused for being over their job's share of a compute "
-               "thread that was behind (--compute-lag).",
-               k->steps_shed);
-    metric_u64(&b, "gristd_pushes_total", "counter", "Hyperparameter versions pushed.", k->pushes);
-    metric_u64(&b, "gristd_received_bytes_total", "counter", "Bytes of worker messages received.",
-               k->bytes_in);
-    metric_u64(&b, "gristd_sent_bytes_total", "counter", "Bytes of messages sent to workers.",
-               k->bytes_out);
-    metric_u64(&b, "gristd_jobs_created_total", "counter", "Jobs created.", k->jobs_created);
-    metric_u64(&b, "gristd_jobs_expired_total", "counter", "Jobs dropped after idling.",
-               k->jobs_expired);
-    metric_u64(&b, "gristd_snapshots_written_total", "counter",
-               "Job snapshots written to --state-dir.", k->snapshots_written);
-    metric_u64(&b, "gristd_snapshots_superseded_total", "counter",
-               "Job snapshots replaced, before their write began, by a newer state of the job "
-               "(the disk was slower than --snapshot-interval).",
-               k->snapshots_superseded);
-    metric_u64(&b, "gristd_snapshot_errors_total", "counter",
-               "Job snapshots that could not be taken or written (retried every interval).",
-               k->snapshot_errors);
-    metric_u64(&b, "gristd_snapshots_refused_total", "counter",
-               "State files refused at start (corrupt, truncated, other version).",
-               k->snapshots_refused);
-    metric_u64(&b, "gristd_jobs_restored_total", "counter", "Jobs restored from --state-dir.",
-               k->jobs_restored);
+    for (size_t i = 0; i < sizeof(counter_table) / sizeof(counter_table[0]); i++) {
+        uint64_t v;
+        memcpy(&v, (const char *)&d->cnt + counter_table[i].off, sizeof(v));
+        metric_u64(&b, counter_table[i].name, "counter", counter_table[i].help, v);
+    }
     metric_hist(&b, "gristd_solve_duration_seconds",
                 "Selection time per evaluation on a compute thread.", &d->solve_seconds);
     metric_hist(&b, "gristd_push_latency_seconds",

@@ -56,22 +56,31 @@ def spawn(argv, **kw):
     return proc
 
 
-def start_gristd(gristd, listen, *extra):
+def spawn_ready(argv):
+    """Start gristd (argv: a wrapper if any, the binary, its options) with a
+    readiness pipe and wait until it serves. Returns (proc, {"grpc": address,
+    "http": address}) from its ready lines (the first grpc listener); raises
+    RuntimeError when it exits without reporting ready."""
     r, w = os.pipe()
-    proc = spawn([gristd, "--listen", listen, "--ready-fd", str(w), "--log-level", "warn",
-                  *extra], pass_fds=(w,))
+    proc = spawn(list(argv) + ["--ready-fd", str(w)], pass_fds=(w,))
     os.close(w)
     out = b""
-    while True:
-        chunk = os.read(r, 4096)
-        if not chunk:
-            break
+    while chunk := os.read(r, 4096):
         out += chunk
     os.close(r)
     if not out:
-        proc.wait(timeout=10)
-        raise RuntimeError("gristd did not start")
-    return proc, out.decode().split()[1]
+        proc.wait(timeout=30)
+        raise RuntimeError(f"gristd did not start (exit {proc.returncode})")
+    ready = {}
+    for line in out.decode().splitlines():
+        kind, addr = line.split(" ", 1)
+        ready.setdefault(kind, addr)
+    return proc, ready
+
+
+def start_gristd(gristd, listen, *extra):
+    proc, ready = spawn_ready([gristd, "--listen", listen, "--log-level", "warn", *extra])
+    return proc, ready["grpc"]
 
 
 def get_job(addr, job_id):

@@ -460,18 +460,19 @@ START_TEST(test_vanishing_client_and_sigterm)
     if (memcheck)
         unsetenv("GRISTD_WRAPPER");
     /* rank 1 of job "v" in a child process that is killed mid-stream */
+    struct tw_opts o = {.job = "v",
+                        .rank = 0,
+                        .world = 2,
+                        .ngroups = 1,
+                        .m = M,
+                        .n = 1000,
+                        .beta0 = 0.9,
+                        .solve_every = 5,
+                        .min_steps = 5};
     pid_t child = fork();
     if (child == 0) {
         grpc_init();
-        struct tw_opts o = {.job = "v",
-                            .rank = 1,
-                            .world = 2,
-                            .ngroups = 1,
-                            .m = M,
-                            .n = 1000,
-                            .beta0 = 0.9,
-                            .solve_every = 5,
-                            .min_steps = 5};
+        o.rank = 1;
         struct tw *w = tw_open(p.addr[0], &o);
         uint32_t s;
         tw_welcome(w, &s, 10);
@@ -485,15 +486,6 @@ START_TEST(test_vanishing_client_and_sigterm)
         }
     }
     grpc_init();
-    struct tw_opts o = {.job = "v",
-                        .rank = 0,
-                        .world = 2,
-                        .ngroups = 1,
-                        .m = M,
-                        .n = 1000,
-                        .beta0 = 0.9,
-                        .solve_every = 5,
-                        .min_steps = 5};
     struct tw *w = tw_open(p.addr[0], &o);
     uint32_t s;
     ck_assert_int_eq(tw_welcome(w, &s, 10), 0);

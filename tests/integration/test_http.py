@@ -35,17 +35,10 @@ from grist._native import Client, Session, group_seed, sketch_f32
 
 def start(gristd, *extra):
     """gristd with --http on a free port; returns (proc, grpc address, http address)."""
-    r, w = os.pipe()
-    proc = pytest_util.spawn([gristd, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0",
-                              "--ready-fd", str(w), "--log-level", "warn", *extra], pass_fds=(w,))
-    os.close(w)
-    out = b""
-    while chunk := os.read(r, 4096):
-        out += chunk
-    os.close(r)
-    lines = dict(line.split(" ", 1) for line in out.decode().splitlines())
-    assert "grpc" in lines and "http" in lines, out
-    return proc, lines["grpc"], lines["http"]
+    proc, ready = pytest_util.spawn_ready([gristd, "--listen", "127.0.0.1:0", "--http",
+                                           "127.0.0.1:0", "--log-level", "warn", *extra])
+    assert "grpc" in ready and "http" in ready, ready
+    return proc, ready["grpc"], ready["http"]
 
 
 def get(http, path, method="GET"):

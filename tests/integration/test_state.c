@@ -342,8 +342,20 @@ START_TEST(test_snapshot_slow_disk)
     Grist__V1__GetJobResponse *before[NJ];
     for (int j = 0; j < NJ; j++)
         before[j] = wait_steps(p.addr[0], ids[j], STEPS);
-    /* the waiting writes: one per job at most, plus the one running */
-    usleep((NJ + 1) * 100000 + 100000 + 800000);
+    /* Until the writer is idle (no write for 5 write times). With one waiting
+     * write per job that takes at most the running write, one waiting per job
+     * and one more per job whose write began before its last state: 2 NJ + 1.
+     * A queue of every request had about 90 stale writes to go here. */
+    const double w0 = metric(&p, "gristd_snapshots_written_total");
+    double written = w0;
+    for (int quiet = 0, i = 0; quiet < 5 && i < 600; i++) {
+        usleep(100000);
+        const double now = metric(&p, "gristd_snapshots_written_total");
+        quiet = now == written ? quiet + 1 : 0;
+        written = now;
+    }
+    ck_assert_msg(written - w0 <= 2 * NJ + 1, "%.0f writes after the last step (at most %d)",
+                  written - w0, 2 * NJ + 1);
     const double superseded = metric(&p, "gristd_snapshots_superseded_total");
     for (int j = 0; j < NJ; j++) {
         tw_cancel(w[j]);
