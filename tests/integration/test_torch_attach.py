@@ -174,30 +174,44 @@ def test_async_sketch(gristd):
     assert proc.wait(timeout=30) == 0
 
 
-def ddp_rank(rank, world, port, addr, out):
+def ddp_rank(rank, world, port, addr, out, radius=False):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     X, y = digits()
     model = torch.nn.parallel.DistributedDataParallel(net(0))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    session = grist.torch.attach(opt, job="ddp-test", address=addr, sketch_dim=256,
-                                 policy={"solve_every": 5, "min_steps": 5,
-                                         "noise_correction": "workers"},
-                                 ddp_model=model, wait_s=10)
+    policy = {"solve_every": 5, "min_steps": 5, "noise_correction": "workers"}
+    if radius:  # an absolute lr pushed: rank 0's broadcast must carry it
+        policy.update(lr_coupling="radius", radius=1e-3)
+    session = grist.torch.attach(opt, job="ddp-radius" if radius else "ddp-test", address=addr,
+                                 sketch_dim=256, policy=policy, ddp_model=model, wait_s=10)
     assert session.ngroups == 1
     g = torch.Generator().manual_seed(100 + rank)  # each rank its own batches
     step = 0
     # 150 steps, then on until a push arrived; rank 0 broadcasts pushes at
     # the same step to both ranks, so both leave the loop together
-    while step < 150 or (not session.history and step < 2000):
+    pushed, checked = None, 0
+    while step < 150 or (not session.history and step < 2000) or (radius and not checked
+                                                                  and step < 3000):
         step += 1
         idx = torch.randint(0, len(X), (32,), generator=g)
         opt.zero_grad()
         loss = torch.nn.functional.cross_entropy(model(X[idx]), y[idx])
         loss.backward()
         opt.step()
-        session.step(batch_size=32)
+        hp = session.step(batch_size=32)
+        if pushed is not None:  # the step after a push ran at the pushed lr
+            assert abs(session._applied[0, 0] - pushed) <= 1e-12 * pushed, (session._applied, pushed)
+            checked += 1
+        pushed = hp[0].get("lr") if radius and hp and hp[0].get("lr", 0) > 0 else None
+    if radius:
+        # both ranks see the same broadcasts at the same steps: the same count
+        out.put((rank, checked, opt.param_groups[0]["lr"]))
+        dist.barrier()
+        session.close()
+        dist.destroy_process_group()
+        return
     wait_step(addr, "ddp-test", step)  # both ranks' last step reached the daemon
     st = session.stats()
     flat = torch.cat([p.detach().flatten() for p in model.parameters()]).numpy().tobytes()
@@ -233,6 +247,17 @@ def test_ddp(gristd):
     # bit-identical: DDP averages gradients, not momentum changes
     assert res[0][4] == res[1][4] and len(res[0][4]) >= 1, (res[0][4], res[1][4])
     assert res[0][5] == res[1][5], "DDP replicas diverged"
+    # lr_coupling radius under DDP: the absolute lr travels in rank 0's
+    # broadcast and is in force on every rank the step after
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    mp.spawn(ddp_rank, args=(2, port, addr, out, True), nprocs=2, join=True)
+    res = sorted(out.get() for _ in range(2))
+    print("ddp radius: pushed lr checked in force", res)
+    assert res[0][1] > 0 and res[0][1] == res[1][1], res
+    assert res[0][2] == res[1][2] == 0.05, res  # the user's lr is untouched
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
 

@@ -488,19 +488,21 @@ class GristSession:
         rank applies exactly those, whatever its own stream delivered."""
         if self.t % self.sync_every:
             return self.version, None
-        buf = _torch.zeros(1 + 2 * self.ngroups, dtype=_torch.float64)
+        buf = _torch.zeros(1 + 3 * self.ngroups, dtype=_torch.float64)
         if self._pg_rank == 0:
             version, _, hp = self.session.latest()
             if hp is not None:
                 buf[0] = version
                 for gi, h in enumerate(hp):
-                    buf[1 + 2 * gi] = h["momentum"]
-                    buf[2 + 2 * gi] = h["lr_scale"]
+                    buf[1 + 3 * gi] = h["momentum"]
+                    buf[2 + 3 * gi] = h["lr_scale"]
+                    buf[3 + 3 * gi] = h.get("lr", 0.0)
         _torch.distributed.broadcast(buf, src=self._pg_src, group=self._pg)
         if buf[0] == 0:
             return self.version, None
         v = buf.tolist()
-        return int(v[0]), [{"momentum": v[1 + 2 * gi], "lr_scale": v[2 + 2 * gi]}
+        return int(v[0]), [{"momentum": v[1 + 3 * gi], "lr_scale": v[2 + 3 * gi],
+                            "lr": v[3 + 3 * gi]}
                            for gi in range(self.ngroups)]
 
     def stats(self):
