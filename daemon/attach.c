@@ -33,6 +33,7 @@ struct grist_stream {
     uint32_t rank;
     uint64_t session;
     uint64_t opened_ms; /* when the call arrived: a Hello is due within --hello-timeout */
+    struct grist_principal who; /* the call's token, resolved when it arrived */
     grpc_byte_buffer *recv_buf;
     grpc_byte_buffer *send_buf;
     int refs;
@@ -223,7 +224,7 @@ static void on_hello(struct grist_stream *s, struct grist_hello *h)
     struct grist_daemon *d = s->d;
     char err[256] = "";
     struct grist_job *j;
-    grpc_status_code code = grist__job_attach(d, h, s, &j, err, sizeof(err));
+    grpc_status_code code = grist__job_attach(d, h, &s->who, &j, err, sizeof(err));
     if (code != GRPC_STATUS_OK) {
         finish(s, code, err);
         return;
@@ -347,7 +348,7 @@ static void start_recv(struct grist_stream *s)
     }
 }
 
-void grist__attach_call(struct grist_net *net, grpc_call *call)
+void grist__attach_call(struct grist_net *net, grpc_call *call, const struct grist_principal *who)
 {
     struct grist_daemon *d = grist__daemon_of(net);
     struct grist_stream *s = calloc(1, sizeof(*s));
@@ -359,6 +360,7 @@ void grist__attach_call(struct grist_net *net, grpc_call *call)
     }
     s->d = d;
     s->call = call;
+    s->who = *who;
     s->opened_ms = grist__now_ms(d);
     s->recv_tag.cb = on_recv;
     s->send_tag.cb = on_send;
@@ -385,6 +387,35 @@ void grist__attach_call(struct grist_net *net, grpc_call *call)
         return;
     }
     start_recv(s);
+}
+
+/* After a tokens reload: a stream keeps running only while its token is
+ * still in the file and still covers its job. */
+static int still_allowed(struct grist_daemon *d, struct grist_principal *who, const char *job,
+                         enum grist_need need)
+{
+    if (who->role == GRIST_ROLE_OPEN)
+        return d->auth == NULL;
+    struct grist_principal now;
+    if (grist__auth_lookup(d->auth, who->digest, &now) < 0)
+        return 0;
+    *who = now; /* a changed role or glob applies from here on */
+    return !job || grist__auth_allows(who, need, job);
+}
+
+void grist__streams_recheck(struct grist_daemon *d)
+{
+    for (struct grist_stream *s = d->streams; s; s = s->next)
+        if (!s->finishing &&
+            !still_allowed(d, &s->who, s->job ? s->job->id : NULL, GRIST_NEED_ATTACH))
+            finish(s, GRPC_STATUS_UNAUTHENTICATED,
+                   "the token of this stream was revoked or no longer covers its job");
+}
+
+int grist__still_allowed(struct grist_daemon *d, struct grist_principal *who, const char *job,
+                         enum grist_need need)
+{
+    return still_allowed(d, who, job, need);
 }
 
 void grist__streams_finish_all(struct grist_daemon *d)

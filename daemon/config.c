@@ -13,7 +13,7 @@
 #include "config.h"
 #include "grist_config.h"
 
-enum opt_type { OPT_STR, OPT_INT, OPT_DBL, OPT_LISTEN };
+enum opt_type { OPT_STR, OPT_INT, OPT_DBL, OPT_LISTEN, OPT_BOOL };
 
 struct opt {
     const char *name;
@@ -49,6 +49,17 @@ static const struct opt table[] = {
      "seconds between probes of each listener (an HTTP/2 preface to itself); three without an "
      "answer (gRPC stops accepting after EMFILE) make health NOT_SERVING and gristd exit 1 "
      "after an ordered shutdown; 0 = off"},
+    {"tls-cert", OPT_STR, F(tls_cert), "", 0, 0,
+     "PEM certificate chain: gRPC and --http serve TLS (1.2 or later) with it; reloaded on "
+     "SIGHUP, open connections untouched"},
+    {"tls-key", OPT_STR, F(tls_key), "", 0, 0, "PEM private key of --tls-cert"},
+    {"tls-client-ca", OPT_STR, F(tls_client_ca), "", 0, 0,
+     "PEM CA bundle: clients must present a certificate it signed (mTLS), on gRPC and --http"},
+    {"tokens", OPT_STR, F(tokens), "", 0, 0,
+     "bearer tokens, one 'TOKEN ROLE JOB_GLOB' per line (ROLE: worker, reader or admin; "
+     "docs/SECURITY.md); every call but health then needs one; reloaded on SIGHUP"},
+    {"insecure", OPT_BOOL, F(insecure), "false", 0, 0,
+     "allow --listen or --http on a non-loopback address without TLS (refused otherwise)"},
     {"backend", OPT_STR, F(backend), "auto", 0, 0,
      "kernels backend: auto (first usable of cuda, cpu, ref), cuda, cpu or ref"},
     {"log-level", OPT_STR, F(log_level), "info", 0, 0, "error, warn, info or debug"},
@@ -146,6 +157,14 @@ static int set(struct grist_config *cfg, const struct opt *o, const char *val, i
         strcpy(cfg->listen[cfg->nlisten++], val);
         return 0;
     }
+    case OPT_BOOL:
+        if (strcmp(val, "true") == 0 || strcmp(val, "1") == 0 || strcmp(val, "yes") == 0)
+            *(int *)base = 1;
+        else if (strcmp(val, "false") == 0 || strcmp(val, "0") == 0 || strcmp(val, "no") == 0)
+            *(int *)base = 0;
+        else
+            goto bad;
+        return 0;
     case OPT_INT: {
         errno = 0;
         long long v = strtoll(val, &end, 0);
@@ -194,7 +213,10 @@ void grist__config_help(FILE *f)
     for (size_t i = 0; i < NOPT; i++) {
         const struct opt *o = &table[i];
         const char *t = o->type == OPT_INT ? "INT" : o->type == OPT_DBL ? "NUM" : "STR";
-        fprintf(f, "  --%s %s (default: %s", o->name, t, o->def);
+        if (o->type == OPT_BOOL)
+            fprintf(f, "  --%s (a flag; in a file: %s = true", o->name, o->name);
+        else
+            fprintf(f, "  --%s %s (default: %s", o->name, t, o->def);
         if (o->type == OPT_INT)
             fprintf(f, "; range %.0f..%.0f", o->min, o->max);
         else if (o->type == OPT_DBL)
@@ -292,6 +314,8 @@ int grist__config_parse(struct grist_config *cfg, int argc, char **argv)
             fprintf(stderr, "gristd: unknown option '%s' (see --help)\n", a);
             return -EINVAL;
         }
+        if (!val && o->type == OPT_BOOL)
+            val = "true"; /* a flag takes no value; --name=false turns it off */
         if (!val) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "gristd: option --%s needs a value\n", o->name);

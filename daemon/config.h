@@ -57,6 +57,9 @@ struct grist_config {
     char state_dir[1024];
     double snapshot_interval;
     double listener_probe;
+    char tls_cert[1024], tls_key[1024], tls_client_ca[1024];
+    char tokens[1024];
+    int insecure;
 };
 
 /** Fill every field with its default from the table. */

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "auth.h"
 #include "config.h"
 #include "engine.h"
 #include "net.h"
@@ -30,6 +31,7 @@ struct grist_counters {
     uint64_t step_segments;
     uint64_t snapshots_written, snapshots_superseded, snapshot_errors, snapshots_refused,
         jobs_restored;
+    uint64_t auth_unauthenticated, auth_denied, reloads, reload_errors;
 };
 
 /* A Prometheus-style histogram (cumulative buckets are made when printed). */
@@ -66,6 +68,8 @@ struct grist_daemon {
     struct grist_http *http; /* NULL without --http */
     struct grist_snapshots *snap; /* NULL without --state-dir */
     struct grist_probe *probe; /* NULL with --listener-probe 0 */
+    struct grist_auth *auth; /* NULL without --tokens: every call is allowed */
+    struct grist_tls *tls; /* NULL without --tls-cert: plaintext */
     int exit_code; /* main()'s status once the loop returns */
     int stopping;
 };
@@ -87,8 +91,8 @@ struct grist_job *grist__job_find(struct grist_daemon *d, const char *id);
 /* Attach a stream to the job named in hello, creating the job on first use.
  * On failure returns a gRPC status with err filled. */
 grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_hello *h,
-                                   struct grist_stream *s, struct grist_job **out, char *err,
-                                   size_t errsz);
+                                   const struct grist_principal *who, struct grist_job **out,
+                                   char *err, size_t errsz);
 void grist__job_detach(struct grist_daemon *d, struct grist_job *j, struct grist_stream *s);
 /* File a validated summary of rank into its step (takes ownership of sum).
  * Returns 0, or -1 with err filled for a step number the job refuses (a
@@ -131,18 +135,28 @@ int grist__probe_start(struct grist_daemon *d, double interval_s,
 void grist__probe_stop(struct grist_probe *p); /* NULL: no-op */
 
 /* attach.c */
-void grist__attach_call(struct grist_net *net, grpc_call *call);
+void grist__attach_call(struct grist_net *net, grpc_call *call, const struct grist_principal *who);
 /* Queue msg (copied) on s; latest-wins after any message in flight. */
 void grist__stream_send(struct grist_stream *s, const uint8_t *msg, size_t len);
+/* After a tokens reload (SIGHUP): end the streams whose token was removed
+ * or no longer covers their job (UNAUTHENTICATED). */
+void grist__streams_recheck(struct grist_daemon *d);
+/* Whether who, resolved before the last reload, still may do need on job
+ * (NULL: no job yet); who is refreshed from the table in force. */
+int grist__still_allowed(struct grist_daemon *d, struct grist_principal *who, const char *job,
+                         enum grist_need need);
 /* Finish every live stream with UNAVAILABLE (shutdown). */
 void grist__streams_finish_all(struct grist_daemon *d);
 struct grist_stream *grist__stream_next_in_job(struct grist_stream *s);
 
 /* query.c */
-void grist__query_call(struct grist_net *net, grpc_call *call, const char *method);
+void grist__query_call(struct grist_net *net, grpc_call *call, const char *method,
+                       const struct grist_principal *who);
 int grist__query_method(const char *method);
 /* A job has a new evaluation: every watcher of it gets the new state. */
 void grist__watch_notify(struct grist_daemon *d, const struct grist_job *j);
+/* After a tokens reload: end the watchers whose token no longer reads their job. */
+void grist__watch_recheck(struct grist_daemon *d);
 /* End watchers of job (NULL: all, with UNAVAILABLE for shutdown). */
 void grist__watch_finish_all(struct grist_daemon *d, const char *job);
 

@@ -25,9 +25,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #include "daemon.h"
 #include "jobs.h"
 #include "log.h"
+#include "tls.h"
 #include "www_index.h"
 
 #define URL_MAX 4096
@@ -145,10 +149,22 @@ struct conn {
     char url[URL_MAX + 1];
     size_t url_len, header_bytes;
     int url_too_long, headers_too_long, busy, closing;
+    /* the Authorization header, collected across the parser's pieces */
+    char field[16];
+    size_t field_len;
+    int in_value, field_is_auth;
+    char auth[512];
+    size_t auth_len;
+    int auth_too_long;
     char *in; /* bytes read and not parsed yet (pipelined requests) */
     size_t in_len, in_cap;
     uv_timer_t timer; /* idle / slow-request timeout (--http-idle-timeout) */
     int timer_on;
+    /* TLS (--tls-cert): the socket carries records; ssl turns them into the
+     * plaintext in `in` (SSL_read) and responses into records (SSL_write),
+     * through two memory BIOs, so libuv keeps doing all the I/O */
+    SSL *ssl;
+    BIO *rbio, *wbio; /* owned by ssl */
 };
 
 /* Unparsed input a connection may hold (pipelined requests): past it, close. */
@@ -167,10 +183,13 @@ struct wreq {
     struct conn *c;
     char *buf;
     int close_after;
+    int tls_only; /* handshake records or an alert, not a response */
 };
 
 static void conn_free(struct conn *c)
 {
+    if (c->ssl)
+        SSL_free(c->ssl);
     free(c->in);
     free(c);
 }
@@ -209,6 +228,12 @@ static void on_written(uv_write_t *w, int status)
     struct wreq *r = (struct wreq *)w;
     struct conn *c = r->c;
     free(r->buf);
+    if (r->tls_only) {
+        if (status < 0 || r->close_after)
+            conn_close(c);
+        free(r);
+        return;
+    }
     c->busy = 0;
     if (status < 0 || r->close_after)
         conn_close(c);
@@ -224,6 +249,10 @@ static const char *reason_of(int code)
         return "OK";
     case 400:
         return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
     case 404:
         return "Not Found";
     case 405:
@@ -251,11 +280,29 @@ static void respond(struct conn *c, int code, const char *ctype, struct sbuf *bo
     struct sbuf out = {0};
     sb_printf(&out,
               "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-              "Cache-Control: no-store\r\nConnection: %s\r\n\r\n",
-              code, reason_of(code), ctype, body->len, keep ? "keep-alive" : "close");
+              "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n%s"
+              "Connection: %s\r\n\r\n",
+              code, reason_of(code), ctype, body->len,
+              code == 401 ? "WWW-Authenticate: Bearer realm=\"gristd\"\r\n" : "",
+              keep ? "keep-alive" : "close");
     if (body->len && c->parser.method != HTTP_HEAD) /* HEAD: the headers of GET, no body */
         sb_put(&out, body->p, body->len);
     free(body->p);
+    if (c->ssl && !out.oom) { /* the response as TLS records */
+        struct sbuf rec = {0};
+        if (SSL_write(c->ssl, out.p, (int)out.len) != (int)out.len) {
+            ERR_clear_error();
+            free(out.p);
+            conn_close(c);
+            return;
+        }
+        char chunk[16384];
+        int n;
+        while ((n = BIO_read(c->wbio, chunk, sizeof(chunk))) > 0)
+            sb_put(&rec, chunk, (size_t)n);
+        free(out.p);
+        out = rec;
+    }
     struct wreq *r = calloc(1, sizeof(*r));
     if (!r || out.oom) {
         free(r);
@@ -330,6 +377,16 @@ static const struct {
     {"gristd_jobs_created_total", "Jobs created.", offsetof(struct grist_counters, jobs_created)},
     {"gristd_jobs_expired_total", "Jobs dropped after idling.",
      offsetof(struct grist_counters, jobs_expired)},
+    {"gristd_auth_unauthenticated_total",
+     "Calls and requests refused for a missing or unknown bearer token (--tokens).",
+     offsetof(struct grist_counters, auth_unauthenticated)},
+    {"gristd_auth_denied_total",
+     "Calls and requests refused because their token does not cover the job or the role.",
+     offsetof(struct grist_counters, auth_denied)},
+    {"gristd_reloads_total", "Tokens or TLS files reloaded on SIGHUP.",
+     offsetof(struct grist_counters, reloads)},
+    {"gristd_reload_errors_total", "SIGHUP reloads that failed (the files in force stayed).",
+     offsetof(struct grist_counters, reload_errors)},
     {"gristd_snapshots_written_total", "Job snapshots written to --state-dir.",
      offsetof(struct grist_counters, snapshots_written)},
     {"gristd_snapshots_superseded_total",
@@ -410,7 +467,7 @@ static double gv_erank(const struct grist_job *j, uint32_t g, int *have)
     return *have ? j->last->groups[g].fam.effective_rank : 0;
 }
 
-static void metrics(struct conn *c, int keep)
+static void metrics(struct conn *c, const struct grist_principal *who, int keep)
 {
     struct grist_daemon *d = c->h->d;
     struct sbuf b = {0};
@@ -453,6 +510,8 @@ static void metrics(struct conn *c, int keep)
         metric_head(&b, gm[m].name, "gauge", gm[m].help);
         uint32_t shown = 0;
         for (const struct grist_job *j = d->jobs; j; j = j->next) {
+            if (!grist__auth_allows(who, GRIST_NEED_READ, j->id))
+                continue; /* per-job series only of the jobs the token covers */
             if (shown++ >= limit) {
                 if (m == 0)
                     omitted++;
@@ -473,6 +532,13 @@ static void metrics(struct conn *c, int keep)
             }
         }
     }
+    metric_u64(&b, "gristd_insecure", "gauge",
+               "1 when --insecure lets a non-loopback listener serve plaintext.",
+               (uint64_t)d->cfg->insecure);
+    metric_u64(&b, "gristd_tls", "gauge", "1 when TCP listeners serve TLS (--tls-cert).",
+               d->tls != NULL);
+    metric_u64(&b, "gristd_tokens", "gauge", "Tokens in force (0: no --tokens, calls are open).",
+               grist__auth_count(d->auth));
     metric_u64(&b, "gristd_metrics_jobs_omitted", "gauge",
                "Jobs left out of the per-group series (beyond --metrics-max-jobs).", omitted);
     respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", &b, keep);
@@ -496,12 +562,14 @@ static void job_brief(struct sbuf *b, const struct grist_job *j)
               grist_sketch_kind_name(j->sketch_kind));
 }
 
-static void api_jobs(struct conn *c, int keep)
+static void api_jobs(struct conn *c, const struct grist_principal *who, int keep)
 {
     struct sbuf b = {0};
     sb_put(&b, "{\"jobs\":[", 9);
     int first = 1;
     for (const struct grist_job *j = c->h->d->jobs; j; j = j->next) {
+        if (!grist__auth_allows(who, GRIST_NEED_READ, j->id))
+            continue;
         if (!first)
             sb_put(&b, ",", 1);
         first = 0;
@@ -730,20 +798,26 @@ static void route(struct conn *c)
     memcpy(path, c->url, plen);
     path[plen] = 0;
     q = q ? q + 1 : "";
-    if (strcmp(path, "/metrics") == 0) {
-        metrics(c, keep);
-        return;
-    }
     if (strcmp(path, "/") == 0 || strcmp(path, "/index.html") == 0) {
+        /* the page is code, no data: open; what it fetches needs a token */
         struct sbuf b = {0};
         sb_put(&b, (const char *)grist_www_index, grist_www_index_len);
-        {
-            respond(c, 200, "text/html; charset=utf-8", &b, keep);
-            return;
-        }
+        respond(c, 200, "text/html; charset=utf-8", &b, keep);
+        return;
+    }
+    struct grist_principal who;
+    if (c->auth_too_long ||
+        grist__auth_resolve(c->h->d->auth, c->auth_len ? c->auth : NULL, c->auth_len, &who) < 0) {
+        c->h->d->cnt.auth_unauthenticated++;
+        respond_error(c, 401, "a valid 'Authorization: Bearer TOKEN' header is required", keep);
+        return;
+    }
+    if (strcmp(path, "/metrics") == 0) {
+        metrics(c, &who, keep);
+        return;
     }
     if (strcmp(path, "/api/v1/jobs") == 0 || strcmp(path, "/api/v1/jobs/") == 0) {
-        api_jobs(c, keep);
+        api_jobs(c, &who, keep);
         return;
     }
     static const char prefix[] = "/api/v1/jobs/";
@@ -754,6 +828,11 @@ static void route(struct conn *c)
             *rest++ = 0;
         if (pct_decode(id) < 0) {
             respond_error(c, 400, "job id: bad percent-encoding", keep);
+            return;
+        }
+        if (!grist__auth_allows(&who, GRIST_NEED_READ, id)) {
+            c->h->d->cnt.auth_denied++;
+            respond_error(c, 403, "this token does not cover the job", keep);
             return;
         }
         struct grist_job *j = grist__job_find(c->h->d, id);
@@ -782,6 +861,10 @@ static int on_message_begin(http_parser *p)
     c->url[0] = 0;
     c->header_bytes = 0;
     c->url_too_long = c->headers_too_long = 0;
+    c->field_len = 0;
+    c->in_value = c->field_is_auth = 0;
+    c->auth_len = 0;
+    c->auth_too_long = 0;
     return 0;
 }
 
@@ -798,13 +881,40 @@ static int on_url(http_parser *p, const char *at, size_t len)
     return 0;
 }
 
-static int on_header_bytes(http_parser *p, const char *at, size_t len)
+static int on_header_field(http_parser *p, const char *at, size_t len)
 {
-    (void)at;
     struct conn *c = p->data;
     c->header_bytes += len;
     if (c->header_bytes > HEADER_MAX)
         c->headers_too_long = 1;
+    if (c->in_value) { /* a new field begins */
+        c->in_value = 0;
+        c->field_len = 0;
+    }
+    for (size_t i = 0; i < len; i++, c->field_len++)
+        if (c->field_len < sizeof(c->field))
+            c->field[c->field_len] = at[i];
+    return 0;
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    c->header_bytes += len;
+    if (c->header_bytes > HEADER_MAX)
+        c->headers_too_long = 1;
+    if (!c->in_value) {
+        c->in_value = 1;
+        c->field_is_auth = c->field_len == 13 && strncasecmp(c->field, "authorization", 13) == 0;
+        if (c->field_is_auth) /* a second Authorization header replaces the first */
+            c->auth_len = 0, c->auth_too_long = 0;
+    }
+    if (c->field_is_auth) {
+        if (c->auth_len + len >= sizeof(c->auth))
+            c->auth_too_long = 1;
+        else
+            memcpy(c->auth + c->auth_len, at, len), c->auth_len += len;
+    }
     return 0;
 }
 
@@ -869,6 +979,80 @@ static void parse_pending(struct conn *c)
     }
 }
 
+/* Send what OpenSSL wrote into wbio outside a response (handshake
+ * records, alerts); close_after once it is out. */
+static void tls_flush(struct conn *c, int close_after)
+{
+    struct sbuf out = {0};
+    char chunk[16384];
+    int n;
+    while ((n = BIO_read(c->wbio, chunk, sizeof(chunk))) > 0)
+        sb_put(&out, chunk, (size_t)n);
+    if (out.len == 0 && !out.oom) {
+        if (close_after)
+            conn_close(c);
+        return;
+    }
+    struct wreq *r = out.oom ? NULL : calloc(1, sizeof(*r));
+    if (!r) {
+        free(out.p);
+        conn_close(c);
+        return;
+    }
+    r->c = c;
+    r->buf = out.p;
+    r->tls_only = 1;
+    r->close_after = close_after;
+    uv_buf_t ub = uv_buf_init(out.p, (unsigned)out.len);
+    if (uv_write(&r->w, (uv_stream_t *)&c->tcp, &ub, 1, on_written) < 0) {
+        free(r->buf);
+        free(r);
+        conn_close(c);
+    }
+}
+
+/* Records in, plaintext appended to c->in. @return 0; -1 when the
+ * connection is done (a failed handshake: no certificate under mTLS, an
+ * unknown CA, plaintext sent to a TLS port; it is closed, after the alert
+ * if there is one). */
+static int tls_input(struct conn *c, const char *data, size_t len)
+{
+    if (BIO_write(c->rbio, data, (int)len) != (int)len) {
+        conn_close(c);
+        return -1;
+    }
+    for (;;) {
+        if (c->in_len + 4096 > c->in_cap) {
+            size_t cap = c->in_cap ? c->in_cap * 2 : 8192;
+            char *p = c->in_len + 4096 > HTTP_IN_MAX ? NULL : realloc(c->in, cap);
+            if (!p) { /* more than any client needs queued, or no memory */
+                conn_close(c);
+                return -1;
+            }
+            c->in = p;
+            c->in_cap = cap;
+        }
+        const int n = SSL_read(c->ssl, c->in + c->in_len, (int)(c->in_cap - c->in_len));
+        if (n > 0) {
+            c->in_len += (size_t)n;
+            continue;
+        }
+        const int e = SSL_get_error(c->ssl, n);
+        if (e == SSL_ERROR_WANT_READ) {
+            tls_flush(c, 0); /* the server's handshake flight, if any */
+            return 0;
+        }
+        if (e != SSL_ERROR_ZERO_RETURN) {
+            char why[160];
+            ERR_error_string_n(ERR_peek_last_error(), why, sizeof(why));
+            GRIST_DEBUG("http: TLS connection refused: %s", why);
+        }
+        ERR_clear_error();
+        tls_flush(c, 1); /* the alert, then close */
+        return -1;
+    }
+}
+
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 {
     struct conn *c = s->data;
@@ -879,6 +1063,13 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     }
     if (n == 0 || c->closing) {
         free(b->base);
+        return;
+    }
+    if (c->ssl) {
+        const int r = tls_input(c, b->base, (size_t)n);
+        free(b->base);
+        if (r == 0)
+            parse_pending(c);
         return;
     }
     if (c->in_len + (size_t)n > HTTP_IN_MAX) { /* more than any client needs queued */
@@ -920,6 +1111,25 @@ static void on_connection(uv_stream_t *srv, int status)
         uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
         return;
     }
+    if (h->d->tls) {
+        SSL_CTX *ctx = grist__tls_http_ctx(h->d->tls); /* the set in force now */
+        c->ssl = ctx ? SSL_new(ctx) : NULL;
+        if (ctx)
+            SSL_CTX_free(ctx); /* the SSL holds its own reference */
+        c->rbio = BIO_new(BIO_s_mem());
+        c->wbio = BIO_new(BIO_s_mem());
+        if (!c->ssl || !c->rbio || !c->wbio) {
+            BIO_free(c->rbio);
+            BIO_free(c->wbio);
+            if (c->ssl)
+                SSL_free(c->ssl);
+            c->ssl = NULL;
+            uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+            return;
+        }
+        SSL_set_bio(c->ssl, c->rbio, c->wbio);
+        SSL_set_accept_state(c->ssl);
+    }
     c->next = h->conns;
     h->conns = c;
     http_parser_init(&c->parser, HTTP_REQUEST);
@@ -960,8 +1170,8 @@ int grist__http_start(struct grist_daemon *d, const char *address, struct grist_
     http_parser_settings_init(&g_settings);
     g_settings.on_message_begin = on_message_begin;
     g_settings.on_url = on_url;
-    g_settings.on_header_field = on_header_bytes;
-    g_settings.on_header_value = on_header_bytes;
+    g_settings.on_header_field = on_header_field;
+    g_settings.on_header_value = on_header_value;
     g_settings.on_message_complete = on_message_complete;
     struct grist_http *h = calloc(1, sizeof(*h));
     if (!h)
@@ -990,7 +1200,9 @@ int grist__http_start(struct grist_daemon *d, const char *address, struct grist_
         snprintf(h->bound, sizeof(h->bound), "%s:%d", ip,
                  ntohs(((struct sockaddr_in *)&bound)->sin_port));
     }
-    GRIST_INFO("http: serving /metrics, /api/v1 and / on %s", h->bound);
+    GRIST_INFO("http: serving /metrics, /api/v1 and / on %s (%s)", h->bound,
+               d->tls ? (d->cfg->tls_client_ca[0] ? "TLS, client certificates" : "TLS")
+                      : "plaintext");
     *out = h;
     return 0;
 }

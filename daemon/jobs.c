@@ -261,13 +261,47 @@ static grpc_status_code job_admit(struct grist_daemon *d, struct grist_job *j, c
     return GRPC_STATUS_OK;
 }
 
-grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_hello *h,
-                                   struct grist_stream *s, struct grist_job **out, char *err,
-                                   size_t errsz)
+/* With tokens, a job belongs to the worker token that created it: the
+ * world size, the layout and the right to attach are that token's (an admin
+ * token may attach too). Another token, even one whose glob covers the id,
+ * cannot join it, resize it or feed it. */
+static grpc_status_code owner_check(struct grist_daemon *d, struct grist_job *j,
+                                    const struct grist_principal *who, char *err, size_t errsz)
 {
-    (void)s;
+    if (who->role == GRIST_ROLE_OPEN || who->role == GRIST_ROLE_ADMIN)
+        return GRPC_STATUS_OK;
+    if (!j->owned) { /* restored from a snapshot: the first worker token claims it */
+        j->owned = 1;
+        memcpy(j->owner, who->digest, 32);
+        j->owner_line = who->line;
+        return GRPC_STATUS_OK;
+    }
+    if (memcmp(j->owner, who->digest, 32) == 0)
+        return GRPC_STATUS_OK;
+    d->cnt.auth_denied++;
+    snprintf(err, errsz,
+             "hello.job_id: job '%.128s' belongs to another token (tokens file line %u); "
+             "attach with that job's worker token",
+             j->id, j->owner_line);
+    return GRPC_STATUS_PERMISSION_DENIED;
+}
+
+grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_hello *h,
+                                   const struct grist_principal *who, struct grist_job **out,
+                                   char *err, size_t errsz)
+{
+    if (!grist__auth_allows(who, GRIST_NEED_ATTACH, h->job_id)) {
+        d->cnt.auth_denied++;
+        snprintf(err, errsz,
+                 "hello.job_id: this token (tokens file line %u, %s) may not attach to '%.128s'",
+                 who->line, grist__role_name(who->role), h->job_id);
+        return GRPC_STATUS_PERMISSION_DENIED;
+    }
     struct grist_job *j = grist__job_find(d, h->job_id);
     if (j) {
+        grpc_status_code st = owner_check(d, j, who, err, errsz);
+        if (st != GRPC_STATUS_OK)
+            return st;
         if (!same_shape(j, h, err, errsz))
             return GRPC_STATUS_INVALID_ARGUMENT;
         if (h->world != j->world) {
@@ -290,6 +324,11 @@ grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_he
     if (!j)
         goto nomem;
     snprintf(j->id, sizeof(j->id), "%s", h->job_id);
+    if (who->role == GRIST_ROLE_WORKER) {
+        j->owned = 1;
+        memcpy(j->owner, who->digest, 32);
+        j->owner_line = who->line;
+    }
     j->seed = grist_sketch_job_seed(h->job_id);
     j->world = h->world;
     j->ngroups = h->ngroups;

@@ -57,6 +57,9 @@ struct grist_job {
     struct grist_hist *hist;
     uint64_t snap_sig; /* the state last handed to the writer (snapshot.c) */
     int snap_pending; /* a snapshot of it is being taken */
+    int owned; /* created (or first attached after a restore) with a token */
+    uint8_t owner[32]; /* that token's digest: only it (or admin) may attach */
+    uint32_t owner_line; /* its tokens file line, for messages */
 };
 
 void grist__job_free(struct grist_job *j);

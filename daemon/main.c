@@ -29,9 +29,10 @@
 #include "grist/kernels.h"
 #include "grist_config.h"
 #include "log.h"
+#include "tls.h"
 
 static struct grist_daemon g_d;
-static uv_signal_t g_sigterm, g_sigint;
+static uv_signal_t g_sigterm, g_sigint, g_sighup;
 static struct grist_config g_cfg;
 
 static void on_engine_stopped(void *ud)
@@ -41,6 +42,7 @@ static void on_engine_stopped(void *ud)
         return;
     uv_close((uv_handle_t *)&g_sigterm, NULL);
     uv_close((uv_handle_t *)&g_sigint, NULL);
+    uv_close((uv_handle_t *)&g_sighup, NULL);
     uv_close((uv_handle_t *)&d->tick, NULL);
     grist__snapshot_stop(d);
     GRIST_INFO("shutdown complete");
@@ -79,6 +81,79 @@ static void on_signal(uv_signal_t *s, int signum)
         return;
     GRIST_INFO("signal %d: shutting down (%u streams, %u jobs)", signum, d->nstreams, d->njobs);
     begin_shutdown(d);
+}
+
+/* SIGHUP: the tokens file and the TLS files are read again. A set that
+ * does not load is logged and the one in force stays; streams and watches
+ * whose token is gone or no longer covers their job are ended. */
+static void on_sighup(uv_signal_t *s, int signum)
+{
+    (void)signum;
+    struct grist_daemon *d = s->data;
+    char err[512];
+    if (d->cfg->tokens[0]) {
+        struct grist_auth *a = NULL;
+        if (grist__auth_load(d->cfg->tokens, &a, err, sizeof(err)) < 0) {
+            GRIST_ERR("SIGHUP: %s; the tokens in force stay", err);
+            d->cnt.reload_errors++;
+        } else {
+            grist__auth_free(d->auth);
+            d->auth = a;
+            d->cnt.reloads++;
+            GRIST_INFO("SIGHUP: %zu tokens loaded from %s", grist__auth_count(a), d->cfg->tokens);
+            grist__streams_recheck(d);
+            grist__watch_recheck(d);
+        }
+    }
+    if (d->tls) {
+        if (grist__tls_reload(d->tls, err, sizeof(err)) < 0) {
+            GRIST_ERR("SIGHUP: TLS: %s; the certificate in force stays", err);
+            d->cnt.reload_errors++;
+        } else {
+            d->cnt.reloads++;
+            GRIST_INFO("SIGHUP: TLS certificate reloaded (set %llu); open connections keep theirs",
+                       (unsigned long long)grist__tls_generation(d->tls));
+        }
+    }
+}
+
+/* Whether addr (HOST:PORT) can only be reached from this machine. */
+static int loopback(const char *addr)
+{
+    if (strncmp(addr, "unix:", 5) == 0 || strncmp(addr, "unix-abstract:", 14) == 0)
+        return 1;
+    const char *colon = strrchr(addr, ':');
+    size_t n = colon ? (size_t)(colon - addr) : strlen(addr);
+    if (n >= 2 && addr[0] == '[') {
+        addr++;
+        n -= 2;
+    }
+    if ((n == 3 && strncmp(addr, "::1", 3) == 0) || (n == 9 && strncmp(addr, "localhost", 9) == 0))
+        return 1;
+    return n >= 4 && strncmp(addr, "127.", 4) == 0;
+}
+
+/* Plaintext beyond this machine only with --insecure, said loudly. */
+static int check_exposure(const struct grist_config *c)
+{
+    const char *open = NULL;
+    for (int i = 0; i < c->nlisten; i++)
+        if (!loopback(c->listen[i]) && !c->tls_cert[0])
+            open = c->listen[i];
+    if (c->http[0] && !loopback(c->http) && !c->tls_cert[0])
+        open = c->http;
+    if (!open)
+        return 0;
+    if (!c->insecure) {
+        fprintf(stderr,
+                "gristd: %s is reachable from other machines and would be served without TLS; "
+                "give --tls-cert and --tls-key (docs/SECURITY.md), or --insecure to accept it\n",
+                open);
+        return -1;
+    }
+    GRIST_WARN("INSECURE: %s is served without TLS to anyone who can reach it (--insecure)%s", open,
+               c->tokens[0] ? "; tokens travel in the clear" : " and without tokens");
+    return 0;
 }
 
 /* A listener stopped accepting (probe.c): stop in order, exit 1. */
@@ -160,6 +235,21 @@ int main(int argc, char **argv)
     raise_nofile();
     if (grist__daemon_configure(d, &g_cfg) < 0)
         return 2;
+    if (check_exposure(&g_cfg) < 0)
+        return 2;
+    char err[512];
+    if (g_cfg.tokens[0]) {
+        if (grist__auth_load(g_cfg.tokens, &d->auth, err, sizeof(err)) < 0) {
+            fprintf(stderr, "gristd: --tokens: %s\n", err);
+            return 2;
+        }
+        GRIST_INFO("%zu tokens loaded from %s: every call but health needs one",
+                   grist__auth_count(d->auth), g_cfg.tokens);
+    }
+    if (grist__tls_open(&g_cfg, &d->tls, err, sizeof(err)) < 0) {
+        fprintf(stderr, "gristd: TLS: %s\n", err);
+        return 2;
+    }
 
     static uv_loop_t loop;
     uv_loop_init(&loop);
@@ -186,7 +276,7 @@ int main(int argc, char **argv)
     if (grist__snapshot_start(d) < 0)
         return 1;
     grpc_init();
-    r = grist__net_start(&d->net, &loop, &g_cfg);
+    r = grist__net_start(&d->net, &loop, &g_cfg, d->tls);
     if (r < 0) {
         for (uint32_t i = 0; i < d->nengines; i++)
             grist__engine_stop(d->engines[i], NULL);
@@ -199,6 +289,9 @@ int main(int argc, char **argv)
     g_sigterm.data = g_sigint.data = d;
     uv_signal_start(&g_sigterm, on_signal, SIGTERM);
     uv_signal_start(&g_sigint, on_signal, SIGINT);
+    uv_signal_init(&loop, &g_sighup);
+    g_sighup.data = d;
+    uv_signal_start(&g_sighup, on_sighup, SIGHUP);
     uv_timer_init(&loop, &d->tick);
     d->tick.data = d;
     uv_timer_start(&d->tick, on_tick, 50, 50);
@@ -223,5 +316,7 @@ int main(int argc, char **argv)
     grist__net_destroy(&d->net);
     uv_loop_close(&loop);
     grpc_shutdown();
+    grist__tls_free(d->tls);
+    grist__auth_free(d->auth);
     return d->exit_code;
 }

@@ -17,14 +17,17 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
 
+#include "auth.h"
 #include "daemon.h"
 #include "log.h"
 #include "net.h"
+#include "tls.h"
 
 #define ACCEPTORS 8
 
@@ -166,12 +169,20 @@ static void on_accept(struct grist_tag *tag, int ok)
     grpc_call *call = a->call;
     net->live_calls++;
     char *method = grpc_slice_to_c_string(a->details.method);
-    if (strcmp(method, "/grpc.health.v1.Health/Check") == 0) {
+    const int health = strcmp(method, "/grpc.health.v1.Health/Check") == 0;
+    struct grist_principal who;
+    if (!health && grist__net_principal(net, &a->md, &who) < 0) {
+        /* the token is never logged, nor echoed */
+        GRIST_DEBUG("%s: no valid bearer token", method);
+        grist__daemon_of(net)->cnt.auth_unauthenticated++;
+        reply_status(net, call, GRPC_STATUS_UNAUTHENTICATED,
+                     "a valid 'authorization: Bearer TOKEN' is required (gristd --tokens)");
+    } else if (health) {
         grist__health_call(net, call);
     } else if (strcmp(method, "/grist.v1.Grist/Attach") == 0) {
-        grist__attach_call(net, call);
+        grist__attach_call(net, call, &who);
     } else if (grist__query_method(method)) {
-        grist__query_call(net, call, method);
+        grist__query_call(net, call, method, &who);
     } else {
         char *m = grpc_slice_to_c_string(a->details.method);
         GRIST_DEBUG("unknown method %s", m);
@@ -184,6 +195,24 @@ static void on_accept(struct grist_tag *tag, int ok)
     grpc_call_details_destroy(&a->details);
     grpc_metadata_array_destroy(&a->md);
     arm(a);
+}
+
+int grist__net_principal(struct grist_net *net, const grpc_metadata_array *md,
+                         struct grist_principal *who)
+{
+    const struct grist_daemon *d = grist__daemon_of(net);
+    const char *val = NULL;
+    size_t len = 0;
+    for (size_t i = 0; i < md->count; i++) {
+        const grpc_slice k = md->metadata[i].key;
+        if (GRPC_SLICE_LENGTH(k) == 13 &&
+            memcmp(GRPC_SLICE_START_PTR(k), "authorization", 13) == 0) {
+            val = (const char *)GRPC_SLICE_START_PTR(md->metadata[i].value);
+            len = GRPC_SLICE_LENGTH(md->metadata[i].value);
+            break;
+        }
+    }
+    return grist__auth_resolve(d->auth, val, len, who);
 }
 
 static void arm(struct acceptor *a)
@@ -217,7 +246,13 @@ static void bound_name(const char *addr, int port, char *out, size_t size)
     snprintf(out, size, "%.*s:%d", (int)(colon - addr), addr, port);
 }
 
-int grist__net_start(struct grist_net *net, uv_loop_t *loop, const struct grist_config *cfg)
+static int is_unix(const char *addr)
+{
+    return strncmp(addr, "unix:", 5) == 0;
+}
+
+int grist__net_start(struct grist_net *net, uv_loop_t *loop, const struct grist_config *cfg,
+                     struct grist_tls *tls)
 {
     memset(net, 0, sizeof(*net));
     net->loop = loop;
@@ -257,9 +292,24 @@ int grist__net_start(struct grist_net *net, uv_loop_t *loop, const struct grist_
         return -ENOMEM;
     grpc_server_register_completion_queue(net->server, net->cq, NULL);
     for (int i = 0; i < cfg->nlisten; i++) {
-        grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
-        int port = grpc_server_add_http2_port(net->server, cfg->listen[i], creds);
-        grpc_server_credentials_release(creds);
+        /* TCP listeners serve TLS when gristd has a certificate; a unix
+         * socket stays plaintext, guarded by its mode (0600: the daemon's
+         * user only) */
+        const int unix_sock = is_unix(cfg->listen[i]);
+        grpc_server_credentials *creds = tls && !unix_sock
+            ? grist__tls_grpc_credentials(tls)
+            : grpc_insecure_server_credentials_create();
+        mode_t old = 0;
+        if (unix_sock)
+            old = umask(0177);
+        int port = creds ? grpc_server_add_http2_port(net->server, cfg->listen[i], creds) : 0;
+        if (unix_sock) {
+            umask(old);
+            if (port > 0 && chmod(cfg->listen[i] + 5, 0600) < 0)
+                GRIST_WARN("chmod 0600 %s: %s", cfg->listen[i] + 5, strerror(errno));
+        }
+        if (creds)
+            grpc_server_credentials_release(creds);
         if (port <= 0) {
             GRIST_ERR("cannot listen on %s (address in use or invalid)", cfg->listen[i]);
             grpc_server_destroy(net->server);
@@ -291,7 +341,10 @@ int grist__net_start(struct grist_net *net, uv_loop_t *loop, const struct grist_
         arm(a);
     }
     for (int i = 0; i < net->nbound; i++)
-        GRIST_INFO("listening on %s", net->bound[i]);
+        GRIST_INFO("listening on %s (%s)", net->bound[i],
+                   is_unix(net->bound[i]) ? "unix socket, mode 0600"
+                       : tls ? (cfg->tls_client_ca[0] ? "TLS, client certificates" : "TLS")
+                             : "plaintext");
     return 0;
 }
 
@@ -377,6 +430,7 @@ struct unary {
     struct grist_net *net;
     grpc_call *call;
     grist_unary_fn *fn;
+    struct grist_principal who;
     int stage;
     grpc_byte_buffer *recv;
     grpc_byte_buffer *send;
@@ -413,7 +467,7 @@ static void unary_cb(struct grist_tag *tag, int ok)
     char msg[256] = "";
     grpc_status_code code = GRPC_STATUS_RESOURCE_EXHAUSTED;
     if (in)
-        code = u->fn(u->net, in, in_len, &out, &out_len, msg, sizeof(msg));
+        code = u->fn(u->net, &u->who, in, in_len, &out, &out_len, msg, sizeof(msg));
     free(in);
     u->stage = 2;
     u->details = grpc_slice_from_copied_string(msg);
@@ -436,7 +490,8 @@ static void unary_cb(struct grist_tag *tag, int ok)
         unary_free(u);
 }
 
-void grist__unary_start(struct grist_net *net, grpc_call *call, grist_unary_fn *fn)
+void grist__unary_start(struct grist_net *net, grpc_call *call, grist_unary_fn *fn,
+                        const struct grist_principal *who)
 {
     struct unary *u = calloc(1, sizeof(*u));
     if (!u) {
@@ -449,6 +504,7 @@ void grist__unary_start(struct grist_net *net, grpc_call *call, grist_unary_fn *
     u->net = net;
     u->call = call;
     u->fn = fn;
+    u->who = *who;
     u->stage = 1;
     grpc_op op;
     memset(&op, 0, sizeof(op));

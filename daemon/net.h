@@ -20,6 +20,8 @@ struct grist_tag {
 };
 
 struct grist_net;
+struct grist_tls;
+struct grist_principal;
 
 struct grist_net_event {
     struct grist_tag *tag;
@@ -57,7 +59,13 @@ struct grist_net {
  * @return 0; -EADDRINUSE/-EINVAL when a listener cannot bind (its address is
  *         logged); -ENOMEM.
  */
-int grist__net_start(struct grist_net *net, uv_loop_t *loop, const struct grist_config *cfg);
+int grist__net_start(struct grist_net *net, uv_loop_t *loop, const struct grist_config *cfg,
+                     struct grist_tls *tls);
+
+/** The principal of a call's metadata ("authorization: Bearer TOKEN").
+ *  @return 0; -EACCES: gristd has tokens and this call has no valid one. */
+int grist__net_principal(struct grist_net *net, const grpc_metadata_array *md,
+                         struct grist_principal *who);
 
 /**
  * Begin the ordered shutdown: stop accepting new calls; calls still open
@@ -83,9 +91,10 @@ void grist__health_call(struct grist_net *net, grpc_call *call);
  * run fn on the loop thread, send the reply and status, free everything.
  * fn returns a grpc_status_code; on OK, *out (malloc'd, may be NULL) is sent.
  */
-typedef grpc_status_code grist_unary_fn(struct grist_net *net, const unsigned char *in,
-                                        size_t in_len, unsigned char **out, size_t *out_len,
-                                        char *msg, size_t msg_size);
-void grist__unary_start(struct grist_net *net, grpc_call *call, grist_unary_fn *fn);
+typedef grpc_status_code grist_unary_fn(struct grist_net *net, const struct grist_principal *who,
+                                        const unsigned char *in, size_t in_len, unsigned char **out,
+                                        size_t *out_len, char *msg, size_t msg_size);
+void grist__unary_start(struct grist_net *net, grpc_call *call, grist_unary_fn *fn,
+                        const struct grist_principal *who);
 
 #endif

@@ -12,12 +12,16 @@
  * one listener without an answer, the health check answers NOT_SERVING and
  * the daemon shuts down in order (its final snapshot included) and exits 1,
  * so that systemd (Restart=on-failure) or Kubernetes starts a working one.
- * A listener whose address is a host name (not a numeric address or a unix
- * path) is not probed.
+ * A TLS listener gets a ClientHello instead and must answer with a handshake
+ * record. A listener whose address is a host name (not a numeric address or
+ * a unix path) is not probed.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "daemon.h"
 #include "log.h"
@@ -46,11 +50,13 @@ struct grist_probe {
     int n;
     struct sockaddr_storage addr[GRIST_MAX_LISTENERS];
     char path[GRIST_MAX_LISTENERS][256]; /* unix listeners */
-    int kind[GRIST_MAX_LISTENERS]; /* 0 not probed, 1 tcp, 2 unix */
+    int kind[GRIST_MAX_LISTENERS]; /* 0 not probed, 1 tcp, 2 unix, 3 tcp with TLS */
     int answered[GRIST_MAX_LISTENERS]; /* the probe of this interval got its SETTINGS */
     int fails[GRIST_MAX_LISTENERS];
     struct probe_conn *cur[GRIST_MAX_LISTENERS];
     int stopped, gave_up;
+    unsigned char hello[2048]; /* TLS listeners: a ClientHello made by OpenSSL */
+    size_t hello_len;
 };
 
 /* The HTTP/2 client preface and an empty SETTINGS frame (RFC 9113 3.4). */
@@ -87,7 +93,11 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
         return;
     }
     c->got += (size_t)n;
-    if (c->got >= 9) { /* a frame header: length(3) type(1) flags(1) stream(4) */
+    if (c->p->kind[c->i] == 3) { /* TLS: the answer is a handshake record (ServerHello) */
+        if (c->buf[0] == 0x16)
+            c->p->answered[c->i] = 1;
+        conn_close(c);
+    } else if (c->got >= 9) { /* a frame header: length(3) type(1) flags(1) stream(4) */
         if (c->buf[3] == 0x04)
             c->p->answered[c->i] = 1;
         conn_close(c);
@@ -108,11 +118,43 @@ static void on_connect(uv_connect_t *r, int status)
         conn_close(c);
         return;
     }
-    uv_buf_t b = uv_buf_init((char *)preface, sizeof(preface) - 1);
+    uv_buf_t b = c->p->kind[c->i] == 3 ? uv_buf_init((char *)c->p->hello, (unsigned)c->p->hello_len)
+                                       : uv_buf_init((char *)preface, sizeof(preface) - 1);
     c->wreq.data = c;
     if (uv_write(&c->wreq, &c->u.s, &b, 1, on_write) < 0 ||
         uv_read_start(&c->u.s, on_alloc, on_read) < 0)
         conn_close(c);
+}
+
+/* The first flight of a TLS client, made once: any live TLS listener
+ * answers it with a handshake record; a plaintext preface would only get
+ * the connection closed. */
+static int client_hello(struct grist_probe *p)
+{
+    if (p->hello_len)
+        return 0;
+    int r = -1;
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL *ssl = ctx ? SSL_new(ctx) : NULL;
+    BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
+    if (ssl && rb && wb) {
+        SSL_set_bio(ssl, rb, wb); /* ssl owns both now */
+        rb = wb = NULL;
+        SSL_set_connect_state(ssl);
+        SSL_set_alpn_protos(ssl, (const unsigned char *)"\x02h2", 3);
+        (void)SSL_do_handshake(ssl); /* wants to read: the ClientHello is written */
+        int n = BIO_read(SSL_get_wbio(ssl), p->hello, (int)sizeof(p->hello));
+        if (n > 0) {
+            p->hello_len = (size_t)n;
+            r = 0;
+        }
+    }
+    BIO_free(rb);
+    BIO_free(wb);
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    ERR_clear_error();
+    return r;
 }
 
 static void start_one(struct grist_probe *p, int i)
@@ -124,7 +166,7 @@ static void start_one(struct grist_probe *p, int i)
     c->i = i;
     c->creq.data = c;
     int r;
-    if (p->kind[i] == 1) {
+    if (p->kind[i] == 1 || p->kind[i] == 3) {
         uv_tcp_init(p->d->loop, &c->u.tcp);
         c->u.h.data = c;
         r = uv_tcp_connect(&c->creq, &c->u.tcp, (const struct sockaddr *)&p->addr[i], on_connect);
@@ -204,7 +246,7 @@ int grist__probe_start(struct grist_daemon *d, double interval_s,
                 h = "::1";
             if (uv_ip4_addr(h, port, (struct sockaddr_in *)&p->addr[i]) == 0 ||
                 uv_ip6_addr(h, port, (struct sockaddr_in6 *)&p->addr[i]) == 0)
-                p->kind[i] = 1;
+                p->kind[i] = d->tls ? (client_hello(p) == 0 ? 3 : 0) : 1;
             else
                 GRIST_DEBUG("listener %s: a host name, not probed", a);
         }

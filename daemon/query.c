@@ -34,8 +34,22 @@ static void brief(const struct grist_job *j, Grist__V1__JobBrief *b)
         : GRIST__V1__SKETCH_KIND__SKETCH_KIND_HASHED;
 }
 
-static grpc_status_code list_jobs(struct grist_net *net, const unsigned char *in, size_t in_len,
-                                  unsigned char **out, size_t *out_len, char *msg, size_t msz)
+/* A job id the caller may read, checked before the job is looked up: a
+ * token that does not cover the id learns nothing about whether it exists. */
+static grpc_status_code may_read(struct grist_daemon *d, const struct grist_principal *who,
+                                 const char *id, char *msg, size_t msz)
+{
+    if (grist__auth_allows(who, GRIST_NEED_READ, id))
+        return GRPC_STATUS_OK;
+    d->cnt.auth_denied++;
+    snprintf(msg, msz, "job_id: this token (tokens file line %u, %s) does not cover the job",
+             who->line, grist__role_name(who->role));
+    return GRPC_STATUS_PERMISSION_DENIED;
+}
+
+static grpc_status_code list_jobs(struct grist_net *net, const struct grist_principal *who,
+                                  const unsigned char *in, size_t in_len, unsigned char **out,
+                                  size_t *out_len, char *msg, size_t msz)
 {
     struct grist_daemon *d = grist__daemon_of(net);
     Grist__V1__ListJobsRequest *req = grist__v1__list_jobs_request__unpack(NULL, in_len, in);
@@ -51,9 +65,12 @@ static grpc_status_code list_jobs(struct grist_net *net, const unsigned char *in
         return GRPC_STATUS_RESOURCE_EXHAUSTED;
     }
     size_t n = 0;
-    for (struct grist_job *j = d->jobs; j; j = j->next, n++) {
+    for (struct grist_job *j = d->jobs; j; j = j->next) {
+        if (!grist__auth_allows(who, GRIST_NEED_READ, j->id))
+            continue; /* a reader sees only the jobs its token covers */
         brief(j, &b[n]);
         bp[n] = &b[n];
+        n++;
     }
     Grist__V1__ListJobsResponse resp = GRIST__V1__LIST_JOBS_RESPONSE__INIT;
     resp.n_jobs = n;
@@ -128,14 +145,20 @@ done:
     return out;
 }
 
-static grpc_status_code get_job(struct grist_net *net, const unsigned char *in, size_t in_len,
-                                unsigned char **out, size_t *out_len, char *msg, size_t msz)
+static grpc_status_code get_job(struct grist_net *net, const struct grist_principal *who,
+                                const unsigned char *in, size_t in_len, unsigned char **out,
+                                size_t *out_len, char *msg, size_t msz)
 {
     struct grist_daemon *d = grist__daemon_of(net);
     Grist__V1__GetJobRequest *req = grist__v1__get_job_request__unpack(NULL, in_len, in);
     if (!req) {
         snprintf(msg, msz, "GetJobRequest does not decode");
         return GRPC_STATUS_INVALID_ARGUMENT;
+    }
+    grpc_status_code st = may_read(d, who, req->job_id ? req->job_id : "", msg, msz);
+    if (st != GRPC_STATUS_OK) {
+        grist__v1__get_job_request__free_unpacked(req, NULL);
+        return st;
     }
     struct grist_job *j = grist__job_find(d, req->job_id ? req->job_id : "");
     if (!j) {
@@ -156,6 +179,7 @@ struct grist_watch {
     grpc_call *call;
     struct grist_watch *next; /* d->watches */
     char job[GRIST_JOB_ID_MAX + 1];
+    struct grist_principal who;
     grpc_byte_buffer *recv_buf, *send_buf;
     int refs, md_sent, closed, cancelled, finishing, send_in_flight, status_in_flight;
     int dirty; /* a newer state exists than the one in flight */
@@ -316,8 +340,10 @@ static void watch_on_recv(struct grist_tag *tag, int ok)
     } else {
         snprintf(w->job, sizeof(w->job), "%s", req->job_id ? req->job_id : "");
         grist__v1__watch_job_request__free_unpacked(req, NULL);
-        if (!grist__job_find(w->d, w->job)) {
-            char msg[200];
+        char msg[200];
+        if (may_read(w->d, &w->who, w->job, msg, sizeof(msg)) != GRPC_STATUS_OK) {
+            watch_finish(w, GRPC_STATUS_PERMISSION_DENIED, msg);
+        } else if (!grist__job_find(w->d, w->job)) {
             snprintf(msg, sizeof(msg), "job_id: no job '%.128s'", w->job);
             watch_finish(w, GRPC_STATUS_NOT_FOUND, msg);
         } else if (w->d->stopping) {
@@ -331,7 +357,7 @@ static void watch_on_recv(struct grist_tag *tag, int ok)
     watch_maybe_free(w);
 }
 
-static void watch_start(struct grist_net *net, grpc_call *call)
+static void watch_start(struct grist_net *net, grpc_call *call, const struct grist_principal *who)
 {
     struct grist_daemon *d = grist__daemon_of(net);
     struct grist_watch *w = calloc(1, sizeof(*w));
@@ -343,6 +369,7 @@ static void watch_start(struct grist_net *net, grpc_call *call)
     }
     w->d = d;
     w->call = call;
+    w->who = *who;
     w->recv_tag.cb = watch_on_recv;
     w->send_tag.cb = watch_on_send;
     w->close_tag.cb = watch_on_close;
@@ -375,6 +402,16 @@ void grist__watch_notify(struct grist_daemon *d, const struct grist_job *j)
             w->dirty = 1; /* latest wins: the newest state goes after this one */
         else
             watch_send_state(w);
+    }
+}
+
+void grist__watch_recheck(struct grist_daemon *d)
+{
+    for (struct grist_watch *w = d->watches, *next; w; w = next) {
+        next = w->next;
+        if (!w->finishing && !grist__still_allowed(d, &w->who, w->job, GRIST_NEED_READ))
+            watch_finish(w, GRPC_STATUS_UNAUTHENTICATED,
+                         "the token of this watch was revoked or no longer covers its job");
     }
 }
 
@@ -502,8 +539,9 @@ done:
     return r;
 }
 
-static grpc_status_code get_history(struct grist_net *net, const unsigned char *in, size_t in_len,
-                                    unsigned char **out, size_t *out_len, char *msg, size_t msz)
+static grpc_status_code get_history(struct grist_net *net, const struct grist_principal *who,
+                                    const unsigned char *in, size_t in_len, unsigned char **out,
+                                    size_t *out_len, char *msg, size_t msz)
 {
     struct grist_daemon *d = grist__daemon_of(net);
     Grist__V1__GetHistoryRequest *req = grist__v1__get_history_request__unpack(NULL, in_len, in);
@@ -511,13 +549,16 @@ static grpc_status_code get_history(struct grist_net *net, const unsigned char *
         snprintf(msg, msz, "GetHistoryRequest does not decode");
         return GRPC_STATUS_INVALID_ARGUMENT;
     }
-    grpc_status_code code = GRPC_STATUS_OK;
-    struct grist_job *j = grist__job_find(d, req->job_id ? req->job_id : "");
+    grpc_status_code code = may_read(d, who, req->job_id ? req->job_id : "", msg, msz);
+    struct grist_job *j =
+        code == GRPC_STATUS_OK ? grist__job_find(d, req->job_id ? req->job_id : "") : NULL;
     uint64_t *steps = NULL;
     double *vals = NULL;
     size_t kept = 0;
     int r;
-    if (!j) {
+    if (code != GRPC_STATUS_OK) {
+        /* msg filled */
+    } else if (!j) {
         snprintf(msg, msz, "job_id: no job '%.128s'", req->job_id ? req->job_id : "");
         code = GRPC_STATUS_NOT_FOUND;
     } else if ((r = grist__history(j, req->group, req->series, req->from_step, req->to_step,
@@ -556,14 +597,15 @@ int grist__query_method(const char *method)
         strcmp(method, "/grist.v1.Grist/WatchJob") == 0;
 }
 
-void grist__query_call(struct grist_net *net, grpc_call *call, const char *method)
+void grist__query_call(struct grist_net *net, grpc_call *call, const char *method,
+                       const struct grist_principal *who)
 {
     if (strcmp(method, "/grist.v1.Grist/ListJobs") == 0)
-        grist__unary_start(net, call, list_jobs);
+        grist__unary_start(net, call, list_jobs, who);
     else if (strcmp(method, "/grist.v1.Grist/GetJob") == 0)
-        grist__unary_start(net, call, get_job);
+        grist__unary_start(net, call, get_job, who);
     else if (strcmp(method, "/grist.v1.Grist/WatchJob") == 0)
-        watch_start(net, call);
+        watch_start(net, call, who);
     else
-        grist__unary_start(net, call, get_history);
+        grist__unary_start(net, call, get_history, who);
 }

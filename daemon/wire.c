@@ -42,6 +42,38 @@ static int copy_str(char *dst, size_t cap, const char *src)
     return 0;
 }
 
+const char *grist__name_problem(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        uint32_t cp;
+        int n;
+        if (*p < 0x80) {
+            cp = *p, n = 1;
+        } else if ((*p & 0xe0) == 0xc0) {
+            cp = *p & 0x1f, n = 2;
+        } else if ((*p & 0xf0) == 0xe0) {
+            cp = *p & 0x0f, n = 3;
+        } else if ((*p & 0xf8) == 0xf0) {
+            cp = *p & 0x07, n = 4;
+        } else {
+            return "not valid UTF-8";
+        }
+        for (int k = 1; k < n; k++) {
+            if ((p[k] & 0xc0) != 0x80)
+                return "not valid UTF-8";
+            cp = (cp << 6) | (p[k] & 0x3f);
+        }
+        static const uint32_t least[5] = {0, 0, 0x80, 0x800, 0x10000};
+        if (cp < least[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return "not valid UTF-8 (an overlong form, a surrogate or beyond U+10FFFF)";
+        if (cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || cp == 0x2028 || cp == 0x2029)
+            return "control characters are not allowed";
+        p += n;
+    }
+    return NULL;
+}
+
 static enum grist_wire_status decode_hello(const Grist__V1__Hello *in,
                                            const struct grist_limits *lim, struct grist_hello *h,
                                            char *err, size_t errsz)
@@ -51,9 +83,12 @@ static enum grist_wire_status decode_hello(const Grist__V1__Hello *in,
         return ERR("hello.job_id: empty");
     if (copy_str(h->job_id, sizeof(h->job_id), in->job_id) < 0)
         return ERR("hello.job_id: longer than %d bytes", GRIST_JOB_ID_MAX);
+    const char *why = grist__name_problem(h->job_id);
+    if (why)
+        return ERR("hello.job_id: %s", why);
     for (const char *p = h->job_id; *p; p++)
-        if ((unsigned char)*p < 0x20 || *p == '"' || *p == '\\')
-            return ERR("hello.job_id: control characters, quotes and backslashes are not allowed");
+        if (*p == '"' || *p == '\\')
+            return ERR("hello.job_id: quotes and backslashes are not allowed");
     if (in->world_size == 0)
         return ERR("hello.world_size: must be at least 1");
     if (in->world_size > lim->max_workers) {
@@ -100,6 +135,11 @@ static enum grist_wire_status decode_hello(const Grist__V1__Hello *in,
         struct grist_group_spec *o = &h->groups[i];
         if (copy_str(o->name, sizeof(o->name), g->name) < 0)
             goto bad_name;
+        why = grist__name_problem(o->name);
+        if (why) {
+            snprintf(err, errsz, "hello.groups[%zu].name: %s", i, why);
+            goto bad;
+        }
         if (g->num_elements == 0 || g->num_elements >= ((uint64_t)1 << 32)) {
             snprintf(err, errsz, "hello.groups[%zu].num_elements: %llu is not in [1, 2^32)", i,
                      (unsigned long long)g->num_elements);

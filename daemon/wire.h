@@ -116,4 +116,9 @@ uint8_t *grist__encode_welcome(uint64_t session, uint32_t seed, const struct gri
 uint8_t *grist__encode_hyperparams(uint64_t version, uint64_t step, uint32_t ngroups,
                                    const struct grist_push_group *g, size_t *len);
 
+/* Why a job or group name is refused (NULL: acceptable): it must be valid
+ * UTF-8 (no overlong forms, surrogates or code points past U+10FFFF)
+ * without C0/C1 control characters, DEL or the line/paragraph separators. */
+const char *grist__name_problem(const char *s);
+
 #endif

@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -77,7 +78,10 @@ struct grist_session {
 
 struct grist_client {
     char *target;
-    struct grist_client_options opt;
+    struct grist_client_options opt; /* its strings are the copies below */
+    char *token, *tls_ca, *tls_cert, *tls_key, *tls_name;
+    grpc_metadata auth_md; /* authorization: Bearer TOKEN */
+    size_t nmd;
     grpc_channel *ch;
     grpc_completion_queue *cq;
     pthread_t thread;
@@ -104,11 +108,104 @@ void grist_client_options_default(struct grist_client_options *o)
     o->queue_capacity = 1024;
     o->max_message_bytes = 64 << 20;
     o->keepalive_s = 15.0;
+    o->token = NULL;
+    o->tls_ca_file = o->tls_cert_file = o->tls_key_file = o->tls_server_name = NULL;
 }
 
 grpc_channel *grist__client_channel(struct grist_client *c)
 {
     return c->ch;
+}
+
+const grpc_metadata *grist__client_metadata(const struct grist_client *c, size_t *count)
+{
+    *count = c->nmd;
+    return c->nmd ? &c->auth_md : NULL;
+}
+
+static char *dup_or_null(const char *s, int *oom)
+{
+    if (!s)
+        return NULL;
+    char *d = strdup(s);
+    if (!d)
+        *oom = 1;
+    return d;
+}
+
+/* A whole PEM file as a string (NULL: errno set). */
+static char *read_pem(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    size_t cap = 16384, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        n += fread(buf + n, 1, cap - 1 - n, f);
+        if (n < cap - 1 || cap > (1u << 22))
+            break;
+        char *nb = realloc(buf, cap * 2);
+        if (!nb) {
+            free(buf);
+            buf = NULL;
+            break;
+        }
+        buf = nb;
+        cap *= 2;
+    }
+    fclose(f);
+    if (buf)
+        buf[n] = '\0';
+    else
+        errno = ENOMEM;
+    return buf;
+}
+
+static void free_strings(struct grist_client *c)
+{
+    if (c->token)
+        memset(c->token, 0, strlen(c->token));
+    free(c->token);
+    free(c->tls_ca);
+    free(c->tls_cert);
+    free(c->tls_key);
+    free(c->tls_name);
+    if (c->nmd) {
+        grpc_slice_unref(c->auth_md.key);
+        grpc_slice_unref(c->auth_md.value);
+    }
+}
+
+/* The channel credentials of c's options: TLS when a CA is named. */
+static int make_credentials(struct grist_client *c, grpc_channel_credentials **out)
+{
+    if (!c->tls_ca) {
+        if (c->tls_cert || c->tls_key)
+            return -EINVAL; /* a client certificate without TLS would go unused */
+        *out = grpc_insecure_credentials_create();
+        return *out ? 0 : -ENOMEM;
+    }
+    if (!c->tls_cert != !c->tls_key)
+        return -EINVAL;
+    int r = 0;
+    char *ca = read_pem(c->tls_ca);
+    char *cert = c->tls_cert ? read_pem(c->tls_cert) : NULL;
+    char *key = c->tls_key ? read_pem(c->tls_key) : NULL;
+    if (!ca || (c->tls_cert && (!cert || !key))) {
+        r = errno == ENOMEM ? -ENOMEM : -ENOENT;
+    } else {
+        grpc_ssl_pem_key_cert_pair pair = {key, cert};
+        *out = grpc_ssl_credentials_create(ca, cert ? &pair : NULL, NULL, NULL);
+        if (!*out)
+            r = -EINVAL;
+    }
+    if (key)
+        memset(key, 0, strlen(key));
+    free(ca);
+    free(cert);
+    free(key);
+    return r;
 }
 
 uint32_t grist_sketch_group_seed(uint32_t job_seed, uint32_t group_index)
@@ -265,6 +362,8 @@ static void start_call_locked(struct grist_client *c, struct grist_session *s)
     grpc_op ops[3];
     memset(ops, 0, sizeof(ops));
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[0].data.send_initial_metadata.count = c->nmd;
+    ops[0].data.send_initial_metadata.metadata = c->nmd ? &c->auth_md : NULL;
     ops[1].op = GRPC_OP_SEND_MESSAGE;
     ops[1].data.send_message.send_message = s->send_buf;
     if (grpc_call_start_batch(s->call, ops, 2, &s->tags[TAG_SEND], NULL) == GRPC_CALL_OK) {
@@ -482,6 +581,40 @@ int grist_client_open(const char *address, const struct grist_client_options *op
         grist_client_options_default(&c->opt);
     if (c->opt.queue_capacity == 0)
         c->opt.queue_capacity = 1024;
+    int oom = 0;
+    c->token = dup_or_null(c->opt.token, &oom);
+    c->tls_ca = dup_or_null(c->opt.tls_ca_file, &oom);
+    c->tls_cert = dup_or_null(c->opt.tls_cert_file, &oom);
+    c->tls_key = dup_or_null(c->opt.tls_key_file, &oom);
+    c->tls_name = dup_or_null(c->opt.tls_server_name, &oom);
+    c->opt.token = c->token;
+    c->opt.tls_ca_file = c->tls_ca;
+    c->opt.tls_cert_file = c->tls_cert;
+    c->opt.tls_key_file = c->tls_key;
+    c->opt.tls_server_name = c->tls_name;
+    int bad_token = 0;
+    for (const char *p = c->token; p && *p; p++)
+        bad_token |= (unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f;
+    if (oom || bad_token || (c->token && !c->token[0])) {
+        free_strings(c);
+        free(c);
+        return oom ? -ENOMEM : -EINVAL;
+    }
+    if (c->token) {
+        char *v = malloc(strlen(c->token) + 8);
+        if (!v) {
+            free_strings(c);
+            free(c);
+            return -ENOMEM;
+        }
+        strcpy(v, "Bearer ");
+        strcat(v, c->token);
+        c->auth_md.key = grpc_slice_from_static_string("authorization");
+        c->auth_md.value = grpc_slice_from_copied_string(v);
+        memset(v, 0, strlen(v));
+        free(v);
+        c->nmd = 1;
+    }
     c->target = strdup(address);
     c->rng = (uint64_t)(mono() * 1e9) ^ (uint64_t)(uintptr_t)c;
     grpc_init();
@@ -506,7 +639,23 @@ int grist_client_open(const char *address, const struct grist_client_options *op
         {GRPC_ARG_INTEGER, (char *)GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, {.integer = 0}},
     };
     grpc_channel_args ca = {c->opt.keepalive_s > 0 ? 8u : 4u, args};
-    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    grpc_arg all[9];
+    memcpy(all, args, ca.num_args * sizeof(args[0]));
+    if (c->tls_name) { /* the name to check in the server's certificate */
+        all[ca.num_args].type = GRPC_ARG_STRING;
+        all[ca.num_args].key = (char *)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+        all[ca.num_args++].value.string = c->tls_name;
+    }
+    ca.args = all;
+    grpc_channel_credentials *creds = NULL;
+    const int cr = make_credentials(c, &creds);
+    if (cr < 0) {
+        free_strings(c);
+        free(c->target);
+        free(c);
+        grpc_shutdown();
+        return cr;
+    }
     c->ch = grpc_channel_create(address, creds, &ca);
     grpc_channel_credentials_release(creds);
     c->cq = grpc_completion_queue_create_for_next(NULL);
@@ -528,6 +677,7 @@ int grist_client_open(const char *address, const struct grist_client_options *op
             grpc_channel_destroy(c->ch);
         if (c->cq)
             grpc_completion_queue_destroy(c->cq);
+        free_strings(c);
         free(c->target);
         free(c);
         grpc_shutdown();
@@ -960,6 +1110,7 @@ void grist_client_close(struct grist_client *c)
         ;
     grpc_completion_queue_destroy(c->cq);
     grpc_channel_destroy(c->ch);
+    free_strings(c);
     free(c->target);
     free(c);
     grpc_shutdown();

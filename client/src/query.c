@@ -33,6 +33,10 @@ static int status_to_errno(grpc_status_code st)
         return -ECONNREFUSED;
     case GRPC_STATUS_RESOURCE_EXHAUSTED:
         return -ENOMEM;
+    case GRPC_STATUS_UNAUTHENTICATED:
+        return -EACCES;
+    case GRPC_STATUS_PERMISSION_DENIED:
+        return -EPERM;
     default:
         return -EPROTO;
     }
@@ -70,6 +74,7 @@ static int take_bytes(grpc_byte_buffer *bb, uint8_t **out, size_t *len)
 
 /* One call on its own pluck queue: what unary and streaming calls share. */
 struct qcall {
+    struct grist_client *c;
     grpc_completion_queue *cq;
     grpc_call *call;
     grpc_byte_buffer *send;
@@ -82,6 +87,7 @@ struct qcall {
 static void qcall_open(struct qcall *q, struct grist_client *c, const char *method,
                        const ProtobufCMessage *req, double timeout_s)
 {
+    q->c = c;
     q->cq = grpc_completion_queue_create_for_pluck(NULL);
     grpc_slice m = grpc_slice_from_static_string(method);
     q->call = grpc_channel_create_call(grist__client_channel(c), NULL, GRPC_PROPAGATE_DEFAULTS,
@@ -117,6 +123,8 @@ static int qcall_send(struct qcall *q, grpc_op *ops)
 {
     memset(ops, 0, 3 * sizeof(*ops));
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[0].data.send_initial_metadata.metadata =
+        (grpc_metadata *)grist__client_metadata(q->c, &ops[0].data.send_initial_metadata.count);
     ops[1].op = GRPC_OP_SEND_MESSAGE;
     ops[1].data.send_message.send_message = q->send;
     ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;

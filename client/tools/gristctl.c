@@ -26,13 +26,15 @@ static int g_json;
 
 static int usage(void)
 {
-    fprintf(stderr,
-            "usage: gristctl [--address HOST:PORT|unix:PATH] [--timeout S] COMMAND\n"
-            "  jobs [--json]\n"
-            "  job ID [--json]\n"
-            "  watch ID [--for SECONDS] [--json]\n"
-            "  history ID [--group G] [--series momentum|lr_scale|noise|noise_scale|confidence]\n"
-            "             [--points N] [--from STEP] [--to STEP] [--json]\n");
+    fprintf(
+        stderr,
+        "usage: gristctl [--address HOST:PORT|unix:PATH] [--timeout S] [--token-file F]\n"
+        "                [--tls-ca F [--tls-cert F --tls-key F] [--tls-server-name N]] COMMAND\n"
+        "  jobs [--json]\n"
+        "  job ID [--json]\n"
+        "  watch ID [--for SECONDS] [--json]\n"
+        "  history ID [--group G] [--series momentum|lr_scale|noise|noise_scale|confidence]\n"
+        "             [--points N] [--from STEP] [--to STEP] [--json]\n");
     return 2;
 }
 
@@ -41,8 +43,10 @@ static int fail(const char *what, int r)
     fprintf(stderr, "gristctl: %s: %s\n", what,
             r == -ENOENT       ? "no such job"
                 : r == -EINVAL ? "invalid argument (group or series)"
+                : r == -EACCES ? "gristd wants a valid token (--token-file or GRIST_TOKEN)"
+                : r == -EPERM  ? "this token does not cover the job"
                                : strerror(-r));
-    return r == -ENOENT || r == -EINVAL ? 3 : 1;
+    return r == -ENOENT || r == -EINVAL ? 3 : r == -EACCES || r == -EPERM ? 4 : 1;
 }
 
 static void json_str(const char *s)
@@ -171,15 +175,52 @@ static int on_watch(void *ud, const struct grist_job_info *j, const struct grist
     return 0;
 }
 
+/* The first line of a token file, without its newline (a token is never
+ * given on the command line, where ps would show it). */
+static int read_token(const char *path, char *out, size_t size)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "gristctl: --token-file %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    const int ok = fgets(out, (int)size, f) != NULL;
+    fclose(f);
+    out[strcspn(out, "\r\n")] = '\0';
+    if (!ok || !out[0]) {
+        fprintf(stderr, "gristctl: --token-file %s: empty\n", path);
+        return -1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *address = getenv("GRIST_ADDRESS");
     if (!address || !*address)
         address = "127.0.0.1:7788";
+    struct grist_client_options opt;
+    grist_client_options_default(&opt);
+    static char token[1024];
+    const char *env_token = getenv("GRIST_TOKEN");
+    if (env_token && *env_token)
+        opt.token = env_token;
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {
         if (!strcmp(argv[i], "--address") && i + 1 < argc)
             address = argv[++i];
+        else if (!strcmp(argv[i], "--token-file") && i + 1 < argc) {
+            if (read_token(argv[++i], token, sizeof(token)) < 0)
+                return 2;
+            opt.token = token;
+        } else if (!strcmp(argv[i], "--tls-ca") && i + 1 < argc)
+            opt.tls_ca_file = argv[++i];
+        else if (!strcmp(argv[i], "--tls-cert") && i + 1 < argc)
+            opt.tls_cert_file = argv[++i];
+        else if (!strcmp(argv[i], "--tls-key") && i + 1 < argc)
+            opt.tls_key_file = argv[++i];
+        else if (!strcmp(argv[i], "--tls-server-name") && i + 1 < argc)
+            opt.tls_server_name = argv[++i];
         else if (!strcmp(argv[i], "--timeout") && i + 1 < argc)
             g_timeout = atof(argv[++i]);
         else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
@@ -218,7 +259,7 @@ int main(int argc, char **argv)
             return usage();
     }
     struct grist_client *c;
-    int r = grist_client_open(address, NULL, &c);
+    int r = grist_client_open(address, &opt, &c);
     if (r < 0)
         return fail("open", r);
     int rc = 0;

@@ -53,7 +53,8 @@ struct grist_job *test_core_attach(struct test_core *c, const char *id, uint32_t
     }
     h.groups = gs;
     struct grist_job *j = NULL;
-    const grpc_status_code st = grist__job_attach(&c->d, &h, NULL, &j, err, errsz);
+    static const struct grist_principal open = {.role = GRIST_ROLE_OPEN};
+    const grpc_status_code st = grist__job_attach(&c->d, &h, &open, &j, err, errsz);
     free(gs);
     return st == GRPC_STATUS_OK ? j : NULL;
 }

@@ -49,6 +49,15 @@ struct grist_client_options {
                                    5 s): a daemon that stops answering (hung, SIGSTOP, a dead
                                    link) is noticed within keepalive_s + 5 s and the session
                                    reconnects; 0 = off */
+    /* Security (docs/SECURITY.md); every string is copied by grist_client_open. */
+    const char *token; /**< bearer token sent as "authorization: Bearer TOKEN" on every
+                                   call (gristd --tokens); NULL: none */
+    const char *tls_ca_file; /**< PEM CA bundle: connect with TLS and verify gristd's
+                                   certificate against it; NULL: plaintext */
+    const char *tls_cert_file; /**< PEM client certificate for mTLS (with tls_key_file) */
+    const char *tls_key_file; /**< PEM private key of tls_cert_file */
+    const char *tls_server_name; /**< name expected in gristd's certificate when it is not
+                                   the address's host (NULL: the host) */
 };
 
 /** Fill options with their defaults. @param o written. */
@@ -61,7 +70,9 @@ GRIST_EXPORT void grist_client_options_default(struct grist_client_options *o);
  * @param address "host:port" or "unix:/path".
  * @param opt     options or NULL for defaults; copied.
  * @param out     receives the client; free with grist_client_close().
- * @return 0; -EINVAL (NULL address/out); -ENOMEM; -EAGAIN (thread creation).
+ * @return 0; -EINVAL (NULL address/out; a token with spaces or control
+ *         characters); -ENOENT (a TLS file cannot be read); -ENOMEM; -EAGAIN
+ *         (thread creation).
  */
 GRIST_EXPORT int grist_client_open(const char *address, const struct grist_client_options *opt,
                                    struct grist_client **out);
@@ -328,7 +339,8 @@ struct grist_group_info {
  * Every job the daemon serves. *jobs is malloc'ed (free() it); *n its length.
  *
  * @return 0; -ETIMEDOUT; -ECONNREFUSED (daemon unreachable); -EPROTO (bad
- *         answer); -ENOMEM.
+ *         answer); -ENOMEM; -EACCES (gristd wants a token and this client's
+ *         is missing or unknown); -EPERM (the token does not cover the job).
  */
 GRIST_EXPORT int grist_query_jobs(struct grist_client *c, double timeout_s,
                                   struct grist_job_info **jobs, uint32_t *n);

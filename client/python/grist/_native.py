@@ -45,7 +45,10 @@ _pf = ctypes.POINTER(ctypes.c_float)
 
 class _ClientOptions(ctypes.Structure):
     _fields_ = [("backoff_initial_s", _dbl), ("backoff_max_s", _dbl),
-                ("queue_capacity", _u32), ("max_message_bytes", _i32), ("keepalive_s", _dbl)]
+                ("queue_capacity", _u32), ("max_message_bytes", _i32), ("keepalive_s", _dbl),
+                ("token", ctypes.c_char_p), ("tls_ca_file", ctypes.c_char_p),
+                ("tls_cert_file", ctypes.c_char_p), ("tls_key_file", ctypes.c_char_p),
+                ("tls_server_name", ctypes.c_char_p)]
 
 
 class _GroupDesc(ctypes.Structure):
@@ -180,11 +183,20 @@ class Client:
     """A channel to gristd and libgrist's background thread."""
 
     def __init__(self, address, queue_capacity=1024, backoff_initial_s=0.1, backoff_max_s=5.0,
-                 keepalive_s=None):
+                 keepalive_s=None, token=None, tls_ca=None, tls_cert=None, tls_key=None,
+                 tls_server_name=None):
+        """token: gristd's bearer token (--tokens); tls_ca: PEM CA file to
+        connect with TLS; tls_cert/tls_key: a client certificate (mTLS);
+        tls_server_name: the name in gristd's certificate when it is not
+        the address's host (docs/SECURITY.md)."""
         opt = _ClientOptions()
         _options_default(ctypes.byref(opt))
         if keepalive_s is not None:
             opt.keepalive_s = keepalive_s
+        for field, v in (("token", token), ("tls_ca_file", tls_ca), ("tls_cert_file", tls_cert),
+                         ("tls_key_file", tls_key), ("tls_server_name", tls_server_name)):
+            if v is not None:
+                setattr(opt, field, _b(str(v)))  # libgrist copies them
         opt.queue_capacity = queue_capacity
         opt.backoff_initial_s = backoff_initial_s
         opt.backoff_max_s = backoff_max_s

@@ -23,6 +23,7 @@ DDP only averages gradients, so ranks changing momentum at different steps
 would train diverging replicas.
 """
 import ctypes
+import os as _os
 import warnings
 
 import numpy as np
@@ -76,7 +77,8 @@ class GristSession:
 
     def __init__(self, optimizer, job, address, rank=None, world_size=None, sketch_dim=1024,
                  policy=None, ddp_model=None, client=None, wait_s=0.0, async_sketch=True,
-                 sync_every=10, sketch_kind="block"):
+                 sync_every=10, sketch_kind="block", token=None, tls_ca=None, tls_cert=None,
+                 tls_key=None, tls_server_name=None):
         self.optimizer = optimizer
         self.sync_every = max(1, int(sync_every))
         self._val = None        # (closure, every) from validate()
@@ -102,7 +104,12 @@ class GristSession:
                                lr=float(g["lr"]), beta=float(beta)))
         self.ngroups = len(groups)
         self._own_client = client is None
-        self.client = client or Client(address)
+        if client is None:
+            # a token from the environment (a Kubernetes secret, say) when none is given
+            token = token if token is not None else _os.environ.get("GRIST_TOKEN") or None
+            client = Client(address, token=token, tls_ca=tls_ca, tls_cert=tls_cert,
+                            tls_key=tls_key, tls_server_name=tls_server_name)
+        self.client = client
         self.session = Session(self.client, job, groups, rank=rank, world_size=world_size,
                                sketch_dim=sketch_dim, policy=policy, sketch_kind=sketch_kind)
         self.sketch_kind = sketch_kind
@@ -533,7 +540,8 @@ class GristSession:
 
 
 def attach(optimizer, job, address, rank=None, world_size=None, sketch_dim=1024, policy=None,
-           ddp_model=None, wait_s=0.0, async_sketch=True, sync_every=10, sketch_kind="block"):
+           ddp_model=None, wait_s=0.0, async_sketch=True, sync_every=10, sketch_kind="block",
+           token=None, tls_ca=None, tls_cert=None, tls_key=None, tls_server_name=None):
     """Attach optimizer to gristd at address as a worker of job; returns a
     GristSession (call .step() after optimizer.step(); .close() or use as a
     context manager). Never raises because the daemon is absent: training
@@ -558,7 +566,15 @@ def attach(optimizer, job, address, rank=None, world_size=None, sketch_dim=1024,
 
     sketch_kind: "block" (default: contiguous adds, about 3x cheaper per
     element) or "hashed" (docs/MATH.md 2.1); every rank of a job must use the
-    same, the daemon refuses a Hello that differs."""
+    same, the daemon refuses a Hello that differs.
+
+    token: the job's worker token when gristd runs with --tokens (default:
+    the GRIST_TOKEN environment variable); tls_ca: the PEM CA to connect
+    with TLS; tls_cert/tls_key: a client certificate under mTLS;
+    tls_server_name: the name in gristd's certificate if not the host
+    (docs/SECURITY.md)."""
     return GristSession(optimizer, job, address, rank=rank, world_size=world_size,
                         sketch_dim=sketch_dim, policy=policy, ddp_model=ddp_model, wait_s=wait_s,
-                        async_sketch=async_sketch, sync_every=sync_every, sketch_kind=sketch_kind)
+                        async_sketch=async_sketch, sync_every=sync_every, sketch_kind=sketch_kind,
+                        token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+                        tls_server_name=tls_server_name)
