@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <grpc/support/alloc.h>
+
 #include "daemon.h"
 #include "jobs.h"
 #include "log.h"
@@ -34,6 +36,7 @@ struct grist_stream {
     uint64_t session;
     uint64_t opened_ms; /* when the call arrived: a Hello is due within --hello-timeout */
     struct grist_principal who; /* the call's token, resolved when it arrived */
+    char peer[64]; /* the client's address without its port ("unix" for the socket) */
     grpc_byte_buffer *recv_buf;
     grpc_byte_buffer *send_buf;
     int refs;
@@ -219,11 +222,115 @@ static void on_close(struct grist_tag *tag, int ok)
 
 static void start_recv(struct grist_stream *s);
 
+/* ---- per-peer limits ---- */
+
+/* Job creation of one client address: a token bucket. The table keeps the
+ * PEER_TABLE addresses seen last; the oldest entry gives its slot away. */
+#define PEER_TABLE 1024
+struct grist_peer_bucket {
+    char peer[64];
+    double tokens;
+    uint64_t ms;
+};
+
+static int may_create_job(struct grist_daemon *d, const char *peer)
+{
+    const uint64_t now = grist__now_ms(d);
+    const double burst = (double)d->cfg->job_create_burst;
+    struct grist_peer_bucket *b = NULL, *oldest = NULL;
+    if (!d->peers) {
+        d->peers = calloc(PEER_TABLE, sizeof(*d->peers));
+        if (!d->peers)
+            return 1;
+    }
+    for (uint32_t i = 0; i < d->npeers && !b; i++) {
+        if (strcmp(d->peers[i].peer, peer) == 0)
+            b = &d->peers[i];
+        else if (!oldest || d->peers[i].ms < oldest->ms)
+            oldest = &d->peers[i];
+    }
+    if (!b) {
+        b = d->npeers < PEER_TABLE ? &d->peers[d->npeers++] : oldest;
+        snprintf(b->peer, sizeof(b->peer), "%s", peer);
+        b->tokens = burst;
+        b->ms = now;
+    }
+    b->tokens += (double)(now - b->ms) / 1000.0 * d->cfg->job_create_rate;
+    if (b->tokens > burst)
+        b->tokens = burst;
+    b->ms = now;
+    if (b->tokens < 1.0)
+        return 0;
+    b->tokens -= 1.0;
+    return 1;
+}
+
+/* --max-summary-rate: take n summaries from the job's bucket, all or none. */
+static int may_submit(struct grist_daemon *d, struct grist_job *j, size_t n)
+{
+    const double rate = d->cfg->max_summary_rate;
+    if (rate <= 0)
+        return 1;
+    const uint64_t now = grist__now_ms(d);
+    if (j->rate_ms == 0)
+        j->rate_tokens = rate;
+    else
+        j->rate_tokens += (double)(now - j->rate_ms) / 1000.0 * rate;
+    if (j->rate_tokens > rate)
+        j->rate_tokens = rate;
+    j->rate_ms = now;
+    if (j->rate_tokens < (double)n)
+        return 0;
+    j->rate_tokens -= (double)n;
+    return 1;
+}
+
+/* The address of the call's client, without its port: "ipv4:10.0.0.7",
+ * "ipv6:[fe80::1]", "unix". */
+static void peer_of(grpc_call *call, char *out, size_t size)
+{
+    char *p = grpc_call_get_peer(call);
+    if (!p || strncmp(p, "unix", 4) == 0) {
+        snprintf(out, size, "unix");
+    } else {
+        char *colon = strrchr(p, ':');
+        if (colon && colon > strchr(p, ':'))
+            *colon = '\0';
+        snprintf(out, size, "%s", p);
+    }
+    gpr_free(p);
+}
+
+/* Streams open at once per address and per token. NULL, or why not. */
+static const char *over_stream_limits(struct grist_daemon *d, const struct grist_stream *s)
+{
+    int64_t by_peer = 0, by_token = 0;
+    for (const struct grist_stream *o = d->streams; o; o = o->next) {
+        if (o == s || o->finishing)
+            continue;
+        by_peer += strcmp(o->peer, s->peer) == 0;
+        by_token += s->who.role != GRIST_ROLE_OPEN && memcmp(o->who.digest, s->who.digest, 32) == 0;
+    }
+    if (by_peer >= d->cfg->max_streams_per_peer)
+        return "too many streams from this address (--max-streams-per-peer)";
+    if (by_token >= d->cfg->max_streams_per_token)
+        return "too many streams with this token (--max-streams-per-token)";
+    return NULL;
+}
+
 static void on_hello(struct grist_stream *s, struct grist_hello *h)
 {
     struct grist_daemon *d = s->d;
     char err[256] = "";
     struct grist_job *j;
+    if (!grist__job_find(d, h->job_id) && !may_create_job(d, s->peer)) {
+        d->cnt.jobs_create_limited++;
+        snprintf(err, sizeof(err),
+                 "hello.job_id: %s creates jobs faster than --job-create-rate %g/s; try later",
+                 s->peer, d->cfg->job_create_rate);
+        finish(s, GRPC_STATUS_RESOURCE_EXHAUSTED, err);
+        return;
+    }
     grpc_status_code code = grist__job_attach(d, h, &s->who, &j, err, sizeof(err));
     if (code != GRPC_STATUS_OK) {
         finish(s, code, err);
@@ -308,6 +415,17 @@ static void on_recv(struct grist_tag *tag, int ok)
     } else if (kind == GRIST_WMSG_HELLO) {
         on_hello(s, &hello);
         grist__hello_free(&hello);
+    } else if (!may_submit(d, s->job, kind == GRIST_WMSG_BATCH ? nbatch : 1)) {
+        if (kind == GRIST_WMSG_SUMMARY)
+            grist__summary_free(&sum);
+        else
+            grist__batch_free(batch, nbatch);
+        d->cnt.summaries_rate_limited++;
+        snprintf(err, sizeof(err),
+                 "job '%.128s' sends more than --max-summary-rate %g summaries/s; "
+                 "this message was not applied",
+                 s->job->id, d->cfg->max_summary_rate);
+        finish(s, GRPC_STATUS_RESOURCE_EXHAUSTED, err);
     } else if (kind == GRIST_WMSG_BATCH) {
         /* in order, each as if it came alone: a refused one ends the stream
          * and the rest of the batch is not applied */
@@ -361,6 +479,7 @@ void grist__attach_call(struct grist_net *net, grpc_call *call, const struct gri
     s->d = d;
     s->call = call;
     s->who = *who;
+    peer_of(call, s->peer, sizeof(s->peer));
     s->opened_ms = grist__now_ms(d);
     s->recv_tag.cb = on_recv;
     s->send_tag.cb = on_send;
@@ -384,6 +503,12 @@ void grist__attach_call(struct grist_net *net, grpc_call *call, const struct gri
     }
     if (d->stopping) {
         finish(s, GRPC_STATUS_UNAVAILABLE, "gristd is shutting down");
+        return;
+    }
+    const char *over = over_stream_limits(d, s);
+    if (over) {
+        d->cnt.streams_limited++;
+        finish(s, GRPC_STATUS_RESOURCE_EXHAUSTED, over);
         return;
     }
     start_recv(s);

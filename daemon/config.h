@@ -60,6 +60,11 @@ struct grist_config {
     char tls_cert[1024], tls_key[1024], tls_client_ca[1024];
     char tokens[1024];
     int insecure;
+    double empty_job_expiry;
+    double max_summary_rate;
+    int64_t max_streams_per_peer, max_streams_per_token;
+    double job_create_rate;
+    int64_t job_create_burst;
 };
 
 /** Fill every field with its default from the table. */

@@ -32,6 +32,7 @@ struct grist_counters {
     uint64_t snapshots_written, snapshots_superseded, snapshot_errors, snapshots_refused,
         jobs_restored;
     uint64_t auth_unauthenticated, auth_denied, reloads, reload_errors;
+    uint64_t summaries_rate_limited, streams_limited, jobs_create_limited;
 };
 
 /* A Prometheus-style histogram (cumulative buckets are made when printed). */
@@ -70,6 +71,8 @@ struct grist_daemon {
     struct grist_probe *probe; /* NULL with --listener-probe 0 */
     struct grist_auth *auth; /* NULL without --tokens: every call is allowed */
     struct grist_tls *tls; /* NULL without --tls-cert: plaintext */
+    struct grist_peer_bucket *peers; /* job creation per client address (attach.c) */
+    uint32_t npeers;
     int exit_code; /* main()'s status once the loop returns */
     int stopping;
 };

@@ -705,8 +705,13 @@ void grist__jobs_tick(struct grist_daemon *d)
                 complete(d, j, a);
             a = next;
         }
-        if (j->nstreams == 0 && now - j->idle_since_ms >= idle) {
-            GRIST_INFO("job '%s' expired after %.0f s without workers", j->id, d->cfg->idle_expiry);
+        /* a job that never got a summary holds a slot of --max-jobs for
+         * nothing: it goes after --empty-job-expiry without workers */
+        const int empty = j->steps == 0 && j->high_step == 0 && !j->aggs && !j->version;
+        const uint64_t limit = empty ? (uint64_t)(d->cfg->empty_job_expiry * 1000.0) : idle;
+        if (j->nstreams == 0 && now - j->idle_since_ms >= limit) {
+            GRIST_INFO("job '%s' expired after %.0f s without workers%s", j->id,
+                       (double)limit / 1000.0, empty ? " (it never sent a summary)" : "");
             *p = j->next;
             d->njobs--;
             d->stats_bytes -= j->stats_bytes;
@@ -728,4 +733,7 @@ void grist__jobs_free_all(struct grist_daemon *d)
         unlink_job(d, j);
         grist__job_free(j);
     }
+    free(d->peers);
+    d->peers = NULL;
+    d->npeers = 0;
 }

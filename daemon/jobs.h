@@ -60,6 +60,8 @@ struct grist_job {
     int owned; /* created (or first attached after a restore) with a token */
     uint8_t owner[32]; /* that token's digest: only it (or admin) may attach */
     uint32_t owner_line; /* its tokens file line, for messages */
+    double rate_tokens; /* --max-summary-rate: summaries it may still send now */
+    uint64_t rate_ms; /* when rate_tokens was last refilled */
 };
 
 void grist__job_free(struct grist_job *j);

@@ -373,6 +373,86 @@ def test_tokens(gristd, tmp):
           "stream and keeps the tokens when the file is broken; no token in the debug log")
 
 
+RESOURCE_EXHAUSTED = 8
+
+
+def test_limits(gristd, tmp):
+    import numpy as np
+    tf = f"{tmp}/tokens-limits"
+    tokens_file(tf, ["wa", "adm"])
+    proc, ready = start(gristd, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0",
+                        "--max-streams-per-peer", "3", "--max-streams-per-token", "2",
+                        "--job-create-burst", "4", "--job-create-rate", "0.001",
+                        "--empty-job-expiry", "1", "--max-summary-rate", "50", "--tokens", tf)
+    addr, http = ready["grpc"], ready["http"]
+    # streams per token, then per address
+    open_ = [session(addr, "team-a-1", world=8, rank=r, token=TOK["wa"]) for r in range(2)]
+    assert all(ok for _, _, ok in open_)
+    msg = refused(addr, "team-a-1", RESOURCE_EXHAUSTED, world=8, token=TOK["wa"])
+    assert "per-token" in msg, msg
+    open_.append(session(addr, "team-a-2", token=TOK["adm"]))
+    assert open_[-1][2]
+    msg = refused(addr, "team-a-3", RESOURCE_EXHAUSTED, token=TOK["adm"])
+    assert "per-peer" in msg, msg
+    for c, s, _ in open_:
+        s.close(), c.close()
+    # job creation per address: a burst of 4 (2 made above), then refused;
+    # joining a job that exists is not creation
+    c3, s3, ok = session(addr, "team-a-3", token=TOK["adm"])
+    assert ok, s3.last_error()
+    s3.close(), c3.close()
+    c4, s4, ok = session(addr, "team-a-4", token=TOK["adm"])
+    assert ok, s4.last_error()
+    c5, s5, ok = session(addr, "team-a-4", token=TOK["adm"])  # a job that exists: joined
+    assert ok, s5.last_error()
+    s4.close(), c4.close(), s5.close(), c5.close()
+    msg = refused(addr, "team-a-5", RESOURCE_EXHAUSTED, token=TOK["adm"])
+    assert "job-create-rate" in msg, msg
+    # jobs that never sent a summary go after --empty-job-expiry (1 s)
+    deadline = time.monotonic() + 10
+    with grpc.insecure_channel(addr) as ch:
+        while time.monotonic() < deadline:
+            left = call(ch, "ListJobs", pb.ListJobsRequest(), pb.ListJobsResponse, TOK["adm"]).jobs
+            if not left:
+                break
+            time.sleep(0.2)
+    assert not left, [j.job_id for j in left]
+    text = http_get(f"http://{http}/metrics", TOK["adm"])[2].decode()
+    limited = {ln.split()[0]: int(ln.split()[1]) for ln in text.splitlines()
+               if ln.startswith(("gristd_streams_limited_total", "gristd_jobs_create_limited"))}
+    # a refused session retries with backoff: each retry counts
+    assert limited["gristd_streams_limited_total"] >= 2, limited
+    assert limited["gristd_jobs_create_limited_total"] >= 1, limited
+    stop(proc)
+    # summaries per second per job: 50/s, sent flat out
+    proc, ready = start(gristd, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0",
+                        "--max-summary-rate", "50", "--tokens", tf)
+    addr, http = ready["grpc"], ready["http"]
+    c, s, ok = session(addr, "team-a-1", token=TOK["adm"])
+    assert ok, s.last_error()
+    acc = np.zeros((1, 64), dtype=np.float32)
+    t0 = time.monotonic()
+    for t in range(1, 401):
+        s.submit(t, acc + t, np.ones(1), [8])
+        if t % 20 == 0:
+            s.flush(5)
+    elapsed = time.monotonic() - t0
+    st, msg = s.last_error()
+    assert st == RESOURCE_EXHAUSTED and "max-summary-rate" in msg, (st, msg)
+    text = http_get(f"http://{http}/metrics", TOK["adm"])[2].decode()
+    metric = {ln.split()[0]: float(ln.split()[1]) for ln in text.splitlines()
+              if ln.startswith("gristd_") and " " in ln and "{" not in ln}
+    step = int(metric["gristd_summaries_total"])  # summaries applied (world 1: one per step)
+    assert metric["gristd_summaries_rate_limited_total"] >= 1, metric
+    # what was applied stays within the rate (the burst of 50, then 50/s)
+    assert step <= 50 + 50 * (elapsed + 1) + 20, (step, elapsed)
+    s.close(), c.close()
+    stop(proc)
+    print(f"limits: per-token and per-address streams, job creation per address and the "
+          f"summary rate refused with RESOURCE_EXHAUSTED; empty jobs gone after 1 s; "
+          f"{step} of 400 steps applied in {elapsed:.1f} s at 50/s")
+
+
 def hello_bytes(job, group="w"):
     h = pb.Hello(job_id=job, rank=0, world_size=1, sketch_dim=64,
                  groups=[pb.GroupSpec(name=group, num_elements=1000, lr=0.1, beta=0.9)])
@@ -460,6 +540,7 @@ def main():
                      ("tls", lambda: test_tls(gristd, d, tmp)),
                      ("mtls", lambda: test_mtls(gristd, d)),
                      ("tokens", lambda: test_tokens(gristd, tmp)),
+                     ("limits", lambda: test_limits(gristd, tmp)),
                      ("names", lambda: test_names(gristd, artifacts))):
         if not only or name in only:
             fn()
