@@ -101,6 +101,11 @@ static double mono(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+size_t grist_client_options_size(void)
+{
+    return sizeof(struct grist_client_options);
+}
+
 void grist_client_options_default(struct grist_client_options *o)
 {
     o->backoff_initial_s = 0.1;

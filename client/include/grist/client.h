@@ -60,6 +60,10 @@ struct grist_client_options {
                                    the address's host (NULL: the host) */
 };
 
+/** sizeof(struct grist_client_options) of this build: bindings that mirror the
+ *  struct (grist._native) check their layout against it. */
+GRIST_EXPORT size_t grist_client_options_size(void);
+
 /** Fill options with their defaults. @param o written. */
 GRIST_EXPORT void grist_client_options_default(struct grist_client_options *o);
 

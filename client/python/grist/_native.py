@@ -102,6 +102,11 @@ def _sig(name, res, *args):
 
 _vp = ctypes.c_void_p
 _options_default = _sig("grist_client_options_default", None, ctypes.POINTER(_ClientOptions))
+_options_size = _sig("grist_client_options_size", ctypes.c_size_t)
+if _options_size() != ctypes.sizeof(_ClientOptions):  # a libgrist of another layout
+    raise ImportError(f"libgrist's grist_client_options is {_options_size()} bytes, this binding "
+                      f"expects {ctypes.sizeof(_ClientOptions)}: rebuild or point GRIST_LIB at "
+                      "the matching libgrist.so")
 _client_open = _sig("grist_client_open", ctypes.c_int, ctypes.c_char_p,
                     ctypes.POINTER(_ClientOptions), ctypes.POINTER(_vp))
 _client_close = _sig("grist_client_close", None, _vp)
