@@ -247,6 +247,15 @@ def test_mtls(gristd, d):
     c, s, ok = session(addr, "mtls-job", tls_ca=f"{d}/ca.pem", wait=2.0)
     assert not ok
     s.close(), c.close()
+    ctl = os.path.join(os.path.dirname(os.path.abspath(gristd)), "..", "client", "gristctl")
+    tls = ["--tls-ca", f"{d}/ca.pem"]
+    p = subprocess.run([ctl, "--address", addr, "--timeout", "5", *tls, "--tls-cert",
+                        f"{d}/client.pem", "--tls-key", f"{d}/client.key", "jobs", "--json"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and "mtls-job" in p.stdout, (p.returncode, p.stderr[-300:])
+    p = subprocess.run([ctl, "--address", addr, "--timeout", "3", *tls, "jobs"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1, p.returncode  # no client certificate: unreachable
     stop(proc)
     # an expired server certificate: clients refuse it
     proc, ready = start(gristd, "--listen", "127.0.0.1:0", "--tls-cert",
@@ -286,6 +295,22 @@ def test_tokens(gristd, tmp):
     assert "belongs to another token" in msg, msg
     cb, sb, ok = session(addr, "team-b-1", token=TOK["wb"])
     assert ok, sb.last_error()
+    # grist.torch takes the token from $GRIST_TOKEN when none is given
+    import torch
+    import grist.torch
+    opt = torch.optim.SGD(torch.nn.Linear(4, 2).parameters(), lr=0.1, momentum=0.9)
+    os.environ["GRIST_TOKEN"] = TOK["wb"]
+    try:
+        gs = grist.torch.attach(opt, job="team-b-torch", address=addr, sketch_dim=64, wait_s=5)
+        gs.close()
+        try:
+            grist.torch.attach(opt, job="team-a-torch", address=addr, sketch_dim=64, wait_s=3)
+        except PermissionError as e:  # the daemon's message comes with it
+            assert "may not attach" in str(e), e
+        else:
+            raise AssertionError("a team-b token attached to team-a-torch")
+    finally:
+        del os.environ["GRIST_TOKEN"]
     cadm, sadm, ok = session(addr, "team-a-1", world=2, rank=1, token=TOK["adm"])
     assert ok, sadm.last_error()
     sadm.close(), cadm.close()
@@ -293,8 +318,9 @@ def test_tokens(gristd, tmp):
         job = gj(ch, "team-a-1", TOK["adm"]).job
         assert job.world_size == 2, job  # the hijack changed nothing
         assert [j.job_id for j in lj(ch, TOK["ra"]).jobs] == ["team-a-1"]
-        assert [j.job_id for j in lj(ch, TOK["wb"]).jobs] == ["team-b-1"]
-        assert sorted(j.job_id for j in lj(ch, TOK["adm"]).jobs) == ["team-a-1", "team-b-1"]
+        assert sorted(j.job_id for j in lj(ch, TOK["wb"]).jobs) == ["team-b-1", "team-b-torch"]
+        assert sorted(j.job_id for j in lj(ch, TOK["adm"]).jobs) == ["team-a-1", "team-b-1",
+                                                                     "team-b-torch"]
         assert code_of(lambda: gj(ch, "team-a-1", TOK["ra"])) == OK
         assert code_of(lambda: gj(ch, "team-b-1", TOK["ra"])) == PERMISSION_DENIED
         # existence is not revealed to a token that does not cover the id

@@ -115,11 +115,13 @@ class GristSession:
         self.sketch_kind = sketch_kind
         if wait_s and not self.session.wait_ready(wait_s):
             status, msg = self.session.last_error()
-            if status == 3:  # INVALID_ARGUMENT: the daemon refused this attach
+            if status in (3, 7, 16):  # the daemon refused this attach: retrying cannot help
                 self.session.close()
                 if self._own_client:
                     self.client.close()
-                raise ValueError(f"gristd refused the attach of job {job!r}: {msg}")
+                if status == 3:  # INVALID_ARGUMENT
+                    raise ValueError(f"gristd refused the attach of job {job!r}: {msg}")
+                raise PermissionError(f"gristd refused the token for job {job!r}: {msg}")
         self.t = 0
         self.version = 0
         self.lr_scale = [1.0] * self.ngroups
@@ -547,7 +549,8 @@ def attach(optimizer, job, address, rank=None, world_size=None, sketch_dim=1024,
     context manager). Never raises because the daemon is absent: training
     goes on with the optimizer's own values until hyperparameters arrive.
     Raises ValueError for a policy key it does not know and, with wait_s > 0,
-    when the daemon refuses the attach (its message says which field).
+    when the daemon refuses the attach (its message says which field);
+    PermissionError, with wait_s > 0, when it refuses the token.
 
     policy: dict of the proto Policy fields (grist._native.POLICY_KEYS), e.g.
     {"candidates": [0.5, 0.9, 0.99], "lr_coupling": "dc", "j_ema": 0.9};
