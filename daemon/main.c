@@ -25,14 +25,20 @@
 #include <grpc/grpc.h>
 #include <uv.h>
 
+#include "grist_config.h"
+#if GRIST_HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
 #include "daemon.h"
 #include "grist/kernels.h"
-#include "grist_config.h"
 #include "log.h"
 #include "tls.h"
 
 static struct grist_daemon g_d;
 static uv_signal_t g_sigterm, g_sigint, g_sighup;
+static uv_timer_t g_watchdog; /* systemd WatchdogSec=: pinged from the loop thread */
+static int g_watchdog_on;
 static struct grist_config g_cfg;
 
 static void on_engine_stopped(void *ud)
@@ -43,6 +49,8 @@ static void on_engine_stopped(void *ud)
     uv_close((uv_handle_t *)&g_sigterm, NULL);
     uv_close((uv_handle_t *)&g_sigint, NULL);
     uv_close((uv_handle_t *)&g_sighup, NULL);
+    if (g_watchdog_on)
+        uv_close((uv_handle_t *)&g_watchdog, NULL);
     uv_close((uv_handle_t *)&d->tick, NULL);
     grist__snapshot_stop(d);
     GRIST_INFO("shutdown complete");
@@ -60,11 +68,48 @@ static void on_net_stopped(struct grist_net *net)
     grist__snapshot_final(grist__daemon_of(net), stop_engines);
 }
 
+/* systemd (Type=notify): READY, STOPPING, STATUS and the watchdog. No-ops
+ * without NOTIFY_SOCKET or without libsystemd at build time. */
+static void notify(const char *state)
+{
+#if GRIST_HAVE_SYSTEMD
+    sd_notify(0, state);
+#else
+    (void)state;
+#endif
+}
+
+/* The watchdog is pinged by a loop timer: a loop that stops turning (a
+ * deadlock, a handler that never returns) stops the pings and systemd
+ * restarts gristd. */
+static void on_watchdog(uv_timer_t *t)
+{
+    (void)t;
+    notify("WATCHDOG=1");
+}
+
+static void start_watchdog(uv_loop_t *loop)
+{
+#if GRIST_HAVE_SYSTEMD
+    uint64_t usec = 0;
+    if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
+        uv_timer_init(loop, &g_watchdog);
+        const uint64_t ms = usec / 2000 ? usec / 2000 : 1; /* twice per period */
+        uv_timer_start(&g_watchdog, on_watchdog, ms, ms);
+        g_watchdog_on = 1;
+        GRIST_INFO("systemd watchdog: pinged every %llu ms", (unsigned long long)ms);
+    }
+#else
+    (void)loop;
+#endif
+}
+
 static void begin_shutdown(struct grist_daemon *d)
 {
     if (d->stopping)
         return;
     d->stopping = 1;
+    notify("STOPPING=1");
     grist__probe_stop(d->probe);
     d->probe = NULL;
     grist__http_stop(d->http);
@@ -91,6 +136,7 @@ static void on_sighup(uv_signal_t *s, int signum)
     (void)signum;
     struct grist_daemon *d = s->data;
     char err[512];
+    notify("RELOADING=1");
     if (d->cfg->tokens[0]) {
         struct grist_auth *a = NULL;
         if (grist__auth_load(d->cfg->tokens, &a, err, sizeof(err)) < 0) {
@@ -115,6 +161,7 @@ static void on_sighup(uv_signal_t *s, int signum)
                        (unsigned long long)grist__tls_generation(d->tls));
         }
     }
+    notify("READY=1");
 }
 
 /* Whether addr (HOST:PORT) can only be reached from this machine. */
@@ -309,6 +356,14 @@ int main(int argc, char **argv)
     if (grist__probe_start(d, g_cfg.listener_probe, on_listener_failed, &d->probe) < 0)
         GRIST_WARN("listener probe: out of memory; listeners are not probed");
     write_ready(g_cfg.ready_fd, &d->net, d->http);
+    start_watchdog(&loop);
+    {
+        char st[400];
+        snprintf(st, sizeof(st), "READY=1\nSTATUS=serving on %.200s%s%.100s, %u jobs restored",
+                 d->net.bound[0], d->http ? ", http " : "",
+                 d->http ? grist__http_bound(d->http) : "", d->njobs);
+        notify(st);
+    }
 
     uv_run(&loop, UV_RUN_DEFAULT);
 

@@ -8,7 +8,7 @@ set -eu
 
 PKGS="
 build-essential pkg-config meson ninja-build
-libuv1-dev libhttp-parser-dev libssl-dev openssl
+libuv1-dev libhttp-parser-dev libssl-dev openssl libsystemd-dev
 libgrpc-dev protobuf-compiler-grpc
 libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
 libopenblas-dev liblapacke-dev
