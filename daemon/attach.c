@@ -22,6 +22,7 @@
 #include <grpc/support/alloc.h>
 
 #include "daemon.h"
+#include "grist/shard.h"
 #include "jobs.h"
 #include "log.h"
 
@@ -47,6 +48,8 @@ struct grist_stream {
     grpc_status_code fin_code;
     grpc_slice fin_details;
     int fin_details_set;
+    grpc_metadata fin_md[2]; /* trailing metadata of the status (a shard redirect) */
+    size_t fin_nmd;
 };
 
 struct grist_stream *grist__stream_next_in_job(struct grist_stream *s)
@@ -92,6 +95,10 @@ static void maybe_free(struct grist_stream *s)
         grpc_byte_buffer_destroy(s->send_buf);
     if (s->fin_details_set)
         grpc_slice_unref(s->fin_details);
+    for (size_t i = 0; i < s->fin_nmd; i++) {
+        grpc_slice_unref(s->fin_md[i].key);
+        grpc_slice_unref(s->fin_md[i].value);
+    }
     free(s->queued);
     grpc_call_unref(s->call);
     s->d->net.live_calls--;
@@ -109,6 +116,8 @@ static void send_status(struct grist_stream *s)
     }
     ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
     ops[n].data.send_status_from_server.status = s->fin_code;
+    ops[n].data.send_status_from_server.trailing_metadata_count = s->fin_nmd;
+    ops[n].data.send_status_from_server.trailing_metadata = s->fin_nmd ? s->fin_md : NULL;
     ops[n++].data.send_status_from_server.status_details = &s->fin_details;
     s->status_in_flight = 1;
     s->send_in_flight = 1;
@@ -318,11 +327,45 @@ static const char *over_stream_limits(struct grist_daemon *d, const struct grist
     return NULL;
 }
 
+/* --shard I/N: a job of another shard is refused with FAILED_PRECONDITION;
+ * the trailing metadata names the right shard ("grist-shard") and, with
+ * --shard-peers, its address ("grist-shard-address"), which libgrist
+ * follows. @return 1 when s was finished. */
+static int wrong_shard(struct grist_stream *s, const char *job)
+{
+    const struct grist_daemon *d = s->d;
+    if (d->shard_n <= 1)
+        return 0;
+    const uint32_t k = grist_shard_of(job, d->shard_n);
+    if (k == d->shard_i)
+        return 0;
+    char err[600], num[16];
+    const char *peer = d->shard_peer[k];
+    snprintf(err, sizeof(err),
+             "hello.job_id: job '%.128s' belongs to shard %u of %u%s%.256s%s; "
+             "this is shard %u",
+             job, k, d->shard_n, peer ? " (" : "", peer ? peer : "", peer ? ")" : "", d->shard_i);
+    snprintf(num, sizeof(num), "%u", k);
+    s->fin_md[0].key = grpc_slice_from_static_string("grist-shard");
+    s->fin_md[0].value = grpc_slice_from_copied_string(num);
+    s->fin_nmd = 1;
+    if (peer) {
+        s->fin_md[1].key = grpc_slice_from_static_string("grist-shard-address");
+        s->fin_md[1].value = grpc_slice_from_copied_string(peer);
+        s->fin_nmd = 2;
+    }
+    s->d->cnt.shard_redirects++;
+    finish(s, GRPC_STATUS_FAILED_PRECONDITION, err);
+    return 1;
+}
+
 static void on_hello(struct grist_stream *s, struct grist_hello *h)
 {
     struct grist_daemon *d = s->d;
     char err[256] = "";
     struct grist_job *j;
+    if (wrong_shard(s, h->job_id))
+        return;
     if (!grist__job_find(d, h->job_id) && !may_create_job(d, s->peer)) {
         d->cnt.jobs_create_limited++;
         snprintf(err, sizeof(err),

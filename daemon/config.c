@@ -74,6 +74,13 @@ static const struct opt table[] = {
      "jobs per second one client address may create, after a burst of --job-create-burst"},
     {"job-create-burst", OPT_INT, F(job_create_burst), "512", 1, 1 << 24,
      "jobs one client address may create at once before --job-create-rate applies"},
+    {"shard", OPT_STR, F(shard), "", 0, 0,
+     "I/N: this replica is shard I of N and serves only the jobs whose id hashes to I "
+     "(rendezvous hashing, the clients compute the same); others get FAILED_PRECONDITION "
+     "naming their shard; empty = not sharded"},
+    {"shard-peers", OPT_STR, F(shard_peers), "", 0, 0,
+     "ADDR0,ADDR1,...: the N replicas' addresses in shard order; a refused Hello then names "
+     "the right replica's address and libgrist reconnects there"},
     {"backend", OPT_STR, F(backend), "auto", 0, 0,
      "kernels backend: auto (first usable of cuda, cpu, ref), cuda, cpu or ref"},
     {"log-level", OPT_STR, F(log_level), "info", 0, 0, "error, warn, info or debug"},

@@ -65,6 +65,8 @@ struct grist_config {
     int64_t max_streams_per_peer, max_streams_per_token;
     double job_create_rate;
     int64_t job_create_burst;
+    char shard[32];
+    char shard_peers[8192];
 };
 
 /** Fill every field with its default from the table. */

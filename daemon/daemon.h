@@ -16,6 +16,7 @@
 #include "wire.h"
 
 #define GRIST_MAX_COMPUTE 16
+#define GRIST_MAX_SHARDS 1024
 
 struct grist_job;
 struct grist_stream;
@@ -33,6 +34,7 @@ struct grist_counters {
         jobs_restored;
     uint64_t auth_unauthenticated, auth_denied, reloads, reload_errors;
     uint64_t summaries_rate_limited, streams_limited, jobs_create_limited;
+    uint64_t shard_redirects;
 };
 
 /* A Prometheus-style histogram (cumulative buckets are made when printed). */
@@ -71,6 +73,9 @@ struct grist_daemon {
     struct grist_probe *probe; /* NULL with --listener-probe 0 */
     struct grist_auth *auth; /* NULL without --tokens: every call is allowed */
     struct grist_tls *tls; /* NULL without --tls-cert: plaintext */
+    uint32_t shard_i, shard_n; /* --shard I/N (n 0 or 1: not sharded) */
+    char *shard_peer[GRIST_MAX_SHARDS]; /* --shard-peers, NULL when not given */
+    char *shard_peers_buf;
     struct grist_peer_bucket *peers; /* job creation per client address (attach.c) */
     uint32_t npeers;
     int exit_code; /* main()'s status once the loop returns */

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "grist/sketch.h"
+#include "grist/shard.h"
 #include "jobs.h"
 #include "log.h"
 
@@ -34,9 +35,53 @@ uint64_t grist__now_ms(const struct grist_daemon *d)
     return uv_now(d->loop);
 }
 
+/* --shard I/N and --shard-peers A0,A1,... */
+static int configure_shards(struct grist_daemon *d, const struct grist_config *c)
+{
+    d->shard_i = 0;
+    d->shard_n = 0;
+    if (!c->shard[0]) {
+        if (c->shard_peers[0]) {
+            fprintf(stderr, "gristd: --shard-peers needs --shard I/N\n");
+            return -1;
+        }
+        return 0;
+    }
+    unsigned i, n;
+    char tail;
+    if (sscanf(c->shard, "%u/%u%c", &i, &n, &tail) != 2 || n < 1 || n > GRIST_MAX_SHARDS ||
+        i >= n) {
+        fprintf(stderr, "gristd: --shard '%s': expected I/N with 0 <= I < N <= %d\n", c->shard,
+                GRIST_MAX_SHARDS);
+        return -1;
+    }
+    d->shard_i = i;
+    d->shard_n = n;
+    if (!c->shard_peers[0])
+        return 0;
+    d->shard_peers_buf = strdup(c->shard_peers);
+    if (!d->shard_peers_buf)
+        return -1;
+    unsigned k = 0, extra = 0;
+    char *save = NULL;
+    for (char *a = strtok_r(d->shard_peers_buf, ",", &save); a; a = strtok_r(NULL, ",", &save)) {
+        if (k == n)
+            extra++;
+        else
+            d->shard_peer[k++] = a;
+    }
+    if (k + extra != n) {
+        fprintf(stderr, "gristd: --shard-peers: %u addresses for %u shards\n", k + extra, n);
+        return -1;
+    }
+    return 0;
+}
+
 int grist__daemon_configure(struct grist_daemon *d, const struct grist_config *c)
 {
     d->cfg = c;
+    if (configure_shards(d, c) < 0)
+        return -1;
     d->limits.max_groups = (uint32_t)c->max_groups;
     d->limits.max_workers = (uint32_t)c->max_workers;
     d->limits.max_sketch_dim = (uint32_t)c->max_sketch_dim;
@@ -369,6 +414,12 @@ grpc_status_code grist__job_restore(struct grist_daemon *d, struct grist_job *j,
         snprintf(err, errsz, "job '%s' is already known (two state files name it)", j->id);
         grist__job_free(j);
         return GRPC_STATUS_ALREADY_EXISTS;
+    }
+    if (d->shard_n > 1 && grist_shard_of(j->id, d->shard_n) != d->shard_i) {
+        snprintf(err, errsz, "job '%s' belongs to shard %u of %u now, not to this one (%u)", j->id,
+                 grist_shard_of(j->id, d->shard_n), d->shard_n, d->shard_i);
+        grist__job_free(j);
+        return GRPC_STATUS_FAILED_PRECONDITION;
     }
     if (d->njobs >= (uint32_t)d->cfg->max_jobs) {
         snprintf(err, errsz, "job limit reached (%u jobs; --max-jobs)", d->njobs);
@@ -736,4 +787,6 @@ void grist__jobs_free_all(struct grist_daemon *d)
     free(d->peers);
     d->peers = NULL;
     d->npeers = 0;
+    free(d->shard_peers_buf);
+    d->shard_peers_buf = NULL;
 }

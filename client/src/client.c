@@ -28,6 +28,7 @@
 #include <grpc/support/time.h>
 
 #include "grist/client.h"
+#include "grist/shard.h"
 #include "grist/stats.h"
 #include "grist/v1/grist.pb-c.h"
 #include "internal.h"
@@ -43,6 +44,7 @@ struct tag {
 
 struct grist_session {
     struct grist_client *c;
+    uint32_t tgt; /* index of its replica in c->targets: the shard of its job, or a redirect */
     struct grist_session *next;
     uint8_t *hello;
     size_t hello_len;
@@ -76,12 +78,23 @@ struct grist_session {
     pthread_cond_t cv; /* ready / dead */
 };
 
+#define GRIST_MAX_TARGETS 64
+
 struct grist_client {
     char *target;
     struct grist_client_options opt; /* its strings are the copies below */
     char *token, *tls_ca, *tls_cert, *tls_key, *tls_name;
     grpc_metadata auth_md; /* authorization: Bearer TOKEN */
     size_t nmd;
+    /* replicas: the address list ("a,b,c" = shards 0, 1, 2), then the
+     * addresses redirects named; a channel each, made when first used
+     * (guarded by mu after open) */
+    char *targets[GRIST_MAX_TARGETS];
+    grpc_channel *chans[GRIST_MAX_TARGETS];
+    uint32_t ntargets, nlisted;
+    grpc_channel_credentials *creds;
+    grpc_arg chargs[9];
+    grpc_channel_args ca;
     grpc_channel *ch;
     grpc_completion_queue *cq;
     pthread_t thread;
@@ -120,6 +133,43 @@ void grist_client_options_default(struct grist_client_options *o)
 grpc_channel *grist__client_channel(struct grist_client *c)
 {
     return c->ch;
+}
+
+static grpc_channel *channel_locked(struct grist_client *c, uint32_t i)
+{
+    if (!c->chans[i])
+        c->chans[i] = grpc_channel_create(c->targets[i], c->creds, &c->ca);
+    return c->chans[i];
+}
+
+/* The index of addr in the targets, appended when new; 0 when full. */
+static uint32_t target_locked(struct grist_client *c, const char *addr, size_t len)
+{
+    for (uint32_t i = 0; i < c->ntargets; i++)
+        if (strlen(c->targets[i]) == len && memcmp(c->targets[i], addr, len) == 0)
+            return i;
+    if (c->ntargets == GRIST_MAX_TARGETS)
+        return 0;
+    char *t = malloc(len + 1);
+    if (!t)
+        return 0;
+    memcpy(t, addr, len);
+    t[len] = '\0';
+    c->targets[c->ntargets] = t;
+    return c->ntargets++;
+}
+
+uint32_t grist_shard_pick(const char *job_id, uint32_t n)
+{
+    return job_id ? grist_shard_of(job_id, n) : 0;
+}
+
+const char *grist_session_address(const struct grist_session *s)
+{
+    pthread_mutex_lock(&s->c->mu);
+    const char *a = s->c->targets[s->tgt];
+    pthread_mutex_unlock(&s->c->mu);
+    return a;
 }
 
 const grpc_metadata *grist__client_metadata(const struct grist_client *c, size_t *count)
@@ -348,8 +398,9 @@ static void post_recv_locked(struct grist_session *s)
 static void start_call_locked(struct grist_client *c, struct grist_session *s)
 {
     grpc_slice method = grpc_slice_from_static_string("/grist.v1.Grist/Attach");
-    s->call = grpc_channel_create_call(c->ch, NULL, GRPC_PROPAGATE_DEFAULTS, c->cq, method, NULL,
-                                       gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    s->call =
+        grpc_channel_create_call(channel_locked(c, s->tgt), NULL, GRPC_PROPAGATE_DEFAULTS, c->cq,
+                                 method, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
     if (!s->call) {
         s->next_attempt = mono() + grist__backoff_next(&s->backoff);
         return;
@@ -391,11 +442,44 @@ static void start_call_locked(struct grist_client *c, struct grist_session *s)
         s->ops++;
 }
 
+/* A replica of a sharded gristd refused the job (FAILED_PRECONDITION) and
+ * named the right one: the session goes there at once. @return 1 if so. */
+static int follow_redirect_locked(struct grist_session *s)
+{
+    struct grist_client *c = s->c;
+    if (s->status != GRPC_STATUS_FAILED_PRECONDITION)
+        return 0;
+    int to = -1;
+    for (size_t i = 0; i < s->md_trail.count; i++) {
+        const grpc_metadata *m = &s->md_trail.metadata[i];
+        const size_t kl = GRPC_SLICE_LENGTH(m->key), vl = GRPC_SLICE_LENGTH(m->value);
+        const char *k = (const char *)GRPC_SLICE_START_PTR(m->key);
+        const char *v = (const char *)GRPC_SLICE_START_PTR(m->value);
+        if (kl == 19 && memcmp(k, "grist-shard-address", 19) == 0 && vl > 0 && vl < 256) {
+            to = (int)target_locked(c, v, vl);
+            break; /* the address wins over the index */
+        }
+        if (kl == 11 && memcmp(k, "grist-shard", 11) == 0 && vl > 0 && vl < 8) {
+            char num[8];
+            memcpy(num, v, vl);
+            num[vl] = '\0';
+            const long idx = strtol(num, NULL, 10);
+            if (idx >= 0 && (uint32_t)idx < c->nlisted)
+                to = (int)idx; /* the list given to grist_client_open is in shard order */
+        }
+    }
+    if (to < 0 || (uint32_t)to == s->tgt)
+        return 0;
+    s->tgt = (uint32_t)to;
+    return 1;
+}
+
 static void end_call_locked(struct grist_session *s)
 {
     /* status received and no batch outstanding: release the call */
     grpc_call_unref(s->call);
     s->call = NULL;
+    const int redirected = follow_redirect_locked(s);
     grpc_metadata_array_destroy(&s->md_init);
     grpc_metadata_array_destroy(&s->md_trail);
     if (s->status != GRPC_STATUS_OK) {
@@ -411,7 +495,7 @@ static void end_call_locked(struct grist_session *s)
     s->st.connected = 0;
     s->st.failures++;
     s->st.last_status = (int)s->status;
-    s->next_attempt = mono() + grist__backoff_next(&s->backoff);
+    s->next_attempt = redirected ? mono() : mono() + grist__backoff_next(&s->backoff);
     if (s->closing) {
         s->dead = 1;
         pthread_cond_broadcast(&s->cv);
@@ -651,18 +735,31 @@ int grist_client_open(const char *address, const struct grist_client_options *op
         all[ca.num_args].key = (char *)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
         all[ca.num_args++].value.string = c->tls_name;
     }
-    ca.args = all;
-    grpc_channel_credentials *creds = NULL;
-    const int cr = make_credentials(c, &creds);
-    if (cr < 0) {
+    memcpy(c->chargs, all, sizeof(all));
+    c->ca.num_args = ca.num_args;
+    c->ca.args = c->chargs;
+    const int cr = make_credentials(c, &c->creds);
+    /* "a,b,c": the replicas of a sharded gristd, in shard order */
+    for (const char *p = address; cr == 0 && *p;) {
+        const char *e = strchr(p, ',');
+        const size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len && c->ntargets < GRIST_MAX_TARGETS)
+            target_locked(c, p, len);
+        p += len + (e != NULL);
+    }
+    c->nlisted = c->ntargets;
+    if (cr < 0 || c->ntargets == 0) {
+        for (uint32_t i = 0; i < c->ntargets; i++)
+            free(c->targets[i]);
+        if (c->creds)
+            grpc_channel_credentials_release(c->creds);
         free_strings(c);
         free(c->target);
         free(c);
         grpc_shutdown();
-        return cr;
+        return cr < 0 ? cr : -EINVAL;
     }
-    c->ch = grpc_channel_create(address, creds, &ca);
-    grpc_channel_credentials_release(creds);
+    c->ch = channel_locked(c, 0); /* queries go to the first */
     c->cq = grpc_completion_queue_create_for_next(NULL);
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->send_cv, NULL);
@@ -678,8 +775,12 @@ int grist_client_open(const char *address, const struct grist_client_options *op
             pthread_join(c->sender, NULL);
         }
         pthread_cond_destroy(&c->send_cv);
-        if (c->ch)
-            grpc_channel_destroy(c->ch);
+        for (uint32_t i = 0; i < c->ntargets; i++) {
+            if (c->chans[i])
+                grpc_channel_destroy(c->chans[i]);
+            free(c->targets[i]);
+        }
+        grpc_channel_credentials_release(c->creds);
         if (c->cq)
             grpc_completion_queue_destroy(c->cq);
         free_strings(c);
@@ -804,6 +905,7 @@ int grist_session_attach(struct grist_client *c, const struct grist_attach_optio
     s->applied = calloc(4 * (size_t)o->ngroups, sizeof(double));
     s->hello = encode_hello(o, m, kind, &s->hello_len);
     s->seed = grist_sketch_job_seed(o->job);
+    s->tgt = c->nlisted > 1 ? grist_shard_of(o->job, c->nlisted) : 0; /* its job's replica */
     pthread_cond_init(&s->cv, NULL);
     if (qr < 0 || !s->hp || !s->hello || !s->gsize || !s->applied) {
         session_free(s);
@@ -1114,7 +1216,12 @@ void grist_client_close(struct grist_client *c)
            GRPC_QUEUE_SHUTDOWN)
         ;
     grpc_completion_queue_destroy(c->cq);
-    grpc_channel_destroy(c->ch);
+    for (uint32_t i = 0; i < c->ntargets; i++) {
+        if (c->chans[i])
+            grpc_channel_destroy(c->chans[i]);
+        free(c->targets[i]);
+    }
+    grpc_channel_credentials_release(c->creds);
     free_strings(c);
     free(c->target);
     free(c);

@@ -259,15 +259,50 @@ int main(int argc, char **argv)
             return usage();
     }
     struct grist_client *c;
-    int r = grist_client_open(address, &opt, &c);
+    /* "a,b,c": the replicas of a sharded gristd, in shard order. `jobs` asks
+     * every one; the other commands ask the replica of their job. */
+    char *list[64];
+    uint32_t nlist = 0;
+    char *addrs = strdup(address);
+    for (char *save = NULL, *a = addrs ? strtok_r(addrs, ",", &save) : NULL; a && nlist < 64;
+         a = strtok_r(NULL, ",", &save))
+        list[nlist++] = a;
+    if (nlist == 0)
+        return usage();
+    const char *mine = list[id && nlist > 1 ? grist_shard_pick(id, nlist) : 0];
+    int r = grist_client_open(mine, &opt, &c);
     if (r < 0)
         return fail("open", r);
     int rc = 0;
     if (!strcmp(cmd, "jobs")) {
-        struct grist_job_info *jobs;
-        uint32_t n;
-        r = grist_query_jobs(c, g_timeout, &jobs, &n);
+        struct grist_job_info *jobs = NULL;
+        uint32_t n = 0;
+        r = 0;
+        for (uint32_t k = 0; k < nlist && r >= 0; k++) {
+            struct grist_client *ck = c;
+            if (k > 0 && (r = grist_client_open(list[k], &opt, &ck)) < 0)
+                break;
+            struct grist_job_info *part;
+            uint32_t np;
+            r = grist_query_jobs(ck, g_timeout, &part, &np);
+            if (r == 0) {
+                struct grist_job_info *all = realloc(jobs, (n + np + 1) * sizeof(*all));
+                if (all) {
+                    memcpy(all + n, part, np * sizeof(*part));
+                    jobs = all;
+                    n += np;
+                } else {
+                    r = -ENOMEM;
+                }
+                free(part);
+            }
+            if (ck != c)
+                grist_client_close(ck);
+            if (r < 0)
+                address = list[k];
+        }
         if (r < 0) {
+            free(jobs);
             rc = fail(address, r);
         } else {
             if (g_json) {
@@ -341,5 +376,6 @@ int main(int argc, char **argv)
         rc = usage();
     }
     grist_client_close(c);
+    free(addrs);
     return rc;
 }

@@ -60,6 +60,10 @@ struct grist_client_options {
                                    the address's host (NULL: the host) */
 };
 
+/** The shard (0..n-1) that owns job_id: rendezvous hashing of the id, the
+ *  rule gristd --shard applies (docs/ARCHITECTURE.md, "Sharding"). */
+GRIST_EXPORT uint32_t grist_shard_pick(const char *job_id, uint32_t n);
+
 /** sizeof(struct grist_client_options) of this build: bindings that mirror the
  *  struct (grist._native) check their layout against it. */
 GRIST_EXPORT size_t grist_client_options_size(void);
@@ -71,7 +75,11 @@ GRIST_EXPORT void grist_client_options_default(struct grist_client_options *o);
  * Open a client: a channel to address and its background thread. Does not
  * connect yet (connections are made by sessions, in the background).
  *
- * @param address "host:port" or "unix:/path".
+ * @param address "host:port" or "unix:/path"; or "a,b,c", the replicas of a
+ *                sharded gristd in shard order (gristd --shard I/N): each
+ *                session goes to the replica of its job (grist_shard_pick),
+ *                queries to the first. A replica that refuses a job of
+ *                another shard names the right one and the session moves.
  * @param opt     options or NULL for defaults; copied.
  * @param out     receives the client; free with grist_client_close().
  * @return 0; -EINVAL (NULL address/out; a token with spaces or control
@@ -160,6 +168,10 @@ GRIST_EXPORT int grist_session_attach(struct grist_client *c, const struct grist
  * @return 0; -ETIMEDOUT when timeout_s passed first.
  */
 GRIST_EXPORT int grist_session_wait_ready(struct grist_session *s, double timeout_s);
+
+/** The address the session attaches to now (its shard's replica, or where a
+ *  redirect sent it); valid while the client is open. */
+GRIST_EXPORT const char *grist_session_address(const struct grist_session *s);
 
 /**
  * The job's sketch seed (MATH.md section 2): derived from the job id at

@@ -114,6 +114,13 @@ _attach = _sig("grist_session_attach", ctypes.c_int, _vp, ctypes.POINTER(_Attach
                ctypes.POINTER(_vp))
 _wait_ready = _sig("grist_session_wait_ready", ctypes.c_int, _vp, _dbl)
 _job_seed = _sig("grist_session_job_seed", _u32, _vp)
+_session_address = _sig("grist_session_address", ctypes.c_char_p, _vp)
+_shard_pick = _sig("grist_shard_pick", _u32, ctypes.c_char_p, _u32)
+
+
+def shard_pick(job, n):
+    """The shard (0..n-1) of job: the rendezvous hashing gristd --shard uses."""
+    return _shard_pick(_b(job), n)
 _group_seed = _sig("grist_sketch_group_seed", _u32, _u32, _u32)
 _submit = _sig("grist_session_submit", ctypes.c_int, _vp, _u64, _pf, _pd,
                ctypes.POINTER(_u32), ctypes.c_int)
@@ -301,6 +308,11 @@ class Session:
         buf = ctypes.create_string_buffer(256)
         st = _last_error(self._h, buf, len(buf))
         return st, buf.value.decode(errors="replace")
+
+    @property
+    def address(self):
+        """The replica this session attaches to now (its job's shard, or a redirect's)."""
+        return _session_address(self._h).decode()
 
     @property
     def job_seed(self):
