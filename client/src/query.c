@@ -16,6 +16,7 @@
 #include <grpc/support/time.h>
 
 #include "grist/v1/grist.pb-c.h"
+#include "grpc/health/v1/health.pb-c.h"
 #include "internal.h"
 
 static int status_to_errno(grpc_status_code st)
@@ -228,6 +229,26 @@ static int copy_job(const Grist__V1__GetJobResponse *r, struct grist_job_info *i
         copy_group(r->groups[i], &g[i]);
     *groups = g;
     *ngroups = (uint32_t)r->n_groups;
+    return 0;
+}
+
+int grist_query_health(struct grist_client *c, double timeout_s, int *serving)
+{
+    if (!c || !serving)
+        return -EINVAL;
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    uint8_t *resp = NULL;
+    size_t rlen = 0;
+    int r = unary(c, "/grpc.health.v1.Health/Check", &req.base, timeout_s, &resp, &rlen);
+    if (r < 0)
+        return r;
+    Grpc__Health__V1__HealthCheckResponse *m =
+        grpc__health__v1__health_check_response__unpack(NULL, rlen, resp);
+    free(resp);
+    if (!m)
+        return -EPROTO;
+    *serving = m->status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+    grpc__health__v1__health_check_response__free_unpacked(m, NULL);
     return 0;
 }
 

@@ -274,7 +274,16 @@ int main(int argc, char **argv)
     if (r < 0)
         return fail("open", r);
     int rc = 0;
-    if (!strcmp(cmd, "jobs")) {
+    if (!strcmp(cmd, "health")) {
+        int serving = 0;
+        r = grist_query_health(c, g_timeout, &serving);
+        if (r < 0)
+            rc = fail(mine, r);
+        else if (!serving)
+            rc = 1;
+        if (r == 0)
+            printf("%s\n", serving ? "SERVING" : "NOT_SERVING");
+    } else if (!strcmp(cmd, "jobs")) {
         struct grist_job_info *jobs = NULL;
         uint32_t n = 0;
         r = 0;

@@ -363,6 +363,9 @@ def test_tokens(gristd, tmp):
     p = subprocess.run([ctl, "--address", addr, "jobs"], capture_output=True, text=True,
                        timeout=30, env=env)
     assert p.returncode == 4 and "token" in p.stderr, (p.returncode, p.stderr)
+    p = subprocess.run([ctl, "--address", addr, "health"], capture_output=True, text=True,
+                       timeout=30, env=env)  # probes need no token
+    assert p.returncode == 0 and p.stdout.strip() == "SERVING", (p.returncode, p.stderr)
     p = subprocess.run([ctl, "--address", addr, "--token-file", f"{tmp}/ra.token", "job",
                         "team-b-1"], capture_output=True, text=True, timeout=30)
     assert p.returncode == 4 and "does not cover" in p.stderr, (p.returncode, p.stderr)

@@ -352,6 +352,14 @@ struct grist_group_info {
 };
 
 /**
+ * grpc.health.v1 Check of the whole daemon (needs no token: for probes).
+ *
+ * @param serving set to 1 when gristd answers SERVING, 0 for NOT_SERVING.
+ * @return 0; the codes of grist_query_jobs().
+ */
+GRIST_EXPORT int grist_query_health(struct grist_client *c, double timeout_s, int *serving);
+
+/**
  * Every job the daemon serves. *jobs is malloc'ed (free() it); *n its length.
  *
  * @return 0; -ETIMEDOUT; -ECONNREFUSED (daemon unreachable); -EPROTO (bad
