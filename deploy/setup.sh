@@ -4,6 +4,8 @@
 #
 #   sh deploy/setup.sh            # install what is missing
 #   GRIST_SETUP_CHECK=1 sh deploy/setup.sh   # only report what is missing (exit 1 if any)
+#   GRIST_SETUP_CONTAINER=1 sh deploy/setup.sh  # also podman, buildah and mmdebstrap
+#                                               # (deploy/container/build.sh)
 set -eu
 
 PKGS="
@@ -14,9 +16,12 @@ libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
 libopenblas-dev liblapacke-dev
 check valgrind clang clang-format
 python3 python3-torch python3-grpcio python3-protobuf python3-numpy
-python3-matplotlib python3-sklearn
-prometheus chromium
+python3-matplotlib python3-sklearn python3-yaml
+prometheus chromium systemd
 "
+if [ "${GRIST_SETUP_CONTAINER:-0}" = 1 ]; then
+    PKGS="$PKGS podman buildah mmdebstrap uidmap fuse-overlayfs slirp4netns"
+fi
 
 missing=""
 for p in $PKGS; do

@@ -107,6 +107,7 @@ class GristSession:
         if client is None:
             # a token from the environment (a Kubernetes secret, say) when none is given
             token = token if token is not None else _os.environ.get("GRIST_TOKEN") or None
+            tls_ca = tls_ca if tls_ca is not None else _os.environ.get("GRIST_TLS_CA") or None
             client = Client(address, token=token, tls_ca=tls_ca, tls_cert=tls_cert,
                             tls_key=tls_key, tls_server_name=tls_server_name)
         self.client = client
@@ -573,7 +574,7 @@ def attach(optimizer, job, address, rank=None, world_size=None, sketch_dim=1024,
 
     token: the job's worker token when gristd runs with --tokens (default:
     the GRIST_TOKEN environment variable); tls_ca: the PEM CA to connect
-    with TLS; tls_cert/tls_key: a client certificate under mTLS;
+    with TLS (default: $GRIST_TLS_CA); tls_cert/tls_key: a client certificate under mTLS;
     tls_server_name: the name in gristd's certificate if not the host
     (docs/SECURITY.md)."""
     return GristSession(optimizer, job, address, rank=rank, world_size=world_size,
