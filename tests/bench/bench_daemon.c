@@ -13,7 +13,7 @@
  *   4. the whole-cluster simulation: N jobs x 8 workers at 10 steps/s, the
  *      largest N*8 with p99 push latency <= 10 ms and no dropped steps.
  * Lines "#result key=value" are for tests/bench/report.py.
- * Usage: bench-daemon [--quick] [-- GRISTD_OPTIONS]   (needs GRISTD=path/to/gristd)
+ * Usage: bench-daemon [--quick | --ingest STEPS [RATE]] [-- GRISTD_OPTIONS]   (needs GRISTD=path/to/gristd)
  */
 #include <math.h>
 #include <pthread.h>
@@ -196,6 +196,8 @@ static int cmpd(const void *x, const void *y)
     return (a > b) - (a < b);
 }
 
+static double g_ingest_rate; /* --ingest STEPS RATE: steps/s per stream (0: flat out) */
+
 static void ingestion(int streams, int steps, int round)
 {
     const int world = streams >= 4 ? 4 : 1, jobs = streams / world;
@@ -209,6 +211,7 @@ static void ingestion(int streams, int steps, int round)
         args[s].rank = (uint32_t)(s % world);
         args[s].world = (uint32_t)world;
         args[s].steps = steps;
+        args[s].rate = g_ingest_rate;
         pthread_create(&th[s], NULL, ing_thread, &args[s]);
     }
     pthread_barrier_wait(&start);
@@ -323,6 +326,11 @@ static void print_latency(double rate, int streams, const struct lat_result *r)
 int main(int argc, char **argv)
 {
     const int quick = argc > 1 && !strcmp(argv[1], "--quick");
+    /* --ingest STEPS: only the ingestion table, STEPS per stream (an A/B of
+     * two gristd builds: GRISTD=old and GRISTD=new in turn) */
+    const int ingest_only = argc > 2 && !strcmp(argv[1], "--ingest") ? atoi(argv[2]) : 0;
+    if (ingest_only && argc > 3 && strcmp(argv[3], "--"))
+        g_ingest_rate = atof(argv[3]);
     setvbuf(stdout, NULL, _IOLBF, 0);
     struct gristd_proc p;
     const char *args[24] = {"--listen", "127.0.0.1:0", "--log-level", "warn", "--max-jobs", "4096"};
@@ -342,6 +350,16 @@ int main(int argc, char **argv)
     g_addr = p.addr[0];
     g_pid = p.pid;
     grpc_init();
+    if (ingest_only > 0) {
+        printf("## Ingestion (8 groups, m = 1024), %d steps per stream at %s\n\n", ingest_only,
+               g_ingest_rate > 0 ? "a fixed rate" : "full speed");
+        printf(
+            "| streams | jobs x workers | steps per stream | worker-steps/s | MB/s in | dropped steps | time spent sending | gristd CPU us per worker-step |\n|---|---|---|---|---|---|---|---|\n");
+        ingestion(1, ingest_only, 0);
+        ingestion(16, ingest_only, 1);
+        gristd_stop(&p, SIGTERM);
+        return 0;
+    }
     printf("## Memory (RSS of gristd as jobs are added, measured first on a fresh daemon)\n\n");
     {
         const long base = proc_status_kb(p.pid, "VmRSS");
