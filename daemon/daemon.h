@@ -77,6 +77,7 @@ struct grist_daemon {
     char *shard_peer[GRIST_MAX_SHARDS]; /* --shard-peers, NULL when not given */
     char *shard_peers_buf;
     struct grist_peer_bucket *peers; /* job creation per client address (attach.c) */
+    struct grist_fanout *fanout; /* channels to the other shards (fanout.c), made on use */
     uint32_t npeers;
     int exit_code; /* main()'s status once the loop returns */
     int stopping;

@@ -29,6 +29,8 @@
 #include <openssl/ssl.h>
 
 #include "daemon.h"
+#include "fanout.h"
+#include "grist/v1/grist.pb-c.h"
 #include "jobs.h"
 #include "log.h"
 #include "tls.h"
@@ -165,6 +167,15 @@ struct conn {
      * through two memory BIOs, so libuv keeps doing all the I/O */
     SSL *ssl;
     BIO *rbio, *wbio; /* owned by ssl */
+    struct fan_ticket *ticket; /* a cluster query in flight for this connection */
+};
+
+/* A cluster query outlives its connection if the client goes: the answer
+ * then finds c NULL and is dropped. */
+struct fan_ticket {
+    struct conn *c;
+    struct grist_principal who;
+    int keep;
 };
 
 /* Unparsed input a connection may hold (pipelined requests): past it, close. */
@@ -202,6 +213,8 @@ static void timer_closed(uv_handle_t *hd)
 static void conn_closed(uv_handle_t *hd)
 {
     struct conn *c = hd->data;
+    if (c->ticket)
+        c->ticket->c = NULL;
     for (struct conn **p = c->h ? &c->h->conns : &c->next; c->h && *p; p = &(*p)->next)
         if (*p == c) {
             *p = c->next;
@@ -591,6 +604,88 @@ static void api_jobs(struct conn *c, const struct grist_principal *who, int keep
     respond(c, 200, "application/json", &b, keep);
 }
 
+/* GET /api/v1/cluster/jobs: this replica's jobs and every other's (fanout.c) */
+static void brief_json(struct sbuf *b, const Grist__V1__JobBrief *j, uint32_t shard)
+{
+    sb_put(b, "{\"id\":", 6);
+    sb_jstr(b, j->job_id ? j->job_id : "");
+    sb_printf(b,
+              ",\"shard\":%u,\"world_size\":%u,\"live_workers\":%u,\"step\":%llu,"
+              "\"version\":%llu,\"dropped_steps\":%llu,\"shed_steps\":%llu,"
+              "\"late_summaries\":%llu,\"validation_summaries\":%llu,\"step_segments\":%llu}",
+              shard, j->world_size, j->live_workers, (unsigned long long)j->step,
+              (unsigned long long)j->version, (unsigned long long)j->dropped_steps,
+              (unsigned long long)j->shed_steps, (unsigned long long)j->late_summaries,
+              (unsigned long long)j->validation_summaries, (unsigned long long)j->step_segments);
+}
+
+static void on_cluster(void *ud, struct grist_fanout_result *res, uint32_t n)
+{
+    struct fan_ticket *t = ud;
+    struct conn *c = t->c;
+    if (c) {
+        c->ticket = NULL;
+        c->busy = 0;
+        struct grist_daemon *d = c->h->d;
+        struct sbuf b = {0};
+        sb_put(&b, "{\"jobs\":[", 9);
+        int first = 1;
+        for (const struct grist_job *j = d->jobs; j; j = j->next) {
+            if (!grist__auth_allows(&t->who, GRIST_NEED_READ, j->id))
+                continue;
+            Grist__V1__JobBrief jb = GRIST__V1__JOB_BRIEF__INIT;
+            jb.job_id = (char *)j->id;
+            jb.world_size = j->world;
+            jb.live_workers = j->nstreams;
+            jb.step = j->high_step;
+            jb.version = j->version;
+            jb.dropped_steps = j->dropped;
+            jb.shed_steps = j->shed;
+            jb.late_summaries = j->late;
+            jb.validation_summaries = j->validation;
+            jb.step_segments = j->segments;
+            if (!first)
+                sb_put(&b, ",", 1);
+            first = 0;
+            brief_json(&b, &jb, d->shard_i);
+        }
+        for (uint32_t k = 0; k < n; k++) {
+            if (k == d->shard_i || res[k].status != 0 || !res[k].body)
+                continue;
+            Grist__V1__ListJobsResponse *m =
+                grist__v1__list_jobs_response__unpack(NULL, res[k].len, res[k].body);
+            for (size_t i = 0; m && i < m->n_jobs; i++) {
+                if (!first)
+                    sb_put(&b, ",", 1);
+                first = 0;
+                brief_json(&b, m->jobs[i], k);
+            }
+            if (m)
+                grist__v1__list_jobs_response__free_unpacked(m, NULL);
+            else
+                res[k].status = GRPC_STATUS_INTERNAL,
+                snprintf(res[k].error, sizeof(res[k].error), "answer does not decode");
+        }
+        sb_put(&b, "],\"shards\":[", 12);
+        for (uint32_t k = 0; k < n; k++) {
+            sb_printf(&b, "%s{\"shard\":%u,\"address\":", k ? "," : "", k);
+            sb_jstr(&b, d->shard_peer[k] ? d->shard_peer[k] : "");
+            sb_printf(&b, ",\"status\":%d", res[k].status);
+            if (res[k].status != 0) {
+                sb_put(&b, ",\"error\":", 9);
+                sb_jstr(&b, res[k].error);
+            }
+            sb_put(&b, "}", 1);
+        }
+        sb_put(&b, "]}\n", 3);
+        respond(c, 200, "application/json", &b, t->keep);
+    }
+    for (uint32_t k = 0; k < n; k++)
+        free(res[k].body);
+    free(res);
+    free(t);
+}
+
 static void api_job(struct conn *c, const struct grist_job *j, int keep)
 {
     struct sbuf b = {0};
@@ -830,6 +925,29 @@ static void route(struct conn *c)
     }
     if (strcmp(path, "/api/v1/jobs") == 0 || strcmp(path, "/api/v1/jobs/") == 0) {
         api_jobs(c, &who, keep);
+        return;
+    }
+    if (strcmp(path, "/api/v1/cluster/jobs") == 0) {
+        struct fan_ticket *t = calloc(1, sizeof(*t));
+        if (!t) {
+            respond_error(c, 500, "out of memory", 0);
+            return;
+        }
+        t->c = c;
+        t->who = who;
+        t->keep = keep;
+        c->ticket = t;
+        c->busy = 1; /* answered when every replica did (at most 2 s) */
+        const int r = grist__fanout_jobs(c->h->d, c->auth, c->auth_len, on_cluster, t);
+        if (r < 0) {
+            c->ticket = NULL;
+            c->busy = 0;
+            free(t);
+            respond_error(c, r == -ENOENT ? 404 : 500,
+                          r == -ENOENT ? "not a sharded gristd (--shard I/N --shard-peers)"
+                                       : "out of memory",
+                          keep);
+        }
         return;
     }
     static const char prefix[] = "/api/v1/jobs/";

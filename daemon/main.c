@@ -31,6 +31,7 @@
 #endif
 
 #include "daemon.h"
+#include "fanout.h"
 #include "grist/kernels.h"
 #include "log.h"
 #include "tls.h"
@@ -367,6 +368,7 @@ int main(int argc, char **argv)
 
     uv_run(&loop, UV_RUN_DEFAULT);
 
+    grist__fanout_free(d);
     grist__jobs_free_all(d);
     grist__net_destroy(&d->net);
     uv_loop_close(&loop);

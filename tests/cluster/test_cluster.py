@@ -7,7 +7,8 @@ clients given the replica list ("A0,A1,A2"):
 - a client given only a wrong replica is redirected to the right one;
 - a replica SIGKILLed and restarted on its state directory restores its
   jobs, and their workers re-attach by themselves;
-- gristctl fans `jobs` out over the replicas.
+- gristctl fans `jobs` out over the replicas, and so does any replica's
+  GET /api/v1/cluster/jobs (a dead replica shows as an error, in 2 s).
 
     PYTHONPATH=build/proto GRIST_LIB=build/client/libgrist.so \\
         /usr/bin/python3 tests/cluster/test_cluster.py build/daemon/gristd
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import numpy as np
 
@@ -73,9 +75,17 @@ def main():
         proc, ready = pytest_util.spawn_ready([
             gristd, "--listen", addrs[i], "--shard", f"{i}/{N}", "--shard-peers", peers,
             "--state-dir", os.path.join(tmp, f"state{i}"), "--snapshot-interval", "0.2",
-            "--log-level", "warn"])
+            "--http", "127.0.0.1:0", "--log-level", "warn"])
         assert ready["grpc"] == addrs[i], ready
+        https[i] = ready["http"]
         return proc
+
+    https = [None] * N
+
+    def cluster_jobs(i):
+        t0 = time.monotonic()
+        with urllib.request.urlopen(f"http://{https[i]}/api/v1/cluster/jobs", timeout=10) as r:
+            return json.load(r), time.monotonic() - t0
 
     procs = [start(i) for i in range(N)]
     clients, sessions = [], {}
@@ -141,12 +151,22 @@ def main():
         p = subprocess.run([ctl, "--address", peers, "job", wrong_job, "--json"],
                            capture_output=True, text=True, timeout=60)
         assert p.returncode == 0 and wrong_job in p.stdout, p.stderr
+        # any replica's JSON API answers for the whole cluster
+        for i in range(N):
+            view, _ = cluster_jobs(i)
+            assert {j["id"]: j["shard"] for j in view["jobs"]} == seen, i
+            assert [s["status"] for s in view["shards"]] == [0] * N, view["shards"]
         # SIGKILL the busiest replica; restart it on its state directory
         victim = max(range(N), key=lambda i: counts[i])
         time.sleep(0.6)  # three snapshot intervals: the fed steps are on disk
         before = {j: v.step for j, v in list_jobs(addrs[victim]).items()}
         procs[victim].send_signal(signal.SIGKILL)
         procs[victim].wait(timeout=30)
+        other = (victim + 1) % N
+        view, took = cluster_jobs(other)  # the dead replica: an error for its shard, not a hang
+        assert view["shards"][victim]["status"] != 0 and took < 5, (view["shards"], took)
+        assert all(s["status"] == 0 for k, s in enumerate(view["shards"]) if k != victim)
+        assert {j["shard"] for j in view["jobs"]} == set(range(N)) - {victim}
         t0 = time.monotonic()
         procs[victim] = start(victim)
         ready_s = time.monotonic() - t0
@@ -170,6 +190,9 @@ def main():
         time.sleep(0.3)
         grown = list_jobs(addrs[victim])
         assert all(grown[j].step >= 25 for j in grown if j in jobs), grown
+        print(f"cluster: /api/v1/cluster/jobs of every replica lists all {len(seen)} jobs with "
+              f"their shard; with replica {victim} dead it answers in {took:.2f} s, that shard "
+              "an error")
         print(f"cluster: replica {victim} SIGKILLed with {len(before)} jobs, restarted on its "
               f"state dir: ready {ready_s:.2f} s, every job restored (steps lost max "
               f"{max(lost) if lost else 0}), all workers back {reattach_s:.2f} s after the restart")
