@@ -1,6 +1,6 @@
 #!/bin/sh
 # tests/run.sh: the README's test command. Sets everything up, builds, runs
-# the suites unit, kernels, integration and gpu (gpu tests skip without a
+# the suites unit, kernels, integration, cluster and gpu (gpu tests skip without a
 # device), and ends with the line "N passed, N failed, N skipped" computed
 # from meson's testlog.json. Exit status: 0 only when nothing failed.
 set -eu
@@ -10,7 +10,7 @@ sh "$ROOT/deploy/bootstrap.sh"
 
 rc=0
 meson test -C "$BUILD" --print-errorlogs --num-processes 2 \
-    --suite unit --suite kernels --suite integration --suite gpu "$@" || rc=$?
+    --suite unit --suite kernels --suite integration --suite cluster --suite gpu "$@" || rc=$?
 
 /usr/bin/python3 - "$BUILD/meson-logs/testlog.json" <<'PY' || rc=1
 import json, sys
