@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -208,8 +209,58 @@ def main():
         codes = [p.wait(timeout=30) for p in procs]
         shutil.rmtree(tmp, ignore_errors=True)
     assert codes == [0] * N, codes
+    check_tokens(gristd)
     print("cluster: ok")
     return 0
+
+
+def check_tokens(gristd):
+    """The cluster view passes the caller's token on: 2 replicas with
+    --tokens, a reader of "a-*" sees only a-* jobs of both, none of b-*."""
+    tmp = tempfile.mkdtemp(prefix="grist-cluster-tok-")
+    tokens = {"w": "cluster-worker-0123456789", "r": "cluster-reader-a-0123456789"}
+    tf = os.path.join(tmp, "tokens")
+    with open(tf, "w") as f:
+        f.write(f"{tokens['w']} worker *\n{tokens['r']} reader a-*\n")
+    os.chmod(tf, 0o600)
+    ports = free_ports(2)
+    addrs = [f"127.0.0.1:{p}" for p in ports]
+    procs, https = [], []
+    for i in range(2):
+        proc, ready = pytest_util.spawn_ready([
+            gristd, "--listen", addrs[i], "--shard", f"{i}/2", "--shard-peers", ",".join(addrs),
+            "--http", "127.0.0.1:0", "--tokens", tf, "--log-level", "warn"])
+        procs.append(proc)
+        https.append(ready["http"])
+    c = Client(",".join(addrs), token=tokens["w"])
+    jobs = [f"{p}-{k}" for p in ("a", "b") for k in range(6)]
+    ss = [Session(c, j, [dict(name="w", n=1000, beta=0.9, lr=0.1)], sketch_dim=64) for j in jobs]
+    try:
+        for s in ss:
+            assert s.wait_ready(10), s.last_error()
+        assert {shard_pick(j, 2) for j in jobs if j.startswith("a-")} == {0, 1}, "a-* on one shard"
+        req = urllib.request.Request(f"http://{https[0]}/api/v1/cluster/jobs",
+                                     headers={"Authorization": "Bearer " + tokens["r"]})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            view = json.load(r)
+        got = sorted(j["id"] for j in view["jobs"])
+        assert got == sorted(j for j in jobs if j.startswith("a-")), got
+        assert [s["status"] for s in view["shards"]] == [0, 0], view["shards"]
+        try:
+            urllib.request.urlopen(f"http://{https[0]}/api/v1/cluster/jobs", timeout=10)
+            raise AssertionError("the cluster view answered without a token")
+        except urllib.error.HTTPError as e:
+            assert e.code == 401, e.code
+    finally:
+        for s in ss:
+            s.close()
+        c.close()
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"cluster: with --tokens the cluster view passes the token on: a reader of a-* sees "
+          f"the {len(got)} a-* jobs of both replicas and no b-*; without a token 401")
 
 
 if __name__ == "__main__":
