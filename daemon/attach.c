@@ -288,9 +288,11 @@ static int may_submit(struct grist_daemon *d, struct grist_job *j, size_t n)
     if (j->rate_tokens > rate)
         j->rate_tokens = rate;
     j->rate_ms = now;
-    if (j->rate_tokens < (double)n)
+    /* a batch larger than one second's worth passes when the bucket is full */
+    const double need = (double)n < rate ? (double)n : rate;
+    if (j->rate_tokens < need)
         return 0;
-    j->rate_tokens -= (double)n;
+    j->rate_tokens -= need;
     return 1;
 }
 

@@ -95,7 +95,14 @@ int grist__auth_load(const char *path, struct grist_auth **out, char *err, size_
             r = -EINVAL;
             break;
         }
-        line[strcspn(line, "#\r\n")] = '\0';
+        line[strcspn(line, "\r\n")] = '\0';
+        /* '#' starts a comment at the line's start or after a blank only:
+         * inside a token it is part of the token */
+        for (char *h = line; (h = strchr(h, '#')) != NULL; h++)
+            if (h == line || h[-1] == ' ' || h[-1] == '\t') {
+                *h = '\0';
+                break;
+            }
         char *save = NULL;
         char *tok = strtok_r(line, " \t", &save);
         if (!tok)

@@ -24,9 +24,11 @@
 #include "daemon.h"
 #include "fanout.h"
 #include "log.h"
+#include "tls.h"
 
 struct grist_fanout {
     grpc_channel *ch[GRIST_MAX_SHARDS];
+    uint64_t tls_gen; /* the certificate set the channels were made with */
 };
 
 struct peer_call {
@@ -50,19 +52,32 @@ struct fan_req {
     void *ud;
 };
 
+/* A PEM file whole (NULL when unreadable or over 1 MiB). */
 static char *read_all(const char *path)
 {
     FILE *f = fopen(path, "rb");
     if (!f)
         return NULL;
-    size_t cap = 1 << 16, n = 0;
-    char *b = malloc(cap);
-    if (b) {
-        n = fread(b, 1, cap - 1, f);
-        b[n] = '\0';
-    }
+    const size_t cap = 1 << 20;
+    char *b = malloc(cap + 1);
+    size_t n = b ? fread(b, 1, cap + 1, f) : 0;
+    const int bad = ferror(f) || n > cap;
     fclose(f);
+    if (!b || bad) {
+        free(b);
+        return NULL;
+    }
+    b[n] = '\0';
     return b;
+}
+
+static void drop_channels(struct grist_fanout *f)
+{
+    for (uint32_t k = 0; k < GRIST_MAX_SHARDS; k++)
+        if (f->ch[k]) { /* calls in flight keep what they need */
+            grpc_channel_destroy(f->ch[k]);
+            f->ch[k] = NULL;
+        }
 }
 
 static grpc_channel *channel(struct grist_daemon *d, uint32_t k)
@@ -73,20 +88,35 @@ static grpc_channel *channel(struct grist_daemon *d, uint32_t k)
             return NULL;
     }
     struct grist_fanout *f = d->fanout;
+    const uint64_t gen = grist__tls_generation(d->tls);
+    if (gen != f->tls_gen) { /* a SIGHUP rotated the certificate: present the new one */
+        drop_channels(f);
+        f->tls_gen = gen;
+    }
     if (f->ch[k])
         return f->ch[k];
     grpc_channel_credentials *creds = NULL;
     if (d->tls) {
-        char *ca = d->cfg->tls_client_ca[0] ? read_all(d->cfg->tls_client_ca) : NULL;
+        const int mtls = d->cfg->tls_client_ca[0] != '\0';
+        char *ca = mtls ? read_all(d->cfg->tls_client_ca) : NULL;
         char *cert = NULL, *key = NULL;
-        if (d->cfg->tls_client_ca[0]) { /* mTLS: the peers want a certificate: ours */
+        if (mtls) { /* the peers want a certificate: ours */
             cert = read_all(d->cfg->tls_cert);
             key = read_all(d->cfg->tls_key);
         }
+        if (mtls && (!ca || !cert || !key)) { /* not cached: the next query tries again */
+            GRIST_WARN("cluster view: cannot read the TLS files for the peers");
+            free(ca);
+            free(cert);
+            free(key);
+            return NULL;
+        }
         grpc_ssl_pem_key_cert_pair pair = {key, cert};
-        creds = grpc_ssl_credentials_create(ca, cert && key ? &pair : NULL, NULL, NULL);
+        creds = grpc_ssl_credentials_create(ca, mtls ? &pair : NULL, NULL, NULL);
         free(ca);
         free(cert);
+        if (key)
+            memset(key, 0, strlen(key));
         free(key);
     } else {
         creds = grpc_insecure_credentials_create();
@@ -221,9 +251,7 @@ void grist__fanout_free(struct grist_daemon *d)
 {
     if (!d->fanout)
         return;
-    for (uint32_t k = 0; k < GRIST_MAX_SHARDS; k++)
-        if (d->fanout->ch[k])
-            grpc_channel_destroy(d->fanout->ch[k]);
+    drop_channels(d->fanout);
     free(d->fanout);
     d->fanout = NULL;
 }

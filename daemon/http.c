@@ -1351,6 +1351,10 @@ void grist__http_stop(struct grist_http *h)
      * from h before h goes with its listener */
     for (struct conn *c = h->conns, *n; c; c = n) {
         n = c->next;
+        if (c->ticket) { /* a cluster query in flight answers nobody now */
+            c->ticket->c = NULL;
+            c->ticket = NULL;
+        }
         c->h = NULL;
         conn_close(c);
     }

@@ -344,11 +344,15 @@ grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_he
     }
     struct grist_job *j = grist__job_find(d, h->job_id);
     if (j) {
+        /* ownership first refuses, then claims: a claim only by a Hello that
+         * passes every check (a malformed one must not lock the owner out) */
+        if (j->owned && who->role == GRIST_ROLE_WORKER && memcmp(j->owner, who->digest, 32) != 0)
+            return owner_check(d, j, who, err, errsz);
+        if (!same_shape(j, h, err, errsz))
+            return GRPC_STATUS_INVALID_ARGUMENT;
         grpc_status_code st = owner_check(d, j, who, err, errsz);
         if (st != GRPC_STATUS_OK)
             return st;
-        if (!same_shape(j, h, err, errsz))
-            return GRPC_STATUS_INVALID_ARGUMENT;
         if (h->world != j->world) {
             GRIST_INFO("job '%s': world size %u -> %u", j->id, j->world, h->world);
             j->world = h->world;

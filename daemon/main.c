@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -165,20 +166,37 @@ static void on_sighup(uv_signal_t *s, int signum)
     notify("READY=1");
 }
 
-/* Whether addr (HOST:PORT) can only be reached from this machine. */
+/* Whether addr (HOST:PORT) can only be reached from this machine: a unix
+ * socket path (its mode guards it), a numeric loopback address or
+ * "localhost". An abstract socket has no permissions, so it does not count. */
 static int loopback(const char *addr)
 {
-    if (strncmp(addr, "unix:", 5) == 0 || strncmp(addr, "unix-abstract:", 14) == 0)
+    if (strncmp(addr, "unix:", 5) == 0)
         return 1;
+    if (strncmp(addr, "unix-abstract:", 14) == 0)
+        return 0;
+    char host[256];
     const char *colon = strrchr(addr, ':');
     size_t n = colon ? (size_t)(colon - addr) : strlen(addr);
-    if (n >= 2 && addr[0] == '[') {
-        addr++;
-        n -= 2;
+    if (n >= sizeof(host))
+        return 0;
+    memcpy(host, addr, n);
+    host[n] = '\0';
+    char *h = host;
+    if (h[0] == '[' && n >= 2 && h[n - 1] == ']') {
+        h[n - 1] = '\0';
+        h++;
     }
-    if ((n == 3 && strncmp(addr, "::1", 3) == 0) || (n == 9 && strncmp(addr, "localhost", 9) == 0))
+    if (strcmp(h, "localhost") == 0)
         return 1;
-    return n >= 4 && strncmp(addr, "127.", 4) == 0;
+    unsigned char a[16];
+    if (inet_pton(AF_INET, h, a) == 1)
+        return a[0] == 127;
+    if (inet_pton(AF_INET6, h, a) == 1) {
+        static const unsigned char one[16] = {[15] = 1};
+        return memcmp(a, one, 16) == 0;
+    }
+    return 0; /* another host name: it may resolve to anything */
 }
 
 /* Plaintext beyond this machine only with --insecure, said loudly. */

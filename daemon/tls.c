@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/x509.h>
 
 #include "log.h"
@@ -100,9 +101,11 @@ static void ssl_error(const char *what, const char *path, char *err, size_t errs
     snprintf(err, errsz, "%s %s: %s", what, path, e[0] ? e : "invalid");
 }
 
-/* An OpenSSL context from the files (also the check of the set: the
- * certificate chain parses, the key parses and matches it, the CA parses). */
-static SSL_CTX *make_ctx(const struct grist_tls *t, char *err, size_t errsz)
+/* An OpenSSL context from the PEM text of the set (also its check: the
+ * certificate chain parses, the key parses and matches it, the CA parses).
+ * The same buffers then go to gRPC, so what was checked is what is served. */
+static SSL_CTX *make_ctx(const struct grist_tls *t, const struct pem_set *pem, char *err,
+                         size_t errsz)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (!ctx) {
@@ -110,11 +113,29 @@ static SSL_CTX *make_ctx(const struct grist_tls *t, char *err, size_t errsz)
         return NULL;
     }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    if (SSL_CTX_use_certificate_chain_file(ctx, t->cert_path) != 1) {
+    /* session resumption with client certificates needs a context id */
+    SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"gristd", 6);
+    BIO *b = BIO_new_mem_buf(pem->cert, -1);
+    X509 *leaf = b ? PEM_read_bio_X509_AUX(b, NULL, NULL, NULL) : NULL;
+    int ok = leaf && SSL_CTX_use_certificate(ctx, leaf) == 1;
+    X509_free(leaf);
+    for (X509 *x; ok && (x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL;)
+        if (SSL_CTX_add0_chain_cert(ctx, x) != 1) { /* takes x on success */
+            X509_free(x);
+            ok = 0;
+        }
+    BIO_free(b);
+    if (!ok) {
         ssl_error("certificate", t->cert_path, err, errsz);
         goto fail;
     }
-    if (SSL_CTX_use_PrivateKey_file(ctx, t->key_path, SSL_FILETYPE_PEM) != 1) {
+    ERR_clear_error(); /* the chain loop ends on "no start line" */
+    b = BIO_new_mem_buf(pem->key, -1);
+    EVP_PKEY *key = b ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
+    BIO_free(b);
+    ok = key && SSL_CTX_use_PrivateKey(ctx, key) == 1;
+    EVP_PKEY_free(key);
+    if (!ok) {
         ssl_error("private key", t->key_path, err, errsz);
         goto fail;
     }
@@ -123,7 +144,15 @@ static SSL_CTX *make_ctx(const struct grist_tls *t, char *err, size_t errsz)
         goto fail;
     }
     if (t->require_client) {
-        if (SSL_CTX_load_verify_locations(ctx, t->ca_path, NULL) != 1) {
+        X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+        b = BIO_new_mem_buf(pem->ca, -1);
+        int n = 0;
+        for (X509 *x; b && (x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL; n++) {
+            X509_STORE_add_cert(store, x);
+            X509_free(x);
+        }
+        BIO_free(b);
+        if (n == 0) {
             ssl_error("client CA", t->ca_path, err, errsz);
             goto fail;
         }
@@ -138,9 +167,6 @@ fail:
 
 static int load(struct grist_tls *t, char *err, size_t errsz)
 {
-    SSL_CTX *ctx = make_ctx(t, err, errsz);
-    if (!ctx)
-        return -EINVAL;
     struct pem_set s = {0};
     s.cert = slurp(t->cert_path, err, errsz);
     s.key = s.cert ? slurp(t->key_path, err, errsz) : NULL;
@@ -148,7 +174,11 @@ static int load(struct grist_tls *t, char *err, size_t errsz)
         s.ca = slurp(t->ca_path, err, errsz);
     if (!s.cert || !s.key || (t->require_client && !s.ca)) {
         pem_free(&s);
-        SSL_CTX_free(ctx);
+        return -EINVAL;
+    }
+    SSL_CTX *ctx = make_ctx(t, &s, err, errsz);
+    if (!ctx) {
+        pem_free(&s);
         return -EINVAL;
     }
     pthread_mutex_lock(&t->mu);

@@ -61,6 +61,7 @@ struct grist_session {
     struct tag tags[3];
     int ops; /* batches outstanding on the current call */
     int active, connected, send_in_flight, status_done, closing, dead;
+    int redirects; /* redirects followed since the last Welcome: only the first is at once */
     int batches; /* the daemon's Welcome said accepts_batches */
     grpc_byte_buffer *send_buf, *recv_buf;
     grpc_metadata_array md_init, md_trail;
@@ -456,8 +457,17 @@ static int follow_redirect_locked(struct grist_session *s)
         const char *k = (const char *)GRPC_SLICE_START_PTR(m->key);
         const char *v = (const char *)GRPC_SLICE_START_PTR(m->value);
         if (kl == 19 && memcmp(k, "grist-shard-address", 19) == 0 && vl > 0 && vl < 256) {
-            to = (int)target_locked(c, v, vl);
-            break; /* the address wins over the index */
+            /* with a replica list, only its members: the token goes along */
+            int found = -1;
+            for (uint32_t t = 0; t < c->ntargets; t++)
+                if (strlen(c->targets[t]) == vl && memcmp(c->targets[t], v, vl) == 0)
+                    found = (int)t;
+            if (found < 0 && c->nlisted <= 1 && c->ntargets < GRIST_MAX_TARGETS)
+                found = (int)target_locked(c, v, vl);
+            if (found >= 0) {
+                to = found;
+                break; /* the address wins over the index */
+            }
         }
         if (kl == 11 && memcmp(k, "grist-shard", 11) == 0 && vl > 0 && vl < 8) {
             char num[8];
@@ -471,15 +481,19 @@ static int follow_redirect_locked(struct grist_session *s)
     if (to < 0 || (uint32_t)to == s->tgt)
         return 0;
     s->tgt = (uint32_t)to;
-    return 1;
+    /* replicas that disagree (a change of N under way) would bounce the
+     * session between them: the first redirect is followed at once, the
+     * next ones after the usual backoff */
+    return s->redirects++ == 0;
 }
 
 static void end_call_locked(struct grist_session *s)
 {
-    /* status received and no batch outstanding: release the call */
+    /* status received and no batch outstanding: read what the call owns
+     * (its trailing metadata), then release it */
+    const int redirected = follow_redirect_locked(s);
     grpc_call_unref(s->call);
     s->call = NULL;
-    const int redirected = follow_redirect_locked(s);
     grpc_metadata_array_destroy(&s->md_init);
     grpc_metadata_array_destroy(&s->md_trail);
     if (s->status != GRPC_STATUS_OK) {
@@ -496,6 +510,7 @@ static void end_call_locked(struct grist_session *s)
     s->st.failures++;
     s->st.last_status = (int)s->status;
     s->next_attempt = redirected ? mono() : mono() + grist__backoff_next(&s->backoff);
+    /* (follow_redirect_locked has already moved the session if it was told to) */
     if (s->closing) {
         s->dead = 1;
         pthread_cond_broadcast(&s->cv);
@@ -511,6 +526,7 @@ static void on_message_locked(struct grist_session *s, const uint8_t *buf, size_
         if (m->welcome->job_seed != s->seed) /* a daemon of another seed rule: follow it */
             s->seed = m->welcome->job_seed;
         s->connected = 1;
+        s->redirects = 0;
         s->batches = m->welcome->accepts_batches;
         s->st.connected = 1;
         s->st.attaches++;

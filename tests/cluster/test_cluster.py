@@ -210,8 +210,43 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
     assert codes == [0] * N, codes
     check_tokens(gristd)
+    check_disagreeing(gristd)
     print("cluster: ok")
     return 0
+
+
+def check_disagreeing(gristd):
+    """Two replicas that disagree (each says the job is the other's, as during
+    a change of N): the session follows the first redirect at once and the
+    next ones only after its backoff, instead of bouncing flat out."""
+    ports = free_ports(2)
+    a, b = [f"127.0.0.1:{p}" for p in ports]
+    job = next(j for j in (f"bounce-{k}" for k in range(100)) if shard_pick(j, 2) == 1)
+    procs, https = [], []
+    for me, peers in ((a, f"{a},{b}"), (b, f"{b},{a}")):  # both are shard 0 of 2
+        proc, ready = pytest_util.spawn_ready([gristd, "--listen", me, "--shard", "0/2",
+                                               "--shard-peers", peers, "--http", "127.0.0.1:0",
+                                               "--log-level", "warn"])
+        procs.append(proc)
+        https.append(ready["http"])
+    c = Client(a, backoff_max_s=0.5)
+    s = Session(c, job, [dict(name="w", n=1000, beta=0.9, lr=0.1)], sketch_dim=64)
+    time.sleep(3.0)
+    st = s.stats()
+    s.close()
+    c.close()
+    total = 0
+    for h in https:
+        with urllib.request.urlopen(f"http://{h}/metrics", timeout=10) as r:
+            for ln in r.read().decode().splitlines():
+                if ln.startswith("gristd_shard_redirects_total "):
+                    total += int(ln.split()[1])
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=30)
+    # backoff 0.1 s doubling to 0.5 s: about a dozen attempts in 3 s, not thousands
+    assert 2 <= total <= 40, (total, st)
+    print(f"cluster: two disagreeing replicas: {total} redirects in 3 s (backoff), not a loop")
 
 
 def check_tokens(gristd):

@@ -36,7 +36,7 @@ TOK = {  # at least 16 printable characters each
     "wa2": "worker-a2-0123456789abcdef",
     "wb": "worker-b-0123456789abcdef",
     "ra": "reader-a-0123456789abcdef",
-    "adm": "admin-0123456789abcdef",
+    "adm": "admin-0123#456789abcdef",  # a '#' inside a token is part of it
 }
 
 
@@ -46,7 +46,7 @@ def tokens_file(path, names):
     with open(path, "w") as f:
         f.write("# TOKEN ROLE JOB_GLOB\n")
         for n in names:
-            f.write(f"{TOK[n]} {roles[n]}\n")
+            f.write(f"{TOK[n]} {roles[n]}  # {n}\n")
     os.chmod(path, 0o600)
 
 
@@ -142,7 +142,8 @@ def stop(proc):
 
 def test_safe_defaults(gristd, tmp):
     for args in (["--listen", "0.0.0.0:0"], ["--listen", "127.0.0.1:0", "--http", "0.0.0.0:0"],
-                 ["--listen", "[::]:0"]):
+                 ["--listen", "[::]:0"], ["--listen", "127.example.com:0"],
+                 ["--listen", "unix-abstract:gristd-test"]):
         p = subprocess.run([gristd, *args], capture_output=True, text=True, timeout=30)
         assert p.returncode == 2 and "--insecure" in p.stderr, (args, p.returncode, p.stderr)
     log = open(f"{tmp}/insecure.log", "w+")
@@ -240,6 +241,26 @@ def test_mtls(gristd, d):
         except (OSError, urllib.error.URLError, ssl.SSLError):
             st = None
         assert (st == 200) == ok, (cert, st)
+    # a resumed TLS session (what curl, Go and Prometheus do on their next
+    # connection) is accepted under mTLS
+    import socket
+    host, port = http.rsplit(":", 1)
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        ctx = ssl.create_default_context(cafile=f"{d}/ca.pem")
+        ctx.load_cert_chain(f"{d}/client.pem", f"{d}/client.key")
+        ctx.minimum_version = ctx.maximum_version = version
+        sess, reused = None, []
+        for _ in range(2):
+            with socket.create_connection((host, int(port)), timeout=10) as raw:
+                with ctx.wrap_socket(raw, server_hostname="localhost", session=sess) as tls:
+                    tls.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    data = b""
+                    while chunk := tls.recv(65536):
+                        data += chunk
+                    assert data.startswith(b"HTTP/1.1 200"), data[:100]
+                    reused.append(tls.session_reused)
+                    sess = tls.session
+        assert reused == [False, True], (version, reused)
     c, s, ok = session(addr, "mtls-job", tls_ca=f"{d}/ca.pem", tls_cert=f"{d}/client.pem",
                        tls_key=f"{d}/client.key")
     assert ok, s.last_error()
@@ -267,7 +288,8 @@ def test_mtls(gristd, d):
     s.close(), c.close()
     stop(proc)
     print("mtls: no certificate, another CA's and an expired one fail on gRPC and HTTP; "
-          "the CA's client certificate passes; an expired server certificate is refused")
+          "the CA's client certificate passes, also on a resumed session (TLS 1.2 and 1.3); "
+          "an expired server certificate is refused")
 
 
 def test_tokens(gristd, tmp):
