@@ -417,7 +417,14 @@ def test_optimizers(gristd):
             applied = session._applied.copy()
             session.close()
             job = wait_step(addr, f"opt-{name}", 120, timeout_s=20)
-            assert job.groups[0].steps == 120 and job.groups[1].steps == 120, name
+            # aggregated is not yet evaluated: the compute thread may still hold
+            # the last steps (a loaded machine); wait for it, bounded
+            deadline = time.monotonic() + 20
+            while (min(gr.steps for gr in job.groups) < 120 and time.monotonic() < deadline):
+                time.sleep(0.05)
+                job = get_job(addr, f"opt-{name}")
+            assert job.groups[0].steps == 120 and job.groups[1].steps == 120, \
+                (name, [gr.steps for gr in job.groups])
             early, late = np.mean(losses[:20]), np.mean(losses[-20:])
             print(f"optimizer {name}: loss {early:.3f} -> {late:.3f}, beta applied "
                   f"{applied[0, 1]:.4f}, update scale {applied[0, 3]:.4f}, "
