@@ -561,7 +561,7 @@ void grist__attach_call(struct grist_net *net, grpc_call *call, const struct gri
 
 /* After a tokens reload: a stream keeps running only while its token is
  * still in the file and still covers its job. */
-static int still_allowed(struct grist_daemon *d, struct grist_principal *who, const char *job,
+int grist__still_allowed(struct grist_daemon *d, struct grist_principal *who, const char *job,
                          enum grist_need need)
 {
     if (who->role == GRIST_ROLE_OPEN)
@@ -577,15 +577,9 @@ void grist__streams_recheck(struct grist_daemon *d)
 {
     for (struct grist_stream *s = d->streams; s; s = s->next)
         if (!s->finishing &&
-            !still_allowed(d, &s->who, s->job ? s->job->id : NULL, GRIST_NEED_ATTACH))
+            !grist__still_allowed(d, &s->who, s->job ? s->job->id : NULL, GRIST_NEED_ATTACH))
             finish(s, GRPC_STATUS_UNAUTHENTICATED,
                    "the token of this stream was revoked or no longer covers its job");
-}
-
-int grist__still_allowed(struct grist_daemon *d, struct grist_principal *who, const char *job,
-                         enum grist_need need)
-{
-    return still_allowed(d, who, job, need);
 }
 
 void grist__streams_finish_all(struct grist_daemon *d)

@@ -52,25 +52,6 @@ struct fan_req {
     void *ud;
 };
 
-/* A PEM file whole (NULL when unreadable or over 1 MiB). */
-static char *read_all(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    const size_t cap = 1 << 20;
-    char *b = malloc(cap + 1);
-    size_t n = b ? fread(b, 1, cap + 1, f) : 0;
-    const int bad = ferror(f) || n > cap;
-    fclose(f);
-    if (!b || bad) {
-        free(b);
-        return NULL;
-    }
-    b[n] = '\0';
-    return b;
-}
-
 static void drop_channels(struct grist_fanout *f)
 {
     for (uint32_t k = 0; k < GRIST_MAX_SHARDS; k++)
@@ -95,32 +76,9 @@ static grpc_channel *channel(struct grist_daemon *d, uint32_t k)
     }
     if (f->ch[k])
         return f->ch[k];
-    grpc_channel_credentials *creds = NULL;
-    if (d->tls) {
-        const int mtls = d->cfg->tls_client_ca[0] != '\0';
-        char *ca = mtls ? read_all(d->cfg->tls_client_ca) : NULL;
-        char *cert = NULL, *key = NULL;
-        if (mtls) { /* the peers want a certificate: ours */
-            cert = read_all(d->cfg->tls_cert);
-            key = read_all(d->cfg->tls_key);
-        }
-        if (mtls && (!ca || !cert || !key)) { /* not cached: the next query tries again */
-            GRIST_WARN("cluster view: cannot read the TLS files for the peers");
-            free(ca);
-            free(cert);
-            free(key);
-            return NULL;
-        }
-        grpc_ssl_pem_key_cert_pair pair = {key, cert};
-        creds = grpc_ssl_credentials_create(ca, mtls ? &pair : NULL, NULL, NULL);
-        free(ca);
-        free(cert);
-        if (key)
-            memset(key, 0, strlen(key));
-        free(key);
-    } else {
-        creds = grpc_insecure_credentials_create();
-    }
+    /* the certificate set in force (the one tls.c checked), not the files */
+    grpc_channel_credentials *creds =
+        d->tls ? grist__tls_channel_credentials(d->tls) : grpc_insecure_credentials_create();
     if (!creds)
         return NULL;
     f->ch[k] = grpc_channel_create(d->shard_peer[k], creds, NULL);

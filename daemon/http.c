@@ -633,17 +633,8 @@ static void on_cluster(void *ud, struct grist_fanout_result *res, uint32_t n)
         for (const struct grist_job *j = d->jobs; j; j = j->next) {
             if (!grist__auth_allows(&t->who, GRIST_NEED_READ, j->id))
                 continue;
-            Grist__V1__JobBrief jb = GRIST__V1__JOB_BRIEF__INIT;
-            jb.job_id = (char *)j->id;
-            jb.world_size = j->world;
-            jb.live_workers = j->nstreams;
-            jb.step = j->high_step;
-            jb.version = j->version;
-            jb.dropped_steps = j->dropped;
-            jb.shed_steps = j->shed;
-            jb.late_summaries = j->late;
-            jb.validation_summaries = j->validation;
-            jb.step_segments = j->segments;
+            Grist__V1__JobBrief jb;
+            grist__job_brief(j, &jb);
             if (!first)
                 sb_put(&b, ",", 1);
             first = 0;

@@ -310,25 +310,20 @@ static grpc_status_code job_admit(struct grist_daemon *d, struct grist_job *j, c
  * world size, the layout and the right to attach are that token's (an admin
  * token may attach too). Another token, even one whose glob covers the id,
  * cannot join it, resize it or feed it. */
-static grpc_status_code owner_check(struct grist_daemon *d, struct grist_job *j,
-                                    const struct grist_principal *who, char *err, size_t errsz)
+static int owner_denies(const struct grist_job *j, const struct grist_principal *who)
 {
-    if (who->role == GRIST_ROLE_OPEN || who->role == GRIST_ROLE_ADMIN)
-        return GRPC_STATUS_OK;
-    if (!j->owned) { /* restored from a snapshot: the first worker token claims it */
-        j->owned = 1;
-        memcpy(j->owner, who->digest, 32);
-        j->owner_line = who->line;
-        return GRPC_STATUS_OK;
-    }
-    if (memcmp(j->owner, who->digest, 32) == 0)
-        return GRPC_STATUS_OK;
-    d->cnt.auth_denied++;
-    snprintf(err, errsz,
-             "hello.job_id: job '%.128s' belongs to another token (tokens file line %u); "
-             "attach with that job's worker token",
-             j->id, j->owner_line);
-    return GRPC_STATUS_PERMISSION_DENIED;
+    return who->role == GRIST_ROLE_WORKER && j->owned && memcmp(j->owner, who->digest, 32) != 0;
+}
+
+/* A worker token takes a job nobody owns: one it creates, or one restored
+ * from a snapshot (owners are not in the files). */
+static void claim(struct grist_job *j, const struct grist_principal *who)
+{
+    if (who->role != GRIST_ROLE_WORKER || j->owned)
+        return;
+    j->owned = 1;
+    memcpy(j->owner, who->digest, 32);
+    j->owner_line = who->line;
 }
 
 grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_hello *h,
@@ -344,15 +339,17 @@ grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_he
     }
     struct grist_job *j = grist__job_find(d, h->job_id);
     if (j) {
-        /* ownership first refuses, then claims: a claim only by a Hello that
-         * passes every check (a malformed one must not lock the owner out) */
-        if (j->owned && who->role == GRIST_ROLE_WORKER && memcmp(j->owner, who->digest, 32) != 0)
-            return owner_check(d, j, who, err, errsz);
+        if (owner_denies(j, who)) {
+            d->cnt.auth_denied++;
+            snprintf(err, errsz,
+                     "hello.job_id: job '%.128s' belongs to another token (tokens file line %u); "
+                     "attach with that job's worker token",
+                     j->id, j->owner_line);
+            return GRPC_STATUS_PERMISSION_DENIED;
+        }
         if (!same_shape(j, h, err, errsz))
             return GRPC_STATUS_INVALID_ARGUMENT;
-        grpc_status_code st = owner_check(d, j, who, err, errsz);
-        if (st != GRPC_STATUS_OK)
-            return st;
+        claim(j, who); /* only by a Hello that passed every check */
         if (h->world != j->world) {
             GRIST_INFO("job '%s': world size %u -> %u", j->id, j->world, h->world);
             j->world = h->world;
@@ -373,11 +370,7 @@ grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_he
     if (!j)
         goto nomem;
     snprintf(j->id, sizeof(j->id), "%s", h->job_id);
-    if (who->role == GRIST_ROLE_WORKER) {
-        j->owned = 1;
-        memcpy(j->owner, who->digest, 32);
-        j->owner_line = who->line;
-    }
+    claim(j, who);
     j->seed = grist_sketch_job_seed(h->job_id);
     j->world = h->world;
     j->ngroups = h->ngroups;

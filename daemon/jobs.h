@@ -65,6 +65,9 @@ struct grist_job {
 };
 
 void grist__job_free(struct grist_job *j);
+/* query.c: the JobBrief of j (strings point into j). */
+struct Grist__V1__JobBrief;
+void grist__job_brief(const struct grist_job *j, struct Grist__V1__JobBrief *b);
 /* Admit a job decoded from a snapshot (j filled by snapshot.c; eng: its
  * compute state for the engine). On failure j is freed and err says why. */
 grpc_status_code grist__job_restore(struct grist_daemon *d, struct grist_job *j, const void *eng,

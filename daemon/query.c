@@ -16,7 +16,7 @@
 #include "jobs.h"
 #include "log.h"
 
-static void brief(const struct grist_job *j, Grist__V1__JobBrief *b)
+void grist__job_brief(const struct grist_job *j, Grist__V1__JobBrief *b)
 {
     grist__v1__job_brief__init(b);
     b->job_id = (char *)j->id;
@@ -68,7 +68,7 @@ static grpc_status_code list_jobs(struct grist_net *net, const struct grist_prin
     for (struct grist_job *j = d->jobs; j; j = j->next) {
         if (!grist__auth_allows(who, GRIST_NEED_READ, j->id))
             continue; /* a reader sees only the jobs its token covers */
-        brief(j, &b[n]);
+        grist__job_brief(j, &b[n]);
         bp[n] = &b[n];
         n++;
     }
@@ -88,7 +88,7 @@ static uint8_t *encode_job(const struct grist_job *j, size_t *out_len)
 {
     const uint32_t G = j->ngroups;
     Grist__V1__JobBrief b;
-    brief(j, &b);
+    grist__job_brief(j, &b);
     Grist__V1__GroupState *gs = calloc(G, sizeof(*gs));
     Grist__V1__GroupState **gp = calloc(G, sizeof(*gp));
     Grist__V1__FamilyDiagnostics *fd = calloc(G, sizeof(*fd));

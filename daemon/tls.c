@@ -277,6 +277,16 @@ grpc_server_credentials *grist__tls_grpc_credentials(struct grist_tls *t)
     return o ? grpc_ssl_server_credentials_create_with_options(o) : NULL;
 }
 
+grpc_channel_credentials *grist__tls_channel_credentials(struct grist_tls *t)
+{
+    pthread_mutex_lock(&t->mu);
+    grpc_ssl_pem_key_cert_pair pair = {t->cur.key, t->cur.cert};
+    grpc_channel_credentials *c =
+        grpc_ssl_credentials_create(t->cur.ca, t->require_client ? &pair : NULL, NULL, NULL);
+    pthread_mutex_unlock(&t->mu);
+    return c;
+}
+
 SSL_CTX *grist__tls_http_ctx(struct grist_tls *t)
 {
     pthread_mutex_lock(&t->mu);

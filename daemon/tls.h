@@ -37,6 +37,12 @@ int grist__tls_reload(struct grist_tls *t, char *err, size_t errsz);
 /** gRPC server credentials backed by t (fetched at each handshake). */
 grpc_server_credentials *grist__tls_grpc_credentials(struct grist_tls *t);
 
+/** gRPC client credentials from the set in force, for the daemon's calls to
+ *  its peers (the cluster view): their certificates are verified against the
+ *  client CA when there is one (the cluster's CA), else the system roots,
+ *  and under mTLS the daemon's own certificate is presented. NULL on ENOMEM. */
+grpc_channel_credentials *grist__tls_channel_credentials(struct grist_tls *t);
+
 /** The HTTP endpoint's context in force, with a reference (SSL_CTX_free it). */
 SSL_CTX *grist__tls_http_ctx(struct grist_tls *t);
 

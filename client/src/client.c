@@ -96,7 +96,6 @@ struct grist_client {
     grpc_channel_credentials *creds;
     grpc_arg chargs[9];
     grpc_channel_args ca;
-    grpc_channel *ch;
     grpc_completion_queue *cq;
     pthread_t thread;
     pthread_t sender; /* starts the sends grist_session_submit queued (sender_main) */
@@ -133,7 +132,7 @@ void grist_client_options_default(struct grist_client_options *o)
 
 grpc_channel *grist__client_channel(struct grist_client *c)
 {
-    return c->ch;
+    return c->chans[0]; /* queries go to the first replica */
 }
 
 static grpc_channel *channel_locked(struct grist_client *c, uint32_t i)
@@ -775,12 +774,12 @@ int grist_client_open(const char *address, const struct grist_client_options *op
         grpc_shutdown();
         return cr < 0 ? cr : -EINVAL;
     }
-    c->ch = channel_locked(c, 0); /* queries go to the first */
+    channel_locked(c, 0); /* queries go to the first */
     c->cq = grpc_completion_queue_create_for_next(NULL);
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->send_cv, NULL);
     int have_sender = 0;
-    if (c->target && c->ch && c->cq)
+    if (c->target && c->chans[0] && c->cq)
         have_sender = pthread_create(&c->sender, NULL, sender_main, c) == 0;
     if (!have_sender || pthread_create(&c->thread, NULL, thread_main, c) != 0) {
         if (have_sender) {

@@ -144,7 +144,7 @@ def main():
               f"{len(multi)} 4-rank jobs each whole on one; a client given the wrong replica "
               f"redirected to shard {right}")
         # gristctl: jobs fan out over the list
-        ctl = os.path.join(os.path.dirname(os.path.abspath(gristd)), "..", "client", "gristctl")
+        ctl = pytest_util.gristctl(gristd)
         p = subprocess.run([ctl, "--address", peers, "jobs", "--json"], capture_output=True,
                            text=True, timeout=60)
         assert p.returncode == 0, p.stderr

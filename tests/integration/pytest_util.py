@@ -56,13 +56,14 @@ def spawn(argv, **kw):
     return proc
 
 
-def spawn_ready(argv):
+def spawn_ready(argv, **kw):
     """Start gristd (argv: a wrapper if any, the binary, its options) with a
     readiness pipe and wait until it serves. Returns (proc, {"grpc": address,
     "http": address}) from its ready lines (the first grpc listener); raises
-    RuntimeError when it exits without reporting ready."""
+    RuntimeError when it exits without reporting ready. kw goes to Popen
+    (e.g. stderr=)."""
     r, w = os.pipe()
-    proc = spawn(list(argv) + ["--ready-fd", str(w)], pass_fds=(w,))
+    proc = spawn(list(argv) + ["--ready-fd", str(w)], pass_fds=(w,), **kw)
     os.close(w)
     out = b""
     while chunk := os.read(r, 4096):
@@ -76,6 +77,11 @@ def spawn_ready(argv):
         kind, addr = line.split(" ", 1)
         ready.setdefault(kind, addr)
     return proc, ready
+
+
+def gristctl(gristd):
+    """The gristctl of the build gristd belongs to."""
+    return os.path.join(os.path.dirname(os.path.abspath(gristd)), "..", "client", "gristctl")
 
 
 def start_gristd(gristd, listen, *extra):

@@ -226,7 +226,7 @@ def check_metrics(http):
 def check_gristctl(gristd, addr, http):
     """gristctl (libgrist's query calls) against the same daemon: what it
     prints agrees with the JSON API, errors map to exit statuses."""
-    ctl = os.path.join(os.path.dirname(os.path.abspath(gristd)), "..", "client", "gristctl")
+    ctl = pytest_util.gristctl(gristd)
 
     def run(*args, code=0):
         p = subprocess.run([ctl, "--address", addr, "--timeout", "5", *args], capture_output=True,

@@ -90,6 +90,14 @@ def https(http, path, d, ca="ca", cert=None, token=None):
     return http_get(f"https://{http}{path}", token, ctx)
 
 
+def https_status(http, path, d, ca="ca", cert=None):
+    """The HTTP status over TLS, or None when the handshake fails."""
+    try:
+        return https(http, path, d, ca, cert)[0]
+    except (OSError, urllib.error.URLError, ssl.SSLError):
+        return None
+
+
 def http_get(url, token=None, ctx=None):
     req = urllib.request.Request(url)
     if token:
@@ -120,19 +128,9 @@ def refused(addr, job, want, world=1, **kw):
 
 
 def start(gristd, *args, log=None):
+    """gristd with args; log: a file for its stderr, at debug level."""
     argv = [gristd, "--log-level", "debug" if log else "warn", *args]
-    if log:
-        r, w = os.pipe()
-        proc = pytest_util.spawn(argv + ["--ready-fd", str(w)], pass_fds=(w,), stderr=log)
-        os.close(w)
-        out = b""
-        while chunk := os.read(r, 4096):
-            out += chunk
-        os.close(r)
-        assert out, "gristd did not start"
-        ready = dict(line.split(" ", 1) for line in reversed(out.decode().splitlines()))
-        return proc, ready
-    return pytest_util.spawn_ready(argv)
+    return pytest_util.spawn_ready(argv, **({"stderr": log} if log else {}))
 
 
 def stop(proc):
@@ -180,12 +178,12 @@ def test_tls(gristd, d, tmp):
         assert code_of(lambda: health(ch)) != OK
     st, _, body = https(http, "/metrics", d)
     assert st == 200 and b"\ngristd_tls 1\n" in body
-    for bad in (lambda: http_get(f"http://{http}/metrics"), lambda: https(http, "/", d, "other-ca")):
-        try:
-            st = bad()[0]
-        except (OSError, urllib.error.URLError, ssl.SSLError):
-            st = None
-        assert st is None, st
+    try:  # plaintext to the TLS port
+        st = http_get(f"http://{http}/metrics")[0]
+    except (OSError, urllib.error.URLError):
+        st = None
+    assert st is None, st
+    assert https_status(http, "/", d, "other-ca") is None
     # libgrist over TLS; the stream survives a certificate reload
     c, s, ok = session(addr, "tls-job", tls_ca=f"{d}/ca.pem")
     assert ok, s.last_error()
@@ -236,10 +234,7 @@ def test_mtls(gristd, d):
         with tls_channel(addr, d, cert=cert) as ch:
             got = code_of(lambda: health(ch))
         assert (got == OK) == ok, (cert, got)
-        try:
-            st = https(http, "/metrics", d, cert=cert)[0]
-        except (OSError, urllib.error.URLError, ssl.SSLError):
-            st = None
+        st = https_status(http, "/metrics", d, cert=cert)
         assert (st == 200) == ok, (cert, st)
     # a resumed TLS session (what curl, Go and Prometheus do on their next
     # connection) is accepted under mTLS
@@ -268,7 +263,7 @@ def test_mtls(gristd, d):
     c, s, ok = session(addr, "mtls-job", tls_ca=f"{d}/ca.pem", wait=2.0)
     assert not ok
     s.close(), c.close()
-    ctl = os.path.join(os.path.dirname(os.path.abspath(gristd)), "..", "client", "gristctl")
+    ctl = pytest_util.gristctl(gristd)
     tls = ["--tls-ca", f"{d}/ca.pem"]
     p = subprocess.run([ctl, "--address", addr, "--timeout", "5", *tls, "--tls-cert",
                         f"{d}/client.pem", "--tls-key", f"{d}/client.key", "jobs", "--json"],
@@ -374,7 +369,7 @@ def test_tokens(gristd, tmp):
     assert st == 200 and b'job="team-a-1"' in body and b"team-b-1" not in body
     assert http_get(base + "/")[0] == 200  # the page is code, not data
     # gristctl: the token from a file, never from the command line
-    ctl = os.path.join(os.path.dirname(os.path.abspath(gristd)), "..", "client", "gristctl")
+    ctl = pytest_util.gristctl(gristd)
     with open(f"{tmp}/ra.token", "w") as f:
         f.write(TOK["ra"] + "\n")
     p = subprocess.run([ctl, "--address", addr, "--token-file", f"{tmp}/ra.token", "jobs",
@@ -566,7 +561,7 @@ def test_names(gristd, artifacts):
     assert "<title>gristd</title>" in dom and "pwned" not in dom.split("<body")[0], dom[:1500]
     assert "live," in dom and "&lt;img src=x" in dom, dom[:3000]
     assert "<img" not in dom.split("<body", 1)[1], "an element was injected"
-    ctl = os.path.join(os.path.dirname(os.path.abspath(gristd)), "..", "client", "gristctl")
+    ctl = pytest_util.gristctl(gristd)
     p = subprocess.run([ctl, "--address", addr, "jobs", "--json"], capture_output=True,
                        text=True, timeout=30)
     assert p.returncode == 0 and json.loads(p.stdout)["jobs"][0]["id"] == job, p.stdout
