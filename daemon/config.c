@@ -109,6 +109,8 @@ static const struct opt table[] = {
      "steps between selections (a job may ask for its own); family solves: --families-every"},
     {"families-every", OPT_INT, F(families_every), "50", 1, 1 << 20,
      "steps between family solves (one eigendecomposition per group; at most as often as solve-every)"},
+    {"families-interval", OPT_DBL, F(families_interval), "5", 0, 86400,
+     "seconds between a job's family solves at the least, whatever its step rate (0 = every --families-every steps)"},
     {"min-steps", OPT_INT, F(min_steps), "20", 0, 1 << 20, "no push before this many steps"},
     {"hysteresis-h", OPT_INT, F(hysteresis_h), "1", 1, 1000,
      "consecutive evaluations that must agree before beta moves"},

@@ -33,6 +33,7 @@ struct grist_config {
     int64_t cov_batch;
     int64_t solve_every;
     int64_t families_every;
+    double families_interval; /* s, the time floor of family solves */
     int64_t min_steps;
     int64_t hysteresis_h;
     int64_t history;

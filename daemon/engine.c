@@ -39,6 +39,7 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef __linux__
@@ -90,6 +91,7 @@ struct e_job {
     struct grist_selector *sel;
     struct fam_box *box;
     uint64_t steps, last_step, last_queued_ns, next_solve, next_families;
+    uint64_t families_ns; /* uv_hrtime() of the last family request (0: none yet) */
     uint32_t families_phase;
     /* steps of the current batch */
     struct item **pend;
@@ -127,6 +129,7 @@ struct grist_engine {
     uv_mutex_t fmu;
     uv_cond_t fcv;
     struct fam_req *fhead, *ftail;
+    uint64_t families_interval_ns; /* at most one family request per job this often */
     unsigned families_delay_ms; /* fault injection only */
     unsigned slow_us_per_group; /* fault injection only: each step costs this per group */
     int fstop, have_fthread;
@@ -152,6 +155,7 @@ static void post(struct grist_engine *e, struct grist_engine_result *r);
 static void families_main(void *arg)
 {
     struct grist_engine *e = arg;
+    pthread_setname_np(pthread_self(), "gristd-family");
 #ifdef __linux__
     /* nice 10 for this thread only (Linux keeps a nice value per thread) */
     if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10) != 0)
@@ -219,6 +223,12 @@ static void families_request(struct grist_engine *e, struct e_job *j)
     const uint32_t n = grist_stats_cov_dim(j->stats[0]);
     if (n == 0)
         return;
+    /* the time floor: family values are diagnostics a person reads, so a
+     * job stepping 1,000 times a second needs them no more often than one
+     * stepping once (each request costs an eigendecomposition per group) */
+    const uint64_t now = uv_hrtime();
+    if (j->families_ns && now - j->families_ns < e->families_interval_ns)
+        return;
     uv_mutex_lock(&e->fmu);
     const int busy = j->box->busy;
     uv_mutex_unlock(&e->fmu);
@@ -227,6 +237,7 @@ static void families_request(struct grist_engine *e, struct e_job *j)
     struct fam_req *q = calloc(1, sizeof(*q));
     if (!q)
         return;
+    j->families_ns = now;
     q->key = j->key;
     q->ngroups = j->ngroups;
     q->n = n;
@@ -681,6 +692,7 @@ static void flush(struct grist_engine *e, struct e_job *j)
 static void thread_main(void *arg)
 {
     struct grist_engine *e = arg;
+    pthread_setname_np(pthread_self(), "gristd-compute");
     for (;;) {
         uv_mutex_lock(&e->mu);
         while (!e->head)
@@ -820,6 +832,11 @@ static void on_async_closed_free(uv_handle_t *h)
     uv_mutex_destroy(&e->fmu);
     uv_cond_destroy(&e->fcv);
     free(e);
+}
+
+void grist__engine_set_families_interval(struct grist_engine *e, double seconds)
+{
+    e->families_interval_ns = seconds > 0 ? (uint64_t)(seconds * 1e9) : 0;
 }
 
 int grist__engine_start(struct grist_engine **out, uv_loop_t *loop, struct grist_backend *be,

@@ -71,6 +71,10 @@ struct grist_engine_job_spec {
  * on; closed by grist__engine_stop()).
  * @return 0; -ENOMEM.
  */
+/* At most one family solve per job per `seconds` (0: the step cadence,
+ * families_every, alone). Set before jobs arrive. */
+void grist__engine_set_families_interval(struct grist_engine *e, double seconds);
+
 int grist__engine_start(struct grist_engine **out, uv_loop_t *loop, struct grist_backend *be,
                         uint32_t capacity, double lag_s, grist_engine_result_fn *cb, void *ud);
 

@@ -25,6 +25,7 @@
 
 #include "grist/sketch.h"
 #include "grist/shard.h"
+#include "grist/stats.h"
 #include "jobs.h"
 #include "log.h"
 
@@ -133,6 +134,16 @@ const uint8_t *grist__job_current_push(const struct grist_job *j, size_t *len)
 {
     *len = j->push_len;
     return j->push_msg;
+}
+
+/* acc += s over n elements; returns the sum of s_i^2 in grist_sumsq's
+ * order (the one the statistics use for r0, so W equal sketches give a
+ * noise of exactly 0). */
+static double acc_add(double *restrict acc, const float *restrict s, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        acc[i] += s[i];
+    return grist_sumsq(s, n);
 }
 
 static void agg_free(struct grist_agg *a)
@@ -618,13 +629,7 @@ int grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t rank
     }
     a->seen[rank / 8] |= (uint8_t)(1u << (rank % 8));
     for (uint32_t g = 0; g < j->ngroups; g++) {
-        const float *s = sum->sketch + (size_t)g * j->m;
-        double *acc = a->sum + (size_t)g * j->m, sq = 0.0;
-        for (uint32_t i = 0; i < j->m; i++) {
-            acc[i] += s[i];
-            sq += (double)s[i] * s[i];
-        }
-        a->sq[g] += sq;
+        a->sq[g] += acc_add(a->sum + (size_t)g * j->m, sum->sketch + (size_t)g * j->m, j->m);
         a->batch[g] += sum->batch[g];
     }
     a->n++;

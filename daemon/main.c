@@ -337,6 +337,7 @@ int main(int argc, char **argv)
             grist_backend_close(be);
             return 1;
         }
+        grist__engine_set_families_interval(d->engines[i], g_cfg.families_interval);
         d->engines_running++;
     }
     if (grist__snapshot_start(d) < 0)

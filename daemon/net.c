@@ -15,6 +15,7 @@
  * on_stopped.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -42,6 +43,7 @@ struct acceptor {
 static void pump_main(void *arg)
 {
     struct grist_net *net = arg;
+    pthread_setname_np(pthread_self(), "gristd-pump");
     for (;;) {
         grpc_event ev =
             grpc_completion_queue_next(net->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
@@ -410,16 +412,36 @@ grpc_byte_buffer *grist__bb_from(const void *data, size_t len)
 
 unsigned char *grist__bb_read(grpc_byte_buffer *bb, size_t *len)
 {
+    /* one copy, slice by slice (readall would first merge the slices into a
+     * new slice of its own). The buffer starts at the message's length on
+     * the wire; a compressed message reads out longer and the buffer grows. */
+    size_t cap = grpc_byte_buffer_length(bb), off = 0;
+    unsigned char *p = malloc(cap ? cap : 1);
     grpc_byte_buffer_reader r;
-    if (!grpc_byte_buffer_reader_init(&r, bb))
+    if (!p || !grpc_byte_buffer_reader_init(&r, bb)) {
+        free(p);
         return NULL;
-    grpc_slice s = grpc_byte_buffer_reader_readall(&r);
+    }
+    grpc_slice s;
+    while (grpc_byte_buffer_reader_next(&r, &s)) {
+        const size_t n = GRPC_SLICE_LENGTH(s);
+        if (n > cap - off) {
+            const size_t want = off + n > 2 * cap ? off + n : 2 * cap;
+            unsigned char *q = realloc(p, want);
+            if (!q) {
+                grpc_slice_unref(s);
+                grpc_byte_buffer_reader_destroy(&r);
+                free(p);
+                return NULL;
+            }
+            p = q, cap = want;
+        }
+        memcpy(p + off, GRPC_SLICE_START_PTR(s), n);
+        off += n;
+        grpc_slice_unref(s);
+    }
     grpc_byte_buffer_reader_destroy(&r);
-    *len = GRPC_SLICE_LENGTH(s);
-    unsigned char *p = malloc(*len ? *len : 1);
-    if (p && *len)
-        memcpy(p, GRPC_SLICE_START_PTR(s), *len);
-    grpc_slice_unref(s);
+    *len = off;
     return p;
 }
 

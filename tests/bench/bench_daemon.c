@@ -15,6 +15,7 @@
  * Lines "#result key=value" are for tests/bench/report.py.
  * Usage: bench-daemon [--quick | --ingest STEPS [RATE]] [-- GRISTD_OPTIONS]   (needs GRISTD=path/to/gristd)
  */
+#include <dirent.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -35,19 +36,25 @@ static const char *g_addr;
 static pid_t g_pid;
 
 /* CPU seconds (user + system) gristd has used so far */
-static double cpu_s(pid_t pid)
+/* CPU seconds (user + system) and minor page faults of a process so far. */
+struct usage {
+    double cpu_s, minflt;
+};
+
+static struct usage proc_usage(pid_t pid)
 {
     char path[64];
     snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
     FILE *f = fopen(path, "r");
-    unsigned long ut = 0, st = 0;
+    unsigned long flt = 0, ut = 0, st = 0;
     if (f) {
-        /* fields 14 and 15; the command (field 2) has no spaces here */
-        if (fscanf(f, "%*d %*s %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
-            ut = st = 0;
+        /* fields 10, 14 and 15; the command (field 2) has no spaces here */
+        if (fscanf(f, "%*d %*s %*c %*d %*d %*d %*d %*d %*u %lu %*u %*u %*u %lu %lu", &flt, &ut,
+                   &st) != 3)
+            flt = ut = st = 0;
         fclose(f);
     }
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+    return (struct usage){(double)(ut + st) / (double)sysconf(_SC_CLK_TCK), (double)flt};
 }
 
 /* GetJob: steps evaluated by the compute thread (returned), dropped steps
@@ -98,6 +105,7 @@ struct ing_arg {
     int regime_flip;
     pthread_barrier_t *start; /* all streams attached and prepared: the clock starts */
     double phase; /* s: the job's offset within a step period (jobs are not in lockstep) */
+    int default_policy; /* leave every Policy field unset: gristd's defaults */
 };
 
 static void *ing_thread(void *p)
@@ -114,6 +122,8 @@ static void *ing_thread(void *p)
                         .min_steps = 2,
                         .hysteresis_h = 1,
                         .hysteresis_z = 1e-9};
+    if (a->default_policy)
+        o.solve_every = o.min_steps = o.hysteresis_h = 0, o.hysteresis_z = 0;
     struct tw *w = tw_open(g_addr, &o);
     uint32_t seed;
     if (tw_welcome(w, &seed, 30) != 0) {
@@ -198,9 +208,80 @@ static int cmpd(const void *x, const void *y)
 
 static double g_ingest_rate; /* --ingest STEPS RATE: steps/s per stream (0: flat out) */
 
-static void ingestion(int streams, int steps, int round)
+/* gristd's CPU by thread name (gristd names its own threads; gRPC names
+ * some of its), so a table can say where a worker-step's CPU goes. */
+enum { MAX_NAMES = 16 };
+struct thread_cpu {
+    int n;
+    char name[MAX_NAMES][20];
+    double cpu_s[MAX_NAMES];
+};
+
+static void thread_cpu(pid_t pid, struct thread_cpu *out)
 {
-    const int world = streams >= 4 ? 4 : 1, jobs = streams / world;
+    memset(out, 0, sizeof(*out));
+    char dir[64];
+    snprintf(dir, sizeof(dir), "/proc/%d/task", (int)pid);
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.')
+            continue;
+        char path[320], name[20] = "";
+        unsigned long ut = 0, st = 0;
+        snprintf(path, sizeof(path), "%s/%s/stat", dir, de->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        /* "tid (comm) state ...": the comm may hold spaces, so split at the
+         * last ')' */
+        char line[1024];
+        const int got = fgets(line, sizeof(line), f) != NULL;
+        fclose(f);
+        char *l = got ? strchr(line, '(') : NULL, *r = got ? strrchr(line, ')') : NULL;
+        if (!l || !r || r < l)
+            continue;
+        snprintf(name, sizeof(name), "%.*s", (int)(r - l - 1), l + 1);
+        if (sscanf(r + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+            continue;
+        int k = 0;
+        while (k < out->n && strcmp(out->name[k], name))
+            k++;
+        if (k == out->n) {
+            if (out->n == MAX_NAMES)
+                continue;
+            snprintf(out->name[out->n++], sizeof(out->name[0]), "%s", name);
+        }
+        out->cpu_s[k] += (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+    }
+    closedir(d);
+}
+
+/* us per worker-step by thread between two readings (threads that ended in
+ * between are not in the second reading: they count as 0) */
+static void print_thread_cpu(const struct thread_cpu *a, const struct thread_cpu *b, double ws)
+{
+    printf("#threads");
+    for (int k = 0; k < b->n; k++) {
+        double before = 0;
+        for (int j = 0; j < a->n; j++)
+            if (!strcmp(a->name[j], b->name[k]))
+                before = a->cpu_s[j];
+        const double us = 1e6 * (b->cpu_s[k] - before) / ws;
+        if (us >= 0.5)
+            printf(" %s=%.0f", b->name[k], us);
+    }
+    printf(" (us per worker-step)\n");
+}
+
+static int g_ingest_default_policy; /* --ingest: the jobs run gristd's default policy */
+
+/* world 0: jobs of 4 workers from 4 streams up (the report's rows) */
+static void ingestion(int streams, int steps, int round, int world_size)
+{
+    const int world = world_size > 0 ? world_size : streams >= 4 ? 4 : 1, jobs = streams / world;
     pthread_t th[128];
     struct ing_arg *args = calloc((size_t)streams, sizeof(*args));
     pthread_barrier_t start; /* the streams and this thread: timing starts when all are ready */
@@ -212,10 +293,14 @@ static void ingestion(int streams, int steps, int round)
         args[s].world = (uint32_t)world;
         args[s].steps = steps;
         args[s].rate = g_ingest_rate;
+        args[s].default_policy = g_ingest_default_policy;
         pthread_create(&th[s], NULL, ing_thread, &args[s]);
     }
     pthread_barrier_wait(&start);
-    const double t0 = mono_s(), c0 = cpu_s(g_pid);
+    const double t0 = mono_s();
+    const struct usage u0 = proc_usage(g_pid);
+    struct thread_cpu tc0, tc1;
+    thread_cpu(g_pid, &tc0);
     for (int s = 0; s < streams; s++)
         pthread_join(th[s], NULL);
     pthread_barrier_destroy(&start);
@@ -229,12 +314,17 @@ static void ingestion(int streams, int steps, int round)
             usleep(2000);
         dropped += d;
     }
-    const double dt = mono_s() - t0, cpu = cpu_s(g_pid) - c0;
+    const struct usage u1 = proc_usage(g_pid);
+    thread_cpu(g_pid, &tc1);
+    const double dt = mono_s() - t0, cpu = u1.cpu_s - u0.cpu_s;
     const double ws = (double)streams * steps / dt;
     const double bytes = ws * (G * (M * 4.0 + 16));
-    printf("| %d | %d x %d | %d | %.0f | %.1f | %llu | %.0f%% | %.0f |\n", streams, jobs, world,
-           steps, ws, bytes / 1e6, (unsigned long long)dropped, 100.0 * t_sent / dt,
-           1e6 * cpu / ((double)streams * steps));
+    printf("| %d | %d x %d | %d | %.0f | %.1f | %llu | %.0f%% | %.0f | %.1f |\n", streams, jobs,
+           world, steps, ws, bytes / 1e6, (unsigned long long)dropped, 100.0 * t_sent / dt,
+           1e6 * cpu / ((double)streams * steps),
+           (u1.minflt - u0.minflt) / ((double)streams * steps));
+    if (g_ingest_default_policy)
+        print_thread_cpu(&tc0, &tc1, (double)streams * steps);
     printf("#result ingest_ws_%d=%.1f\n", streams, ws);
     free(args);
 }
@@ -351,12 +441,15 @@ int main(int argc, char **argv)
     g_pid = p.pid;
     grpc_init();
     if (ingest_only > 0) {
-        printf("## Ingestion (8 groups, m = 1024), %d steps per stream at %s\n\n", ingest_only,
-               g_ingest_rate > 0 ? "a fixed rate" : "full speed");
+        g_ingest_default_policy = 1;
+        printf("## Ingestion (8 groups, m = 1024, gristd's default policy), %d steps per stream "
+               "at %s\n\n",
+               ingest_only, g_ingest_rate > 0 ? "a fixed rate" : "full speed");
         printf(
-            "| streams | jobs x workers | steps per stream | worker-steps/s | MB/s in | dropped steps | time spent sending | gristd CPU us per worker-step |\n|---|---|---|---|---|---|---|---|\n");
-        ingestion(1, ingest_only, 0);
-        ingestion(16, ingest_only, 1);
+            "| streams | jobs x workers | steps per stream | worker-steps/s | MB/s in | dropped steps | time spent sending | gristd CPU us per worker-step | gristd page faults per worker-step |\n|---|---|---|---|---|---|---|---|---|\n");
+        /* the rows of the CPU targets: one rank per job, eight ranks per job */
+        ingestion(1, ingest_only, 0, 1);
+        ingestion(16, ingest_only, 1, 8);
         gristd_stop(&p, SIGTERM);
         return 0;
     }
@@ -439,7 +532,7 @@ int main(int argc, char **argv)
     printf("\n");
     printf("## Ingestion (8 groups, m = 1024; client threads and gristd share the machine)\n\n");
     printf(
-        "| streams | jobs x workers | steps per stream | worker-steps/s | MB/s in | dropped steps | time spent sending | gristd CPU us per worker-step |\n|---|---|---|---|---|---|---|---|\n");
+        "| streams | jobs x workers | steps per stream | worker-steps/s | MB/s in | dropped steps | time spent sending | gristd CPU us per worker-step | gristd page faults per worker-step |\n|---|---|---|---|---|---|---|---|---|\n");
     const int counts[] = {1, 16, 64};
     for (int i = 0; i < 3; i++)
         ingestion(counts[i],
@@ -447,7 +540,7 @@ int main(int argc, char **argv)
                         : (counts[i] == 1        ? 2000
                                : counts[i] == 16 ? 300
                                                  : 100),
-                  i);
+                  i, 0);
 
     printf("\n## Push latency (16 jobs x 4 workers, 8 groups, m = 1024, selection every step)\n\n");
     printf(

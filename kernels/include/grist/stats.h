@@ -115,6 +115,15 @@ int grist_stats_reset(struct grist_stats *st);
 const struct grist_stats_config *grist_stats_config(const struct grist_stats *st);
 
 /**
+ * sum x_i^2 in double, in the one fixed order every sum of squares of a
+ * sketch uses (the daemon's aggregation of the ranks' |s|^2 and the r0 of
+ * grist_stats_update): equal sketches give bit-equal sums, so the noise of
+ * W identical rank sketches is exactly 0. Eight partial sums, so the loop
+ * is not bound by one add's latency.
+ */
+double grist_sumsq(const float *x, uint32_t n);
+
+/**
  * Apply nsteps aggregated steps in order (a batched update: the covariance
  * takes them as one rank-b SYRK). All steps are validated before any is
  * applied.
