@@ -33,6 +33,7 @@
 #include "grist/v1/grist.pb-c.h"
 #include "jobs.h"
 #include "log.h"
+#include "pbjson.h"
 #include "tls.h"
 #include "www_index.h"
 
@@ -91,31 +92,6 @@ __attribute__((format(printf, 2, 3))) static void sb_printf(struct sbuf *b, cons
     vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
     va_end(ap);
     b->len += (size_t)n;
-}
-
-/* a JSON string literal */
-static void sb_jstr(struct sbuf *b, const char *s)
-{
-    sb_put(b, "\"", 1);
-    for (; *s; s++) {
-        const unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            sb_printf(b, "\\%c", c);
-        else if (c < 0x20)
-            sb_printf(b, "\\u%04x", c);
-        else
-            sb_put(b, s, 1);
-    }
-    sb_put(b, "\"", 1);
-}
-
-/* a JSON number; NaN and infinities are not JSON: null */
-static void sb_jnum(struct sbuf *b, double v)
-{
-    if (isfinite(v))
-        sb_printf(b, "%.17g", v);
-    else
-        sb_put(b, "null", 4);
 }
 
 /* a Prometheus label value: backslash, quote and newline escaped */
@@ -337,10 +313,14 @@ static void respond(struct conn *c, int code, const char *ctype, struct sbuf *bo
 
 static void respond_error(struct conn *c, int code, const char *msg, int keep)
 {
-    struct sbuf b = {0};
-    sb_put(&b, "{\"error\":", 9);
-    sb_jstr(&b, msg);
-    sb_printf(&b, ",\"status\":%d}\n", code);
+    /* a message that is not UTF-8 (it may quote the request) is not JSON
+     * text: the status alone then */
+    json_t *o = json_pack("{s:s,s:i}", "error", msg, "status", code);
+    if (!o)
+        o = json_pack("{s:s,s:i}", "error", "request refused", "status", code);
+    size_t len = 0;
+    char *s = grist__json_take_dump(o, &len);
+    struct sbuf b = {.p = s, .len = s ? len : 0, .cap = s ? len : 0, .oom = !s};
     respond(c, code, "application/json", &b, keep);
 }
 
@@ -571,52 +551,75 @@ static void metrics(struct conn *c, const struct grist_principal *who, int keep)
 
 /* ---- JSON API ---- */
 
-static void job_brief(struct sbuf *b, const struct grist_job *j)
+/*
+ * The JSON views are the gRPC messages themselves, written by pbjson.c from
+ * their descriptors (so both APIs show the same fields), plus one alias kept
+ * for dashboards written against earlier versions: a job's "id" (= job_id).
+ */
+static json_t *brief_json(const Grist__V1__JobBrief *jb)
 {
-    sb_put(b, "{\"id\":", 6);
-    sb_jstr(b, j->id);
-    sb_printf(b,
-              ",\"world_size\":%u,\"live_workers\":%u,\"groups\":%u,\"sketch_dim\":%u,"
-              "\"step\":%llu,\"version\":%llu,\"dropped_steps\":%llu,\"shed_steps\":%llu,"
-              "\"late_summaries\":%llu,"
-              "\"validation_summaries\":%llu,\"step_segments\":%llu,\"sketch_kind\":\"%s\"}",
-              j->world, j->nstreams, j->ngroups, j->m, (unsigned long long)j->high_step,
-              (unsigned long long)j->version, (unsigned long long)j->dropped,
-              (unsigned long long)j->shed, (unsigned long long)j->late,
-              (unsigned long long)j->validation, (unsigned long long)j->segments,
-              grist_sketch_kind_name(j->sketch_kind));
+    json_t *o = grist__pb_to_json(&jb->base);
+    if (o && json_object_set_new(o, "id", json_string(jb->job_id ? jb->job_id : "")) < 0) {
+        json_decref(o);
+        o = NULL;
+    }
+    return o;
+}
+
+static void respond_json(struct conn *c, json_t *v, int keep)
+{
+    size_t len = 0;
+    char *s = grist__json_take_dump(v, &len);
+    if (!s) {
+        respond_error(c, 500, "out of memory", keep);
+        return;
+    }
+    struct sbuf b = {.p = s, .len = len, .cap = len};
+    respond(c, 200, "application/json", &b, keep);
+}
+
+/* {"jobs": [JobBrief...]} plus, where given, "shards" */
+static json_t *jobs_json(void)
+{
+    json_t *o = json_object(), *a = json_array();
+    if (!o || !a || json_object_set_new(o, "jobs", a) < 0) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+static int jobs_add(json_t *o, json_t *brief)
+{
+    return o && brief ? json_array_append_new(json_object_get(o, "jobs"), brief) : -1;
 }
 
 static void api_jobs(struct conn *c, const struct grist_principal *who, int keep)
 {
-    struct sbuf b = {0};
-    sb_put(&b, "{\"jobs\":[", 9);
-    int first = 1;
-    for (const struct grist_job *j = c->h->d->jobs; j; j = j->next) {
+    json_t *o = jobs_json();
+    for (const struct grist_job *j = c->h->d->jobs; o && j; j = j->next) {
         if (!grist__auth_allows(who, GRIST_NEED_READ, j->id))
             continue;
-        if (!first)
-            sb_put(&b, ",", 1);
-        first = 0;
-        job_brief(&b, j);
+        Grist__V1__JobBrief jb;
+        grist__job_brief(j, &jb);
+        if (jobs_add(o, brief_json(&jb)) < 0) {
+            json_decref(o);
+            o = NULL;
+        }
     }
-    sb_put(&b, "]}\n", 3);
-    respond(c, 200, "application/json", &b, keep);
+    respond_json(c, o, keep);
 }
 
-/* GET /api/v1/cluster/jobs: this replica's jobs and every other's (fanout.c) */
-static void brief_json(struct sbuf *b, const Grist__V1__JobBrief *j, uint32_t shard)
+/* GET /api/v1/cluster/jobs: this replica's jobs and every other's (fanout.c),
+ * each brief with its "shard" */
+static json_t *shard_brief(const Grist__V1__JobBrief *jb, uint32_t shard)
 {
-    sb_put(b, "{\"id\":", 6);
-    sb_jstr(b, j->job_id ? j->job_id : "");
-    sb_printf(b,
-              ",\"shard\":%u,\"world_size\":%u,\"live_workers\":%u,\"step\":%llu,"
-              "\"version\":%llu,\"dropped_steps\":%llu,\"shed_steps\":%llu,"
-              "\"late_summaries\":%llu,\"validation_summaries\":%llu,\"step_segments\":%llu}",
-              shard, j->world_size, j->live_workers, (unsigned long long)j->step,
-              (unsigned long long)j->version, (unsigned long long)j->dropped_steps,
-              (unsigned long long)j->shed_steps, (unsigned long long)j->late_summaries,
-              (unsigned long long)j->validation_summaries, (unsigned long long)j->step_segments);
+    json_t *o = brief_json(jb);
+    if (o && json_object_set_new(o, "shard", json_integer(shard)) < 0) {
+        json_decref(o);
+        o = NULL;
+    }
+    return o;
 }
 
 static void on_cluster(void *ud, struct grist_fanout_result *res, uint32_t n)
@@ -627,49 +630,41 @@ static void on_cluster(void *ud, struct grist_fanout_result *res, uint32_t n)
         c->ticket = NULL;
         c->busy = 0;
         struct grist_daemon *d = c->h->d;
-        struct sbuf b = {0};
-        sb_put(&b, "{\"jobs\":[", 9);
-        int first = 1;
-        for (const struct grist_job *j = d->jobs; j; j = j->next) {
+        json_t *o = jobs_json(), *shards = json_array();
+        int bad = !o || !shards || json_object_set_new(o, "shards", shards) < 0;
+        for (const struct grist_job *j = d->jobs; !bad && j; j = j->next) {
             if (!grist__auth_allows(&t->who, GRIST_NEED_READ, j->id))
                 continue;
             Grist__V1__JobBrief jb;
             grist__job_brief(j, &jb);
-            if (!first)
-                sb_put(&b, ",", 1);
-            first = 0;
-            brief_json(&b, &jb, d->shard_i);
+            bad = jobs_add(o, shard_brief(&jb, d->shard_i)) < 0;
         }
-        for (uint32_t k = 0; k < n; k++) {
+        for (uint32_t k = 0; !bad && k < n; k++) {
             if (k == d->shard_i || res[k].status != 0 || !res[k].body)
                 continue;
             Grist__V1__ListJobsResponse *m =
                 grist__v1__list_jobs_response__unpack(NULL, res[k].len, res[k].body);
-            for (size_t i = 0; m && i < m->n_jobs; i++) {
-                if (!first)
-                    sb_put(&b, ",", 1);
-                first = 0;
-                brief_json(&b, m->jobs[i], k);
-            }
+            for (size_t i = 0; !bad && m && i < m->n_jobs; i++)
+                bad = jobs_add(o, shard_brief(m->jobs[i], k)) < 0;
             if (m)
                 grist__v1__list_jobs_response__free_unpacked(m, NULL);
             else
                 res[k].status = GRPC_STATUS_INTERNAL,
                 snprintf(res[k].error, sizeof(res[k].error), "answer does not decode");
         }
-        sb_put(&b, "],\"shards\":[", 12);
-        for (uint32_t k = 0; k < n; k++) {
-            sb_printf(&b, "%s{\"shard\":%u,\"address\":", k ? "," : "", k);
-            sb_jstr(&b, d->shard_peer[k] ? d->shard_peer[k] : "");
-            sb_printf(&b, ",\"status\":%d", res[k].status);
-            if (res[k].status != 0) {
-                sb_put(&b, ",\"error\":", 9);
-                sb_jstr(&b, res[k].error);
-            }
-            sb_put(&b, "}", 1);
+        for (uint32_t k = 0; !bad && k < n; k++) {
+            json_t *sh = json_pack("{s:i,s:s,s:i}", "shard", (json_int_t)k, "address",
+                                   d->shard_peer[k] ? d->shard_peer[k] : "", "status",
+                                   (json_int_t)res[k].status);
+            if (sh && res[k].status != 0)
+                json_object_set_new(sh, "error", json_string(res[k].error));
+            bad = !sh || json_array_append_new(shards, sh) < 0;
         }
-        sb_put(&b, "]}\n", 3);
-        respond(c, 200, "application/json", &b, t->keep);
+        if (bad) {
+            json_decref(o);
+            o = NULL;
+        }
+        respond_json(c, o, t->keep);
     }
     for (uint32_t k = 0; k < n; k++)
         free(res[k].body);
@@ -679,70 +674,20 @@ static void on_cluster(void *ud, struct grist_fanout_result *res, uint32_t n)
 
 static void api_job(struct conn *c, const struct grist_job *j, int keep)
 {
-    struct sbuf b = {0};
-    sb_put(&b, "{\"job\":", 7);
-    job_brief(&b, j);
-    sb_put(&b, ",\"groups\":[", 11);
-    for (uint32_t g = 0; g < j->ngroups; g++) {
-        int have;
-        if (g)
-            sb_put(&b, ",", 1);
-        sb_put(&b, "{\"name\":", 8);
-        sb_jstr(&b, j->groups[g].name);
-        sb_put(&b, ",\"momentum\":", 12);
-        sb_jnum(&b, gv_momentum(j, g, &have));
-        sb_put(&b, ",\"lr_scale\":", 12);
-        sb_jnum(&b, gv_lr_scale(j, g, &have));
-        if (j->last) {
-            const struct grist_engine_group_result *r = &j->last->groups[g];
-            sb_printf(&b, ",\"steps\":%llu,\"noise\":", (unsigned long long)r->steps);
-            sb_jnum(&b, r->choice.noise);
-            sb_put(&b, ",\"noise_scale\":", 15);
-            sb_jnum(&b, r->choice.noise_scale);
-            sb_put(&b, ",\"confidence\":", 14);
-            sb_jnum(&b, r->choice.confidence);
-            sb_put(&b, ",\"reason\":", 10);
-            sb_jstr(&b, r->reason);
-            sb_put(&b, ",\"curvature\":", 13);
-            sb_jnum(&b, r->choice.kappa);
-            sb_put(&b, ",\"lr_greedy\":", 13);
-            sb_jnum(&b, r->choice.lr_greedy);
-            const char *arr[3] = {"candidates", "alignment", "alignment_se"};
-            const double *src[3] = {r->cand, r->J, r->J_se};
-            for (int a = 0; a < 3; a++) {
-                sb_printf(&b, ",\"%s\":[", arr[a]);
-                for (uint32_t i = 0; i < r->ncand; i++) {
-                    if (i)
-                        sb_put(&b, ",", 1);
-                    sb_jnum(&b, src[a][i]);
-                }
-                sb_put(&b, "]", 1);
-            }
-            if (r->have_families) {
-                const struct grist_families *f = &r->fam;
-                sb_put(&b, ",\"families\":{\"trace\":", 21);
-                sb_jnum(&b, f->trace);
-                sb_put(&b, ",\"frobenius\":", 13);
-                sb_jnum(&b, f->frobenius);
-                sb_put(&b, ",\"lambda_max\":", 14);
-                sb_jnum(&b, f->lambda_max);
-                sb_put(&b, ",\"effective_rank\":", 18);
-                sb_jnum(&b, f->effective_rank);
-                sb_put(&b, ",\"value_frobenius\":", 19);
-                sb_jnum(&b, f->value_frobenius);
-                sb_put(&b, ",\"value_spectral\":", 18);
-                sb_jnum(&b, f->value_spectral);
-                sb_put(&b, ",\"value_isotropic\":", 19);
-                sb_jnum(&b, f->value_isotropic);
-                sb_put(&b, ",\"value_lyapunov\":", 18);
-                sb_jnum(&b, f->value_lyapunov);
-                sb_put(&b, "}", 1);
-            }
-        }
-        sb_put(&b, "}", 1);
+    size_t len = 0;
+    uint8_t *buf = grist__job_response_encode(j, &len);
+    Grist__V1__GetJobResponse *m = buf ? grist__v1__get_job_response__unpack(NULL, len, buf) : NULL;
+    free(buf);
+    json_t *o = m ? grist__pb_to_json(&m->base) : NULL;
+    if (o && m->job &&
+        json_object_set_new(json_object_get(o, "job"), "id",
+                            json_string(m->job->job_id ? m->job->job_id : "")) < 0) {
+        json_decref(o);
+        o = NULL;
     }
-    sb_put(&b, "]}\n", 3);
-    respond(c, 200, "application/json", &b, keep);
+    if (m)
+        grist__v1__get_job_response__free_unpacked(m, NULL);
+    respond_json(c, o, keep);
 }
 
 /* value of query parameter `key` (percent-decoded into out); 1 if present */
@@ -834,26 +779,22 @@ static void api_history(struct conn *c, const struct grist_job *j, const char *q
         respond_error(c, 500, "history: out of memory", keep);
         return;
     }
-    struct sbuf b = {0};
-    sb_put(&b, "{\"job\":", 7);
-    sb_jstr(&b, j->id);
-    sb_put(&b, ",\"group\":", 9);
-    sb_jstr(&b, j->groups[group].name);
-    sb_put(&b, ",\"series\":", 10);
-    sb_jstr(&b, series);
-    sb_put(&b, ",\"steps\":[", 10);
-    for (size_t i = 0; i < n; i++)
-        sb_printf(&b, i ? ",%llu" : "%llu", (unsigned long long)steps[i]);
-    sb_put(&b, "],\"values\":[", 12);
-    for (size_t i = 0; i < n; i++) {
-        if (i)
-            sb_put(&b, ",", 1);
-        sb_jnum(&b, vals[i]);
+    /* the GetHistoryResponse (steps, values) and what was asked */
+    Grist__V1__GetHistoryResponse resp = GRIST__V1__GET_HISTORY_RESPONSE__INIT;
+    resp.n_steps = resp.n_values = n;
+    resp.steps = steps;
+    resp.values = vals;
+    json_t *o = grist__pb_to_json(&resp.base);
+    if (o &&
+        json_object_update_new(o,
+                               json_pack("{s:s,s:s,s:s}", "job", j->id, "group",
+                                         j->groups[group].name, "series", series)) < 0) {
+        json_decref(o);
+        o = NULL;
     }
-    sb_put(&b, "]}\n", 3);
     free(steps);
     free(vals);
-    respond(c, 200, "application/json", &b, keep);
+    respond_json(c, o, keep);
 }
 
 /* percent-decode a path segment in place; -1 on a bad escape */

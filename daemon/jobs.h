@@ -68,6 +68,9 @@ void grist__job_free(struct grist_job *j);
 /* query.c: the JobBrief of j (strings point into j). */
 struct Grist__V1__JobBrief;
 void grist__job_brief(const struct grist_job *j, struct Grist__V1__JobBrief *b);
+/* A job's GetJobResponse (what GetJob and WatchJob serve), packed into a
+ * malloc'd buffer; NULL on ENOMEM (query.c). The HTTP view decodes it. */
+uint8_t *grist__job_response_encode(const struct grist_job *j, size_t *out_len);
 /* Admit a job decoded from a snapshot (j filled by snapshot.c; eng: its
  * compute state for the engine). On failure j is freed and err says why. */
 grpc_status_code grist__job_restore(struct grist_daemon *d, struct grist_job *j, const void *eng,

@@ -29,6 +29,8 @@ void grist__job_brief(const struct grist_job *j, Grist__V1__JobBrief *b)
     b->late_summaries = j->late;
     b->validation_summaries = j->validation;
     b->step_segments = j->segments;
+    b->groups = j->ngroups;
+    b->sketch_dim = j->m;
     b->sketch_kind = j->sketch_kind == GRIST_SKETCH_BLOCK
         ? GRIST__V1__SKETCH_KIND__SKETCH_KIND_BLOCK
         : GRIST__V1__SKETCH_KIND__SKETCH_KIND_HASHED;
@@ -83,8 +85,7 @@ static grpc_status_code list_jobs(struct grist_net *net, const struct grist_prin
     return *out ? GRPC_STATUS_OK : GRPC_STATUS_RESOURCE_EXHAUSTED;
 }
 
-/* Encode a job's GetJobResponse into a malloc'd buffer; NULL on ENOMEM. */
-static uint8_t *encode_job(const struct grist_job *j, size_t *out_len)
+uint8_t *grist__job_response_encode(const struct grist_job *j, size_t *out_len)
 {
     const uint32_t G = j->ngroups;
     Grist__V1__JobBrief b;
@@ -114,6 +115,7 @@ static uint8_t *encode_job(const struct grist_job *j, size_t *out_len)
             s->reason = r->reason;
             s->curvature = r->choice.kappa;
             s->lr_greedy = r->choice.lr_greedy;
+            s->confidence = r->choice.confidence;
             if (r->have_families) {
                 const struct grist_families *f = &r->fam;
                 fd[g].trace = f->trace;
@@ -167,7 +169,7 @@ static grpc_status_code get_job(struct grist_net *net, const struct grist_princi
         return GRPC_STATUS_NOT_FOUND;
     }
     grist__v1__get_job_request__free_unpacked(req, NULL);
-    *out = encode_job(j, out_len);
+    *out = grist__job_response_encode(j, out_len);
     return *out ? GRPC_STATUS_OK : GRPC_STATUS_RESOURCE_EXHAUSTED;
 }
 
@@ -263,7 +265,7 @@ static void watch_send_state(struct grist_watch *w)
         return;
     }
     size_t len;
-    uint8_t *buf = encode_job(j, &len);
+    uint8_t *buf = grist__job_response_encode(j, &len);
     if (!buf) {
         w->dirty = 1; /* try at the next evaluation */
         return;

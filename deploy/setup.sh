@@ -10,7 +10,7 @@ set -eu
 
 PKGS="
 build-essential pkg-config meson ninja-build
-libuv1-dev libhttp-parser-dev libssl-dev openssl libsystemd-dev
+libuv1-dev libhttp-parser-dev libjansson-dev libssl-dev openssl libsystemd-dev
 libgrpc-dev protobuf-compiler-grpc
 libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
 libopenblas-dev liblapacke-dev

@@ -203,6 +203,68 @@ def check_api(http):
     print(f"api: {len(jobs)} jobs, history of {n} evaluations downsampled exactly, errors ok")
 
 
+def pb_matches_json(msg, js, path="$"):
+    """Every field of the protobuf message, walked from its descriptor, is in
+    the JSON under its proto name with the same value (doubles exactly: the
+    API writes 17 digits); an unset sub-message is absent. Returns the number
+    of values compared."""
+    from google.protobuf.descriptor import FieldDescriptor as F
+    n = 0
+    for f in msg.DESCRIPTOR.fields:
+        where = f"{path}.{f.name}"
+        if f.type == F.TYPE_MESSAGE and f.label != F.LABEL_REPEATED:
+            if msg.HasField(f.name):
+                assert f.name in js, (where, "missing")
+                n += pb_matches_json(getattr(msg, f.name), js[f.name], where)
+            else:
+                assert f.name not in js, (where, "set in JSON, unset in gRPC")
+            continue
+        assert f.name in js, (where, "missing from the JSON", sorted(js))
+        vals = list(getattr(msg, f.name)) if f.label == F.LABEL_REPEATED else [getattr(msg, f.name)]
+        jvals = js[f.name] if f.label == F.LABEL_REPEATED else [js[f.name]]
+        assert len(vals) == len(jvals), (where, len(vals), len(jvals))
+        for k, (v, jv) in enumerate(zip(vals, jvals)):
+            if f.type == F.TYPE_MESSAGE:
+                n += pb_matches_json(v, jv, f"{where}[{k}]")
+                continue
+            if f.type == F.TYPE_ENUM:
+                names = [e.name for e in f.enum_type.values]
+                pre = os.path.commonprefix(names) if len(names) > 1 else ""
+                pre = pre[:pre.rfind("_") + 1]
+                v = f.enum_type.values_by_number[v].name[len(pre):].lower()
+            elif f.type in (F.TYPE_DOUBLE, F.TYPE_FLOAT) and not math.isfinite(v):
+                v = None
+            assert jv == v, (where, k, jv, v)
+            n += 1
+    return n
+
+
+def check_json_is_grpc(addr, http):
+    """The HTTP job view and job list are the gRPC GetJobResponse and
+    JobBrief, field for field (pbjson.c writes them from the descriptors)."""
+    import grpc
+    pb = pytest_util.load_pb2()
+    ch = grpc.insecure_channel(addr)
+    get_job = ch.unary_unary("/grist.v1.Grist/GetJob",
+                             request_serializer=pb.GetJobRequest.SerializeToString,
+                             response_deserializer=pb.GetJobResponse.FromString)
+    list_jobs = ch.unary_unary("/grist.v1.Grist/ListJobs",
+                               request_serializer=pb.ListJobsRequest.SerializeToString,
+                               response_deserializer=pb.ListJobsResponse.FromString)
+    # the jobs are idle now (their feeds ended), so both reads see one state
+    r = get_job(pb.GetJobRequest(job_id="http a/1"), timeout=10)
+    js = get_json(http, "/api/v1/jobs/" + urllib.parse.quote("http a/1", safe=""))
+    assert all(g.HasField("families") for g in r.groups), "families not solved yet"
+    n = pb_matches_json(r, js)
+    assert js["job"]["id"] == "http a/1" and js["job"]["sketch_dim"] == 256
+    lj = list_jobs(pb.ListJobsRequest(), timeout=10)
+    jl = {j["id"]: j for j in get_json(http, "/api/v1/jobs")["jobs"]}
+    for b in lj.jobs:
+        n += pb_matches_json(b, jl[b.job_id], f"jobs[{b.job_id}]")
+    ch.close()
+    print(f"json = grpc: {n} values of GetJobResponse and ListJobsResponse agree")
+
+
 def check_metrics(http):
     st, ct, body = get(http, "/metrics")
     assert st == 200 and ct.startswith("text/plain; version=0.0.4"), (st, ct)
@@ -374,6 +436,7 @@ def main():
         wait_step(http, "http a/1", 650)
         wait_step(http, "http-b", 30)
         check_api(http)
+        check_json_is_grpc(addr, http)
         check_protocol(http)
         check_metrics(http)
         check_prometheus(http)
