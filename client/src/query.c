@@ -181,6 +181,12 @@ static void copy_brief(const Grist__V1__JobBrief *b, struct grist_job_info *o)
     o->version = b->version;
     o->dropped_steps = b->dropped_steps;
     o->late_summaries = b->late_summaries;
+    o->validation_summaries = b->validation_summaries;
+    o->step_segments = b->step_segments;
+    o->shed_steps = b->shed_steps;
+    o->groups = b->groups;
+    o->sketch_dim = b->sketch_dim;
+    o->sketch_kind = (uint32_t)b->sketch_kind;
 }
 
 static void copy_group(const Grist__V1__GroupState *g, struct grist_group_info *o)
@@ -192,6 +198,10 @@ static void copy_group(const Grist__V1__GroupState *g, struct grist_group_info *
     o->noise = g->noise;
     o->noise_scale = g->noise_scale;
     o->steps = g->steps;
+    o->curvature = g->curvature;
+    o->lr_greedy = g->lr_greedy;
+    o->confidence = g->confidence;
+    snprintf(o->reason, sizeof(o->reason), "%s", g->reason ? g->reason : "");
     size_t n = g->n_candidates;
     if (n > GRIST_QUERY_MAX_CANDIDATES)
         n = GRIST_QUERY_MAX_CANDIDATES;
@@ -214,6 +224,9 @@ static void copy_group(const Grist__V1__GroupState *g, struct grist_group_info *
         o->value_spectral = f->value_spectral;
         o->value_isotropic = f->value_isotropic;
         o->value_lyapunov = f->value_lyapunov;
+        o->trace_sqrt = f->trace_sqrt;
+        o->value_whitened = f->value_whitened;
+        o->value_diagonal = f->value_diagonal;
     }
 }
 

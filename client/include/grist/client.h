@@ -332,6 +332,14 @@ struct grist_job_info {
     uint64_t version; /**< hyperparameter versions pushed */
     uint64_t dropped_steps; /**< steps lost because a compute thread was behind */
     uint64_t late_summaries; /**< summaries for a step already aggregated */
+    /* appended after the first release of 0.1 (the struct grew: callers rebuild
+     * against this header; the library allocates the arrays it returns) */
+    uint64_t validation_summaries; /**< held-out-batch sketches applied */
+    uint64_t step_segments; /**< runs resumed from an earlier step */
+    uint64_t shed_steps; /**< of dropped_steps: over the job's share of a busy compute thread */
+    uint32_t groups; /**< parameter groups */
+    uint32_t sketch_dim; /**< m */
+    uint32_t sketch_kind; /**< 0 hashed, 1 block (enum grist_sketch_kind) */
 };
 
 /** Maximum candidates a grist_group_info carries. */
@@ -349,6 +357,13 @@ struct grist_group_info {
     int have_families; /**< the family diagnostics below are set */
     double trace, frobenius, lambda_max, effective_rank;
     double value_frobenius, value_spectral, value_isotropic, value_lyapunov;
+    /* appended after the first release of 0.1 (the struct grew: callers rebuild
+     * against this header; the library allocates the arrays it returns) */
+    double trace_sqrt, value_whitened, value_diagonal; /**< the rest of the families */
+    double curvature; /**< kappa along the trajectory; 0 = not measured */
+    double lr_greedy; /**< eta* of the current candidate (absolute); 0 = none */
+    double confidence; /**< margin of the current choice in standard errors */
+    char reason[256]; /**< the selection's state at the last evaluation */
 };
 
 /**
