@@ -10,6 +10,8 @@
    (client.c), echoed by gristd in the effective policy of Welcome
    (wire.c), and daemon-wide options of gristd (config.c) unless listed
    below as per-job only.
+3. Constants: the error codes the binding uses are libgrist's (error.h), the
+   gRPC status codes gRPC's.
 
 Usage: GRIST_LIB=build/client/libgrist.so test_bindings.py build/tests/abi-dump
 """
@@ -114,6 +116,21 @@ def check_policy():
           f"client.c, wire.c and config.c ({len(PER_JOB_ONLY)} per-job only)")
 
 
+def check_constants():
+    """The constants the binding shares with C and gRPC come from them."""
+    import grpc
+    header = read("kernels", "include", "grist", "error.h")
+    want = {n: int(v) for n, v in re.findall(r"XX\((\w+), (-?\d+),", header)}
+    assert _native.ERRORS == want, (_native.ERRORS, want)
+    for name in ("INVALID_ARGUMENT", "PERMISSION_DENIED", "UNAUTHENTICATED"):
+        assert getattr(_native, "STATUS_" + name) == getattr(grpc.StatusCode, name).value[0], name
+    c = _native._ClientOptions()
+    _native._options_default(ctypes.byref(c))
+    assert c.queue_capacity > 0 and c.backoff_initial_s > 0, "libgrist's defaults"
+    print(f"constants: {len(want)} error codes read from libgrist, 3 gRPC status codes")
+
+
 if __name__ == "__main__":
     check_layout(sys.argv[1])
     check_policy()
+    check_constants()

@@ -136,6 +136,25 @@ _set_applied = _sig("grist_session_set_applied", ctypes.c_int, _vp, _pd)
 _last_error = _sig("grist_session_last_error", ctypes.c_int, _vp, ctypes.c_char_p, ctypes.c_size_t)
 _session_close = _sig("grist_session_close", None, _vp)
 _strerror = _sig("grist_strerror", ctypes.c_char_p, ctypes.c_int)
+_err_name = _sig("grist_err_name", ctypes.c_char_p, ctypes.c_int)
+
+
+def _grist_errors():
+    """The project's error codes by name ("NONFINITE": -4001, ...), read from
+    libgrist (kernels/include/grist/error.h is their one source)."""
+    out = {}
+    for code in range(-4001, -4100, -1):
+        name = _err_name(code).decode()
+        if name.startswith("GRIST_E"):
+            out[name[len("GRIST_E"):]] = code
+    return out
+
+
+ERRORS = _grist_errors()
+ENONFINITE = ERRORS["NONFINITE"]
+
+# gRPC status codes the bindings act on (fixed by the gRPC protocol)
+STATUS_INVALID_ARGUMENT, STATUS_PERMISSION_DENIED, STATUS_UNAUTHENTICATED = 3, 7, 16
 _sk_f32 = {"hashed": _sig("grist_sketch_accum_f32", ctypes.c_int, _u32, _vp, _u64, _u64, _pd,
                           _u32, _pd),
            "block": _sig("grist_sketch_block_accum_f32", ctypes.c_int, _u32, _vp, _u64, _u64, _pd,
@@ -194,24 +213,25 @@ def sketch_adam_f32(seed_p, g_ptr, v_ptr, n, offset, v_scale, eps, acc, sq, kind
 class Client:
     """A channel to gristd and libgrist's background thread."""
 
-    def __init__(self, address, queue_capacity=1024, backoff_initial_s=0.1, backoff_max_s=5.0,
+    def __init__(self, address, queue_capacity=None, backoff_initial_s=None, backoff_max_s=None,
                  keepalive_s=None, token=None, tls_ca=None, tls_cert=None, tls_key=None,
                  tls_server_name=None):
-        """token: gristd's bearer token (--tokens); tls_ca: PEM CA file to
+        """None keeps libgrist's default (grist_client_options_default in
+        client/include/grist/client.h). token: gristd's bearer token (--tokens); tls_ca: PEM CA file to
         connect with TLS; tls_cert/tls_key: a client certificate (mTLS);
         tls_server_name: the name in gristd's certificate when it is not
         the address's host (docs/SECURITY.md)."""
         opt = _ClientOptions()
         _options_default(ctypes.byref(opt))
-        if keepalive_s is not None:
-            opt.keepalive_s = keepalive_s
+        for field, v in (("queue_capacity", queue_capacity),
+                         ("backoff_initial_s", backoff_initial_s),
+                         ("backoff_max_s", backoff_max_s), ("keepalive_s", keepalive_s)):
+            if v is not None:
+                setattr(opt, field, v)
         for field, v in (("token", token), ("tls_ca_file", tls_ca), ("tls_cert_file", tls_cert),
                          ("tls_key_file", tls_key), ("tls_server_name", tls_server_name)):
             if v is not None:
                 setattr(opt, field, _b(str(v)))  # libgrist copies them
-        opt.queue_capacity = queue_capacity
-        opt.backoff_initial_s = backoff_initial_s
-        opt.backoff_max_s = backoff_max_s
         self._h = _vp()
         _check(_client_open(_b(address), ctypes.byref(opt), ctypes.byref(self._h)), "client_open")
         self.address = address

@@ -29,10 +29,11 @@ import warnings
 import numpy as np
 import torch as _torch
 
+from grist import _native
 from grist._native import (Client, GristError, Session, Tensor, cuda_sketcher, group_seed,
                            sketch_adam_f32, sketch_f32)
 
-_ENONFINITE = -4001
+_ENONFINITE = _native.ENONFINITE
 
 
 _SUPPORTED = "SGD (plain or Nesterov), Adam, AdamW, NAdam, RAdam and RMSprop"
@@ -116,11 +117,13 @@ class GristSession:
         self.sketch_kind = sketch_kind
         if wait_s and not self.session.wait_ready(wait_s):
             status, msg = self.session.last_error()
-            if status in (3, 7, 16):  # the daemon refused this attach: retrying cannot help
+            if status in (_native.STATUS_INVALID_ARGUMENT, _native.STATUS_PERMISSION_DENIED,
+                          _native.STATUS_UNAUTHENTICATED):
+                # the daemon refused this attach: retrying cannot help
                 self.session.close()
                 if self._own_client:
                     self.client.close()
-                if status == 3:  # INVALID_ARGUMENT
+                if status == _native.STATUS_INVALID_ARGUMENT:
                     raise ValueError(f"gristd refused the attach of job {job!r}: {msg}")
                 raise PermissionError(f"gristd refused the token for job {job!r}: {msg}")
         self.t = 0
