@@ -37,15 +37,7 @@ struct grist_counters {
     uint64_t shard_redirects;
 };
 
-/* A Prometheus-style histogram (cumulative buckets are made when printed). */
-#define GRIST_HIST_NB 14
-extern const double grist__hist_bounds[GRIST_HIST_NB];
-struct grist_histogram {
-    uint64_t count;
-    double sum;
-    uint64_t bucket[GRIST_HIST_NB]; /* observations <= bound[i] and > bound[i - 1] */
-};
-void grist__hist_observe(struct grist_histogram *h, double v);
+#include "histogram.h"
 
 struct grist_http;
 

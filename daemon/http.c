@@ -419,9 +419,9 @@ static void metric_hist(struct sbuf *b, const char *name, const char *help,
 {
     metric_head(b, name, "histogram", help);
     uint64_t cum = 0;
-    for (int i = 0; i < GRIST_HIST_NB; i++) {
+    for (int i = 0; i < GRIST_HISTOGRAM_NB; i++) {
         cum += h->bucket[i];
-        sb_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, grist__hist_bounds[i],
+        sb_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, grist__histogram_bounds[i],
                   (unsigned long long)cum);
     }
     sb_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)h->count);

@@ -179,9 +179,9 @@ void grist__job_free(struct grist_job *j)
         j->aggs = a->next;
         agg_free(a);
     }
-    for (uint32_t g = 0; j->hist && g < j->ngroups; g++)
-        free(j->hist[g].pts);
-    free(j->hist);
+    for (uint32_t g = 0; j->history && g < j->ngroups; g++)
+        free(j->history[g].pts);
+    free(j->history);
     free(j->groups);
     free(j->push);
     free(j->push_reason);
@@ -392,16 +392,16 @@ grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_he
     j->groups = malloc(h->ngroups * sizeof(*j->groups));
     j->push = calloc(h->ngroups, sizeof(*j->push));
     j->push_reason = calloc(h->ngroups, sizeof(*j->push_reason));
-    j->hist = calloc(h->ngroups, sizeof(*j->hist));
-    if (!j->groups || !j->push || !j->push_reason || !j->hist)
+    j->history = calloc(h->ngroups, sizeof(*j->history));
+    if (!j->groups || !j->push || !j->push_reason || !j->history)
         goto nomem;
     memcpy(j->groups, h->groups, h->ngroups * sizeof(*j->groups));
     const uint32_t hcap = (uint32_t)d->cfg->history;
     for (uint32_t g = 0; g < h->ngroups; g++) {
-        j->hist[g].pts = malloc(hcap * sizeof(struct grist_hist_point));
-        if (!j->hist[g].pts)
+        j->history[g].pts = malloc(hcap * sizeof(struct grist_history_point));
+        if (!j->history[g].pts)
             goto nomem;
-        j->hist[g].cap = hcap;
+        j->history[g].cap = hcap;
     }
     grpc_status_code st = job_admit(d, j, NULL, 0, err, errsz);
     if (st != GRPC_STATUS_OK)
@@ -639,7 +639,7 @@ int grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t rank
     return 0;
 }
 
-static void hist_add(struct grist_hist *h, const struct grist_hist_point *p)
+static void history_add(struct grist_history *h, const struct grist_history_point *p)
 {
     if (!h->cap)
         return;
@@ -682,15 +682,18 @@ void grist__job_on_result(void *ud, struct grist_engine_result *r)
     }
     grist__engine_result_free(j->last);
     j->last = r;
-    grist__hist_observe(&d->solve_seconds, r->solve_s);
+    grist__histogram_observe(&d->solve_seconds, r->solve_s);
     int changed = 0, warm = 0;
     for (uint32_t g = 0; g < j->ngroups; g++) {
         const struct grist_engine_group_result *gr = &r->groups[g];
         const struct grist_choice *c = &gr->choice;
-        struct grist_hist_point p = {r->step,        c->beta,
-                                     c->lr_scale,    c->noise,
-                                     c->noise_scale, isfinite(c->confidence) ? c->confidence : 1e9};
-        hist_add(&j->hist[g], &p);
+        struct grist_history_point p = {r->step,
+                                        c->beta,
+                                        c->lr_scale,
+                                        c->noise,
+                                        c->noise_scale,
+                                        isfinite(c->confidence) ? c->confidence : 1e9};
+        history_add(&j->history[g], &p);
         if (gr->steps < j->policy.sel.min_steps)
             warm = 1;
         if (fabs(c->beta - j->push[g].momentum) > 1e-12 ||
@@ -724,23 +727,9 @@ void grist__job_on_result(void *ud, struct grist_engine_result *r)
     for (struct grist_stream *s = j->streams; s; s = grist__stream_next_in_job(s))
         grist__stream_send(s, msg, len);
     if (r->queued_ns)
-        grist__hist_observe(&d->push_latency_seconds, (double)(uv_hrtime() - r->queued_ns) * 1e-9);
+        grist__histogram_observe(&d->push_latency_seconds,
+                                 (double)(uv_hrtime() - r->queued_ns) * 1e-9);
     grist__watch_notify(d, j);
-}
-
-const double grist__hist_bounds[GRIST_HIST_NB] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025,
-                                                  0.005,  0.01,    0.025,  0.05,  0.1,
-                                                  0.25,   0.5,     1.0,    2.5};
-
-void grist__hist_observe(struct grist_histogram *h, double v)
-{
-    h->count++;
-    h->sum += v;
-    for (int i = 0; i < GRIST_HIST_NB; i++)
-        if (v <= grist__hist_bounds[i]) {
-            h->bucket[i]++;
-            break;
-        }
 }
 
 void grist__jobs_tick(struct grist_daemon *d)

@@ -19,13 +19,13 @@ struct grist_agg {
     double *lrb; /* 2 * ngroups: update multiplier and beta of the first summary */
 };
 
-struct grist_hist_point {
+struct grist_history_point {
     uint64_t step;
     double momentum, lr_scale, noise, noise_scale, confidence;
 };
 
-struct grist_hist {
-    struct grist_hist_point *pts;
+struct grist_history {
+    struct grist_history_point *pts;
     uint32_t cap, head, len;
 };
 
@@ -54,7 +54,7 @@ struct grist_job {
     int seg_open; /* a new segment began and none of its steps is aggregated */
     uint64_t created_ms, idle_since_ms;
     struct grist_engine_result *last;
-    struct grist_hist *hist;
+    struct grist_history *history;
     uint64_t snap_sig; /* the state last handed to the writer (snapshot.c) */
     int snap_pending; /* a snapshot of it is being taken */
     int owned; /* created (or first attached after a restore) with a token */

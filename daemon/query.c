@@ -15,6 +15,7 @@
 #include "grist/v1/grist.pb-c.h"
 #include "jobs.h"
 #include "log.h"
+#include "lttb.h"
 
 void grist__job_brief(const struct grist_job *j, Grist__V1__JobBrief *b)
 {
@@ -435,7 +436,7 @@ int grist__series_index(const char *s)
     return -1;
 }
 
-static double series_value(const struct grist_hist_point *p, int k)
+static double series_value(const struct grist_history_point *p, int k)
 {
     switch (k) {
     case 0:
@@ -451,50 +452,6 @@ static double series_value(const struct grist_hist_point *p, int k)
     }
 }
 
-/* Largest-triangle-three-buckets: keep `points` of n (x, y) pairs; writes
- * the kept indices to idx and returns their count. */
-static size_t lttb(const double *x, const double *y, size_t n, size_t points, size_t *idx)
-{
-    if (points >= n || points < 3) {
-        size_t k = points < 3 && points < n ? points : n;
-        if (k == n)
-            for (size_t i = 0; i < n; i++)
-                idx[i] = i;
-        else /* 1 or 2 points: first (and last) */
-            for (size_t i = 0; i < k; i++)
-                idx[i] = i == 0 ? 0 : n - 1;
-        return k;
-    }
-    const double every = (double)(n - 2) / (double)(points - 2);
-    size_t a = 0, out = 0;
-    idx[out++] = 0;
-    for (size_t i = 0; i < points - 2; i++) {
-        size_t s = (size_t)floor((i + 1) * every) + 1, e = (size_t)floor((i + 2) * every) + 1;
-        if (e > n)
-            e = n;
-        double ax = 0, ay = 0;
-        for (size_t k = s; k < e; k++)
-            ax += x[k], ay += y[k];
-        const double cnt = (double)(e - s);
-        ax /= cnt > 0 ? cnt : 1;
-        ay /= cnt > 0 ? cnt : 1;
-        size_t rs = (size_t)floor(i * every) + 1, re = (size_t)floor((i + 1) * every) + 1;
-        double best = -1;
-        size_t pick = rs;
-        for (size_t k = rs; k < re && k < n; k++) {
-            const double area = fabs((x[a] - ax) * (y[k] - y[a]) - (x[a] - x[k]) * (ay - y[a]));
-            if (area > best) {
-                best = area;
-                pick = k;
-            }
-        }
-        idx[out++] = pick;
-        a = pick;
-    }
-    idx[out++] = n - 1;
-    return out;
-}
-
 int grist__history(const struct grist_job *j, uint32_t group, const char *series, uint64_t from,
                    uint64_t to, size_t points, uint64_t **steps_out, double **vals_out,
                    size_t *n_out)
@@ -504,7 +461,7 @@ int grist__history(const struct grist_job *j, uint32_t group, const char *series
     const int k = grist__series_index(series && series[0] ? series : "momentum");
     if (k < 0)
         return -EINVAL;
-    const struct grist_hist *h = &j->hist[group];
+    const struct grist_history *h = &j->history[group];
     if (to == 0)
         to = UINT64_MAX;
     double *x = malloc((h->len + 1) * sizeof(double)), *y = malloc((h->len + 1) * sizeof(double));
@@ -514,14 +471,14 @@ int grist__history(const struct grist_job *j, uint32_t group, const char *series
         goto done;
     size_t n = 0;
     for (uint32_t i = 0; i < h->len; i++) {
-        const struct grist_hist_point *p = &h->pts[(h->head + i) % h->cap];
+        const struct grist_history_point *p = &h->pts[(h->head + i) % h->cap];
         if (p->step < from || p->step > to)
             continue;
         x[n] = (double)p->step;
         y[n] = series_value(p, k);
         n++;
     }
-    const size_t kept = lttb(x, y, n, points ? points : 500, idx);
+    const size_t kept = grist__lttb(x, y, n, points ? points : 500, idx);
     uint64_t *steps = malloc((kept + 1) * sizeof(uint64_t));
     double *vals = malloc((kept + 1) * sizeof(double));
     if (!steps || !vals) {

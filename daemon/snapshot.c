@@ -263,7 +263,7 @@ static void visit_last(struct grist_sio *s, struct grist_job *j)
     }
 }
 
-static void visit_hist(struct grist_sio *s, struct grist_hist *h, uint32_t cap)
+static void visit_history(struct grist_sio *s, struct grist_history *h, uint32_t cap)
 {
     uint32_t n = h->len;
     sio_u32(s, &n);
@@ -279,7 +279,7 @@ static void visit_hist(struct grist_sio *s, struct grist_hist *h, uint32_t cap)
         h->head = h->len = 0;
     }
     for (uint32_t i = 0; i < n && !s->bad; i++) {
-        struct grist_hist_point p;
+        struct grist_history_point p;
         if (!s->reading)
             p = h->pts[(h->head + i) % h->cap];
         sio_u64(s, &p.step);
@@ -325,8 +325,8 @@ static void visit_job(struct grist_sio *s, struct grist_job *j, uint64_t now,
         j->groups = calloc(j->ngroups, sizeof(*j->groups));
         j->push = calloc(j->ngroups, sizeof(*j->push));
         j->push_reason = calloc(j->ngroups, sizeof(*j->push_reason));
-        j->hist = calloc(j->ngroups, sizeof(*j->hist));
-        if (!j->groups || !j->push || !j->push_reason || !j->hist) {
+        j->history = calloc(j->ngroups, sizeof(*j->history));
+        if (!j->groups || !j->push || !j->push_reason || !j->history) {
             s->bad = 1;
             return;
         }
@@ -368,7 +368,7 @@ static void visit_job(struct grist_sio *s, struct grist_job *j, uint64_t now,
         j->idle_since_ms = now; /* no stream yet: idle-expiry counts from the restart */
     }
     for (uint32_t g = 0; g < j->ngroups && !s->bad; g++)
-        visit_hist(s, &j->hist[g], (uint32_t)d->cfg->history);
+        visit_history(s, &j->history[g], (uint32_t)d->cfg->history);
     visit_last(s, j);
     sio_blob(s, eng, eng_len);
 }
