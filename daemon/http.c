@@ -14,6 +14,9 @@
  * memory and written with one uv_write, so the loop never blocks on a slow
  * client: a stalled reader only holds its own buffer. Work per request is
  * bounded: /metrics by --metrics-max-jobs, history by LTTB downsampling.
+ *
+ * This file serves (connections, parsing, TLS, routing, responses); the
+ * views are metrics.c (Prometheus) and api.c (JSON), sharing http_impl.h.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -30,140 +33,13 @@
 
 #include "daemon.h"
 #include "fanout.h"
+#include "http_impl.h"
 #include "grist/v1/grist.pb-c.h"
 #include "jobs.h"
 #include "log.h"
 #include "pbjson.h"
 #include "tls.h"
 #include "www_index.h"
-
-#define URL_MAX 4096
-#define HEADER_MAX 8192
-
-struct sbuf {
-    char *p;
-    size_t len, cap;
-    int oom;
-};
-
-static void sb_grow(struct sbuf *b, size_t need)
-{
-    if (b->oom || b->len + need + 1 <= b->cap)
-        return;
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->len + need + 1)
-        cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) {
-        b->oom = 1;
-        return;
-    }
-    b->p = p;
-    b->cap = cap;
-}
-
-static void sb_put(struct sbuf *b, const char *s, size_t n)
-{
-    sb_grow(b, n);
-    if (b->oom)
-        return;
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = 0;
-}
-
-__attribute__((format(printf, 2, 3))) static void sb_printf(struct sbuf *b, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char tmp[512];
-    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return;
-    if ((size_t)n < sizeof(tmp)) {
-        sb_put(b, tmp, (size_t)n);
-        return;
-    }
-    sb_grow(b, (size_t)n);
-    if (b->oom)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    b->len += (size_t)n;
-}
-
-/* a Prometheus label value: backslash, quote and newline escaped */
-static void sb_plabel(struct sbuf *b, const char *s)
-{
-    for (; *s; s++) {
-        if (*s == '\\' || *s == '"')
-            sb_printf(b, "\\%c", *s);
-        else if (*s == '\n')
-            sb_put(b, "\\n", 2);
-        else
-            sb_put(b, s, 1);
-    }
-}
-
-static void sb_pnum(struct sbuf *b, double v)
-{
-    if (isnan(v))
-        sb_put(b, "NaN", 3);
-    else if (isinf(v))
-        sb_put(b, v > 0 ? "+Inf" : "-Inf", 4);
-    else
-        sb_printf(b, "%.17g", v);
-}
-
-/* ---- connections ---- */
-
-struct conn {
-    uv_tcp_t tcp;
-    struct grist_http *h;
-    struct conn *next;
-    http_parser parser;
-    char url[URL_MAX + 1];
-    size_t url_len, header_bytes;
-    int url_too_long, headers_too_long, busy, closing;
-    /* the Authorization header, collected across the parser's pieces */
-    char field[16];
-    size_t field_len;
-    int in_value, field_is_auth;
-    char auth[512];
-    size_t auth_len;
-    int auth_too_long;
-    char *in; /* bytes read and not parsed yet (pipelined requests) */
-    size_t in_len, in_cap;
-    uv_timer_t timer; /* idle / slow-request timeout (--http-idle-timeout) */
-    int timer_on;
-    /* TLS (--tls-cert): the socket carries records; ssl turns them into the
-     * plaintext in `in` (SSL_read) and responses into records (SSL_write),
-     * through two memory BIOs, so libuv keeps doing all the I/O */
-    SSL *ssl;
-    BIO *rbio, *wbio; /* owned by ssl */
-    struct fan_ticket *ticket; /* a cluster query in flight for this connection */
-};
-
-/* A cluster query outlives its connection if the client goes: the answer
- * then finds c NULL and is dropped. */
-struct fan_ticket {
-    struct conn *c;
-    struct grist_principal who;
-    int keep;
-};
-
-/* Unparsed input a connection may hold (pipelined requests): past it, close. */
-#define HTTP_IN_MAX (64u << 10)
-
-struct grist_http {
-    uv_tcp_t srv;
-    struct grist_daemon *d;
-    char bound[80];
-    struct conn *conns;
-    int stopping;
-};
 
 struct wreq {
     uv_write_t w;
@@ -257,7 +133,7 @@ static const char *reason_of(int code)
     }
 }
 
-static void respond(struct conn *c, int code, const char *ctype, struct sbuf *body, int keep)
+void grist__http_respond(struct conn *c, int code, const char *ctype, struct sbuf *body, int keep)
 {
     if (body->oom) {
         free(body->p);
@@ -311,7 +187,7 @@ static void respond(struct conn *c, int code, const char *ctype, struct sbuf *bo
     }
 }
 
-static void respond_error(struct conn *c, int code, const char *msg, int keep)
+void grist__http_error(struct conn *c, int code, const char *msg, int keep)
 {
     /* a message that is not UTF-8 (it may quote the request) is not JSON
      * text: the status alone then */
@@ -321,480 +197,7 @@ static void respond_error(struct conn *c, int code, const char *msg, int keep)
     size_t len = 0;
     char *s = grist__json_take_dump(o, &len);
     struct sbuf b = {.p = s, .len = s ? len : 0, .cap = s ? len : 0, .oom = !s};
-    respond(c, code, "application/json", &b, keep);
-}
-
-/* ---- /metrics ---- */
-
-static void metric_head(struct sbuf *b, const char *name, const char *type, const char *help)
-{
-    sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
-/* Every daemon-wide counter of /metrics: one row each (name, help, field). */
-static const struct {
-    const char *name, *help;
-    size_t off;
-} counter_table[] = {
-    {"gristd_streams_opened_total", "Attach streams opened.",
-     offsetof(struct grist_counters, streams_opened)},
-    {"gristd_summaries_total", "Worker summaries received.",
-     offsetof(struct grist_counters, summaries)},
-    {"gristd_summaries_rejected_total", "Summaries refused (malformed, non-finite, wrong size).",
-     offsetof(struct grist_counters, summaries_rejected)},
-    {"gristd_summaries_late_total", "Summaries for a step already aggregated.",
-     offsetof(struct grist_counters, summaries_late)},
-    {"gristd_summaries_duplicate_total",
-     "Summaries of a rank for a step it had already sent (ignored).",
-     offsetof(struct grist_counters, summaries_duplicate)},
-    {"gristd_steps_partial_total",
-     "Steps aggregated without every rank, after --aggregation-timeout.",
-     offsetof(struct grist_counters, steps_partial)},
-    {"gristd_step_segments_total",
-     "Runs resumed from an earlier step (a new segment of a job's steps).",
-     offsetof(struct grist_counters, step_segments)},
-    {"gristd_steps_aggregated_total", "Steps aggregated over ranks.",
-     offsetof(struct grist_counters, steps_aggregated)},
-    {"gristd_steps_dropped_total",
-     "Aggregated steps dropped: the compute queue was full, or the job was over its share of a compute thread that was behind.",
-     offsetof(struct grist_counters, steps_dropped)},
-    {"gristd_steps_shed_total",
-     "Of the dropped steps: refused for being over their job's share of a compute thread that was behind (--compute-lag).",
-     offsetof(struct grist_counters, steps_shed)},
-    {"gristd_pushes_total", "Hyperparameter versions pushed.",
-     offsetof(struct grist_counters, pushes)},
-    {"gristd_received_bytes_total", "Bytes of worker messages received.",
-     offsetof(struct grist_counters, bytes_in)},
-    {"gristd_sent_bytes_total", "Bytes of messages sent to workers.",
-     offsetof(struct grist_counters, bytes_out)},
-    {"gristd_jobs_created_total", "Jobs created.", offsetof(struct grist_counters, jobs_created)},
-    {"gristd_jobs_expired_total", "Jobs dropped after idling.",
-     offsetof(struct grist_counters, jobs_expired)},
-    {"gristd_auth_unauthenticated_total",
-     "Calls and requests refused for a missing or unknown bearer token (--tokens).",
-     offsetof(struct grist_counters, auth_unauthenticated)},
-    {"gristd_auth_denied_total",
-     "Calls and requests refused because their token does not cover the job or the role.",
-     offsetof(struct grist_counters, auth_denied)},
-    {"gristd_summaries_rate_limited_total",
-     "Summary messages refused over their job's --max-summary-rate (the stream ended).",
-     offsetof(struct grist_counters, summaries_rate_limited)},
-    {"gristd_streams_limited_total",
-     "Attach streams refused over --max-streams-per-peer or --max-streams-per-token.",
-     offsetof(struct grist_counters, streams_limited)},
-    {"gristd_jobs_create_limited_total",
-     "Hellos refused because their address created jobs faster than --job-create-rate.",
-     offsetof(struct grist_counters, jobs_create_limited)},
-    {"gristd_shard_redirects_total",
-     "Hellos for a job of another shard, refused with FAILED_PRECONDITION naming it (--shard).",
-     offsetof(struct grist_counters, shard_redirects)},
-    {"gristd_reloads_total", "Tokens or TLS files reloaded on SIGHUP.",
-     offsetof(struct grist_counters, reloads)},
-    {"gristd_reload_errors_total", "SIGHUP reloads that failed (the files in force stayed).",
-     offsetof(struct grist_counters, reload_errors)},
-    {"gristd_snapshots_written_total", "Job snapshots written to --state-dir.",
-     offsetof(struct grist_counters, snapshots_written)},
-    {"gristd_snapshots_superseded_total",
-     "Job snapshots replaced, before their write began, by a newer state of the job (the disk was slower than --snapshot-interval).",
-     offsetof(struct grist_counters, snapshots_superseded)},
-    {"gristd_snapshot_errors_total",
-     "Job snapshots that could not be taken or written (retried every interval).",
-     offsetof(struct grist_counters, snapshot_errors)},
-    {"gristd_snapshots_refused_total",
-     "State files refused at start (corrupt, truncated, other version).",
-     offsetof(struct grist_counters, snapshots_refused)},
-    {"gristd_jobs_restored_total", "Jobs restored from --state-dir.",
-     offsetof(struct grist_counters, jobs_restored)},
-};
-
-static void metric_u64(struct sbuf *b, const char *name, const char *type, const char *help,
-                       uint64_t v)
-{
-    metric_head(b, name, type, help);
-    sb_printf(b, "%s %llu\n", name, (unsigned long long)v);
-}
-
-static void metric_hist(struct sbuf *b, const char *name, const char *help,
-                        const struct grist_histogram *h)
-{
-    metric_head(b, name, "histogram", help);
-    uint64_t cum = 0;
-    for (int i = 0; i < GRIST_HISTOGRAM_NB; i++) {
-        cum += h->bucket[i];
-        sb_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, grist__histogram_bounds[i],
-                  (unsigned long long)cum);
-    }
-    sb_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)h->count);
-    sb_printf(b, "%s_sum ", name);
-    sb_pnum(b, h->sum);
-    sb_printf(b, "\n%s_count %llu\n", name, (unsigned long long)h->count);
-}
-
-/* per-group gauges; the value of group g of job j */
-typedef double group_value_fn(const struct grist_job *j, uint32_t g, int *have);
-
-static double gv_momentum(const struct grist_job *j, uint32_t g, int *have)
-{
-    *have = 1;
-    return grist__job_momentum(j, g);
-}
-
-static double gv_lr_scale(const struct grist_job *j, uint32_t g, int *have)
-{
-    *have = 1;
-    return grist__job_lr_scale(j, g);
-}
-
-static double gv_alignment(const struct grist_job *j, uint32_t g, int *have)
-{
-    if (!j->last)
-        return *have = 0, 0;
-    const struct grist_engine_group_result *r = &j->last->groups[g];
-    *have = r->choice.index < r->ncand;
-    return *have ? r->J[r->choice.index] : 0;
-}
-
-static double gv_noise_scale(const struct grist_job *j, uint32_t g, int *have)
-{
-    *have = j->last != NULL;
-    return *have ? j->last->groups[g].choice.noise_scale : 0;
-}
-
-static double gv_trace(const struct grist_job *j, uint32_t g, int *have)
-{
-    *have = j->last && j->last->groups[g].have_families;
-    return *have ? j->last->groups[g].fam.trace : 0;
-}
-
-static double gv_erank(const struct grist_job *j, uint32_t g, int *have)
-{
-    *have = j->last && j->last->groups[g].have_families;
-    return *have ? j->last->groups[g].fam.effective_rank : 0;
-}
-
-static void metrics(struct conn *c, const struct grist_principal *who, int keep)
-{
-    struct grist_daemon *d = c->h->d;
-    struct sbuf b = {0};
-    metric_u64(&b, "gristd_streams", "gauge", "Live Attach streams (workers connected).",
-               d->nstreams);
-    metric_u64(&b, "gristd_jobs", "gauge", "Jobs known to the daemon.", d->njobs);
-    metric_head(&b, "gristd_compute_queue_depth", "gauge",
-                "Aggregated steps waiting for a compute thread.");
-    for (uint32_t i = 0; i < d->nengines; i++)
-        sb_printf(&b, "gristd_compute_queue_depth{thread=\"%u\"} %u\n", i,
-                  d->engines[i] ? grist__engine_depth(d->engines[i]) : 0);
-    for (size_t i = 0; i < sizeof(counter_table) / sizeof(counter_table[0]); i++) {
-        uint64_t v;
-        memcpy(&v, (const char *)&d->cnt + counter_table[i].off, sizeof(v));
-        metric_u64(&b, counter_table[i].name, "counter", counter_table[i].help, v);
-    }
-    metric_hist(&b, "gristd_solve_duration_seconds",
-                "Selection time per evaluation on a compute thread.", &d->solve_seconds);
-    metric_hist(&b, "gristd_push_latency_seconds",
-                "From a step queued for a compute thread to its push handed to the streams.",
-                &d->push_latency_seconds);
-
-    static const struct {
-        const char *name, *help;
-        group_value_fn *fn;
-    } gm[] = {
-        {"gristd_group_momentum", "Momentum (SGD) or beta1 (Adam) in force for the group.",
-         gv_momentum},
-        {"gristd_group_lr_scale", "Factor on the group's learning rate in force.", gv_lr_scale},
-        {"gristd_group_alignment", "Alignment J of the chosen candidate (sketch units).",
-         gv_alignment},
-        {"gristd_group_noise_scale", "Gradient noise scale B_noise (examples).", gv_noise_scale},
-        {"gristd_group_sigma_trace", "Trace of the sketch covariance.", gv_trace},
-        {"gristd_group_effective_rank", "Effective rank tr(S)^2/|S|_F^2 of the sketch covariance.",
-         gv_erank},
-    };
-    const uint32_t limit = (uint32_t)d->cfg->metrics_max_jobs;
-    uint32_t omitted = 0;
-    for (size_t m = 0; m < sizeof(gm) / sizeof(gm[0]); m++) {
-        metric_head(&b, gm[m].name, "gauge", gm[m].help);
-        uint32_t shown = 0;
-        for (const struct grist_job *j = d->jobs; j; j = j->next) {
-            if (!grist__auth_allows(who, GRIST_NEED_READ, j->id))
-                continue; /* per-job series only of the jobs the token covers */
-            if (shown++ >= limit) {
-                if (m == 0)
-                    omitted++;
-                continue;
-            }
-            for (uint32_t g = 0; g < j->ngroups; g++) {
-                int have = 0;
-                const double v = gm[m].fn(j, g, &have);
-                if (!have)
-                    continue;
-                sb_printf(&b, "%s{job=\"", gm[m].name);
-                sb_plabel(&b, j->id);
-                sb_put(&b, "\",group=\"", 9);
-                sb_plabel(&b, j->groups[g].name);
-                sb_put(&b, "\"} ", 3);
-                sb_pnum(&b, v);
-                sb_put(&b, "\n", 1);
-            }
-        }
-    }
-    metric_u64(&b, "gristd_insecure", "gauge",
-               "1 when --insecure lets a non-loopback listener serve plaintext.",
-               (uint64_t)d->cfg->insecure);
-    metric_u64(&b, "gristd_tls", "gauge", "1 when TCP listeners serve TLS (--tls-cert).",
-               d->tls != NULL);
-    metric_u64(&b, "gristd_tokens", "gauge", "Tokens in force (0: no --tokens, calls are open).",
-               grist__auth_count(d->auth));
-    metric_u64(&b, "gristd_metrics_jobs_omitted", "gauge",
-               "Jobs left out of the per-group series (beyond --metrics-max-jobs).", omitted);
-    respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", &b, keep);
-}
-
-/* ---- JSON API ---- */
-
-/*
- * The JSON views are the gRPC messages themselves, written by pbjson.c from
- * their descriptors (so both APIs show the same fields), plus one alias kept
- * for dashboards written against earlier versions: a job's "id" (= job_id).
- */
-static json_t *brief_json(const Grist__V1__JobBrief *jb)
-{
-    json_t *o = grist__pb_to_json(&jb->base);
-    if (o && json_object_set_new(o, "id", json_string(jb->job_id ? jb->job_id : "")) < 0) {
-        json_decref(o);
-        o = NULL;
-    }
-    return o;
-}
-
-static void respond_json(struct conn *c, json_t *v, int keep)
-{
-    size_t len = 0;
-    char *s = grist__json_take_dump(v, &len);
-    if (!s) {
-        respond_error(c, 500, "out of memory", keep);
-        return;
-    }
-    struct sbuf b = {.p = s, .len = len, .cap = len};
-    respond(c, 200, "application/json", &b, keep);
-}
-
-/* {"jobs": [JobBrief...]} plus, where given, "shards" */
-static json_t *jobs_json(void)
-{
-    json_t *o = json_object(), *a = json_array();
-    if (!o || !a || json_object_set_new(o, "jobs", a) < 0) {
-        json_decref(o);
-        return NULL;
-    }
-    return o;
-}
-
-static int jobs_add(json_t *o, json_t *brief)
-{
-    return o && brief ? json_array_append_new(json_object_get(o, "jobs"), brief) : -1;
-}
-
-static void api_jobs(struct conn *c, const struct grist_principal *who, int keep)
-{
-    json_t *o = jobs_json();
-    for (const struct grist_job *j = c->h->d->jobs; o && j; j = j->next) {
-        if (!grist__auth_allows(who, GRIST_NEED_READ, j->id))
-            continue;
-        Grist__V1__JobBrief jb;
-        grist__job_brief(j, &jb);
-        if (jobs_add(o, brief_json(&jb)) < 0) {
-            json_decref(o);
-            o = NULL;
-        }
-    }
-    respond_json(c, o, keep);
-}
-
-/* GET /api/v1/cluster/jobs: this replica's jobs and every other's (fanout.c),
- * each brief with its "shard" */
-static json_t *shard_brief(const Grist__V1__JobBrief *jb, uint32_t shard)
-{
-    json_t *o = brief_json(jb);
-    if (o && json_object_set_new(o, "shard", json_integer(shard)) < 0) {
-        json_decref(o);
-        o = NULL;
-    }
-    return o;
-}
-
-static void on_cluster(void *ud, struct grist_fanout_result *res, uint32_t n)
-{
-    struct fan_ticket *t = ud;
-    struct conn *c = t->c;
-    if (c) {
-        c->ticket = NULL;
-        c->busy = 0;
-        struct grist_daemon *d = c->h->d;
-        json_t *o = jobs_json(), *shards = json_array();
-        int bad = !o || !shards || json_object_set_new(o, "shards", shards) < 0;
-        for (const struct grist_job *j = d->jobs; !bad && j; j = j->next) {
-            if (!grist__auth_allows(&t->who, GRIST_NEED_READ, j->id))
-                continue;
-            Grist__V1__JobBrief jb;
-            grist__job_brief(j, &jb);
-            bad = jobs_add(o, shard_brief(&jb, d->shard_i)) < 0;
-        }
-        for (uint32_t k = 0; !bad && k < n; k++) {
-            if (k == d->shard_i || res[k].status != 0 || !res[k].body)
-                continue;
-            Grist__V1__ListJobsResponse *m =
-                grist__v1__list_jobs_response__unpack(NULL, res[k].len, res[k].body);
-            for (size_t i = 0; !bad && m && i < m->n_jobs; i++)
-                bad = jobs_add(o, shard_brief(m->jobs[i], k)) < 0;
-            if (m)
-                grist__v1__list_jobs_response__free_unpacked(m, NULL);
-            else
-                res[k].status = GRPC_STATUS_INTERNAL,
-                snprintf(res[k].error, sizeof(res[k].error), "answer does not decode");
-        }
-        for (uint32_t k = 0; !bad && k < n; k++) {
-            json_t *sh = json_pack("{s:i,s:s,s:i}", "shard", (json_int_t)k, "address",
-                                   d->shard_peer[k] ? d->shard_peer[k] : "", "status",
-                                   (json_int_t)res[k].status);
-            if (sh && res[k].status != 0)
-                json_object_set_new(sh, "error", json_string(res[k].error));
-            bad = !sh || json_array_append_new(shards, sh) < 0;
-        }
-        if (bad) {
-            json_decref(o);
-            o = NULL;
-        }
-        respond_json(c, o, t->keep);
-    }
-    for (uint32_t k = 0; k < n; k++)
-        free(res[k].body);
-    free(res);
-    free(t);
-}
-
-static void api_job(struct conn *c, const struct grist_job *j, int keep)
-{
-    size_t len = 0;
-    uint8_t *buf = grist__job_response_encode(j, &len);
-    Grist__V1__GetJobResponse *m = buf ? grist__v1__get_job_response__unpack(NULL, len, buf) : NULL;
-    free(buf);
-    json_t *o = m ? grist__pb_to_json(&m->base) : NULL;
-    if (o && m->job &&
-        json_object_set_new(json_object_get(o, "job"), "id",
-                            json_string(m->job->job_id ? m->job->job_id : "")) < 0) {
-        json_decref(o);
-        o = NULL;
-    }
-    if (m)
-        grist__v1__get_job_response__free_unpacked(m, NULL);
-    respond_json(c, o, keep);
-}
-
-/* value of query parameter `key` (percent-decoded into out); 1 if present */
-static int query_param(const char *q, const char *key, char *out, size_t outsz)
-{
-    const size_t kl = strlen(key);
-    while (q && *q) {
-        const char *amp = strchr(q, '&');
-        const size_t len = amp ? (size_t)(amp - q) : strlen(q);
-        if (len > kl && strncmp(q, key, kl) == 0 && q[kl] == '=') {
-            size_t o = 0;
-            for (size_t i = kl + 1; i < len && o + 1 < outsz; i++) {
-                unsigned v;
-                if (q[i] == '%' && i + 2 < len && isxdigit((unsigned char)q[i + 1]) &&
-                    isxdigit((unsigned char)q[i + 2]) && sscanf(q + i + 1, "%2x", &v) == 1) {
-                    out[o++] = (char)v;
-                    i += 2;
-                    continue;
-                }
-                out[o++] = q[i] == '+' ? ' ' : q[i];
-            }
-            out[o] = 0;
-            return 1;
-        }
-        q = amp ? amp + 1 : NULL;
-    }
-    return 0;
-}
-
-/* an unsigned integer parameter; 0 absent, 1 ok, -1 malformed */
-static int query_u64(const char *q, const char *key, uint64_t *v)
-{
-    char s[32];
-    if (!query_param(q, key, s, sizeof(s)))
-        return 0;
-    char *end;
-    errno = 0;
-    unsigned long long x = strtoull(s, &end, 10);
-    if (!s[0] || *end || errno || s[0] == '-')
-        return -1;
-    *v = x;
-    return 1;
-}
-
-static void api_history(struct conn *c, const struct grist_job *j, const char *q, int keep)
-{
-    char series[32] = "momentum", gname[GRIST_GROUP_NAME_MAX + 1] = "";
-    uint64_t group = 0, from = 0, to = 0, points = 500;
-    if (query_param(q, "series", series, sizeof(series)) && grist__series_index(series) < 0) {
-        respond_error(c, 400, "series: not momentum, lr_scale, noise, noise_scale or confidence",
-                      keep);
-        return;
-    }
-    if (query_param(q, "group", gname, sizeof(gname))) {
-        /* a group index or a group name */
-        char *end;
-        unsigned long gi = strtoul(gname, &end, 10);
-        if (gname[0] && !*end) {
-            group = gi;
-        } else {
-            group = UINT64_MAX;
-            for (uint32_t g = 0; g < j->ngroups; g++)
-                if (strcmp(j->groups[g].name, gname) == 0)
-                    group = g;
-        }
-        if (group >= j->ngroups) {
-            respond_error(c, 404, "group: no such group in this job", keep);
-            return;
-        }
-    }
-    if (query_u64(q, "from", &from) < 0 || query_u64(q, "to", &to) < 0 ||
-        query_u64(q, "points", &points) < 0) {
-        respond_error(c, 400, "from, to and points must be unsigned integers", keep);
-        return;
-    }
-    if (points < 2 || points > 100000) {
-        respond_error(c, 400, "points: between 2 and 100000", keep);
-        return;
-    }
-    if (to && from > to) {
-        respond_error(c, 400, "from is after to", keep);
-        return;
-    }
-    uint64_t *steps = NULL;
-    double *vals = NULL;
-    size_t n = 0;
-    if (grist__history(j, (uint32_t)group, series, from, to, (size_t)points, &steps, &vals, &n) <
-        0) {
-        respond_error(c, 500, "history: out of memory", keep);
-        return;
-    }
-    /* the GetHistoryResponse (steps, values) and what was asked */
-    Grist__V1__GetHistoryResponse resp = GRIST__V1__GET_HISTORY_RESPONSE__INIT;
-    resp.n_steps = resp.n_values = n;
-    resp.steps = steps;
-    resp.values = vals;
-    json_t *o = grist__pb_to_json(&resp.base);
-    if (o &&
-        json_object_update_new(o,
-                               json_pack("{s:s,s:s,s:s}", "job", j->id, "group",
-                                         j->groups[group].name, "series", series)) < 0) {
-        json_decref(o);
-        o = NULL;
-    }
-    free(steps);
-    free(vals);
-    respond_json(c, o, keep);
+    grist__http_respond(c, code, "application/json", &b, keep);
 }
 
 /* percent-decode a path segment in place; -1 on a bad escape */
@@ -820,15 +223,15 @@ static void route(struct conn *c)
 {
     const int keep = http_should_keep_alive(&c->parser);
     if (c->url_too_long) {
-        respond_error(c, 414, "request URL too long", 0);
+        grist__http_error(c, 414, "request URL too long", 0);
         return;
     }
     if (c->headers_too_long) {
-        respond_error(c, 431, "request headers too large (8 KiB at most)", 0);
+        grist__http_error(c, 431, "request headers too large (8 KiB at most)", 0);
         return;
     }
     if (c->parser.method != HTTP_GET && c->parser.method != HTTP_HEAD) {
-        respond_error(c, 405, "only GET is served", keep);
+        grist__http_error(c, 405, "only GET is served", keep);
         return;
     }
     char path[URL_MAX + 1];
@@ -841,28 +244,28 @@ static void route(struct conn *c)
         /* the page is code, no data: open; what it fetches needs a token */
         struct sbuf b = {0};
         sb_put(&b, (const char *)grist_www_index, grist_www_index_len);
-        respond(c, 200, "text/html; charset=utf-8", &b, keep);
+        grist__http_respond(c, 200, "text/html; charset=utf-8", &b, keep);
         return;
     }
     struct grist_principal who;
     if (c->auth_too_long ||
         grist__auth_resolve(c->h->d->auth, c->auth_len ? c->auth : NULL, c->auth_len, &who) < 0) {
         c->h->d->cnt.auth_unauthenticated++;
-        respond_error(c, 401, "a valid 'Authorization: Bearer TOKEN' header is required", keep);
+        grist__http_error(c, 401, "a valid 'Authorization: Bearer TOKEN' header is required", keep);
         return;
     }
     if (strcmp(path, "/metrics") == 0) {
-        metrics(c, &who, keep);
+        grist__http_metrics(c, &who, keep);
         return;
     }
     if (strcmp(path, "/api/v1/jobs") == 0 || strcmp(path, "/api/v1/jobs/") == 0) {
-        api_jobs(c, &who, keep);
+        grist__api_jobs(c, &who, keep);
         return;
     }
     if (strcmp(path, "/api/v1/cluster/jobs") == 0) {
         struct fan_ticket *t = calloc(1, sizeof(*t));
         if (!t) {
-            respond_error(c, 500, "out of memory", 0);
+            grist__http_error(c, 500, "out of memory", 0);
             return;
         }
         t->c = c;
@@ -870,15 +273,15 @@ static void route(struct conn *c)
         t->keep = keep;
         c->ticket = t;
         c->busy = 1; /* answered when every replica did (at most 2 s) */
-        const int r = grist__fanout_jobs(c->h->d, c->auth, c->auth_len, on_cluster, t);
+        const int r = grist__fanout_jobs(c->h->d, c->auth, c->auth_len, grist__api_on_cluster, t);
         if (r < 0) {
             c->ticket = NULL;
             c->busy = 0;
             free(t);
-            respond_error(c, r == -ENOENT ? 404 : 500,
-                          r == -ENOENT ? "not a sharded gristd (--shard I/N --shard-peers)"
-                                       : "out of memory",
-                          keep);
+            grist__http_error(c, r == -ENOENT ? 404 : 500,
+                              r == -ENOENT ? "not a sharded gristd (--shard I/N --shard-peers)"
+                                           : "out of memory",
+                              keep);
         }
         return;
     }
@@ -889,29 +292,29 @@ static void route(struct conn *c)
         if (rest)
             *rest++ = 0;
         if (pct_decode(id) < 0) {
-            respond_error(c, 400, "job id: bad percent-encoding", keep);
+            grist__http_error(c, 400, "job id: bad percent-encoding", keep);
             return;
         }
         if (!grist__auth_allows(&who, GRIST_NEED_READ, id)) {
             c->h->d->cnt.auth_denied++;
-            respond_error(c, 403, "this token does not cover the job", keep);
+            grist__http_error(c, 403, "this token does not cover the job", keep);
             return;
         }
         struct grist_job *j = grist__job_find(c->h->d, id);
         if (!j) {
-            respond_error(c, 404, "no such job", keep);
+            grist__http_error(c, 404, "no such job", keep);
             return;
         }
         if (!rest || !*rest) {
-            api_job(c, j, keep);
+            grist__api_job(c, j, keep);
             return;
         }
         if (strcmp(rest, "history") == 0) {
-            api_history(c, j, q, keep);
+            grist__api_history(c, j, q, keep);
             return;
         }
     }
-    respond_error(c, 404, "no such resource (see /api/v1/jobs, /metrics, /)", keep);
+    grist__http_error(c, 404, "no such resource (see /api/v1/jobs, /metrics, /)", keep);
 }
 
 /* ---- parsing ---- */
@@ -1028,7 +431,7 @@ static void parse_pending(struct conn *c)
             arm_timer(c);
         } else if (err != HPE_OK) {
             if (!c->busy)
-                respond_error(c, 400, http_errno_description(err), 0);
+                grist__http_error(c, 400, http_errno_description(err), 0);
             else
                 conn_close(c);
             c->in_len = 0;
