@@ -253,6 +253,32 @@ static int is_unix(const char *addr)
     return strncmp(addr, "unix:", 5) == 0;
 }
 
+/* Destroy the server and its queue with no pump thread running: a started
+ * server is shut down first (no call was accepted yet: nothing was
+ * requested), and the queue is drained here. */
+static void drop_server(struct grist_net *net, int started)
+{
+    if (started) {
+        struct grist_tag done = {0};
+        grpc_server_shutdown_and_notify(net->server, net->cq, &done);
+        grpc_server_cancel_all_calls(net->server);
+        for (;;) {
+            grpc_event ev =
+                grpc_completion_queue_next(net->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+            if (ev.type == GRPC_QUEUE_SHUTDOWN || ev.tag == &done)
+                break;
+        }
+    }
+    grpc_server_destroy(net->server);
+    grpc_completion_queue_shutdown(net->cq);
+    while (grpc_completion_queue_next(net->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+           GRPC_QUEUE_SHUTDOWN)
+        ;
+    grpc_completion_queue_destroy(net->cq);
+    net->server = NULL;
+    net->cq = NULL;
+}
+
 int grist__net_start(struct grist_net *net, uv_loop_t *loop, const struct grist_config *cfg,
                      struct grist_tls *tls)
 {
@@ -314,33 +340,43 @@ int grist__net_start(struct grist_net *net, uv_loop_t *loop, const struct grist_
             grpc_server_credentials_release(creds);
         if (port <= 0) {
             GRIST_ERR("cannot listen on %s (address in use or invalid)", cfg->listen[i]);
-            grpc_server_destroy(net->server);
-            grpc_completion_queue_shutdown(net->cq);
-            while (grpc_completion_queue_next(net->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL)
-                       .type != GRPC_QUEUE_SHUTDOWN)
-                ;
-            grpc_completion_queue_destroy(net->cq);
-            net->server = NULL;
-            net->cq = NULL;
+            drop_server(net, 0);
             return -EADDRINUSE;
         }
         bound_name(cfg->listen[i], port, net->bound[i], sizeof(net->bound[i]));
         net->nbound++;
     }
-    grpc_server_start(net->server);
-
+    /* what can fail is done before the server starts, and a failure after
+     * it undoes the start: gristd then exits 1 with nothing left running */
+    struct acceptor *acc[ACCEPTORS] = {0};
+    for (int i = 0; i < ACCEPTORS; i++)
+        if (!(acc[i] = calloc(1, sizeof(*acc[i])))) {
+            for (int k = 0; k < i; k++)
+                free(acc[k]);
+            drop_server(net, 0);
+            return -ENOMEM;
+        }
     uv_mutex_init(&net->mu);
     uv_async_init(loop, &net->async, on_async);
     net->async.data = net;
-    if (uv_thread_create(&net->pump, pump_main, net) != 0)
+    grpc_server_start(net->server);
+    /* GRISTD_FAULT=net-pump: the pump thread does not start (the undo below
+     * is tested by test_daemon, not only written) */
+    const char *fault = getenv("GRISTD_FAULT");
+    if ((fault && strcmp(fault, "net-pump") == 0) ||
+        uv_thread_create(&net->pump, pump_main, net) != 0) {
+        GRIST_ERR("net: cannot start the gRPC pump thread");
+        for (int i = 0; i < ACCEPTORS; i++)
+            free(acc[i]);
+        drop_server(net, 1);
+        uv_close((uv_handle_t *)&net->async, NULL); /* closed by the caller's uv_run */
+        uv_mutex_destroy(&net->mu);
         return -ENOMEM;
+    }
     net->pump_started = 1;
     for (int i = 0; i < ACCEPTORS; i++) {
-        struct acceptor *a = calloc(1, sizeof(*a));
-        if (!a)
-            return -ENOMEM;
-        a->net = net;
-        arm(a);
+        acc[i]->net = net;
+        arm(acc[i]);
     }
     for (int i = 0; i < net->nbound; i++)
         GRIST_INFO("listening on %s (%s)", net->bound[i],

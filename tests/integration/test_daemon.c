@@ -129,9 +129,10 @@ START_TEST(test_help_and_bad_flags)
 }
 END_TEST
 
-/* The compute thread cannot start (forced with GRISTD_FAULT): gristd exits 1
- * with a clear line, and under memcheck without an invalid access (the
- * failure path once freed the engine while its families thread ran). */
+/* The compute thread, then the gRPC pump thread, cannot start (forced with
+ * GRISTD_FAULT): gristd exits 1 with a clear line, and under memcheck
+ * without an invalid access (the engine's failure path once freed the
+ * engine while its families thread ran). */
 START_TEST(test_engine_start_failure)
 {
     static char out[16384];
@@ -144,6 +145,18 @@ START_TEST(test_engine_start_failure)
     const char *plain[] = {bin, "--listen", "127.0.0.1:0", NULL};
     ck_assert_int_eq(run_capture(plain, out, sizeof(out)), 1);
     ck_assert_msg(strstr(out, "cannot start the compute thread"), "no clear error: %s", out);
+    if (memcheck) {
+        const char *vg[] = {"/usr/bin/valgrind", "--error-exitcode=99", "--quiet", suppopt, bin,
+                            "--listen",          "127.0.0.1:0",         NULL};
+        ck_assert_int_eq(run_capture(vg, out, sizeof(out)), 1);
+        ck_assert_msg(!strstr(out, "Invalid"), "memcheck: %s", out);
+    }
+    /* the gRPC pump thread cannot start after the server started: the
+     * start is undone (server shut down, queue drained) and gristd exits 1
+     * instead of hanging with a server nobody polls */
+    setenv("GRISTD_FAULT", "net-pump", 1);
+    ck_assert_int_eq(run_capture(plain, out, sizeof(out)), 1);
+    ck_assert_msg(strstr(out, "cannot start the gRPC pump thread"), "no clear error: %s", out);
     if (memcheck) {
         const char *vg[] = {"/usr/bin/valgrind", "--error-exitcode=99", "--quiet", suppopt, bin,
                             "--listen",          "127.0.0.1:0",         NULL};
