@@ -320,13 +320,14 @@ int main(int argc, char **argv)
     static uv_loop_t loop;
     uv_loop_init(&loop);
     d->loop = &loop;
+    int rc = 1, grpc_on = 0;
     d->nengines = (uint32_t)g_cfg.compute_threads;
     for (uint32_t i = 0; i < d->nengines; i++) {
         struct grist_backend *be;
         r = grist_backend_open(g_cfg.backend, &be);
         if (r < 0) {
             GRIST_ERR("backend '%s': %s", g_cfg.backend, grist_strerror(r));
-            return 1;
+            goto stop_started;
         }
         grist_backend_set_threads(be, (int)g_cfg.blas_threads);
         if (i == 0)
@@ -335,22 +336,18 @@ int main(int argc, char **argv)
         if (grist__engine_start(&d->engines[i], &loop, be, (uint32_t)g_cfg.compute_queue,
                                 g_cfg.compute_lag, grist__job_on_result, d) < 0) {
             grist_backend_close(be);
-            return 1;
+            goto stop_started;
         }
         grist__engine_set_families_interval(d->engines[i], g_cfg.families_interval);
         d->engines_running++;
     }
     if (grist__snapshot_start(d) < 0)
-        return 1;
+        goto stop_started;
     grpc_init();
+    grpc_on = 1;
     r = grist__net_start(&d->net, &loop, &g_cfg, d->tls);
-    if (r < 0) {
-        for (uint32_t i = 0; i < d->nengines; i++)
-            grist__engine_stop(d->engines[i], NULL);
-        uv_run(&loop, UV_RUN_DEFAULT);
-        grpc_shutdown();
-        return 1;
-    }
+    if (r < 0)
+        goto stop_started;
     uv_signal_init(&loop, &g_sigterm);
     uv_signal_init(&loop, &g_sigint);
     g_sigterm.data = g_sigint.data = d;
@@ -365,13 +362,9 @@ int main(int argc, char **argv)
     if (g_cfg.http[0] && grist__http_start(d, g_cfg.http, &d->http) < 0) {
         fprintf(stderr, "gristd: --http %s: cannot serve (HOST:PORT, e.g. 127.0.0.1:9788)\n",
                 g_cfg.http);
-        on_signal(&g_sigterm, SIGTERM);
+        on_signal(&g_sigterm, SIGTERM); /* the ordered shutdown, as for SIGTERM */
         uv_run(&loop, UV_RUN_DEFAULT);
-        grist__jobs_free_all(d);
-        grist__net_destroy(&d->net);
-        uv_loop_close(&loop);
-        grpc_shutdown();
-        return 1;
+        goto teardown;
     }
     if (grist__probe_start(d, g_cfg.listener_probe, on_listener_failed, &d->probe) < 0)
         GRIST_WARN("listener probe: out of memory; listeners are not probed");
@@ -386,13 +379,25 @@ int main(int argc, char **argv)
     }
 
     uv_run(&loop, UV_RUN_DEFAULT);
+    rc = d->exit_code;
 
+    /* One teardown, in the reverse order of the start. */
+teardown: /* the loop ran the ordered shutdown (net, final snapshot, engines) */
     grist__fanout_free(d);
     grist__jobs_free_all(d);
     grist__net_destroy(&d->net);
+    goto close_loop;
+stop_started: /* start-up failed before serving: stop what had started */
+    grist__snapshot_stop(d); /* its timer would keep the loop running */
+    for (uint32_t i = 0; i < d->engines_running; i++)
+        grist__engine_stop(d->engines[i], NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    grist__jobs_free_all(d);
+close_loop:
     uv_loop_close(&loop);
-    grpc_shutdown();
+    if (grpc_on)
+        grpc_shutdown();
     grist__tls_free(d->tls);
     grist__auth_free(d->auth);
-    return d->exit_code;
+    return rc;
 }

@@ -207,6 +207,14 @@ START_TEST(test_port_in_use)
     const char *args2[] = {"--listen", a.addr[0], "--log-level", "error", NULL};
     ck_assert_int_ne(gristd_start(&b, args2), 0); /* no ready line */
     ck_assert_int_eq(gristd_stop(&b, 0), 1); /* exits 1 by itself */
+    /* the same with --state-dir: the snapshot timer had started and kept the
+     * loop of the failed start running (gristd hung until killed) */
+    char dir[] = "/tmp/grist-state-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    const char *args3[] = {"--listen", a.addr[0], "--state-dir", dir, "--log-level", "error", NULL};
+    ck_assert_int_ne(gristd_start(&b, args3), 0);
+    ck_assert_int_eq(gristd_stop(&b, 0), 1);
+    rmdir(dir);
     ck_assert_int_eq(gristd_stop(&a, SIGTERM), 0);
 }
 END_TEST
