@@ -23,26 +23,20 @@
  * their descriptors (so both APIs show the same fields), plus one alias kept
  * for dashboards written against earlier versions: a job's "id" (= job_id).
  */
+/* The "id" alias on the JSON object of a JobBrief; -1 on ENOMEM. */
+static int add_id(json_t *o, const Grist__V1__JobBrief *jb)
+{
+    return json_object_set_new(o, "id", json_string(jb->job_id ? jb->job_id : ""));
+}
+
 static json_t *brief_json(const Grist__V1__JobBrief *jb)
 {
     json_t *o = grist__pb_to_json(&jb->base);
-    if (o && json_object_set_new(o, "id", json_string(jb->job_id ? jb->job_id : "")) < 0) {
+    if (o && add_id(o, jb) < 0) {
         json_decref(o);
         o = NULL;
     }
     return o;
-}
-
-static void respond_json(struct conn *c, json_t *v, int keep)
-{
-    size_t len = 0;
-    char *s = grist__json_take_dump(v, &len);
-    if (!s) {
-        grist__http_error(c, 500, "out of memory", keep);
-        return;
-    }
-    struct sbuf b = {.p = s, .len = len, .cap = len};
-    grist__http_respond(c, 200, "application/json", &b, keep);
 }
 
 /* {"jobs": [JobBrief...]} plus, where given, "shards" */
@@ -74,7 +68,7 @@ void grist__api_jobs(struct conn *c, const struct grist_principal *who, int keep
             o = NULL;
         }
     }
-    respond_json(c, o, keep);
+    grist__http_json(c, 200, o, keep);
 }
 
 /* GET /api/v1/cluster/jobs: this replica's jobs and every other's (fanout.c),
@@ -131,7 +125,7 @@ void grist__api_on_cluster(void *ud, struct grist_fanout_result *res, uint32_t n
             json_decref(o);
             o = NULL;
         }
-        respond_json(c, o, t->keep);
+        grist__http_json(c, 200, o, t->keep);
     }
     for (uint32_t k = 0; k < n; k++)
         free(res[k].body);
@@ -141,20 +135,14 @@ void grist__api_on_cluster(void *ud, struct grist_fanout_result *res, uint32_t n
 
 void grist__api_job(struct conn *c, const struct grist_job *j, int keep)
 {
-    size_t len = 0;
-    uint8_t *buf = grist__job_response_encode(j, &len);
-    Grist__V1__GetJobResponse *m = buf ? grist__v1__get_job_response__unpack(NULL, len, buf) : NULL;
-    free(buf);
-    json_t *o = m ? grist__pb_to_json(&m->base) : NULL;
-    if (o && m->job &&
-        json_object_set_new(json_object_get(o, "job"), "id",
-                            json_string(m->job->job_id ? m->job->job_id : "")) < 0) {
+    struct grist_job_response jr;
+    json_t *o = grist__job_response_fill(j, &jr) == 0 ? grist__pb_to_json(&jr.resp.base) : NULL;
+    if (o && add_id(json_object_get(o, "job"), &jr.brief) < 0) {
         json_decref(o);
         o = NULL;
     }
-    if (m)
-        grist__v1__get_job_response__free_unpacked(m, NULL);
-    respond_json(c, o, keep);
+    grist__job_response_release(&jr);
+    grist__http_json(c, 200, o, keep);
 }
 
 /* value of query parameter `key` (percent-decoded into out); 1 if present */
@@ -261,5 +249,5 @@ void grist__api_history(struct conn *c, const struct grist_job *j, const char *q
     }
     free(steps);
     free(vals);
-    respond_json(c, o, keep);
+    grist__http_json(c, 200, o, keep);
 }

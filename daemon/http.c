@@ -140,7 +140,7 @@ void grist__http_respond(struct conn *c, int code, const char *ctype, struct sbu
         *body = (struct sbuf){0};
         code = 500;
         ctype = "application/json";
-        sb_printf(body, "{\"error\":\"out of memory\"}\n");
+        sb_printf(body, "{\"error\":\"out of memory\",\"status\":500}\n");
     }
     struct sbuf out = {0};
     sb_printf(&out,
@@ -187,6 +187,15 @@ void grist__http_respond(struct conn *c, int code, const char *ctype, struct sbu
     }
 }
 
+void grist__http_json(struct conn *c, int code, json_t *v, int keep)
+{
+    size_t len = 0;
+    char *s = grist__json_take_dump(v, &len);
+    /* NULL (no document, or no memory to write it): respond answers 500 */
+    struct sbuf b = {.p = s, .len = s ? len : 0, .cap = s ? len : 0, .oom = !s};
+    grist__http_respond(c, code, "application/json", &b, keep);
+}
+
 void grist__http_error(struct conn *c, int code, const char *msg, int keep)
 {
     /* a message that is not UTF-8 (it may quote the request) is not JSON
@@ -194,10 +203,7 @@ void grist__http_error(struct conn *c, int code, const char *msg, int keep)
     json_t *o = json_pack("{s:s,s:i}", "error", msg, "status", code);
     if (!o)
         o = json_pack("{s:s,s:i}", "error", "request refused", "status", code);
-    size_t len = 0;
-    char *s = grist__json_take_dump(o, &len);
-    struct sbuf b = {.p = s, .len = s ? len : 0, .cap = s ? len : 0, .oom = !s};
-    grist__http_respond(c, code, "application/json", &b, keep);
+    grist__http_json(c, code, o, keep);
 }
 
 /* percent-decode a path segment in place; -1 on a bad escape */

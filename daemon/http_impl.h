@@ -8,6 +8,7 @@
 #define GRIST_HTTP_IMPL_H
 
 #include <http_parser.h>
+#include <jansson.h>
 #include <openssl/ssl.h>
 #include <uv.h>
 
@@ -67,6 +68,8 @@ struct grist_http {
 
 /* Answer the request in flight on c with body (taken); keep: keep-alive. */
 void grist__http_respond(struct conn *c, int code, const char *ctype, struct sbuf *body, int keep);
+/* The JSON document v (taken; NULL: a 500 "out of memory" answer). */
+void grist__http_json(struct conn *c, int code, json_t *v, int keep);
 /* {"error": msg, "status": code} */
 void grist__http_error(struct conn *c, int code, const char *msg, int keep);
 

@@ -5,6 +5,7 @@
 #include <stdint.h>
 
 #include "daemon.h"
+#include "grist/v1/grist.pb-c.h"
 
 struct grist_agg {
     struct grist_agg *next;
@@ -68,8 +69,18 @@ void grist__job_free(struct grist_job *j);
 /* query.c: the JobBrief of j (strings point into j). */
 struct Grist__V1__JobBrief;
 void grist__job_brief(const struct grist_job *j, struct Grist__V1__JobBrief *b);
-/* A job's GetJobResponse (what GetJob and WatchJob serve), packed into a
- * malloc'd buffer; NULL on ENOMEM (query.c). The HTTP view decodes it. */
+/* A job's GetJobResponse (what GetJob, WatchJob and the HTTP job view
+ * serve), query.c: filled in place (resp points into the job and into the
+ * arrays below, valid until the job changes; release frees the arrays), or
+ * packed into a malloc'd buffer (NULL on ENOMEM). */
+struct grist_job_response {
+    Grist__V1__GetJobResponse resp;
+    Grist__V1__JobBrief brief;
+    Grist__V1__GroupState *gs, **gp;
+    Grist__V1__FamilyDiagnostics *fd;
+};
+int grist__job_response_fill(const struct grist_job *j, struct grist_job_response *jr);
+void grist__job_response_release(struct grist_job_response *jr);
 uint8_t *grist__job_response_encode(const struct grist_job *j, size_t *out_len);
 /* Admit a job decoded from a snapshot (j filled by snapshot.c; eng: its
  * compute state for the engine). On failure j is freed and err says why. */

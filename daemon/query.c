@@ -86,17 +86,18 @@ static grpc_status_code list_jobs(struct grist_net *net, const struct grist_prin
     return *out ? GRPC_STATUS_OK : GRPC_STATUS_RESOURCE_EXHAUSTED;
 }
 
-uint8_t *grist__job_response_encode(const struct grist_job *j, size_t *out_len)
+int grist__job_response_fill(const struct grist_job *j, struct grist_job_response *jr)
 {
     const uint32_t G = j->ngroups;
-    Grist__V1__JobBrief b;
-    grist__job_brief(j, &b);
-    Grist__V1__GroupState *gs = calloc(G, sizeof(*gs));
-    Grist__V1__GroupState **gp = calloc(G, sizeof(*gp));
-    Grist__V1__FamilyDiagnostics *fd = calloc(G, sizeof(*fd));
-    uint8_t *out = NULL;
-    if (!gs || !gp || !fd)
-        goto done;
+    memset(jr, 0, sizeof(*jr));
+    grist__job_brief(j, &jr->brief);
+    Grist__V1__GroupState *gs = jr->gs = calloc(G, sizeof(*gs));
+    Grist__V1__GroupState **gp = jr->gp = calloc(G, sizeof(*gp));
+    Grist__V1__FamilyDiagnostics *fd = jr->fd = calloc(G, sizeof(*fd));
+    if (!gs || !gp || !fd) {
+        grist__job_response_release(jr);
+        return -ENOMEM;
+    }
     for (uint32_t g = 0; g < G; g++) {
         Grist__V1__GroupState *s = &gs[g];
         grist__v1__group_state__init(s);
@@ -135,16 +136,29 @@ uint8_t *grist__job_response_encode(const struct grist_job *j, size_t *out_len)
         }
         gp[g] = s;
     }
-    Grist__V1__GetJobResponse resp = GRIST__V1__GET_JOB_RESPONSE__INIT;
-    resp.job = &b;
-    resp.n_groups = G;
-    resp.groups = gp;
-    *out_len = grist__v1__get_job_response__get_packed_size(&resp);
-    out = malloc(*out_len ? *out_len : 1);
+    grist__v1__get_job_response__init(&jr->resp);
+    jr->resp.job = &jr->brief;
+    jr->resp.n_groups = G;
+    jr->resp.groups = gp;
+    return 0;
+}
+
+void grist__job_response_release(struct grist_job_response *jr)
+{
+    free(jr->gs), free(jr->gp), free(jr->fd);
+    jr->gs = NULL, jr->gp = NULL, jr->fd = NULL;
+}
+
+uint8_t *grist__job_response_encode(const struct grist_job *j, size_t *out_len)
+{
+    struct grist_job_response jr;
+    if (grist__job_response_fill(j, &jr) < 0)
+        return NULL;
+    *out_len = grist__v1__get_job_response__get_packed_size(&jr.resp);
+    uint8_t *out = malloc(*out_len ? *out_len : 1);
     if (out)
-        grist__v1__get_job_response__pack(&resp, out);
-done:
-    free(gs), free(gp), free(fd);
+        grist__v1__get_job_response__pack(&jr.resp, out);
+    grist__job_response_release(&jr);
     return out;
 }
 

@@ -169,6 +169,22 @@ static int unary(struct grist_client *c, const char *method, const ProtobufCMess
     return r;
 }
 
+/* A unary call whose answer is decoded as a message of descriptor d: 0 and
+ * *out (free it with protobuf_c_message_free_unpacked); the codes of unary();
+ * -EPROTO when the answer does not decode. */
+static int unary_msg(struct grist_client *c, const char *method, const ProtobufCMessage *req,
+                     double timeout_s, const ProtobufCMessageDescriptor *d, ProtobufCMessage **out)
+{
+    uint8_t *resp = NULL;
+    size_t rlen = 0;
+    int r = unary(c, method, req, timeout_s, &resp, &rlen);
+    if (r < 0)
+        return r;
+    *out = protobuf_c_message_unpack(d, NULL, rlen, resp);
+    free(resp);
+    return *out ? 0 : -EPROTO;
+}
+
 static void copy_brief(const Grist__V1__JobBrief *b, struct grist_job_info *o)
 {
     memset(o, 0, sizeof(*o));
@@ -250,16 +266,12 @@ int grist_query_health(struct grist_client *c, double timeout_s, int *serving)
     if (!c || !serving)
         return -EINVAL;
     Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
-    uint8_t *resp = NULL;
-    size_t rlen = 0;
-    int r = unary(c, "/grpc.health.v1.Health/Check", &req.base, timeout_s, &resp, &rlen);
+    Grpc__Health__V1__HealthCheckResponse *m;
+    int r =
+        unary_msg(c, "/grpc.health.v1.Health/Check", &req.base, timeout_s,
+                  &grpc__health__v1__health_check_response__descriptor, (ProtobufCMessage **)&m);
     if (r < 0)
         return r;
-    Grpc__Health__V1__HealthCheckResponse *m =
-        grpc__health__v1__health_check_response__unpack(NULL, rlen, resp);
-    free(resp);
-    if (!m)
-        return -EPROTO;
     *serving = m->status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
     grpc__health__v1__health_check_response__free_unpacked(m, NULL);
     return 0;
@@ -271,15 +283,11 @@ int grist_query_jobs(struct grist_client *c, double timeout_s, struct grist_job_
     if (!c || !jobs || !n)
         return -EINVAL;
     Grist__V1__ListJobsRequest req = GRIST__V1__LIST_JOBS_REQUEST__INIT;
-    uint8_t *resp = NULL;
-    size_t rlen = 0;
-    int r = unary(c, "/grist.v1.Grist/ListJobs", &req.base, timeout_s, &resp, &rlen);
+    Grist__V1__ListJobsResponse *m;
+    int r = unary_msg(c, "/grist.v1.Grist/ListJobs", &req.base, timeout_s,
+                      &grist__v1__list_jobs_response__descriptor, (ProtobufCMessage **)&m);
     if (r < 0)
         return r;
-    Grist__V1__ListJobsResponse *m = grist__v1__list_jobs_response__unpack(NULL, rlen, resp);
-    free(resp);
-    if (!m)
-        return -EPROTO;
     *jobs = calloc(m->n_jobs ? m->n_jobs : 1, sizeof(**jobs));
     if (!*jobs) {
         grist__v1__list_jobs_response__free_unpacked(m, NULL);
@@ -300,15 +308,11 @@ int grist_query_job(struct grist_client *c, const char *job, double timeout_s,
         return -EINVAL;
     Grist__V1__GetJobRequest req = GRIST__V1__GET_JOB_REQUEST__INIT;
     req.job_id = (char *)job;
-    uint8_t *resp = NULL;
-    size_t rlen = 0;
-    int r = unary(c, "/grist.v1.Grist/GetJob", &req.base, timeout_s, &resp, &rlen);
+    Grist__V1__GetJobResponse *m;
+    int r = unary_msg(c, "/grist.v1.Grist/GetJob", &req.base, timeout_s,
+                      &grist__v1__get_job_response__descriptor, (ProtobufCMessage **)&m);
     if (r < 0)
         return r;
-    Grist__V1__GetJobResponse *m = grist__v1__get_job_response__unpack(NULL, rlen, resp);
-    free(resp);
-    if (!m)
-        return -EPROTO;
     r = copy_job(m, info, groups, ngroups);
     grist__v1__get_job_response__free_unpacked(m, NULL);
     return r;
@@ -327,16 +331,13 @@ int grist_query_history(struct grist_client *c, const char *job, uint32_t group,
     req.from_step = from;
     req.to_step = to;
     req.points = points;
-    uint8_t *resp = NULL;
-    size_t rlen = 0;
-    int r = unary(c, "/grist.v1.Grist/GetHistory", &req.base, timeout_s, &resp, &rlen);
+    Grist__V1__GetHistoryResponse *m;
+    int r = unary_msg(c, "/grist.v1.Grist/GetHistory", &req.base, timeout_s,
+                      &grist__v1__get_history_response__descriptor, (ProtobufCMessage **)&m);
     if (r < 0)
         return r;
-    Grist__V1__GetHistoryResponse *m = grist__v1__get_history_response__unpack(NULL, rlen, resp);
-    free(resp);
-    if (!m || m->n_steps != m->n_values) {
-        if (m)
-            grist__v1__get_history_response__free_unpacked(m, NULL);
+    if (m->n_steps != m->n_values) {
+        grist__v1__get_history_response__free_unpacked(m, NULL);
         return -EPROTO;
     }
     *steps = malloc((m->n_steps ? m->n_steps : 1) * sizeof(uint64_t));

@@ -45,12 +45,7 @@ static void cpu_set_threads(struct grist_backend *be, int n)
  * at load time; the baseline clone is the same code in SSE2 pairs. */
 typedef double grist__v4d __attribute__((vector_size(32)));
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define GRIST__MOM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define GRIST__MOM_CLONES
-#endif
-GRIST__MOM_CLONES
+GRIST__CLONES_V3
 static void momentum_row(int m, double b, double *restrict v, const double *restrict s, double *d,
                          double *e)
 {

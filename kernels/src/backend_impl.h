@@ -17,6 +17,16 @@
 #include "grist/backend.h"
 #include "grist/families.h"
 
+/* An x86-64-v3 (AVX2 + FMA) clone next to the baseline one, picked at load
+ * time. FMA contraction makes the clones differ at rounding level, so it
+ * suits the statistics (checked against ref with tolerances), not the
+ * bit-exact sketch (sketch.c clones for "avx2" only, without FMA). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define GRIST__CLONES_V3 __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define GRIST__CLONES_V3
+#endif
+
 struct grist_backend;
 
 /* V_j <- beta_j V_j + s for j < K; dots_j = <s, V_j> and energy_j = |V_j|^2

@@ -444,11 +444,8 @@ static void features_step(struct grist_stats *st, double r0)
     memcpy(st->fprev, f, nf * sizeof(double));
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("arch=x86-64-v3", "default")))
-#endif
-double
-grist_sumsq(const float *x, uint32_t n)
+GRIST__CLONES_V3
+double grist_sumsq(const float *x, uint32_t n)
 {
     typedef double v4d __attribute__((vector_size(32)));
     typedef float v4f __attribute__((vector_size(16)));
@@ -472,11 +469,8 @@ grist_sumsq(const float *x, uint32_t n)
 /* The per-step loops (conversion, trajectory, features) are many short
  * passes over m or over the feature matrix; an AVX2 + FMA clone of the step
  * runs them four wide where the machine has it (picked at load time). */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("arch=x86-64-v3", "default")))
-#endif
-static int
-apply_step(struct grist_stats *st, const struct grist_step *in)
+GRIST__CLONES_V3
+static int apply_step(struct grist_stats *st, const struct grist_step *in)
 {
     struct grist_backend *be = st->be;
     const uint32_t m = st->cfg.m, K = st->cfg.ncand, L = st->cfg.lags;

@@ -35,26 +35,42 @@
 static const char *g_addr;
 static pid_t g_pid;
 
-/* CPU seconds (user + system) gristd has used so far */
 /* CPU seconds (user + system) and minor page faults of a process so far. */
 struct usage {
     double cpu_s, minflt;
 };
 
+/* One /proc/.../stat file: the command (field 2, which may hold spaces, so
+ * the fields after it are counted from the last ')') and the usage; -1 if
+ * unreadable. */
+static int read_stat(const char *path, char *comm, size_t commsz, struct usage *u)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    char line[1024];
+    const int got = fgets(line, sizeof(line), f) != NULL;
+    fclose(f);
+    char *l = got ? strchr(line, '(') : NULL, *r = got ? strrchr(line, ')') : NULL;
+    unsigned long flt, ut, st;
+    /* after the command: fields 3.. (state), minflt is 10, utime 14, stime 15 */
+    if (!l || !r || r < l ||
+        sscanf(r + 2, "%*c %*d %*d %*d %*d %*d %*u %lu %*u %*u %*u %lu %lu", &flt, &ut, &st) != 3)
+        return -1;
+    if (comm)
+        snprintf(comm, commsz, "%.*s", (int)(r - l - 1), l + 1);
+    *u = (struct usage){(double)(ut + st) / (double)sysconf(_SC_CLK_TCK), (double)flt};
+    return 0;
+}
+
 static struct usage proc_usage(pid_t pid)
 {
     char path[64];
     snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    unsigned long flt = 0, ut = 0, st = 0;
-    if (f) {
-        /* fields 10, 14 and 15; the command (field 2) has no spaces here */
-        if (fscanf(f, "%*d %*s %*c %*d %*d %*d %*d %*d %*u %lu %*u %*u %*u %lu %lu", &flt, &ut,
-                   &st) != 3)
-            flt = ut = st = 0;
-        fclose(f);
-    }
-    return (struct usage){(double)(ut + st) / (double)sysconf(_SC_CLK_TCK), (double)flt};
+    struct usage u = {0};
+    if (read_stat(path, NULL, 0, &u) < 0)
+        u = (struct usage){0};
+    return u;
 }
 
 /* GetJob: steps evaluated by the compute thread (returned), dropped steps
@@ -229,22 +245,10 @@ static void thread_cpu(pid_t pid, struct thread_cpu *out)
     while ((de = readdir(d))) {
         if (de->d_name[0] == '.')
             continue;
-        char path[320], name[20] = "";
-        unsigned long ut = 0, st = 0;
+        char path[330], name[20];
+        struct usage u;
         snprintf(path, sizeof(path), "%s/%s/stat", dir, de->d_name);
-        FILE *f = fopen(path, "r");
-        if (!f)
-            continue;
-        /* "tid (comm) state ...": the comm may hold spaces, so split at the
-         * last ')' */
-        char line[1024];
-        const int got = fgets(line, sizeof(line), f) != NULL;
-        fclose(f);
-        char *l = got ? strchr(line, '(') : NULL, *r = got ? strrchr(line, ')') : NULL;
-        if (!l || !r || r < l)
-            continue;
-        snprintf(name, sizeof(name), "%.*s", (int)(r - l - 1), l + 1);
-        if (sscanf(r + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        if (read_stat(path, name, sizeof(name), &u) < 0)
             continue;
         int k = 0;
         while (k < out->n && strcmp(out->name[k], name))
@@ -254,7 +258,7 @@ static void thread_cpu(pid_t pid, struct thread_cpu *out)
                 continue;
             snprintf(out->name[out->n++], sizeof(out->name[0]), "%s", name);
         }
-        out->cpu_s[k] += (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+        out->cpu_s[k] += u.cpu_s;
     }
     closedir(d);
 }

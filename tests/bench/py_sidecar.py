@@ -117,8 +117,6 @@ class Sidecar(pbg.GristServicer):
 
     def Attach(self, request_iterator, context):
         out = queue.Queue()
-        job = None
-        rank = 0
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("msg") != "hello":
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "send Hello first")

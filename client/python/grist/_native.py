@@ -142,11 +142,10 @@ _err_name = _sig("grist_err_name", ctypes.c_char_p, ctypes.c_int)
 def _grist_errors():
     """The project's error codes by name ("NONFINITE": -4001, ...), read from
     libgrist (kernels/include/grist/error.h is their one source)."""
-    out = {}
-    for code in range(-4001, -4100, -1):
-        name = _err_name(code).decode()
-        if name.startswith("GRIST_E"):
-            out[name[len("GRIST_E"):]] = code
+    out, code = {}, -4001  # the codes run down from -4001 without a gap
+    while (name := _err_name(code).decode()).startswith("GRIST_E"):
+        out[name[len("GRIST_E"):]] = code
+        code -= 1
     return out
 
 
