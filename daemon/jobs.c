@@ -247,6 +247,10 @@ static int same_shape(const struct grist_job *j, const struct grist_hello *h, ch
             snprintf(err, errsz, "hello.groups[%u].num_elements: job '%s' attached with %llu", g,
                      j->id, (unsigned long long)j->groups[g].n);
             return 0;
+        } else if (h->groups[g].sample != j->groups[g].sample) {
+            snprintf(err, errsz, "hello.groups[%u].sketch_sample: job '%s' attached with %u", g,
+                     j->id, j->groups[g].sample);
+            return 0;
         }
     return 1;
 }

@@ -105,6 +105,8 @@ int grist__job_response_fill(const struct grist_job *j, struct grist_job_respons
         s->name = j->groups[g].name;
         s->momentum = grist__job_momentum(j, g);
         s->lr_scale = grist__job_lr_scale(j, g);
+        s->num_elements = j->groups[g].n;
+        s->sketch_sample = j->groups[g].sample;
         if (j->last) {
             struct grist_engine_group_result *r = &j->last->groups[g];
             s->n_candidates = s->n_alignment = s->n_alignment_se = r->ncand;

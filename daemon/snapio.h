@@ -19,6 +19,7 @@ struct grist_sio {
     unsigned char *p; /* writing: the output (NULL: count only); reading: the input */
     size_t off, len; /* reading: len is the input's length */
     int reading, bad;
+    uint32_t version; /* reading: the file's format version */
 };
 
 static inline void sio_bytes(struct grist_sio *s, void *v, size_t n)
@@ -105,14 +106,16 @@ static inline void sio_blob(struct grist_sio *s, const void **ptr, size_t *n)
 
 /* A job file of --state-dir (daemon/snapshot.c, docs/PERSISTENCE.md). */
 #define GRIST_JOB_MAGIC "GRISTJB1"
-#define GRIST_JOB_VERSION 1u
+#define GRIST_JOB_VERSION 2u /* 2: GroupSpec.sketch_sample */
+#define GRIST_JOB_VERSION_OLDEST 1u /* still read; the fields it lacks take their defaults */
 
 uint64_t grist__sio_fnv1a(const unsigned char *p, size_t n);
 /* Write the header in front of a payload of plen bytes at buf + GRIST_SIO_HEADER. */
 void grist__sio_seal(unsigned char *buf, const char magic[8], uint32_t version, size_t plen);
 /* Check the frame. @return 0 with *payload / *plen set; -1 with why filled
  * (truncated, another file, another version or byte order, checksum). */
-int grist__sio_open(const unsigned char *buf, size_t len, const char magic[8], uint32_t version,
-                    const unsigned char **payload, size_t *plen, char *why, size_t whysz);
+int grist__sio_open(const unsigned char *buf, size_t len, const char magic[8], uint32_t oldest,
+                    uint32_t version, uint32_t *got, const unsigned char **payload, size_t *plen,
+                    char *why, size_t whysz);
 
 #endif

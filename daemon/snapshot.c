@@ -115,8 +115,9 @@ void grist__sio_seal(unsigned char *buf, const char magic[8], uint32_t version, 
     memcpy(buf + 24, &sum, 8);
 }
 
-int grist__sio_open(const unsigned char *buf, size_t len, const char magic[8], uint32_t version,
-                    const unsigned char **payload, size_t *plen, char *why, size_t whysz)
+int grist__sio_open(const unsigned char *buf, size_t len, const char magic[8], uint32_t oldest,
+                    uint32_t version, uint32_t *got, const unsigned char **payload, size_t *plen,
+                    char *why, size_t whysz)
 {
     uint32_t ver, bom;
     uint64_t n, sum;
@@ -136,10 +137,11 @@ int grist__sio_open(const unsigned char *buf, size_t len, const char magic[8], u
         snprintf(why, whysz, "written on a machine of the other byte order");
         return -1;
     }
-    if (ver != version) {
-        snprintf(why, whysz, "format version %u (this build reads %u)", ver, version);
+    if (ver < oldest || ver > version) {
+        snprintf(why, whysz, "format version %u (this build reads %u to %u)", ver, oldest, version);
         return -1;
     }
+    *got = ver;
     if (n != len - GRIST_SIO_HEADER) {
         snprintf(why, whysz, "truncated or extended (payload %llu bytes, the header says %llu)",
                  (unsigned long long)(len - GRIST_SIO_HEADER), (unsigned long long)n);
@@ -338,7 +340,13 @@ static void visit_job(struct grist_sio *s, struct grist_job *j, uint64_t now,
         sio_int(s, gs->form);
         sio_f64(s, &gs->lr);
         sio_f64(s, &gs->beta0);
-        if (s->reading && ((unsigned)gs->form > GRIST_FORM_EMA_NESTEROV || gs->n == 0))
+        if (!s->reading || s->version >= 2)
+            sio_u32(s, &gs->sample);
+        else
+            gs->sample = 1;
+        if (s->reading &&
+            ((unsigned)gs->form > GRIST_FORM_EMA_NESTEROV || gs->n == 0 ||
+             grist_sketch_check_sample(gs->sample) < 0))
             s->bad = 1;
     }
     visit_policy(s, &j->policy);
@@ -718,14 +726,16 @@ static struct grist_job *decode(const struct grist_daemon *d, uint64_t now, cons
 {
     const unsigned char *pl;
     size_t plen;
-    if (grist__sio_open(buf, len, GRIST_JOB_MAGIC, GRIST_JOB_VERSION, &pl, &plen, why, whysz) < 0)
+    uint32_t ver;
+    if (grist__sio_open(buf, len, GRIST_JOB_MAGIC, GRIST_JOB_VERSION_OLDEST, GRIST_JOB_VERSION,
+                        &ver, &pl, &plen, why, whysz) < 0)
         return NULL;
     struct grist_job *j = calloc(1, sizeof(*j));
     if (!j) {
         snprintf(why, whysz, "out of memory");
         return NULL;
     }
-    struct grist_sio r = {.p = (unsigned char *)pl, .len = plen, .reading = 1};
+    struct grist_sio r = {.p = (unsigned char *)pl, .len = plen, .reading = 1, .version = ver};
     visit_job(&r, j, now, d, eng, eng_len);
     if (r.bad || r.off != plen) {
         snprintf(why, whysz,

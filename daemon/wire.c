@@ -173,6 +173,15 @@ static enum grist_wire_status decode_hello(const Grist__V1__Hello *in,
         }
         o->lr = g->lr;
         o->beta0 = g->beta;
+        o->sample = g->sketch_sample ? g->sketch_sample : 1;
+        if (grist_sketch_check_sample(o->sample) < 0 ||
+            (o->sample > 1 && h->sketch_kind != GRIST_SKETCH_BLOCK)) {
+            snprintf(err, errsz,
+                     "hello.groups[%zu].sketch_sample: %u is not 1, 4, 16 or 64 (block sketch "
+                     "only)",
+                     i, g->sketch_sample);
+            goto bad;
+        }
         continue;
     bad_name:
         snprintf(err, errsz, "hello.groups[%zu].name: longer than %d bytes", i,

@@ -34,6 +34,7 @@ struct grist_group_spec {
     enum grist_form form;
     double lr;
     double beta0;
+    uint32_t sample; /* block sketch: 1 run in sample (docs/MATH.md 2.1) */
 };
 
 /* What a worker asked for; zero / empty fields mean "the daemon's default". */

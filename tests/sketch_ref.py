@@ -48,9 +48,23 @@ def block_buckets_signs(job_seed, group, n, m, offset=0):
     return bucket.astype(np.int64), np.where(neg == 1, -1.0, 1.0)
 
 
-def numpy_block_sketch(x, job_seed, group, m, offset=0):
-    """The block sketch of x (float64 accumulation) as an m-vector."""
+def block_keep(job_seed, group, n, sample, offset=0):
+    """Sampling (MATH.md section 2.1): whether each of the group's elements
+    offset .. offset + n - 1 lies in a kept run (1 run in `sample`)."""
+    if sample == 1:
+        return np.ones(n, dtype=bool)
+    bits = {4: 2, 16: 4, 64: 6}[sample]
+    sp = np.uint64(seed_p(job_seed, group))
+    r = np.arange(offset, offset + n, dtype=np.uint64) >> np.uint64(6)
+    h = fmix32((((r * np.uint64(0x85EBCA77)) & M32) ^ sp) ^ np.uint64(0x61C88647))
+    return (h >> np.uint64(32 - bits)) == 0
+
+
+def numpy_block_sketch(x, job_seed, group, m, offset=0, sample=1):
+    """The block sketch of x (float64 accumulation) as an m-vector; sampled:
+    the kept runs only, times sqrt(sample)."""
     bucket, sign = block_buckets_signs(job_seed, group, x.size, m, offset)
+    keep = block_keep(job_seed, group, x.size, sample, offset)
     out = np.zeros(m)
-    np.add.at(out, bucket, sign * x.astype(np.float64))
-    return out
+    np.add.at(out, bucket[keep], (sign * x.astype(np.float64))[keep])
+    return out * np.sqrt(sample)

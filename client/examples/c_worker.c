@@ -46,7 +46,11 @@ int main(int argc, char **argv)
     if (grist_client_open(addr, NULL, &c) < 0)
         return 1;
     const double lr = 0.5, beta0 = 0.0;
-    struct grist_group_desc g = {"weights", D, GRIST_OPT_SGD, lr, beta0};
+    struct grist_group_desc g = {.name = "weights",
+                                 .num_elements = D,
+                                 .optimizer = GRIST_OPT_SGD,
+                                 .lr = lr,
+                                 .beta = beta0};
     struct grist_attach_options o = {.job = "c-worker",
                                      .rank = 0,
                                      .world_size = 1,

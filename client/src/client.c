@@ -51,6 +51,7 @@ struct grist_session {
     uint32_t ngroups, m;
     enum grist_sketch_kind kind;
     uint64_t *gsize; /* elements per group */
+    uint32_t *sample; /* block sketch sampling per group, resolved at attach */
     float *finished; /* ngroups * m, the committed step sketch */
 
     struct grist__ring queue; /* encoded summaries waiting to be sent */
@@ -812,6 +813,7 @@ static void session_free(struct grist_session *s)
 {
     grist__sketcher_free(s->sketcher);
     free(s->gsize);
+    free(s->sample);
     free(s->finished);
     grist__ring_free(&s->queue);
     free(s->hello);
@@ -822,7 +824,7 @@ static void session_free(struct grist_session *s)
 }
 
 static uint8_t *encode_hello(const struct grist_attach_options *o, uint32_t m,
-                             enum grist_sketch_kind kind, size_t *len)
+                             enum grist_sketch_kind kind, const uint32_t *sample, size_t *len)
 {
     Grist__V1__GroupSpec *gs = calloc(o->ngroups, sizeof(*gs));
     Grist__V1__GroupSpec **gp = calloc(o->ngroups, sizeof(*gp));
@@ -837,6 +839,7 @@ static uint8_t *encode_hello(const struct grist_attach_options *o, uint32_t m,
         gs[g].optimizer = (Grist__V1__OptimizerKind)o->groups[g].optimizer;
         gs[g].lr = o->groups[g].lr;
         gs[g].beta = o->groups[g].beta;
+        gs[g].sketch_sample = sample[g];
         gp[g] = &gs[g];
     }
     Grist__V1__Policy pol = GRIST__V1__POLICY__INIT;
@@ -898,6 +901,9 @@ int grist_session_attach(struct grist_client *c, const struct grist_attach_optio
             return GRIST_ETOOBIG;
         if (o->groups[g].optimizer < GRIST_OPT_SGD || o->groups[g].optimizer > GRIST_OPT_RADAM)
             return -EINVAL;
+        const uint32_t n = o->groups[g].sketch_sample;
+        if (n > 1 && (kind != GRIST_SKETCH_BLOCK || grist_sketch_check_sample(n) < 0))
+            return -EINVAL;
     }
     if (o->ncandidates > GRIST_MAX_CANDIDATES || (o->ncandidates && !o->candidates))
         return -EINVAL;
@@ -916,13 +922,22 @@ int grist_session_attach(struct grist_client *c, const struct grist_attach_optio
     if (s->gsize)
         for (uint32_t g = 0; g < o->ngroups; g++)
             s->gsize[g] = o->groups[g].num_elements;
+    s->sample = malloc(o->ngroups * sizeof(*s->sample));
+    if (s->sample)
+        for (uint32_t g = 0; g < o->ngroups; g++) {
+            const uint32_t n = o->groups[g].sketch_sample;
+            s->sample[g] = n ? n
+                : kind == GRIST_SKETCH_BLOCK
+                ? grist_sketch_sample_auto(o->groups[g].num_elements, m)
+                : 1;
+        }
     s->hp = calloc(o->ngroups, sizeof(*s->hp));
     s->applied = calloc(4 * (size_t)o->ngroups, sizeof(double));
-    s->hello = encode_hello(o, m, kind, &s->hello_len);
+    s->hello = s->sample ? encode_hello(o, m, kind, s->sample, &s->hello_len) : NULL;
     s->seed = grist_sketch_job_seed(o->job);
     s->tgt = c->nlisted > 1 ? grist_shard_of(o->job, c->nlisted) : 0; /* its job's replica */
     pthread_cond_init(&s->cv, NULL);
-    if (qr < 0 || !s->hp || !s->hello || !s->gsize || !s->applied) {
+    if (qr < 0 || !s->hp || !s->hello || !s->gsize || !s->sample || !s->applied) {
         session_free(s);
         return -ENOMEM;
     }
@@ -1060,6 +1075,11 @@ int grist_session_sketch_kind(const struct grist_session *s)
     return s ? (int)s->kind : -EINVAL;
 }
 
+int grist_session_sketch_sample(const struct grist_session *s, uint32_t g)
+{
+    return s && g < s->ngroups ? (int)s->sample[g] : -EINVAL;
+}
+
 int grist_session_sketch_begin(struct grist_session *s, const struct grist_tensor *t,
                                uint32_t ntensors, int async)
 {
@@ -1071,7 +1091,7 @@ int grist_session_sketch_begin(struct grist_session *s, const struct grist_tenso
     /* only the caller's threads touch the sketcher; creating it lazily is
      * serialized by the caller (one training loop per session) */
     if (!s->sketcher) {
-        int r = grist__sketcher_new(s->ngroups, s->m, s->kind, s->gsize, &s->sketcher);
+        int r = grist__sketcher_new(s->ngroups, s->m, s->kind, s->gsize, s->sample, &s->sketcher);
         if (r < 0)
             return r;
     }

@@ -217,6 +217,8 @@ static void copy_group(const Grist__V1__GroupState *g, struct grist_group_info *
     o->curvature = g->curvature;
     o->lr_greedy = g->lr_greedy;
     o->confidence = g->confidence;
+    o->num_elements = g->num_elements;
+    o->sketch_sample = g->sketch_sample;
     snprintf(o->reason, sizeof(o->reason), "%s", g->reason ? g->reason : "");
     size_t n = g->n_candidates;
     if (n > GRIST_QUERY_MAX_CANDIDATES)

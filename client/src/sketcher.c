@@ -19,7 +19,7 @@ struct grist__sketcher {
     int block; /* GRIST_SKETCH_BLOCK, else hashed */
     uint64_t async_min; /* elements below which an async begin runs inline */
     uint64_t *gsize;
-    uint32_t *seeds;
+    uint32_t *seeds, *sample;
     double *acc, *sq;
     struct grist_tensor *t;
     uint32_t nt, tcap;
@@ -30,7 +30,7 @@ struct grist__sketcher {
 };
 
 int grist__sketcher_new(uint32_t ngroups, uint32_t m, int kind, const uint64_t *group_sizes,
-                        struct grist__sketcher **out)
+                        const uint32_t *samples, struct grist__sketcher **out)
 {
     struct grist__sketcher *sk = calloc(1, sizeof(*sk));
     if (!sk)
@@ -41,15 +41,18 @@ int grist__sketcher_new(uint32_t ngroups, uint32_t m, int kind, const uint64_t *
     sk->async_min = GRIST__ASYNC_MIN_ELEMENTS;
     sk->gsize = malloc(ngroups * sizeof(*sk->gsize));
     sk->seeds = malloc(ngroups * sizeof(*sk->seeds));
+    sk->sample = malloc(ngroups * sizeof(*sk->sample));
     sk->acc = malloc((size_t)ngroups * m * sizeof(*sk->acc));
     sk->sq = malloc(ngroups * sizeof(*sk->sq));
     pthread_mutex_init(&sk->mu, NULL);
     pthread_cond_init(&sk->cv, NULL);
-    if (!sk->gsize || !sk->seeds || !sk->acc || !sk->sq) {
+    if (!sk->gsize || !sk->seeds || !sk->sample || !sk->acc || !sk->sq) {
         grist__sketcher_free(sk);
         return -ENOMEM;
     }
     memcpy(sk->gsize, group_sizes, ngroups * sizeof(*sk->gsize));
+    for (uint32_t g = 0; g < ngroups; g++)
+        sk->sample[g] = sk->block && samples ? samples[g] : 1;
     *out = sk;
     return 0;
 }
@@ -62,21 +65,24 @@ static int run(struct grist__sketcher *sk)
     for (uint32_t i = 0; i < sk->nt; i++) {
         const struct grist_tensor *t = &sk->t[i];
         double *acc = sk->acc + (size_t)t->group * sk->m;
-        const uint32_t seed = sk->seeds[t->group];
+        const uint32_t seed = sk->seeds[t->group], smp = sk->sample[t->group];
         double *sq = &sk->sq[t->group];
         int r;
-        if (t->exp_avg_sq)
-            r = (sk->block ? grist_sketch_block_accum_adam_f32
-                           : grist_sketch_accum_adam_f32)(seed, t->grad, t->exp_avg_sq, t->n,
-                                                          t->offset, t->v_scale, t->eps, acc, sk->m,
-                                                          sq);
+        if (t->exp_avg_sq && sk->block)
+            r = grist_sketch_block_accum_adam_f32(seed, smp, t->grad, t->exp_avg_sq, t->n,
+                                                  t->offset, t->v_scale, t->eps, acc, sk->m, sq);
+        else if (t->exp_avg_sq)
+            r = grist_sketch_accum_adam_f32(seed, t->grad, t->exp_avg_sq, t->n, t->offset,
+                                            t->v_scale, t->eps, acc, sk->m, sq);
+        else if (sk->block)
+            r = grist_sketch_block_accum_f32(seed, smp, t->grad, t->n, t->offset, acc, sk->m, sq);
         else
-            r = (sk->block ? grist_sketch_block_accum_f32 : grist_sketch_accum_f32)(seed, t->grad,
-                                                                                    t->n, t->offset,
-                                                                                    acc, sk->m, sq);
+            r = grist_sketch_accum_f32(seed, t->grad, t->n, t->offset, acc, sk->m, sq);
         if (r < 0)
             return r;
     }
+    for (uint32_t g = 0; g < sk->ngroups; g++)
+        grist_sketch_unsample(sk->acc + (size_t)g * sk->m, sk->m, sk->sample[g], &sk->sq[g]);
     return 0;
 }
 
@@ -116,6 +122,7 @@ void grist__sketcher_free(struct grist__sketcher *sk)
     pthread_cond_destroy(&sk->cv);
     free(sk->gsize);
     free(sk->seeds);
+    free(sk->sample);
     free(sk->acc);
     free(sk->sq);
     free(sk->t);

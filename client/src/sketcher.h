@@ -18,9 +18,10 @@
 struct grist__sketcher;
 
 /* 0 or -ENOMEM. kind: enum grist_sketch_kind; group_sizes: elements per
- * group (copied). */
+ * group; samples: the block sketch's sampling N per group (both copied; the
+ * finished accumulators are unsampled, docs/MATH.md 2.1). */
 int grist__sketcher_new(uint32_t ngroups, uint32_t m, int kind, const uint64_t *group_sizes,
-                        struct grist__sketcher **out);
+                        const uint32_t *samples, struct grist__sketcher **out);
 /* Waits for a running sketch, stops the thread, frees. NULL allowed. */
 void grist__sketcher_free(struct grist__sketcher *sk);
 /* Validates every tensor (group in range, offset + n within the group,

@@ -86,13 +86,15 @@ static json_t *json_job(const struct grist_job_info *j)
 
 static json_t *json_group(const struct grist_group_info *g)
 {
-    json_t *o = json_pack("{s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:I,s:s,s:o,s:o,s:o}", "name", g->name,
-                          "momentum", jnum(g->momentum), "lr_scale", jnum(g->lr_scale),
-                          "candidates", jarr(g->cand, g->ncand), "alignment", jarr(g->J, g->ncand),
-                          "alignment_se", jarr(g->J_se, g->ncand), "noise", jnum(g->noise),
-                          "noise_scale", jnum(g->noise_scale), "steps", (json_int_t)g->steps,
-                          "reason", g->reason, "curvature", jnum(g->curvature), "lr_greedy",
-                          jnum(g->lr_greedy), "confidence", jnum(g->confidence));
+    json_t *o =
+        json_pack("{s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:I,s:s,s:o,s:o,s:o,s:I,s:I}", "name", g->name,
+                  "momentum", jnum(g->momentum), "lr_scale", jnum(g->lr_scale), "candidates",
+                  jarr(g->cand, g->ncand), "alignment", jarr(g->J, g->ncand), "alignment_se",
+                  jarr(g->J_se, g->ncand), "noise", jnum(g->noise), "noise_scale",
+                  jnum(g->noise_scale), "steps", (json_int_t)g->steps, "reason", g->reason,
+                  "curvature", jnum(g->curvature), "lr_greedy", jnum(g->lr_greedy), "confidence",
+                  jnum(g->confidence), "num_elements", (json_int_t)g->num_elements, "sketch_sample",
+                  (json_int_t)g->sketch_sample);
     if (o && g->have_families)
         json_object_set_new(o, "families",
                             json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "trace",

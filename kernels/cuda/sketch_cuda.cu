@@ -22,7 +22,8 @@ extern "C" {
 /* kind: GRIST_SKETCH_HASHED or GRIST_SKETCH_BLOCK (the per-element
  * definitions of sketch.h; on the GPU every element is one thread either way). */
 __global__ static void k_sketch(uint32_t seed_p, const float *__restrict__ x, uint64_t n,
-                                uint32_t offset, double *acc, uint32_t m, double *sq, int kind)
+                                uint32_t offset, double *acc, uint32_t m, double *sq, int kind,
+                                uint32_t sample)
 {
     extern __shared__ double sh[];
     const int use_shared = m <= SHARED_MAX;
@@ -38,6 +39,8 @@ __global__ static void k_sketch(uint32_t seed_p, const float *__restrict__ x, ui
         uint32_t bucket;
         int neg;
         if (kind == GRIST_SKETCH_BLOCK) {
+            if (!grist_sketch_block_keep(gi >> 6, seed_p, sample))
+                continue;
             bucket = grist_sketch_block_bucket(gi, seed_p, m);
             neg = grist_sketch_block_negative(gi, seed_p);
         } else {
@@ -66,10 +69,12 @@ __global__ static void k_sketch(uint32_t seed_p, const float *__restrict__ x, ui
 }
 
 static int launch(uint32_t seed_p, const float *x_dev, uint64_t n, uint64_t offset, double *acc_dev,
-                  uint32_t m, double *sq_dev, void *stream, int kind)
+                  uint32_t m, double *sq_dev, void *stream, int kind, uint32_t sample)
 {
     if (m < 64 || m > 65536 || (m & (m - 1)) != 0)
         return GRIST_EBADDIM;
+    if (sample != 1 && sample != 4 && sample != 16 && sample != 64)
+        return -22; /* -EINVAL */
     if (offset > 0xFFFFFFFFull || n > 0x100000000ull - offset)
         return GRIST_ETOOBIG;
     if (n == 0)
@@ -79,7 +84,7 @@ static int launch(uint32_t seed_p, const float *x_dev, uint64_t n, uint64_t offs
         blocks = 1024;
     const size_t shmem = m <= SHARED_MAX ? m * sizeof(double) : 0;
     k_sketch<<<blocks, THREADS, shmem, (cudaStream_t)stream>>>(seed_p, x_dev, n, (uint32_t)offset,
-                                                               acc_dev, m, sq_dev, kind);
+                                                               acc_dev, m, sq_dev, kind, sample);
     return cudaGetLastError() == cudaSuccess ? 0 : GRIST_EDEVICE;
 }
 
@@ -94,13 +99,16 @@ extern "C" __attribute__((visibility("default"))) int
 grist_sketch_cuda_f32(uint32_t seed_p, const float *x_dev, uint64_t n, uint64_t offset,
                       double *acc_dev, uint32_t m, double *sq_dev, void *stream)
 {
-    return launch(seed_p, x_dev, n, offset, acc_dev, m, sq_dev, stream, GRIST_SKETCH_HASHED);
+    return launch(seed_p, x_dev, n, offset, acc_dev, m, sq_dev, stream, GRIST_SKETCH_HASHED, 1);
 }
 
-/* The same for the block sketch (GRIST_SKETCH_BLOCK). */
+/* The same for the block sketch (GRIST_SKETCH_BLOCK), 1 run in `sample`
+ * (1, 4, 16, 64; else -EINVAL) as grist_sketch_block_keep(); the caller
+ * unsamples the finished accumulator (grist_sketch_unsample). */
 extern "C" __attribute__((visibility("default"))) int
-grist_sketch_cuda_block_f32(uint32_t seed_p, const float *x_dev, uint64_t n, uint64_t offset,
-                            double *acc_dev, uint32_t m, double *sq_dev, void *stream)
+grist_sketch_cuda_block_f32(uint32_t seed_p, uint32_t sample, const float *x_dev, uint64_t n,
+                            uint64_t offset, double *acc_dev, uint32_t m, double *sq_dev,
+                            void *stream)
 {
-    return launch(seed_p, x_dev, n, offset, acc_dev, m, sq_dev, stream, GRIST_SKETCH_BLOCK);
+    return launch(seed_p, x_dev, n, offset, acc_dev, m, sq_dev, stream, GRIST_SKETCH_BLOCK, sample);
 }

@@ -211,6 +211,81 @@ int grist_sketch_kind_parse(const char *s, enum grist_sketch_kind *out)
     return 0;
 }
 
+int grist_sketch_check_sample(uint32_t sample)
+{
+    return sample == 1u || sample == 4u || sample == 16u || sample == 64u ? 0 : -EINVAL;
+}
+
+uint32_t grist_sketch_sample_auto(uint64_t n, uint32_t m)
+{
+    uint32_t s = 1;
+    while (s < 16u && n / (4u * s) >= (uint64_t)GRIST_SKETCH_BLOCK_LEN * m)
+        s *= 4u;
+    return s;
+}
+
+void grist_sketch_unsample(double *acc, uint32_t m, uint32_t sample, double *sq_norm)
+{
+    if (sample <= 1u)
+        return;
+    const double r = sample == 4u ? 2.0 : sample == 16u ? 4.0 : 8.0;
+    for (uint32_t b = 0; b < m; b++)
+        acc[b] *= r;
+    if (sq_norm)
+        *sq_norm *= (double)sample;
+}
+
+/* The kept runs of a sampled block sketch, 64 runs per hash batch (the
+ * loop vectorizes: one fmix32 per run would otherwise cost more than the
+ * kept runs' adds at N = 16), and a walk to the next kept run. */
+GRIST__CLONES
+static uint64_t keep_mask64(uint32_t base, uint32_t seed_p, uint32_t sample)
+{
+    uint32_t h[64];
+    const uint32_t shift = 32u - (sample == 4u ? 2u : sample == 16u ? 4u : 6u);
+    for (uint32_t j = 0; j < 64; j++)
+        h[j] = grist_fmix32(((base + j) * 0x85EBCA77u) ^ seed_p ^ 0x61C88647u) >> shift;
+    uint64_t m = 0;
+    for (uint32_t j = 0; j < 64; j++)
+        m |= (uint64_t)(h[j] == 0u) << j;
+    return m;
+}
+
+struct keep_walk {
+    uint32_t base; /* first run of mask */
+    int have;
+    uint64_t mask; /* bit j: run base + j is kept */
+};
+
+/* The first kept run >= blk, or last + 1 when none up to last. */
+static inline uint32_t next_kept(struct keep_walk *w, uint32_t blk, uint32_t last, uint32_t seed_p,
+                                 uint32_t sample)
+{
+    while (blk <= last) {
+        if (!w->have || blk < w->base || blk - w->base >= 64u) {
+            w->base = blk;
+            w->mask = keep_mask64(blk, seed_p, sample);
+            w->have = 1;
+        }
+        const uint64_t bits = w->mask >> (blk - w->base);
+        if (bits)
+            return blk + (uint32_t)__builtin_ctzll(bits);
+        blk = w->base + 64u;
+    }
+    return last + 1u;
+}
+
+/* Skip to the next kept run: c0 moves to its first element (or n). */
+#define GRIST__SKIP_UNKEPT()                                                                       \
+    if (sample > 1u) {                                                                             \
+        const uint32_t kb = next_kept(&kw, blk, last, seed_p, sample);                             \
+        if (kb != blk) {                                                                           \
+            const uint64_t nx = ((uint64_t)kb << 6) - offset;                                      \
+            c0 = nx < n ? nx : n;                                                                  \
+            continue;                                                                              \
+        }                                                                                          \
+    }
+
 /* dst[j] += val[j], j < len (contiguous; vectorized). */
 static inline void run_add(double *restrict dst, const double *restrict val, uint32_t len)
 {
@@ -249,10 +324,13 @@ static inline void block_signs(uint32_t blk, uint32_t seed_p, double *restrict s
     const uint32_t mask = m - 1;                                                                   \
     double sqv[16] = {0};                                                                          \
     double val[GRIST_SKETCH_BLOCK_LEN], sgn[GRIST_SKETCH_BLOCK_LEN];                               \
+    struct keep_walk kw = {0};                                                                     \
+    const uint32_t last = n ? (uint32_t)((offset + n - 1) >> 6) : 0;                               \
     for (uint64_t c0 = 0; c0 < n;) {                                                               \
         const uint32_t i0 = (uint32_t)(offset + c0);                                               \
         const uint32_t p = i0 & 63u, blk = i0 >> 6;                                                \
         const uint32_t len = (uint32_t)(n - c0 < 64u - p ? n - c0 : 64u - p);                      \
+        GRIST__SKIP_UNKEPT()                                                                       \
         block_signs(blk, seed_p, sgn);                                                             \
         const double *restrict sg = sgn + p;                                                       \
         for (uint32_t j = 0; j < len; j++) {                                                       \
@@ -326,10 +404,12 @@ static int have_avx2(void)
 /* float32 input, the hot path of every worker: the 64 sign masks of a block
  * come from 8 table rows, go onto the floats' sign bits (8 lanes per AVX2
  * vector), then the values are widened, squared and added. */
-int grist_sketch_block_accum_f32(uint32_t seed_p, const float *x, uint64_t n, uint64_t offset,
-                                 double *acc, uint32_t m, double *sq_norm)
+int grist_sketch_block_accum_f32(uint32_t seed_p, uint32_t sample, const float *x, uint64_t n,
+                                 uint64_t offset, double *acc, uint32_t m, double *sq_norm)
 {
     int r = check_args(x, n, offset, acc, m);
+    if (r == 0)
+        r = grist_sketch_check_sample(sample);
     if (r < 0)
         return r;
     const uint32_t mask = m - 1;
@@ -339,10 +419,13 @@ int grist_sketch_block_accum_f32(uint32_t seed_p, const float *x, uint64_t n, ui
 #ifdef GRIST__HAVE_AVX2_BLOCK
     const int avx2 = have_avx2();
 #endif
+    struct keep_walk kw = {0};
+    const uint32_t last = n ? (uint32_t)((offset + n - 1) >> 6) : 0;
     for (uint64_t c0 = 0; c0 < n;) {
         const uint32_t i0 = (uint32_t)(offset + c0);
         const uint32_t p = i0 & 63u, blk = i0 >> 6;
         const uint32_t len = (uint32_t)(n - c0 < 64u - p ? n - c0 : 64u - p);
+        GRIST__SKIP_UNKEPT()
         const uint32_t w[2] = {grist_sketch_block_signs(2u * blk, seed_p),
                                grist_sketch_block_signs(2u * blk + 1u, seed_p)};
 #ifdef GRIST__HAVE_AVX2_BLOCK
@@ -350,9 +433,14 @@ int grist_sketch_block_accum_f32(uint32_t seed_p, const float *x, uint64_t n, ui
             const uint32_t q0 = grist_sketch_block_rot(blk, seed_p) & mask;
             if (q0 + 64u <= m) {
                 block64_avx2(x + c0, w[0], w[1], acc + q0, sqv);
-                c0 += 64u;
-                continue;
+            } else { /* wraps at m: through a zeroed run (0 + v = v; acc is never -0) */
+                double tmp[GRIST_SKETCH_BLOCK_LEN] = {0};
+                block64_avx2(x + c0, w[0], w[1], tmp, sqv);
+                run_add(acc + q0, tmp, m - q0);
+                run_add(acc, tmp + (m - q0), 64u - (m - q0));
             }
+            c0 += 64u;
+            continue;
         }
 #endif
         for (uint32_t b = 0; b < 8; b++)
@@ -381,10 +469,12 @@ int grist_sketch_block_accum_f32(uint32_t seed_p, const float *x, uint64_t n, ui
 }
 
 GRIST__CLONES
-int grist_sketch_block_accum_f64(uint32_t seed_p, const double *x, uint64_t n, uint64_t offset,
-                                 double *acc, uint32_t m, double *sq_norm)
+int grist_sketch_block_accum_f64(uint32_t seed_p, uint32_t sample, const double *x, uint64_t n,
+                                 uint64_t offset, double *acc, uint32_t m, double *sq_norm)
 {
     int r = check_args(x, n, offset, acc, m);
+    if (r == 0)
+        r = grist_sketch_check_sample(sample);
     if (r < 0)
         return r;
     GRIST__BLOCK_BODY(x[i])
@@ -392,11 +482,13 @@ int grist_sketch_block_accum_f64(uint32_t seed_p, const double *x, uint64_t n, u
 }
 
 GRIST__CLONES
-int grist_sketch_block_accum_adam_f32(uint32_t seed_p, const float *g, const float *v, uint64_t n,
-                                      uint64_t offset, double v_scale, double eps, double *acc,
-                                      uint32_t m, double *sq_norm)
+int grist_sketch_block_accum_adam_f32(uint32_t seed_p, uint32_t sample, const float *g,
+                                      const float *v, uint64_t n, uint64_t offset, double v_scale,
+                                      double eps, double *acc, uint32_t m, double *sq_norm)
 {
     int r = check_adam_args(g, v, n, offset, v_scale, eps, acc, m);
+    if (r == 0)
+        r = grist_sketch_check_sample(sample);
     if (r < 0)
         return r;
     GRIST__BLOCK_BODY(GRIST__ADAM_VALUE)

@@ -245,7 +245,7 @@ static void sketch_bench(uint64_t n, uint32_t m, struct stat3 out[SK_N])
         grist_sketch_accum_f32(seed, x, n, 0, acc, m, &sq);
         ts[SK_HASHED] = now() - t0;
         t0 = now();
-        grist_sketch_block_accum_f32(seed, x, n, 0, acc, m, &sq);
+        grist_sketch_block_accum_f32(seed, 1, x, n, 0, acc, m, &sq);
         ts[SK_BLOCK] = now() - t0;
         t0 = now();
         for (uint64_t i = 0; i < n; i++)

@@ -14,8 +14,9 @@
 
 int grist_sketch_cuda_f32(uint32_t seed_p, const float *x_dev, uint64_t n, uint64_t offset,
                           double *acc_dev, uint32_t m, double *sq_dev, void *stream);
-int grist_sketch_cuda_block_f32(uint32_t seed_p, const float *x_dev, uint64_t n, uint64_t offset,
-                                double *acc_dev, uint32_t m, double *sq_dev, void *stream);
+int grist_sketch_cuda_block_f32(uint32_t seed_p, uint32_t sample, const float *x_dev, uint64_t n,
+                                uint64_t offset, double *acc_dev, uint32_t m, double *sq_dev,
+                                void *stream);
 
 int main(void)
 {
@@ -34,20 +35,21 @@ int main(void)
     cudaMalloc((void **)&xd, n * sizeof(float));
     cudaMemcpy(xd, x, n * sizeof(float), cudaMemcpyHostToDevice);
     int fails = 0;
-    for (int k = 0; k < 6; k++) {
-        const int block = k >= 3; /* both kinds: hashed, then block */
+    for (int k = 0; k < 9; k++) {
+        const int block = k >= 3; /* hashed, block, block sampled 1 run in 16 */
+        const uint32_t sample = k >= 6 ? 16u : 1u;
         const uint32_t m = ms[k % 3], seed = grist_sketch_seed(77, 2);
         double *ref = calloc(m, sizeof(double)), *got = malloc(m * sizeof(double)), sq_ref = 0,
                sq = 0;
         if (block)
-            grist_sketch_block_accum_f32(seed, x, n, off, ref, m, &sq_ref);
+            grist_sketch_block_accum_f32(seed, sample, x, n, off, ref, m, &sq_ref);
         else
             grist_sketch_accum_f32(seed, x, n, off, ref, m, &sq_ref);
         cudaMalloc((void **)&accd, m * sizeof(double));
         cudaMalloc((void **)&sqd, sizeof(double));
         cudaMemset(accd, 0, m * sizeof(double));
         cudaMemset(sqd, 0, sizeof(double));
-        int r = block ? grist_sketch_cuda_block_f32(seed, xd, n, off, accd, m, sqd, NULL)
+        int r = block ? grist_sketch_cuda_block_f32(seed, sample, xd, n, off, accd, m, sqd, NULL)
                       : grist_sketch_cuda_f32(seed, xd, n, off, accd, m, sqd, NULL);
         cudaDeviceSynchronize();
         cudaMemcpy(got, accd, m * sizeof(double), cudaMemcpyDeviceToHost);
@@ -58,8 +60,9 @@ int main(void)
             scale = fmax(scale, fabs(ref[b]));
         }
         const int ok = r == 0 && worst <= 1e-9 * scale && fabs(sq - sq_ref) <= 1e-9 * sq_ref;
-        printf("%s m %5u: max |cuda - c| %.3g of %.3g, sq %.12g vs %.12g: %s\n",
-               block ? "block " : "hashed", m, worst, scale, sq, sq_ref, ok ? "ok" : "FAIL");
+        printf("%s/%-2u m %5u: max |cuda - c| %.3g of %.3g, sq %.12g vs %.12g: %s\n",
+               block ? "block " : "hashed", sample, m, worst, scale, sq, sq_ref,
+               ok ? "ok" : "FAIL");
         fails += !ok;
         cudaFree(accd);
         cudaFree(sqd);
@@ -87,7 +90,7 @@ int main(void)
             fails++;
         }
         cudaMemset(accd1, 0, 64 * sizeof(double));
-        grist_sketch_cuda_block_f32(seed, d1, 1, gi, accd1, 64, sqd, NULL);
+        grist_sketch_cuda_block_f32(seed, 1, d1, 1, gi, accd1, 64, sqd, NULL);
         cudaMemcpy(h, accd1, sizeof(h), cudaMemcpyDeviceToHost);
         const uint32_t bb = grist_sketch_block_bucket(gi, seed, 64);
         if (h[bb] != (grist_sketch_block_negative(gi, seed) ? -1.0 : 1.0)) {

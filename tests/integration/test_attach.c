@@ -885,8 +885,9 @@ START_TEST(test_open_step_eviction)
 }
 END_TEST
 
-/* A job has one sketch kind: a rank naming another, or an unknown kind, is
- * refused with the field named, and the job keeps serving its own ranks. */
+/* A job has one sketch kind and one sampling per group: a rank naming
+ * another, or an unknown kind or sampling, is refused with the field named,
+ * and the job keeps serving its own ranks. */
 START_TEST(test_sketch_kind)
 {
     struct gristd_proc p = start_daemon(NULL);
@@ -915,7 +916,28 @@ START_TEST(test_sketch_kind)
     ck_assert_int_eq(expect_end(b, det, sizeof(det)), GRPC_STATUS_INVALID_ARGUMENT);
     ck_assert_msg(strstr(det, "sketch_kind"), "unclear: %s", det);
     tw_free(b);
-    o2.sketch_kind = 1; /* the same kind attaches */
+    o2.sketch_kind = 1; /* the same kind, another sampling: refused */
+    o2.sketch_sample = 16;
+    b = tw_open(p.addr[0], &o2);
+    ck_assert_int_eq(expect_end(b, det, sizeof(det)), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_msg(strstr(det, "sketch_sample") && strstr(det, "attached with 1"), "unclear: %s",
+                  det);
+    tw_free(b);
+    o2.sketch_sample = 8; /* not a power of 4 */
+    b = tw_open(p.addr[0], &o2);
+    ck_assert_int_eq(expect_end(b, det, sizeof(det)), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_msg(strstr(det, "sketch_sample") && strstr(det, "1, 4, 16 or 64"), "unclear: %s",
+                  det);
+    tw_free(b);
+    struct tw_opts o3 = o; /* a hashed job cannot sample */
+    o3.job = "kinds-hashed";
+    o3.sketch_kind = 0;
+    o3.sketch_sample = 4;
+    b = tw_open(p.addr[0], &o3);
+    ck_assert_int_eq(expect_end(b, det, sizeof(det)), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_msg(strstr(det, "block sketch only"), "unclear: %s", det);
+    tw_free(b);
+    o2.sketch_sample = 1; /* the same kind and sampling (1 = 0 on the wire) attaches */
     b = tw_open(p.addr[0], &o2);
     ck_assert_int_eq(tw_welcome(b, &seed, 10), 0);
     tw_free(b);

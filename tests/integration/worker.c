@@ -159,6 +159,7 @@ struct tw *tw_hello(struct tw *w, const struct tw_opts *o)
                                   : GRIST__V1__OPTIMIZER_KIND__OPTIMIZER_KIND_SGD;
         gs[g].lr = 0.1;
         gs[g].beta = o->beta0;
+        gs[g].sketch_sample = o->sketch_sample;
         gp[g] = &gs[g];
     }
     Grist__V1__Policy pol = GRIST__V1__POLICY__INIT;

@@ -26,6 +26,7 @@ struct tw_opts {
     double hysteresis_z;
     const char *rule; /* NULL = daemon default */
     int sketch_kind; /* SketchKind on the wire (0 hashed, 1 block; others to test refusals) */
+    uint32_t sketch_sample; /* GroupSpec.sketch_sample of every group (0 = 1) */
 };
 
 /* Open a call of any streaming method (nothing sent yet). */

@@ -340,7 +340,11 @@ def train_run(args, seed, beta, address, job, ranks, tuner=None):
         for kv in args.policy:
             k, v = kv.split("=", 1)
             policy[k] = v
+        # GRIST_SKETCH_SAMPLE=N forces the block sketch's sampling of every
+        # group (docs/MATH.md 2.1; unset: grist.torch's default by size)
+        sample = int(os.environ.get("GRIST_SKETCH_SAMPLE", "0")) or None
         session = grist.torch.attach(opt, job=job, address=address, policy=policy, wait_s=10,
+                                     sketch_sample=sample,
                                      rank=ranks.rank, world_size=ranks.world,
                                      ddp_model=model if ranks.world > 1 else None)
     try:

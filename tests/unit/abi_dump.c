@@ -34,6 +34,7 @@ int main(void)
     F(grist_group_desc, optimizer);
     F(grist_group_desc, lr);
     F(grist_group_desc, beta);
+    F(grist_group_desc, sketch_sample);
     S(grist_attach_options);
     F(grist_attach_options, job);
     F(grist_attach_options, rank);

@@ -117,19 +117,28 @@ START_TEST(test_sketcher_matches_kernel)
          .v_scale = 2.0,
          .eps = 1e-8},
     };
-    for (int kind = GRIST_SKETCH_HASHED; kind <= GRIST_SKETCH_BLOCK; kind++) {
+    /* hashed, block, block sampled 1 run in 4 (unsampled at the end) */
+    for (int variant = 0; variant < 3; variant++) {
+        const int kind = variant ? GRIST_SKETCH_BLOCK : GRIST_SKETCH_HASHED;
         const int blk = kind == GRIST_SKETCH_BLOCK;
+        const uint32_t smp = variant == 2 ? 4u : 1u, samples[NG] = {smp, smp};
         double want[NG][M] = {{0}}, want_sq[NG] = {0};
-        (blk ? grist_sketch_block_accum_f32 : grist_sketch_accum_f32)(seeds[0], g0, 3000, 0,
-                                                                      want[0], M, &want_sq[0]);
-        (blk ? grist_sketch_block_accum_f32 : grist_sketch_accum_f32)(seeds[0], g1, 2000, 3000,
-                                                                      want[0], M, &want_sq[0]);
-        (blk ? grist_sketch_block_accum_adam_f32
-             : grist_sketch_accum_adam_f32)(seeds[1], g2, v2, 3001, 0, 2.0, 1e-8, want[1], M,
-                                            &want_sq[1]);
+        if (blk) {
+            grist_sketch_block_accum_f32(seeds[0], smp, g0, 3000, 0, want[0], M, &want_sq[0]);
+            grist_sketch_block_accum_f32(seeds[0], smp, g1, 2000, 3000, want[0], M, &want_sq[0]);
+            grist_sketch_block_accum_adam_f32(seeds[1], smp, g2, v2, 3001, 0, 2.0, 1e-8, want[1], M,
+                                              &want_sq[1]);
+            for (int g = 0; g < NG; g++)
+                grist_sketch_unsample(want[g], M, smp, &want_sq[g]);
+        } else {
+            grist_sketch_accum_f32(seeds[0], g0, 3000, 0, want[0], M, &want_sq[0]);
+            grist_sketch_accum_f32(seeds[0], g1, 2000, 3000, want[0], M, &want_sq[0]);
+            grist_sketch_accum_adam_f32(seeds[1], g2, v2, 3001, 0, 2.0, 1e-8, want[1], M,
+                                        &want_sq[1]);
+        }
 
         struct grist__sketcher *sk;
-        ck_assert_int_eq(grist__sketcher_new(NG, M, kind, sizes, &sk), 0);
+        ck_assert_int_eq(grist__sketcher_new(NG, M, kind, sizes, samples, &sk), 0);
         grist__sketcher_set_async_min(sk, 0); /* these small steps go to the thread too */
         const double *acc, *sq;
         ck_assert_int_eq(grist__sketcher_wait(sk, &acc, &sq), -ENOENT);
@@ -166,7 +175,7 @@ START_TEST(test_sketcher_refuses_bad_tensors)
     float x[100] = {0}, v[100] = {0};
     const uint32_t seeds[NG] = {1, 2};
     struct grist__sketcher *sk;
-    ck_assert_int_eq(grist__sketcher_new(NG, M, GRIST_SKETCH_BLOCK, sizes, &sk), 0);
+    ck_assert_int_eq(grist__sketcher_new(NG, M, GRIST_SKETCH_BLOCK, sizes, NULL, &sk), 0);
     struct grist_tensor t[2] = {{.grad = x, .n = 100, .group = 0},
                                 {.grad = x, .n = 50, .group = 1}};
     ck_assert_int_eq(grist__sketcher_begin(sk, NULL, t, 2, 0), -EINVAL);

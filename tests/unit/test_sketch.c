@@ -138,7 +138,7 @@ START_TEST(test_block_vector)
         x[i] = sin((double)i) + 0.5;
     double acc[M] = {0};
     const uint32_t sp = grist_sketch_seed(7, 3);
-    ck_assert_int_eq(grist_sketch_block_accum_f64(sp, x, N, 0, acc, M, NULL), 0);
+    ck_assert_int_eq(grist_sketch_block_accum_f64(sp, 1, x, N, 0, acc, M, NULL), 0);
     ck_assert_double_eq_tol(acc[0], -1.0673828836988117, 1e-9);
     ck_assert_double_eq_tol(acc[1], -13.704714679051339, 1e-9);
     ck_assert_double_eq_tol(acc[2], -1.4925510598295504, 1e-9);
@@ -191,10 +191,10 @@ START_TEST(test_block_chunking_and_offsets)
         const uint64_t cut[7] = {0, 1, 64, 128, 1128, 5227, N};
         for (int c = 0; c < 6; c++) {
             const uint64_t o = cut[c], n = cut[c + 1] - cut[c];
-            ck_assert_int_eq(grist_sketch_block_accum_f32(sp, x + o, n, o, a32, m, &sq32), 0);
-            ck_assert_int_eq(grist_sketch_block_accum_f64(sp, xd + o, n, o, a64, m, &sq64), 0);
-            ck_assert_int_eq(grist_sketch_block_accum_adam_f32(sp, x + o, v + o, n, o, vs, eps, aad,
-                                                               m, &sqad),
+            ck_assert_int_eq(grist_sketch_block_accum_f32(sp, 1, x + o, n, o, a32, m, &sq32), 0);
+            ck_assert_int_eq(grist_sketch_block_accum_f64(sp, 1, xd + o, n, o, a64, m, &sq64), 0);
+            ck_assert_int_eq(grist_sketch_block_accum_adam_f32(sp, 1, x + o, v + o, n, o, vs, eps,
+                                                               aad, m, &sqad),
                              0);
         }
         for (uint32_t b = 0; b < m; b++) {
@@ -208,10 +208,10 @@ START_TEST(test_block_chunking_and_offsets)
         free(naive), free(nadam), free(a32), free(a64), free(aad);
     }
     double acc[64] = {0};
-    ck_assert_int_eq(grist_sketch_block_accum_f32(1, x, 4, 0, acc, 100, NULL), GRIST_EBADDIM);
-    ck_assert_int_eq(grist_sketch_block_accum_f32(1, x, 4, UINT32_MAX, acc, 64, NULL),
+    ck_assert_int_eq(grist_sketch_block_accum_f32(1, 1, x, 4, 0, acc, 100, NULL), GRIST_EBADDIM);
+    ck_assert_int_eq(grist_sketch_block_accum_f32(1, 1, x, 4, UINT32_MAX, acc, 64, NULL),
                      GRIST_ETOOBIG);
-    ck_assert_int_eq(grist_sketch_block_accum_adam_f32(1, x, v, 4, 0, vs, 0.0, acc, 64, NULL),
+    ck_assert_int_eq(grist_sketch_block_accum_adam_f32(1, 1, x, v, 4, 0, vs, 0.0, acc, 64, NULL),
                      -EINVAL);
     for (int b = 0; b < 64; b++)
         ck_assert_double_eq(acc[b], 0.0);
@@ -221,6 +221,76 @@ START_TEST(test_block_chunking_and_offsets)
     ck_assert_str_eq(grist_sketch_kind_name(GRIST_SKETCH_HASHED), "hashed");
     ck_assert_int_eq(grist_sketch_kind_parse("Block", &kind), -EINVAL);
     free(x), free(xd), free(v);
+}
+END_TEST
+
+/* Sampling (docs/MATH.md 2.1): 1 run in N kept, the same runs for every
+ * kernel; a sampled sketch is, bit for bit, the full sketch of the input with
+ * the left-out runs zeroed; the sampling rate and the auto rule. */
+START_TEST(test_block_sampling)
+{
+    enum { N = 64 * 4000 + 37 };
+    const uint32_t m = 1024, sp = grist_sketch_seed(4242, 3);
+    float *x = malloc(N * sizeof(float)), *xm = malloc(N * sizeof(float));
+    float *v = malloc(N * sizeof(float)), *vm = malloc(N * sizeof(float));
+    for (uint32_t i = 0; i < N; i++) {
+        x[i] = (float)sin(i * 0.37) * (i % 7 == 0 ? 0.0f : 1.0f); /* some exact zeros */
+        v[i] = 0.5f + (float)(i % 11);
+    }
+    const uint32_t samples[3] = {4, 16, 64};
+    for (int k = 0; k < 3; k++) {
+        const uint32_t smp = samples[k];
+        uint32_t kept = 0;
+        for (uint32_t i = 0; i < N; i++) {
+            const int keep = grist_sketch_block_keep(i >> 6, sp, smp);
+            kept += keep && (i & 63u) == 0;
+            xm[i] = keep ? x[i] : 0.0f;
+            vm[i] = v[i];
+        }
+        const double runs = (N + 63) / 64, frac = kept / runs;
+        ck_assert_msg(fabs(frac - 1.0 / smp) < 4.0 * sqrt(1.0 / smp / runs), "kept %.4f of 1/%u",
+                      frac, smp);
+        double *a = calloc(m, sizeof(double)), *b = calloc(m, sizeof(double));
+        double *aa = calloc(m, sizeof(double)), *ba = calloc(m, sizeof(double));
+        double sqa = 0, sqb = 0, sqaa = 0, sqba = 0;
+        const uint64_t cut[4] = {0, 100, 64 * 1000 + 5, N}; /* tensors cut inside runs */
+        for (int c = 0; c < 3; c++) {
+            const uint64_t o = cut[c], n = cut[c + 1] - cut[c];
+            ck_assert_int_eq(grist_sketch_block_accum_f32(sp, smp, x + o, n, o, a, m, &sqa), 0);
+            ck_assert_int_eq(grist_sketch_block_accum_adam_f32(sp, smp, x + o, v + o, n, o, 2.0,
+                                                               1e-8, aa, m, &sqaa),
+                             0);
+            /* the same cuts: the norm's partial sums follow the runs */
+            ck_assert_int_eq(grist_sketch_block_accum_f32(sp, 1, xm + o, n, o, b, m, &sqb), 0);
+            ck_assert_int_eq(grist_sketch_block_accum_adam_f32(sp, 1, xm + o, vm + o, n, o, 2.0,
+                                                               1e-8, ba, m, &sqba),
+                             0);
+        }
+        ck_assert_mem_eq(a, b, m * sizeof(double));
+        ck_assert_mem_eq(aa, ba, m * sizeof(double));
+        ck_assert_double_eq(sqa, sqb);
+        ck_assert_double_eq(sqaa, sqba);
+        const double before = a[5], sq_before = sqa;
+        grist_sketch_unsample(a, m, smp, &sqa);
+        ck_assert_double_eq(a[5], before * sqrt((double)smp));
+        ck_assert_double_eq(sqa, sq_before * smp);
+        free(a), free(b), free(aa), free(ba);
+    }
+    double acc[64] = {0};
+    ck_assert_int_eq(grist_sketch_block_accum_f32(sp, 2, x, 4, 0, acc, 64, NULL), -EINVAL);
+    ck_assert_int_eq(grist_sketch_block_accum_f32(sp, 0, x, 4, 0, acc, 64, NULL), -EINVAL);
+    for (int b = 0; b < 64; b++)
+        ck_assert_double_eq(acc[b], 0.0);
+    ck_assert_int_eq(grist_sketch_check_sample(16), 0);
+    ck_assert_int_eq(grist_sketch_check_sample(8), -EINVAL);
+    /* auto: keep at least m runs (64 m elements), at most 1 run in 16 */
+    ck_assert_uint_eq(grist_sketch_sample_auto(262143, 1024), 1);
+    ck_assert_uint_eq(grist_sketch_sample_auto(262144, 1024), 4);
+    ck_assert_uint_eq(grist_sketch_sample_auto(1048575, 1024), 4);
+    ck_assert_uint_eq(grist_sketch_sample_auto(1048576, 1024), 16);
+    ck_assert_uint_eq(grist_sketch_sample_auto(1u << 31, 1024), 16);
+    ck_assert_uint_eq(grist_sketch_sample_auto(1048576, 4096), 4);
+    free(x), free(xm), free(v), free(vm);
 }
 END_TEST
 
@@ -235,6 +305,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_bad_arguments);
     tcase_add_test(tc, test_block_vector);
     tcase_add_test(tc, test_block_chunking_and_offsets);
+    tcase_add_test(tc, test_block_sampling);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -20,7 +20,8 @@ import grist  # noqa: E402
 import grist.torch  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from sketch_ref import block_buckets_signs, keys, numpy_block_sketch, numpy_sketch  # noqa: E402
+from sketch_ref import (block_buckets_signs, block_keep, keys, numpy_block_sketch,  # noqa: E402
+                        numpy_sketch)
 
 REF = {"hashed": numpy_sketch, "block": numpy_block_sketch}
 
@@ -84,9 +85,56 @@ def check_kind(kind):
     assert np.max(np.abs(acc - ref)) <= 1e-6 * np.max(np.abs(ref))
 
 
+def check_sampled():
+    """The sampled block sketch (1 run in 4, 16, 64): torch client (C kernel
+    on each tensor, then unsample) against NumPy, and bit-identical to the C
+    client's path on a copy; the auto rule as the session resolves it."""
+    job_seed, group, m = 0xBEEF, 1, 1024
+    torch.manual_seed(2)
+    ts = [torch.randn(300, 1000), torch.randn(7), torch.randn(90000)]
+    flat = torch.cat([t.reshape(-1) for t in ts]).numpy()
+    sp = grist.group_seed(job_seed, group)
+    for sample in (4, 16, 64):
+        acc, sq = np.zeros(m), np.zeros(1)
+        off = 0
+        for t in ts:
+            grist.sketch_f32(sp, t.data_ptr(), t.numel(), off, acc, sq, sample=sample)
+            off += t.numel()
+        grist.unsample(acc, sq, sample)
+        ref = numpy_block_sketch(flat, job_seed, group, m, sample=sample)
+        rel = np.max(np.abs(acc - ref)) / np.max(np.abs(ref))
+        keep = block_keep(job_seed, group, flat.size, sample)
+        f64 = flat.astype(np.float64)
+        want_sq = sample * float(f64[keep] @ f64[keep])
+        print(f"T6 block/{sample}: kept {keep.mean():.4f} of the elements, max relative "
+              f"difference vs NumPy {rel:.2e}")
+        assert rel <= 1e-6 and abs(sq[0] - want_sq) <= 1e-9 * want_sq, (rel, sq[0], want_sq)
+        assert abs(keep.mean() - 1 / sample) < 4 * np.sqrt(1 / sample / (flat.size / 64))
+        buf = np.ascontiguousarray(flat, dtype=np.float32)
+        a2, s2 = np.zeros(m), np.zeros(1)
+        grist.sketch_f32(sp, buf.ctypes.data, buf.size, 0, a2, s2, sample=sample)
+        grist.unsample(a2, s2, sample)
+        assert np.array_equal(a2, acc), "C client and torch client sampled sketches differ"
+    for bad in (2, 0):
+        try:
+            grist.sketch_f32(sp, buf.ctypes.data, 64, 0, np.zeros(m), np.zeros(1), sample=bad)
+            raise AssertionError(f"sample {bad} accepted")
+        except grist.GristError:
+            pass
+    try:
+        grist.sketch_f32(sp, buf.ctypes.data, 64, 0, np.zeros(m), np.zeros(1), kind="hashed",
+                         sample=4)
+        raise AssertionError("a sampled hashed sketch accepted")
+    except ValueError:
+        pass
+    assert grist.sample_auto(1 << 20, 1024) == 16 and grist.sample_auto((1 << 20) - 1, 1024) == 4
+    assert grist.sample_auto((1 << 18) - 1, 1024) == 1
+
+
 def main():
     for kind in ("hashed", "block"):
         check_kind(kind)
+    check_sampled()
     try:
         grist.sketch_f32(1, 0, 0, 0, np.zeros(64), np.zeros(1), kind="dense")
         raise AssertionError("unknown kind accepted")
@@ -97,6 +145,22 @@ def main():
     # drops the oldest, latest() has nothing yet
     c = grist.Client("127.0.0.1:1", queue_capacity=4, backoff_initial_s=10)
     s = grist.Session(c, "t6", [dict(n=10, optimizer="sgd", lr=0.1, beta=0.9)], sketch_dim=64)
+    # sampling as libgrist resolves it: auto by size, explicit, refused
+    s2 = grist.Session(c, "t6b", [dict(n=3 << 20), dict(n=300000), dict(n=10),
+                                  dict(n=1 << 20, sketch_sample=1)])
+    assert s2.samples == [16, 4, 1, 1], s2.samples
+    s2.close()
+    for bad in (dict(n=100, sketch_sample=8),):
+        try:
+            grist.Session(c, "t6c", [bad])
+            raise AssertionError("sketch_sample 8 accepted")
+        except grist.GristError:
+            pass
+    try:
+        grist.Session(c, "t6d", [dict(n=100, sketch_sample=4)], sketch_kind="hashed")
+        raise AssertionError("a sampled hashed session accepted")
+    except grist.GristError:
+        pass
     for t in range(10):
         s.submit(t + 1, np.ones((1, 64), dtype=np.float32), [1.0], [8])
     st = s.stats()

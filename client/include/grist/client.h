@@ -111,6 +111,9 @@ struct grist_group_desc {
     enum grist_optimizer optimizer;
     double lr; /**< the user's configured learning rate */
     double beta; /**< the user's configured momentum / beta1 */
+    uint32_t sketch_sample; /**< block sketch: 1 run in N is sketched, N = 1, 4, 16 or 64
+                                 (docs/MATH.md 2.1); 0 = grist_sketch_sample_auto(num_elements,
+                                 m); the hashed sketch takes only 0 or 1 */
 };
 
 /** What a worker attaches with. Zero policy fields take the daemon's defaults. */
@@ -144,6 +147,11 @@ struct grist_attach_options {
  * what its grist_session_sketch_begin() computes and what a caller that
  * sketches on its own must compute. */
 GRIST_EXPORT int grist_session_sketch_kind(const struct grist_session *s);
+
+/** The sampling N of group g as resolved at attach (1, 4, 16 or 64; what a
+ * caller that sketches on its own passes to the block kernels and to
+ * grist_sketch_unsample()); -EINVAL for a bad session or group. */
+GRIST_EXPORT int grist_session_sketch_sample(const struct grist_session *s, uint32_t g);
 
 /**
  * Attach a worker. Returns at once; the background thread connects, sends
@@ -364,6 +372,8 @@ struct grist_group_info {
     double lr_greedy; /**< eta* of the current candidate (absolute); 0 = none */
     double confidence; /**< margin of the current choice in standard errors */
     char reason[256]; /**< the selection's state at the last evaluation */
+    uint64_t num_elements; /**< n of the group, as attached */
+    uint32_t sketch_sample; /**< block sketch: 1 run in N sketched */
 };
 
 /**

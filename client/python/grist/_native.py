@@ -53,7 +53,7 @@ class _ClientOptions(ctypes.Structure):
 
 class _GroupDesc(ctypes.Structure):
     _fields_ = [("name", ctypes.c_char_p), ("num_elements", _u64), ("optimizer", ctypes.c_int),
-                ("lr", _dbl), ("beta", _dbl)]
+                ("lr", _dbl), ("beta", _dbl), ("sketch_sample", _u32)]
 
 
 class _AttachOptions(ctypes.Structure):
@@ -156,13 +156,16 @@ ENONFINITE = ERRORS["NONFINITE"]
 STATUS_INVALID_ARGUMENT, STATUS_PERMISSION_DENIED, STATUS_UNAUTHENTICATED = 3, 7, 16
 _sk_f32 = {"hashed": _sig("grist_sketch_accum_f32", ctypes.c_int, _u32, _vp, _u64, _u64, _pd,
                           _u32, _pd),
-           "block": _sig("grist_sketch_block_accum_f32", ctypes.c_int, _u32, _vp, _u64, _u64, _pd,
-                         _u32, _pd)}
+           "block": _sig("grist_sketch_block_accum_f32", ctypes.c_int, _u32, _u32, _vp, _u64, _u64,
+                         _pd, _u32, _pd)}
 _sk_adam = {"hashed": _sig("grist_sketch_accum_adam_f32", ctypes.c_int, _u32, _vp, _vp, _u64, _u64,
                            _dbl, _dbl, _pd, _u32, _pd),
-            "block": _sig("grist_sketch_block_accum_adam_f32", ctypes.c_int, _u32, _vp, _vp, _u64,
-                          _u64, _dbl, _dbl, _pd, _u32, _pd)}
+            "block": _sig("grist_sketch_block_accum_adam_f32", ctypes.c_int, _u32, _u32, _vp, _vp,
+                          _u64, _u64, _dbl, _dbl, _pd, _u32, _pd)}
 _sk_kind = _sig("grist_session_sketch_kind", ctypes.c_int, _vp)
+_sk_sample = _sig("grist_session_sketch_sample", ctypes.c_int, _vp, _u32)
+_unsample = _sig("grist_sketch_unsample", None, _pd, _u32, _u32, _pd)
+_sample_auto = _sig("grist_sketch_sample_auto", _u32, _u64, _u32)
 
 
 class GristError(RuntimeError):
@@ -193,20 +196,44 @@ def _kind_fn(table, kind):
         raise ValueError(f"sketch kind {kind!r}: one of {', '.join(SKETCH_KINDS)}") from None
 
 
-def sketch_f32(seed_p, ptr, n, offset, acc, sq, kind="block"):
+def _sample_args(kind, sample):
+    if kind == "block":
+        return (sample,)
+    if sample != 1:
+        raise ValueError("sketch sampling is for the block sketch only")
+    return ()
+
+
+def sketch_f32(seed_p, ptr, n, offset, acc, sq, kind="block", sample=1):
     """Accumulate the sketch (kind "block" or "hashed") of n float32 at address
     ptr (group offset `offset`) into acc (float64 numpy array of m); sq is a
     1-element float64 array that receives sum x^2. Called on tensor memory: no
-    copy."""
-    _check(_kind_fn(_sk_f32, kind)(seed_p, ptr, n, offset, acc.ctypes.data_as(_pd), acc.size,
-                                   sq.ctypes.data_as(_pd)), "sketch")
-
-
-def sketch_adam_f32(seed_p, g_ptr, v_ptr, n, offset, v_scale, eps, acc, sq, kind="block"):
-    """As sketch_f32 for Adam's metric: x = g / sqrt(sqrt(v * v_scale) + eps)."""
-    _check(_kind_fn(_sk_adam, kind)(seed_p, g_ptr, v_ptr, n, offset, v_scale, eps,
-                                    acc.ctypes.data_as(_pd), acc.size, sq.ctypes.data_as(_pd)),
+    copy. sample: the block sketch's 1 run in N (docs/MATH.md 2.1); a sampled
+    accumulator is finished with unsample()."""
+    _check(_kind_fn(_sk_f32, kind)(seed_p, *_sample_args(kind, sample), ptr, n, offset,
+                                   acc.ctypes.data_as(_pd), acc.size, sq.ctypes.data_as(_pd)),
            "sketch")
+
+
+def sketch_adam_f32(seed_p, g_ptr, v_ptr, n, offset, v_scale, eps, acc, sq, kind="block",
+                    sample=1):
+    """As sketch_f32 for Adam's metric: x = g / sqrt(sqrt(v * v_scale) + eps)."""
+    _check(_kind_fn(_sk_adam, kind)(seed_p, *_sample_args(kind, sample), g_ptr, v_ptr, n, offset,
+                                    v_scale, eps, acc.ctypes.data_as(_pd), acc.size,
+                                    sq.ctypes.data_as(_pd)),
+           "sketch")
+
+
+def unsample(acc, sq, sample):
+    """grist_sketch_unsample on one group's accumulator (m float64) and its
+    1-element norm array: x sqrt(N) and x N, exact."""
+    if sample != 1:
+        _unsample(acc.ctypes.data_as(_pd), acc.size, sample, sq.ctypes.data_as(_pd))
+
+
+def sample_auto(n, m):
+    """grist_sketch_sample_auto: the sampling a group of n elements gets by default."""
+    return _sample_auto(n, m)
 
 
 class Client:
@@ -273,7 +300,8 @@ class Session:
             name = _b(g.get("name", f"group{i}"))
             self._names.append(name)
             descs[i] = _GroupDesc(name, int(g["n"]), _KINDS.get(g.get("optimizer"), SGD),
-                                  float(g.get("lr", 0.0)), float(g.get("beta", 0.0)))
+                                  float(g.get("lr", 0.0)), float(g.get("beta", 0.0)),
+                                  int(g.get("sketch_sample", 0)))
         o = _AttachOptions()
         o.job = _b(job)
         o.rank, o.world_size, o.ngroups = rank, world_size, self.ngroups
@@ -304,6 +332,8 @@ class Session:
         self._h = _vp()
         _check(_attach(client._h, ctypes.byref(o), ctypes.byref(self._h)), "attach")
         client._sessions.append(self)
+        # the block sketch's sampling per group, as libgrist resolved it (0 = auto)
+        self.samples = [_sk_sample(self._h, g) for g in range(self.ngroups)]
         self._hp = (_GroupHyperparams * self.ngroups)()
         self._lv, self._ls = _u64(), _u64()
         self._lvp, self._lsp = ctypes.byref(self._lv), ctypes.byref(self._ls)
@@ -415,7 +445,8 @@ def cuda_sketcher(kind="block"):
     """grist_sketch_cuda_f32 (kind "hashed") or grist_sketch_cuda_block_f32 from
     libgrist-kernels-cuda.so ($GRIST_CUDA_LIB, or next to libgrist in a build
     tree), or None when the CUDA backend is not built. Call as f(seed_p, x_ptr,
-    n, offset, acc_ptr, m, sq_ptr, stream)."""
+    n, offset, acc_ptr, m, sq_ptr, stream, sample=1) (sample: the block
+    sketch's 1 run in N; the caller unsamples the finished accumulator)."""
     global _cuda
     if _cuda is None:
         cands = [os.environ.get("GRIST_CUDA_LIB"),
@@ -426,11 +457,13 @@ def cuda_sketcher(kind="block"):
             if c and os.path.exists(c):
                 lib = ctypes.CDLL(c)
                 _cuda = {}
-                for k, name in (("hashed", "grist_sketch_cuda_f32"),
-                                ("block", "grist_sketch_cuda_block_f32")):
-                    f = getattr(lib, name)
-                    f.restype = ctypes.c_int
-                    f.argtypes = [_u32, _vp, _u64, _u64, _vp, _u32, _vp, _vp]
-                    _cuda[k] = f
+                hashed, block = lib.grist_sketch_cuda_f32, lib.grist_sketch_cuda_block_f32
+                hashed.restype = block.restype = ctypes.c_int
+                hashed.argtypes = [_u32, _vp, _u64, _u64, _vp, _u32, _vp, _vp]
+                block.argtypes = [_u32, _u32, _vp, _u64, _u64, _vp, _u32, _vp, _vp]
+                _cuda["hashed"] = lambda seed, x, n, off, acc, m, sq, stream, sample=1: hashed(
+                    seed, x, n, off, acc, m, sq, stream) if sample == 1 else -22
+                _cuda["block"] = lambda seed, x, n, off, acc, m, sq, stream, sample=1: block(
+                    seed, sample, x, n, off, acc, m, sq, stream)
                 break
     return _cuda[kind] if _cuda else None

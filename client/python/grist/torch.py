@@ -31,7 +31,7 @@ import torch as _torch
 
 from grist import _native
 from grist._native import (Client, GristError, Session, Tensor, cuda_sketcher, group_seed,
-                           sketch_adam_f32, sketch_f32)
+                           sketch_adam_f32, sketch_f32, unsample)
 
 _ENONFINITE = _native.ENONFINITE
 
@@ -79,7 +79,7 @@ class GristSession:
     def __init__(self, optimizer, job, address, rank=None, world_size=None, sketch_dim=1024,
                  policy=None, ddp_model=None, client=None, wait_s=0.0, async_sketch=True,
                  sync_every=10, sketch_kind="block", token=None, tls_ca=None, tls_cert=None,
-                 tls_key=None, tls_server_name=None):
+                 tls_key=None, tls_server_name=None, sketch_sample=None):
         self.optimizer = optimizer
         self.sync_every = max(1, int(sync_every))
         self._val = None        # (closure, every) from validate()
@@ -102,7 +102,8 @@ class GristSession:
                 off += p.numel()
             beta = g["betas"][0] if self.kind in _BETAS else g["momentum"]
             groups.append(dict(name=str(g.get("name", f"group{gi}")), n=off, optimizer=self.kind,
-                               lr=float(g["lr"]), beta=float(beta)))
+                               lr=float(g["lr"]), beta=float(beta),
+                               sketch_sample=int(sketch_sample or 0)))
         self.ngroups = len(groups)
         self._own_client = client is None
         if client is None:
@@ -115,6 +116,7 @@ class GristSession:
         self.session = Session(self.client, job, groups, rank=rank, world_size=world_size,
                                sketch_dim=sketch_dim, policy=policy, sketch_kind=sketch_kind)
         self.sketch_kind = sketch_kind
+        self.samples = self.session.samples  # the block sketch's 1 run in N, per group
         if wait_s and not self.session.wait_ready(wait_s):
             status, msg = self.session.last_error()
             if status in (_native.STATUS_INVALID_ARGUMENT, _native.STATUS_PERMISSION_DENIED,
@@ -250,7 +252,8 @@ class GristSession:
                                               device=g.device)
                 row = self._dacc[gi]
                 r = f(seeds[gi], g.data_ptr(), g.numel(), off, row.data_ptr(), self.m,
-                      row[self.m:].data_ptr(), _torch.cuda.current_stream(g.device).cuda_stream)
+                      row[self.m:].data_ptr(), _torch.cuda.current_stream(g.device).cuda_stream,
+                      self.samples[gi])
                 if r < 0:
                     raise GristError(r, "cuda sketch")
                 self._dev_used = True
@@ -267,9 +270,16 @@ class GristSession:
                 grp = self.optimizer.param_groups[gi]
                 v_scale = self._v_scale(grp, st)
                 sketch_adam_f32(seeds[gi], g.data_ptr(), v.data_ptr(), n, off, v_scale,
-                                float(grp["eps"]), acc, sq, kind=self.sketch_kind)
+                                float(grp["eps"]), acc, sq, kind=self.sketch_kind,
+                                sample=self.samples[gi])
                 return
-        sketch_f32(seeds[gi], g.data_ptr(), n, off, acc, sq, kind=self.sketch_kind)
+        sketch_f32(seeds[gi], g.data_ptr(), n, off, acc, sq, kind=self.sketch_kind,
+                   sample=self.samples[gi])
+
+    def _unsample(self, acc, sq):
+        """Finish the per-tensor path's accumulators (docs/MATH.md 2.1)."""
+        for gi in range(self.ngroups):
+            unsample(acc[gi], sq[gi], self.samples[gi])
 
     def _begin(self, run_async):
         """Describe every CPU gradient of the step to libgrist and start its
@@ -404,6 +414,7 @@ class GristSession:
                 self._dacc.zero_()
                 self._dev_used = False
             if ready:
+                self._unsample(self._acc, self._sq)
                 self._sk[:] = self._acc
                 try:
                     self.session.submit(self.t, self._sk, self._sq[:, 0], batch_sizes)
@@ -480,6 +491,7 @@ class GristSession:
                 sq[:, 0] += d[:, self.m]
                 self._dacc.zero_()
                 self._dev_used = False
+            self._unsample(acc, sq)
             try:
                 self.session.submit(self.t, acc.astype(self._sk.dtype), sq[:, 0],
                                     [0] * self.ngroups, validation=True)
@@ -547,7 +559,8 @@ class GristSession:
 
 def attach(optimizer, job, address, rank=None, world_size=None, sketch_dim=1024, policy=None,
            ddp_model=None, wait_s=0.0, async_sketch=True, sync_every=10, sketch_kind="block",
-           token=None, tls_ca=None, tls_cert=None, tls_key=None, tls_server_name=None):
+           token=None, tls_ca=None, tls_cert=None, tls_key=None, tls_server_name=None,
+           sketch_sample=None):
     """Attach optimizer to gristd at address as a worker of job; returns a
     GristSession (call .step() after optimizer.step(); .close() or use as a
     context manager). Never raises because the daemon is absent: training
@@ -575,6 +588,15 @@ def attach(optimizer, job, address, rank=None, world_size=None, sketch_dim=1024,
     element) or "hashed" (docs/MATH.md 2.1); every rank of a job must use the
     same, the daemon refuses a Hello that differs.
 
+    sketch_sample: the block sketch keeps 1 run of 64 elements in N (1, 4, 16
+    or 64) of every group, the same runs at every step and on every rank,
+    scaled so that inner products stay unbiased (docs/MATH.md 2.1, 2.2).
+    None (default): per group, the largest N in {1, 4, 16} that still
+    sketches sketch_dim runs (at the default m: N = 4 from 262,144 elements,
+    16 from 1,048,576); 1 sketches every element (do so for a group whose
+    gradient sits in a few rows, e.g. a sparse embedding). The resolved N is
+    .samples.
+
     token: the job's worker token when gristd runs with --tokens (default:
     the GRIST_TOKEN environment variable); tls_ca: the PEM CA to connect
     with TLS (default: $GRIST_TLS_CA); tls_cert/tls_key: a client certificate under mTLS;
@@ -584,4 +606,4 @@ def attach(optimizer, job, address, rank=None, world_size=None, sketch_dim=1024,
                         sketch_dim=sketch_dim, policy=policy, ddp_model=ddp_model, wait_s=wait_s,
                         async_sketch=async_sketch, sync_every=sync_every, sketch_kind=sketch_kind,
                         token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
-                        tls_server_name=tls_server_name)
+                        tls_server_name=tls_server_name, sketch_sample=sketch_sample)

@@ -114,6 +114,34 @@ GRIST_HD static inline int grist_sketch_block_negative(uint32_t i, uint32_t seed
     return (int)((grist_sketch_block_signs(i >> 5, seed_p) >> (i & 31u)) & 1u);
 }
 
+/** Block sketch sampling (docs/MATH.md 2.1): with `sample` = N (1, 4, 16 or
+ * 64) a run b is sketched only when the top log2 N bits of its keep hash are
+ * 0, i.e. with probability 1/N, the same runs at every step; the finished
+ * accumulator is then scaled by sqrt(N) (grist_sketch_unsample), so that
+ * E<Sx, Sy> = x.y still holds. N = 1 keeps every run. */
+#define GRIST_SKETCH_SAMPLE_MAX 64u
+GRIST_HD static inline int grist_sketch_block_keep(uint32_t b, uint32_t seed_p, uint32_t sample)
+{
+    if (sample <= 1u)
+        return 1;
+    const uint32_t bits = sample == 4u ? 2u : sample == 16u ? 4u : 6u;
+    return (grist_fmix32((b * 0x85EBCA77u) ^ seed_p ^ 0x61C88647u) >> (32u - bits)) == 0u;
+}
+
+/** 0 when sample is 1, 4, 16 or 64; -EINVAL otherwise. */
+int grist_sketch_check_sample(uint32_t sample);
+
+/** The sampling a group of n elements gets by default with sketch dimension m:
+ * the largest N in {1, 4, 16} that still sketches at least m runs (64 m
+ * elements), so the sampling adds at most about half the sketch's own
+ * variance bound to an inner product whose energy is spread over the group
+ * (docs/MATH.md 2.2). */
+uint32_t grist_sketch_sample_auto(uint64_t n, uint32_t m);
+
+/** Undo the sampling's 1/N on a finished accumulator: acc *= sqrt(N) and
+ * *sq_norm *= N (powers of two: exact). sq_norm may be NULL. */
+void grist_sketch_unsample(double *acc, uint32_t m, uint32_t sample, double *sq_norm);
+
 /** "hashed" / "block" and back; parse returns 0 or -EINVAL. */
 const char *grist_sketch_kind_name(enum grist_sketch_kind k);
 int grist_sketch_kind_parse(const char *s, enum grist_sketch_kind *out);
@@ -158,14 +186,17 @@ int grist_sketch_accum_adam_f32(uint32_t seed_p, const float *g, const float *v,
                                 uint32_t m, double *sq_norm);
 
 /** The block sketch: as grist_sketch_accum_f32/_f64/_adam_f32, same
- * arguments and return values, GRIST_SKETCH_BLOCK's buckets and signs. */
-int grist_sketch_block_accum_f32(uint32_t seed_p, const float *x, uint64_t n, uint64_t offset,
-                                 double *acc, uint32_t m, double *sq_norm);
-int grist_sketch_block_accum_f64(uint32_t seed_p, const double *x, uint64_t n, uint64_t offset,
-                                 double *acc, uint32_t m, double *sq_norm);
-int grist_sketch_block_accum_adam_f32(uint32_t seed_p, const float *g, const float *v, uint64_t n,
-                                      uint64_t offset, double v_scale, double eps, double *acc,
-                                      uint32_t m, double *sq_norm);
+ * arguments and return values, GRIST_SKETCH_BLOCK's buckets and signs;
+ * `sample` (1, 4, 16, 64; else -EINVAL) skips the runs that
+ * grist_sketch_block_keep() leaves out (their elements add nothing, also not
+ * to *sq_norm). */
+int grist_sketch_block_accum_f32(uint32_t seed_p, uint32_t sample, const float *x, uint64_t n,
+                                 uint64_t offset, double *acc, uint32_t m, double *sq_norm);
+int grist_sketch_block_accum_f64(uint32_t seed_p, uint32_t sample, const double *x, uint64_t n,
+                                 uint64_t offset, double *acc, uint32_t m, double *sq_norm);
+int grist_sketch_block_accum_adam_f32(uint32_t seed_p, uint32_t sample, const float *g,
+                                      const float *v, uint64_t n, uint64_t offset, double v_scale,
+                                      double eps, double *acc, uint32_t m, double *sq_norm);
 
 /**
  * Convert a finished accumulator to the float32 sketch sent on the wire.
