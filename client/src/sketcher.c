@@ -144,10 +144,11 @@ int grist__sketcher_begin(struct grist__sketcher *sk, const uint32_t *seeds,
     }
     /* a small step is sketched inline: handing it to the thread (a wake-up,
      * 50-200 us on a loaded 2-core machine, measured in client/README.md)
-     * costs more than the sketch itself (0.25 ns per element, block kind) */
+     * costs more than the sketch itself (0.25 ns per element, block kind);
+     * what counts is the work: a group sampled 1 run in N reads n / N */
     uint64_t total = 0;
     for (uint32_t i = 0; i < nt; i++)
-        total += t[i].n;
+        total += t[i].n / sk->sample[t[i].group];
     if (total < sk->async_min)
         async = 0;
     pthread_mutex_lock(&sk->mu);

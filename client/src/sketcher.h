@@ -29,7 +29,8 @@ void grist__sketcher_free(struct grist__sketcher *sk);
  * -EINVAL; GRIST_EBADLEN (outside its group); -ENOMEM; -EAGAIN (thread). */
 int grist__sketcher_begin(struct grist__sketcher *sk, const uint32_t *seeds,
                           const struct grist_tensor *t, uint32_t nt, int async);
-/* Steps of fewer elements than this are sketched inline even when begun
+/* Steps that sketch fewer elements than this (n / N per group sampled 1
+ * run in N) are sketched inline even when begun
  * async (default 2^19: below it the thread hand-off costs more than the
  * sketch). Tests set 0 to exercise the thread. */
 void grist__sketcher_set_async_min(struct grist__sketcher *sk, uint64_t elements);

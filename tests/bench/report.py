@@ -164,7 +164,7 @@ def main():
     R.update(r)
     times["client"] = dt
     sections.append(("Client", "Command: `sh tests/bench/client.sh` (MLPs on CPU, batch 64, "
-                     "SGD, one torch thread).", md))
+                     "SGD and Adam, one torch thread).", md))
 
     # targets
     cov = [v for k, v in R.items() if k.startswith("cov_ratio_")]

@@ -132,6 +132,7 @@ class GristSession:
         self.version = 0
         self.lr_scale = [1.0] * self.ngroups
         self.history = []  # (step, [momentum per group], [lr_scale per group])
+        self._applied_key = None  # (lr, momentum) per group and lr_scale last reported
         self._acc = np.zeros((self.ngroups, self.m))
         self._sq = np.zeros((self.ngroups, 1))
         self._sk = np.zeros((self.ngroups, self.m), dtype=np.float32)
@@ -197,6 +198,15 @@ class GristSession:
         """What this step applied, per group: lr in force, beta, the lr_scale in
         it, Adam's bias correction of exp_avg; sent with the step's summary
         (the daemon's curvature rule divides gradient changes by the lr)."""
+        if self.kind not in _BETAS:
+            # heavy ball: lr, momentum and the scale; nothing to send when they
+            # are what the last step applied (the common case: this runs right
+            # after the optimizer has churned the caches, each touched object
+            # costs, measured in client/README.md)
+            key = tuple((g["lr"], g["momentum"]) for g in groups), tuple(self.lr_scale)
+            if key == self._applied_key:
+                return
+            self._applied_key = key
         a = self._applied
         for gi, (g, s) in enumerate(zip(groups, self.lr_scale)):
             a[gi, 0] = float(g["lr"])
