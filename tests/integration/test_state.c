@@ -526,6 +526,135 @@ START_TEST(test_expiry_removes_file)
 }
 END_TEST
 
+/* Format 1 (before GroupSpec.sketch_sample) still restores: a file written
+ * by this build is turned into the version-1 layout here (each group's u32
+ * sampling removed, version, length and FNV-1a 64 rewritten, the frame of
+ * docs/PERSISTENCE.md) and the job comes back with every group sketched
+ * whole; a version-2 job with 1 run in 4 keeps its sampling across a restart. */
+static int read_file(const char *path, unsigned char **buf, size_t *len)
+{
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return -1;
+    fseek(fp, 0, SEEK_END);
+    *len = (size_t)ftell(fp);
+    fseek(fp, 0, SEEK_SET);
+    *buf = malloc(*len);
+    const size_t got = fread(*buf, 1, *len, fp);
+    fclose(fp);
+    return got == *len ? 0 : -1;
+}
+
+static uint32_t rd32(const unsigned char *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static void to_format_1(const char *path)
+{
+    unsigned char *b;
+    size_t len;
+    ck_assert_int_eq(read_file(path, &b, &len), 0);
+    ck_assert_uint_eq(rd32(b + 8), 2); /* this build's version */
+    const unsigned char *pl = b + 32;
+    const size_t plen = len - 32;
+    unsigned char *out = malloc(len);
+    size_t i = 0, o = 32;
+    const uint32_t idlen = rd32(pl);
+    const size_t head = 4 + idlen + 5 * 4; /* id, seed, world, ngroups, m, kind */
+    const uint32_t ngroups = rd32(pl + 4 + idlen + 8);
+    memcpy(out + o, pl, head);
+    i = head;
+    o += head;
+    for (uint32_t g = 0; g < ngroups; g++) {
+        const size_t rec = 4 + rd32(pl + i) + 8 + 4 + 8 + 8; /* name, n, form, lr, beta0 */
+        memcpy(out + o, pl + i, rec);
+        i += rec;
+        o += rec;
+        ck_assert_uint_eq(rd32(pl + i), 1); /* the sampling: 1 run in 1 */
+        i += 4;
+    }
+    memcpy(out + o, pl + i, plen - i);
+    o += plen - i;
+    const uint64_t n = o - 32;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t k = 32; k < o; k++) {
+        h ^= out[k];
+        h *= 0x100000001b3ull;
+    }
+    memcpy(out, b, 8);
+    const uint32_t v1 = 1;
+    memcpy(out + 8, &v1, 4);
+    memcpy(out + 12, b + 12, 4);
+    memcpy(out + 16, &n, 8);
+    memcpy(out + 24, &h, 8);
+    FILE *fp = fopen(path, "wb");
+    ck_assert_ptr_nonnull(fp);
+    ck_assert_uint_eq(fwrite(out, 1, o, fp), o);
+    fclose(fp);
+    free(b);
+    free(out);
+}
+
+START_TEST(test_reads_format_1)
+{
+    fresh_dir("v1");
+    grpc_init();
+    struct feed f;
+    feed_init(&f);
+    struct gristd_proc p = start(g_dir, NULL, NULL);
+    struct tw *w = attach(p.addr[0], "old");
+    feed_sync(&f, w, p.addr[0], "old", 1, STEPS1);
+    detach(w);
+    struct tw_opts o = {.job = "sampled",
+                        .world = 1,
+                        .ngroups = 1,
+                        .m = M,
+                        .n = 100000,
+                        .beta0 = 0.5,
+                        .solve_every = 5,
+                        .min_steps = 5,
+                        .hysteresis_h = 1,
+                        .rule = "alignment",
+                        .noise = "acf",
+                        .sketch_kind = 1,
+                        .sketch_sample = 4};
+    w = tw_open(p.addr[0], &o);
+    uint32_t seed;
+    ck_assert_int_eq(tw_welcome(w, &seed, 10), 0);
+    feed_sync(&f, w, p.addr[0], "sampled", 1, 10);
+    detach(w);
+    ck_assert_int_eq(gristd_stop(&p, SIGTERM), 0);
+    ck_assert_int_eq(file_count(".state"), 2);
+    char cmd[700], path[1024];
+    snprintf(cmd, sizeof(cmd), "grep -l old '%s'/*.state", g_dir);
+    FILE *ls = popen(cmd, "r");
+    ck_assert_ptr_nonnull(fgets(path, sizeof(path), ls));
+    pclose(ls);
+    path[strcspn(path, "\n")] = '\0';
+    to_format_1(path);
+
+    p = start(g_dir, NULL, NULL);
+    ck_assert_double_eq(metric(&p, "gristd_jobs_restored_total"), 2);
+    grpc_status_code st;
+    Grist__V1__GetJobResponse *r = get_job(p.addr[0], "old", &st);
+    ck_assert_msg(r, "the format-1 job is not served: %d", st);
+    ck_assert_uint_eq(r->job->step, STEPS1);
+    ck_assert_uint_eq(r->groups[0]->sketch_sample, 1);
+    ck_assert_uint_eq(r->groups[0]->num_elements, 1000);
+    grist__v1__get_job_response__free_unpacked(r, NULL);
+    r = get_job(p.addr[0], "sampled", &st);
+    ck_assert_msg(r, "the sampled job is not served: %d", st);
+    ck_assert_uint_eq(r->groups[0]->sketch_sample, 4);
+    grist__v1__get_job_response__free_unpacked(r, NULL);
+    ck_assert_int_eq(gristd_stop(&p, SIGTERM), 0);
+    grpc_shutdown();
+    rm_dir();
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("state");
@@ -537,6 +666,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_refused_files);
     tcase_add_test(tc, test_unwritable_dir);
     tcase_add_test(tc, test_expiry_removes_file);
+    tcase_add_test(tc, test_reads_format_1);
     suite_add_tcase(s, tc);
     return s;
 }
