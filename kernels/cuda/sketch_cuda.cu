@@ -21,7 +21,10 @@ extern "C" {
 
 /* kind: GRIST_SKETCH_HASHED or GRIST_SKETCH_BLOCK (the per-element
  * definitions of sketch.h; on the GPU every element is one thread either way). */
-__global__ static void k_sketch(uint32_t seed_p, const float *__restrict__ x, uint64_t n,
+/* v (NULL: plain) makes the value Adam's metric one, x / sqrt(sqrt(v * v_scale) + eps),
+ * in double as grist_sketch_*_adam_f32 computes it. */
+__global__ static void k_sketch(uint32_t seed_p, const float *__restrict__ x,
+                                const float *__restrict__ v, double v_scale, double eps, uint64_t n,
                                 uint32_t offset, double *acc, uint32_t m, double *sq, int kind,
                                 uint32_t sample)
 {
@@ -48,9 +51,10 @@ __global__ static void k_sketch(uint32_t seed_p, const float *__restrict__ x, ui
             bucket = key & mask;
             neg = (int)(key >> 31);
         }
-        const double v = (double)x[i];
-        s2 += v * v;
-        const double sv = neg ? -v : v;
+        const double xv =
+            v ? (double)x[i] / sqrt(sqrt((double)v[i] * v_scale) + eps) : (double)x[i];
+        s2 += xv * xv;
+        const double sv = neg ? -xv : xv;
         if (use_shared)
             atomicAdd(&sh[bucket], sv);
         else
@@ -68,9 +72,12 @@ __global__ static void k_sketch(uint32_t seed_p, const float *__restrict__ x, ui
                 atomicAdd(&acc[b], sh[b]);
 }
 
-static int launch(uint32_t seed_p, const float *x_dev, uint64_t n, uint64_t offset, double *acc_dev,
-                  uint32_t m, double *sq_dev, void *stream, int kind, uint32_t sample)
+static int launch(uint32_t seed_p, const float *x_dev, const float *v_dev, double v_scale,
+                  double eps, uint64_t n, uint64_t offset, double *acc_dev, uint32_t m,
+                  double *sq_dev, void *stream, int kind, uint32_t sample)
 {
+    if (v_dev && !(v_scale > 0.0 && eps > 0.0))
+        return -22; /* -EINVAL, as the host kernels */
     if (m < 64 || m > 65536 || (m & (m - 1)) != 0)
         return GRIST_EBADDIM;
     if (sample != 1 && sample != 4 && sample != 16 && sample != 64)
@@ -83,8 +90,9 @@ static int launch(uint32_t seed_p, const float *x_dev, uint64_t n, uint64_t offs
     if (blocks > 1024)
         blocks = 1024;
     const size_t shmem = m <= SHARED_MAX ? m * sizeof(double) : 0;
-    k_sketch<<<blocks, THREADS, shmem, (cudaStream_t)stream>>>(seed_p, x_dev, n, (uint32_t)offset,
-                                                               acc_dev, m, sq_dev, kind, sample);
+    k_sketch<<<blocks, THREADS, shmem, (cudaStream_t)stream>>>(seed_p, x_dev, v_dev, v_scale, eps,
+                                                               n, (uint32_t)offset, acc_dev, m,
+                                                               sq_dev, kind, sample);
     return cudaGetLastError() == cudaSuccess ? 0 : GRIST_EDEVICE;
 }
 
@@ -99,7 +107,8 @@ extern "C" __attribute__((visibility("default"))) int
 grist_sketch_cuda_f32(uint32_t seed_p, const float *x_dev, uint64_t n, uint64_t offset,
                       double *acc_dev, uint32_t m, double *sq_dev, void *stream)
 {
-    return launch(seed_p, x_dev, n, offset, acc_dev, m, sq_dev, stream, GRIST_SKETCH_HASHED, 1);
+    return launch(seed_p, x_dev, NULL, 0.0, 0.0, n, offset, acc_dev, m, sq_dev, stream,
+                  GRIST_SKETCH_HASHED, 1);
 }
 
 /* The same for the block sketch (GRIST_SKETCH_BLOCK), 1 run in `sample`
@@ -110,5 +119,29 @@ grist_sketch_cuda_block_f32(uint32_t seed_p, uint32_t sample, const float *x_dev
                             uint64_t offset, double *acc_dev, uint32_t m, double *sq_dev,
                             void *stream)
 {
-    return launch(seed_p, x_dev, n, offset, acc_dev, m, sq_dev, stream, GRIST_SKETCH_BLOCK, sample);
+    return launch(seed_p, x_dev, NULL, 0.0, 0.0, n, offset, acc_dev, m, sq_dev, stream,
+                  GRIST_SKETCH_BLOCK, sample);
+}
+
+/* Adam's metric on the device (grist_sketch_accum_adam_f32 and
+ * grist_sketch_block_accum_adam_f32 of sketch.h): g and v = exp_avg_sq in
+ * device memory, only the m doubles and the norm are written; -EINVAL for
+ * v_scale <= 0 or eps <= 0. */
+extern "C" __attribute__((visibility("default"))) int
+grist_sketch_cuda_adam_f32(uint32_t seed_p, const float *g_dev, const float *v_dev, uint64_t n,
+                           uint64_t offset, double v_scale, double eps, double *acc_dev, uint32_t m,
+                           double *sq_dev, void *stream)
+{
+    return launch(seed_p, g_dev, v_dev, v_scale, eps, n, offset, acc_dev, m, sq_dev, stream,
+                  GRIST_SKETCH_HASHED, 1);
+}
+
+extern "C" __attribute__((visibility("default"))) int
+grist_sketch_cuda_block_adam_f32(uint32_t seed_p, uint32_t sample, const float *g_dev,
+                                 const float *v_dev, uint64_t n, uint64_t offset, double v_scale,
+                                 double eps, double *acc_dev, uint32_t m, double *sq_dev,
+                                 void *stream)
+{
+    return launch(seed_p, g_dev, v_dev, v_scale, eps, n, offset, acc_dev, m, sq_dev, stream,
+                  GRIST_SKETCH_BLOCK, sample);
 }

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <cuda_runtime.h>
 
@@ -17,6 +18,66 @@ int grist_sketch_cuda_f32(uint32_t seed_p, const float *x_dev, uint64_t n, uint6
 int grist_sketch_cuda_block_f32(uint32_t seed_p, uint32_t sample, const float *x_dev, uint64_t n,
                                 uint64_t offset, double *acc_dev, uint32_t m, double *sq_dev,
                                 void *stream);
+int grist_sketch_cuda_adam_f32(uint32_t seed_p, const float *g_dev, const float *v_dev, uint64_t n,
+                               uint64_t offset, double v_scale, double eps, double *acc_dev,
+                               uint32_t m, double *sq_dev, void *stream);
+int grist_sketch_cuda_block_adam_f32(uint32_t seed_p, uint32_t sample, const float *g_dev,
+                                     const float *v_dev, uint64_t n, uint64_t offset,
+                                     double v_scale, double eps, double *acc_dev, uint32_t m,
+                                     double *sq_dev, void *stream);
+
+/* Adam's metric on the device against the host kernels: hashed, block, block 1 run in 16. */
+static int check_adam(const float *x, const float *xd, uint64_t n, uint64_t off)
+{
+    const uint32_t m = 1024, seed = grist_sketch_seed(91, 1);
+    const double vs = 1.0 / (1.0 - pow(0.999, 50)), eps = 1e-8;
+    float *v = malloc(n * sizeof(float)), *vd;
+    for (uint64_t i = 0; i < n; i++)
+        v[i] = 1e-4f * (float)(1 + (i % 97));
+    cudaMalloc((void **)&vd, n * sizeof(float));
+    cudaMemcpy(vd, v, n * sizeof(float), cudaMemcpyHostToDevice);
+    double *accd, *sqd, *ref = malloc(m * sizeof(double)), *got = malloc(m * sizeof(double));
+    cudaMalloc((void **)&accd, m * sizeof(double));
+    cudaMalloc((void **)&sqd, sizeof(double));
+    int fails = 0;
+    for (int k = 0; k < 3; k++) {
+        const uint32_t sample = k == 2 ? 16u : 1u;
+        double sq_ref = 0, sq = 0;
+        memset(ref, 0, m * sizeof(double));
+        cudaMemset(accd, 0, m * sizeof(double));
+        cudaMemset(sqd, 0, sizeof(double));
+        int r;
+        if (k == 0) {
+            grist_sketch_accum_adam_f32(seed, x, v, n, off, vs, eps, ref, m, &sq_ref);
+            r = grist_sketch_cuda_adam_f32(seed, xd, vd, n, off, vs, eps, accd, m, sqd, NULL);
+        } else {
+            grist_sketch_block_accum_adam_f32(seed, sample, x, v, n, off, vs, eps, ref, m, &sq_ref);
+            r = grist_sketch_cuda_block_adam_f32(seed, sample, xd, vd, n, off, vs, eps, accd, m,
+                                                 sqd, NULL);
+        }
+        cudaDeviceSynchronize();
+        cudaMemcpy(got, accd, m * sizeof(double), cudaMemcpyDeviceToHost);
+        cudaMemcpy(&sq, sqd, sizeof(double), cudaMemcpyDeviceToHost);
+        double worst = 0, scale = 0;
+        for (uint32_t b = 0; b < m; b++) {
+            worst = fmax(worst, fabs(got[b] - ref[b]));
+            scale = fmax(scale, fabs(ref[b]));
+        }
+        const int ok = r == 0 && worst <= 1e-9 * scale && fabs(sq - sq_ref) <= 1e-9 * sq_ref;
+        printf("adam %s/%-2u m %5u: max |cuda - c| %.3g of %.3g, sq %.12g vs %.12g: %s\n",
+               k ? "block " : "hashed", sample, m, worst, scale, sq, sq_ref, ok ? "ok" : "FAIL");
+        fails += !ok;
+    }
+    if (grist_sketch_cuda_adam_f32(seed, xd, vd, n, off, vs, 0.0, accd, m, sqd, NULL) != -22)
+        fails++;
+    cudaFree(vd);
+    cudaFree(accd);
+    cudaFree(sqd);
+    free(v);
+    free(ref);
+    free(got);
+    return fails;
+}
 
 int main(void)
 {
@@ -69,6 +130,7 @@ int main(void)
         free(ref);
         free(got);
     }
+    fails += check_adam(x, xd, n, off);
     /* buckets and signs: one element at a time */
     double *accd1;
     cudaMalloc((void **)&accd1, 64 * sizeof(double));

@@ -465,5 +465,23 @@ def cuda_sketcher(kind="block"):
                     seed, x, n, off, acc, m, sq, stream) if sample == 1 else -22
                 _cuda["block"] = lambda seed, x, n, off, acc, m, sq, stream, sample=1: block(
                     seed, sample, x, n, off, acc, m, sq, stream)
+                ah, ab = lib.grist_sketch_cuda_adam_f32, lib.grist_sketch_cuda_block_adam_f32
+                ah.restype = ab.restype = ctypes.c_int
+                ah.argtypes = [_u32, _vp, _vp, _u64, _u64, _dbl, _dbl, _vp, _u32, _vp, _vp]
+                ab.argtypes = [_u32, _u32, _vp, _vp, _u64, _u64, _dbl, _dbl, _vp, _u32, _vp, _vp]
+                _cuda["adam-hashed"] = (
+                    lambda seed, g, v, n, off, vs, eps, acc, m, sq, stream, sample=1:
+                    ah(seed, g, v, n, off, vs, eps, acc, m, sq, stream) if sample == 1 else -22)
+                _cuda["adam-block"] = (
+                    lambda seed, g, v, n, off, vs, eps, acc, m, sq, stream, sample=1:
+                    ab(seed, sample, g, v, n, off, vs, eps, acc, m, sq, stream))
                 break
     return _cuda[kind] if _cuda else None
+
+
+def cuda_adam_sketcher(kind="block"):
+    """grist_sketch_cuda_adam_f32 / grist_sketch_cuda_block_adam_f32 (Adam's
+    metric on device memory), or None without the CUDA backend. Call as
+    f(seed_p, g_ptr, v_ptr, n, offset, v_scale, eps, acc_ptr, m, sq_ptr,
+    stream, sample=1)."""
+    return cuda_sketcher("adam-" + kind)

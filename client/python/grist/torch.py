@@ -30,7 +30,8 @@ import numpy as np
 import torch as _torch
 
 from grist import _native
-from grist._native import (Client, GristError, Session, Tensor, cuda_sketcher, group_seed,
+from grist._native import (Client, GristError, Session, Tensor, cuda_adam_sketcher, cuda_sketcher,
+                           group_seed,
                            sketch_adam_f32, sketch_f32, unsample)
 
 _ENONFINITE = _native.ENONFINITE
@@ -252,8 +253,16 @@ class GristSession:
 
     def _sketch_param(self, seeds, p, grad, acc, sq, gi, off):
         if grad.is_cuda:
-            f = cuda_sketcher(self.sketch_kind)
-            if f is not None and grad.dtype == _torch.float32 and self.kind not in _PRECOND:
+            v = None
+            if self.kind in _PRECOND:  # Adam's metric needs exp_avg_sq, on the same device
+                st = self.optimizer.state.get(p, {})
+                v = st.get(_PRECOND[self.kind])
+                ok_v = (v is not None and v.is_cuda and v.dtype == _torch.float32 and
+                        v.is_contiguous() and v.device == grad.device)
+                f = cuda_adam_sketcher(self.sketch_kind) if ok_v else None
+            else:
+                f = cuda_sketcher(self.sketch_kind)
+            if f is not None and grad.dtype == _torch.float32:
                 # the CUDA kernel on the tensor memory, on the current stream;
                 # only m doubles per group come back (in _flush_device)
                 g = grad.detach().contiguous()
@@ -261,14 +270,22 @@ class GristSession:
                     self._dacc = _torch.zeros((self.ngroups, self.m + 1), dtype=_torch.float64,
                                               device=g.device)
                 row = self._dacc[gi]
-                r = f(seeds[gi], g.data_ptr(), g.numel(), off, row.data_ptr(), self.m,
-                      row[self.m:].data_ptr(), _torch.cuda.current_stream(g.device).cuda_stream,
-                      self.samples[gi])
+                stream = _torch.cuda.current_stream(g.device).cuda_stream
+                if v is not None:
+                    grp = self.optimizer.param_groups[gi]
+                    r = f(seeds[gi], g.data_ptr(), v.data_ptr(), g.numel(), off,
+                          self._v_scale(grp, st), float(grp["eps"]), row.data_ptr(), self.m,
+                          row[self.m:].data_ptr(), stream, self.samples[gi])
+                else:
+                    r = f(seeds[gi], g.data_ptr(), g.numel(), off, row.data_ptr(), self.m,
+                          row[self.m:].data_ptr(), stream, self.samples[gi])
                 if r < 0:
                     raise GristError(r, "cuda sketch")
                 self._dev_used = True
                 return
-            grad = grad.detach().cpu()  # Adam metric or no CUDA backend: host path
+            # no CUDA backend, or Adam before its first step (no exp_avg_sq
+            # yet: the plain gradient, as on the host): the host path
+            grad = grad.detach().cpu()
         g = grad.detach()
         if g.dtype != _torch.float32 or not g.is_contiguous():
             g = g.to(_torch.float32).contiguous()
@@ -276,6 +293,8 @@ class GristSession:
         if self.kind in _PRECOND:
             st = self.optimizer.state.get(p, {})
             v = st.get(_PRECOND[self.kind])
+            if v is not None and v.is_cuda:  # a CUDA gradient on the host path: its v too
+                v = v.detach().to("cpu", _torch.float32).contiguous()
             if v is not None and v.dtype == _torch.float32 and v.is_contiguous() and not v.is_cuda:
                 grp = self.optimizer.param_groups[gi]
                 v_scale = self._v_scale(grp, st)
