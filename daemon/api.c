@@ -14,6 +14,8 @@
 #include "grist/v1/grist.pb-c.h"
 #include "http_impl.h"
 #include "jobs.h"
+#include "query.h"
+#include "rpc.h"
 #include "pbjson.h"
 
 /* ---- JSON API ---- */
@@ -110,7 +112,7 @@ void grist__api_on_cluster(void *ud, struct grist_fanout_result *res, uint32_t n
             if (m)
                 grist__v1__list_jobs_response__free_unpacked(m, NULL);
             else
-                res[k].status = GRPC_STATUS_INTERNAL,
+                res[k].status = (int)grist__rpc_status(-EIO),
                 snprintf(res[k].error, sizeof(res[k].error), "answer does not decode");
         }
         for (uint32_t k = 0; !bad && k < n; k++) {

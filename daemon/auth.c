@@ -234,3 +234,15 @@ int grist__auth_allows(const struct grist_principal *p, enum grist_need need, co
         return 1;
     return fnmatch(p->glob, job, 0) == 0;
 }
+
+int grist__auth_still_allowed(const struct grist_auth *a, struct grist_principal *who,
+                              const char *job, enum grist_need need)
+{
+    if (who->role == GRIST_ROLE_OPEN)
+        return a == NULL;
+    struct grist_principal now;
+    if (grist__auth_lookup(a, who->digest, &now) < 0)
+        return 0;
+    *who = now;
+    return !job || grist__auth_allows(who, need, job);
+}

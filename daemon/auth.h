@@ -70,4 +70,10 @@ int grist__auth_lookup(const struct grist_auth *a, const uint8_t digest[32],
 
 const char *grist__role_name(enum grist_role r);
 
+/* After a tokens reload (a: the table in force, NULL without --tokens):
+ * whether who, resolved before it, still may do need on job (NULL: no job
+ * yet). who is refreshed from a: a changed role or glob applies from here. */
+int grist__auth_still_allowed(const struct grist_auth *a, struct grist_principal *who,
+                              const char *job, enum grist_need need);
+
 #endif

@@ -22,6 +22,8 @@
 #include <grpc/support/alloc.h>
 
 #include "daemon.h"
+#include "net.h"
+#include "rpc.h"
 #include "fanout.h"
 #include "log.h"
 #include "tls.h"
@@ -98,8 +100,8 @@ static void on_peer(struct grist_tag *tag, int ok)
 {
     struct peer_call *pc = (struct peer_call *)tag;
     struct grist_fanout_result *r = &pc->req->res[pc->shard];
-    r->status = ok ? (int)pc->status : GRPC_STATUS_UNAVAILABLE;
-    if (r->status == GRPC_STATUS_OK && pc->recv)
+    r->status = ok ? (int)pc->status : (int)grist__rpc_status(-ECONNRESET);
+    if (r->status == 0 && pc->recv)
         r->body = grist__bb_read(pc->recv, &r->len);
     else
         snprintf(r->error, sizeof(r->error), "%.*s", (int)GRPC_SLICE_LENGTH(pc->details),
@@ -130,7 +132,7 @@ static int ask(struct fan_req *q, uint32_t k, const char *auth, size_t auth_len)
     pc->shard = k;
     const gpr_timespec deadline =
         gpr_time_add(gpr_now(GPR_CLOCK_REALTIME), gpr_time_from_millis(2000, GPR_TIMESPAN));
-    pc->call = grpc_channel_create_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, d->net.cq,
+    pc->call = grpc_channel_create_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, d->net->cq,
                                         grpc_slice_from_static_string("/grist.v1.Grist/ListJobs"),
                                         NULL, deadline, NULL);
     if (!pc->call) {
@@ -197,7 +199,7 @@ int grist__fanout_jobs(struct grist_daemon *d, const char *auth, size_t auth_len
         if (k == d->shard_i)
             continue; /* this replica answers from its own registry */
         if (ask(q, k, auth, auth_len) < 0) {
-            q->res[k].status = GRPC_STATUS_RESOURCE_EXHAUSTED;
+            q->res[k].status = (int)grist__rpc_status(-ENOMEM);
             snprintf(q->res[k].error, sizeof(q->res[k].error), "cannot start the call");
         }
     }

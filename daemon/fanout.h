@@ -8,7 +8,8 @@
 struct grist_daemon;
 
 /* One replica's answer: status 0 with the encoded ListJobsResponse in body
- * (malloc'd), or a gRPC status and its message. The caller's own shard is
+ * (malloc'd), or the gRPC status the replica answered (made locally by
+ * grist__rpc_status when the call failed) and its message. The caller's own shard is
  * left zeroed (status 0, no body): it answers from its registry. */
 struct grist_fanout_result {
     int status;

@@ -18,11 +18,13 @@
  * live stream of the job (latest-wins per stream). A job without streams
  * expires after idle-expiry.
  */
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "grist/error.h"
 #include "grist/sketch.h"
 #include "grist/shard.h"
 #include "grist/stats.h"
@@ -30,11 +32,6 @@
 #include "log.h"
 
 #define MAX_OPEN_STEPS 64
-
-uint64_t grist__now_ms(const struct grist_daemon *d)
-{
-    return uv_now(d->loop);
-}
 
 /* --shard I/N and --shard-peers A0,A1,... */
 static int configure_shards(struct grist_daemon *d, const struct grist_config *c)
@@ -260,8 +257,8 @@ static void complete(struct grist_daemon *d, struct grist_job *j, struct grist_a
 /* The common end of creating a job (a Hello) and restoring one (a
  * snapshot): the memory budget, the compute thread's state, the registry.
  * j is filled; on failure it is freed and err says why. */
-static grpc_status_code job_admit(struct grist_daemon *d, struct grist_job *j, const void *restore,
-                                  size_t restore_len, char *err, size_t errsz)
+static int job_admit(struct grist_daemon *d, struct grist_job *j, const void *restore,
+                     size_t restore_len, char *err, size_t errsz)
 {
     j->key = ++d->next_key;
     uint32_t cov = (uint32_t)d->cfg->cov_dim;
@@ -291,7 +288,7 @@ static grpc_status_code job_admit(struct grist_daemon *d, struct grist_job *j, c
             own ? d->cfg->job_memory_budget : (double)budget / 1048576.0);
         j->stats_bytes = 0;
         grist__job_free(j);
-        return GRPC_STATUS_RESOURCE_EXHAUSTED;
+        return -ENOSPC;
     }
     struct grist_engine_job_spec spec = {
         .key = j->key,
@@ -308,7 +305,7 @@ static grpc_status_code job_admit(struct grist_daemon *d, struct grist_job *j, c
     if (grist__engine_create_job(grist__engine_of(d, j->key), &spec) < 0) {
         snprintf(err, errsz, "out of memory creating job '%s'", j->id);
         grist__job_free(j);
-        return GRPC_STATUS_RESOURCE_EXHAUSTED;
+        return -ENOMEM;
     }
     j->next = d->jobs;
     d->jobs = j;
@@ -318,7 +315,7 @@ static grpc_status_code job_admit(struct grist_daemon *d, struct grist_job *j, c
         d->cnt.jobs_created++;
     GRIST_INFO("job '%s' %s: %u groups, m %u, world %u", j->id, restore ? "restored" : "created",
                j->ngroups, j->m, j->world);
-    return GRPC_STATUS_OK;
+    return 0;
 }
 
 /* With tokens, a job belongs to the worker token that created it: the
@@ -341,16 +338,16 @@ static void claim(struct grist_job *j, const struct grist_principal *who)
     j->owner_line = who->line;
 }
 
-grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_hello *h,
-                                   const struct grist_principal *who, struct grist_job **out,
-                                   char *err, size_t errsz)
+int grist__job_attach(struct grist_daemon *d, const struct grist_hello *h,
+                      const struct grist_principal *who, struct grist_job **out, char *err,
+                      size_t errsz)
 {
     if (!grist__auth_allows(who, GRIST_NEED_ATTACH, h->job_id)) {
         d->cnt.auth_denied++;
         snprintf(err, errsz,
                  "hello.job_id: this token (tokens file line %u, %s) may not attach to '%.128s'",
                  who->line, grist__role_name(who->role), h->job_id);
-        return GRPC_STATUS_PERMISSION_DENIED;
+        return -EPERM;
     }
     struct grist_job *j = grist__job_find(d, h->job_id);
     if (j) {
@@ -360,27 +357,28 @@ grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_he
                      "hello.job_id: job '%.128s' belongs to another token (tokens file line %u); "
                      "attach with that job's worker token",
                      j->id, j->owner_line);
-            return GRPC_STATUS_PERMISSION_DENIED;
+            return -EPERM;
         }
         if (!same_shape(j, h, err, errsz))
-            return GRPC_STATUS_INVALID_ARGUMENT;
+            return -EINVAL;
         claim(j, who); /* only by a Hello that passed every check */
         if (h->world != j->world) {
             GRIST_INFO("job '%s': world size %u -> %u", j->id, j->world, h->world);
             j->world = h->world;
             /* steps already open complete on the new size or on timeout */
         }
+        j->nstreams++;
         *out = j;
-        return GRPC_STATUS_OK;
+        return 0;
     }
     if (d->njobs >= (uint32_t)d->cfg->max_jobs) {
         snprintf(err, errsz, "job limit reached (%u jobs); try later or raise --max-jobs",
                  d->njobs);
-        return GRPC_STATUS_RESOURCE_EXHAUSTED;
+        return -ENOSPC;
     }
     struct grist_job_policy pol;
     if (grist__policy_merge(&d->defaults, &h->policy, &pol, err, errsz) < 0)
-        return GRPC_STATUS_INVALID_ARGUMENT;
+        return -EINVAL;
     j = calloc(1, sizeof(*j));
     if (!j)
         goto nomem;
@@ -407,36 +405,37 @@ grpc_status_code grist__job_attach(struct grist_daemon *d, const struct grist_he
             goto nomem;
         j->history[g].cap = hcap;
     }
-    grpc_status_code st = job_admit(d, j, NULL, 0, err, errsz);
-    if (st != GRPC_STATUS_OK)
-        return st;
+    const int r = job_admit(d, j, NULL, 0, err, errsz);
+    if (r < 0)
+        return r;
+    j->nstreams = 1;
     *out = j;
-    return GRPC_STATUS_OK;
+    return 0;
 nomem:
     if (j)
         grist__job_free(j);
     snprintf(err, errsz, "out of memory creating job '%s'", h->job_id);
-    return GRPC_STATUS_RESOURCE_EXHAUSTED;
+    return -ENOMEM;
 }
 
-grpc_status_code grist__job_restore(struct grist_daemon *d, struct grist_job *j, const void *eng,
-                                    size_t eng_len, char *err, size_t errsz)
+int grist__job_restore(struct grist_daemon *d, struct grist_job *j, const void *eng, size_t eng_len,
+                       char *err, size_t errsz)
 {
     if (grist__job_find(d, j->id)) {
         snprintf(err, errsz, "job '%s' is already known (two state files name it)", j->id);
         grist__job_free(j);
-        return GRPC_STATUS_ALREADY_EXISTS;
+        return -EEXIST;
     }
     if (d->shard_n > 1 && grist_shard_of(j->id, d->shard_n) != d->shard_i) {
         snprintf(err, errsz, "job '%s' belongs to shard %u of %u now, not to this one (%u)", j->id,
                  grist_shard_of(j->id, d->shard_n), d->shard_n, d->shard_i);
         grist__job_free(j);
-        return GRPC_STATUS_FAILED_PRECONDITION;
+        return GRIST_ESHARD;
     }
     if (d->njobs >= (uint32_t)d->cfg->max_jobs) {
         snprintf(err, errsz, "job limit reached (%u jobs; --max-jobs)", d->njobs);
         grist__job_free(j);
-        return GRPC_STATUS_RESOURCE_EXHAUSTED;
+        return -ENOSPC;
     }
     if (j->seed != grist_sketch_job_seed(j->id))
         GRIST_WARN("job '%s': its snapshot's seed %08x is not the one its id gives (%08x); "
@@ -450,7 +449,7 @@ grpc_status_code grist__job_restore(struct grist_daemon *d, struct grist_job *j,
         if (!j->push_msg) {
             snprintf(err, errsz, "out of memory restoring job '%s'", j->id);
             grist__job_free(j);
-            return GRPC_STATUS_RESOURCE_EXHAUSTED;
+            return -ENOMEM;
         }
     }
     return job_admit(d, j, eng, eng_len, err, errsz);
@@ -462,9 +461,8 @@ void grist__job_complete_open(struct grist_daemon *d, struct grist_job *j)
         complete(d, j, j->aggs);
 }
 
-void grist__job_detach(struct grist_daemon *d, struct grist_job *j, struct grist_stream *s)
+void grist__job_detach(struct grist_daemon *d, struct grist_job *j)
 {
-    (void)s;
     if (j->nstreams > 0)
         j->nstreams--;
     if (j->nstreams == 0)
@@ -643,6 +641,12 @@ int grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t rank
     return 0;
 }
 
+static void job_state(struct grist_daemon *d, struct grist_job *j)
+{
+    if (d->events.state)
+        d->events.state(d->events.ud, j);
+}
+
 static void history_add(struct grist_history *h, const struct grist_history_point *p)
 {
     if (!h->cap)
@@ -657,10 +661,6 @@ static void history_add(struct grist_history *h, const struct grist_history_poin
 void grist__job_on_result(void *ud, struct grist_engine_result *r)
 {
     struct grist_daemon *d = ud;
-    if (r->snapshot) {
-        grist__snapshot_result(d, r); /* takes r */
-        return;
-    }
     struct grist_job *j = NULL;
     for (struct grist_job *x = d->jobs; x; x = x->next)
         if (x->key == r->key)
@@ -681,7 +681,7 @@ void grist__job_on_result(void *ud, struct grist_engine_result *r)
                 j->last->groups[g].have_families = r->groups[g].have_families;
             }
         grist__engine_result_free(r);
-        grist__watch_notify(d, j);
+        job_state(d, j);
         return;
     }
     grist__engine_result_free(j->last);
@@ -705,7 +705,7 @@ void grist__job_on_result(void *ud, struct grist_engine_result *r)
             changed = 1;
     }
     if (warm || (!changed && j->version > 0)) {
-        grist__watch_notify(d, j);
+        job_state(d, j);
         return;
     }
     for (uint32_t g = 0; g < j->ngroups; g++) {
@@ -717,7 +717,7 @@ void grist__job_on_result(void *ud, struct grist_engine_result *r)
     size_t len;
     uint8_t *msg = grist__encode_hyperparams(j->version + 1, r->step, j->ngroups, j->push, &len);
     if (!msg) {
-        grist__watch_notify(d, j);
+        job_state(d, j);
         return; /* try again at the next evaluation */
     }
     j->version++;
@@ -728,12 +728,12 @@ void grist__job_on_result(void *ud, struct grist_engine_result *r)
     d->cnt.pushes++;
     GRIST_DEBUG("job '%s': version %llu at step %llu (group 0 momentum %.4f)", j->id,
                 (unsigned long long)j->version, (unsigned long long)r->step, j->push[0].momentum);
-    for (struct grist_stream *s = j->streams; s; s = grist__stream_next_in_job(s))
-        grist__stream_send(s, msg, len);
+    if (d->events.version)
+        d->events.version(d->events.ud, j);
     if (r->queued_ns)
         grist__histogram_observe(&d->push_latency_seconds,
                                  (double)(uv_hrtime() - r->queued_ns) * 1e-9);
-    grist__watch_notify(d, j);
+    job_state(d, j);
 }
 
 void grist__jobs_tick(struct grist_daemon *d)
@@ -763,8 +763,8 @@ void grist__jobs_tick(struct grist_daemon *d)
             d->stats_bytes -= j->stats_bytes;
             d->cnt.jobs_expired++;
             grist__engine_drop_job(grist__engine_of(d, j->key), j->key);
-            grist__watch_finish_all(d, j->id);
-            grist__snapshot_forget(d, j);
+            if (d->events.gone)
+                d->events.gone(d->events.ud, j);
             grist__job_free(j);
             continue;
         }

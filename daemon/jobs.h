@@ -1,11 +1,18 @@
-/* Internal layout of a job (jobs.c, query.c). Loop thread only. */
+/*
+ * The job registry and the per-step aggregation (jobs.c): jobs made by a
+ * Hello or restored from a snapshot, summaries filed under (job, step),
+ * complete steps handed to the compute threads, and their evaluations
+ * turned into Hyperparams versions. No gRPC here: failures are grist error
+ * codes (0, -errno, GRIST_E*), and news goes up through d->events.
+ * Loop thread only.
+ */
 #ifndef GRIST_DAEMON_JOBS_H
 #define GRIST_DAEMON_JOBS_H
 
 #include <stdint.h>
 
 #include "daemon.h"
-#include "grist/v1/grist.pb-c.h"
+struct grist_sub;
 
 struct grist_agg {
     struct grist_agg *next;
@@ -40,8 +47,8 @@ struct grist_job {
     uint64_t stats_bytes; /* its share of d->stats_bytes */
     struct grist_group_spec *groups;
     struct grist_job_policy policy;
-    struct grist_stream *streams;
-    uint32_t nstreams;
+    struct grist_sub *subs; /* publish.c's: who hears of this job */
+    uint32_t nstreams; /* workers attached now (grist__job_attach / _detach) */
     uint64_t version, push_step;
     struct grist_push_group *push;
     char (*push_reason)[128];
@@ -65,27 +72,38 @@ struct grist_job {
     uint64_t rate_ms; /* when rate_tokens was last refilled */
 };
 
+/* d->cfg = c, and the daemon-wide policy defaults and limits from it.
+ * @return 0, or -1 after a message on stderr naming the bad option. */
+int grist__daemon_configure(struct grist_daemon *d, const struct grist_config *c);
+
+struct grist_job *grist__job_find(struct grist_daemon *d, const char *id);
+/* Attach a worker to the job named in hello, creating the job on first use;
+ * the job counts it in nstreams until grist__job_detach. @return 0; -EPERM
+ * (the token may not); -EINVAL (another shape, a bad policy); -ENOSPC
+ * (--max-jobs, a memory budget); -ENOMEM; err says why. */
+int grist__job_attach(struct grist_daemon *d, const struct grist_hello *h,
+                      const struct grist_principal *who, struct grist_job **out, char *err,
+                      size_t errsz);
+void grist__job_detach(struct grist_daemon *d, struct grist_job *j);
+/* File a validated summary of rank into its step (takes ownership of sum).
+ * @return 0 (filed, or counted as late or duplicate), or -EINVAL with err
+ * filled for a step number the job refuses (a jump of more than
+ * max-step-jump past its newest step). */
+int grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t rank,
+                      struct grist_summary *sum, char *err, size_t errsz);
+/* An evaluation from a compute thread (not a snapshot: main.c routes those). */
+void grist__job_on_result(void *ud, struct grist_engine_result *r);
+/* Aggregation timeouts and job expiry (d->events.gone before a job goes). */
+void grist__jobs_tick(struct grist_daemon *d);
+void grist__jobs_free_all(struct grist_daemon *d);
+/* The encoded current Hyperparams (NULL before the first push). */
+const uint8_t *grist__job_current_push(const struct grist_job *j, size_t *len);
 void grist__job_free(struct grist_job *j);
-/* query.c: the JobBrief of j (strings point into j). */
-struct Grist__V1__JobBrief;
-void grist__job_brief(const struct grist_job *j, struct Grist__V1__JobBrief *b);
-/* A job's GetJobResponse (what GetJob, WatchJob and the HTTP job view
- * serve), query.c: filled in place (resp points into the job and into the
- * arrays below, valid until the job changes; release frees the arrays), or
- * packed into a malloc'd buffer (NULL on ENOMEM). */
-struct grist_job_response {
-    Grist__V1__GetJobResponse resp;
-    Grist__V1__JobBrief brief;
-    Grist__V1__GroupState *gs, **gp;
-    Grist__V1__FamilyDiagnostics *fd;
-};
-int grist__job_response_fill(const struct grist_job *j, struct grist_job_response *jr);
-void grist__job_response_release(struct grist_job_response *jr);
-uint8_t *grist__job_response_encode(const struct grist_job *j, size_t *out_len);
 /* Admit a job decoded from a snapshot (j filled by snapshot.c; eng: its
- * compute state for the engine). On failure j is freed and err says why. */
-grpc_status_code grist__job_restore(struct grist_daemon *d, struct grist_job *j, const void *eng,
-                                    size_t eng_len, char *err, size_t errsz);
+ * compute state for the engine). On failure j is freed and err says why:
+ * -EEXIST, GRIST_ESHARD, -ENOSPC, -ENOMEM. */
+int grist__job_restore(struct grist_daemon *d, struct grist_job *j, const void *eng, size_t eng_len,
+                       char *err, size_t errsz);
 /* Aggregate every open step as it is (partial), before a final snapshot. */
 void grist__job_complete_open(struct grist_daemon *d, struct grist_job *j);
 

@@ -31,13 +31,40 @@
 #include <systemd/sd-daemon.h>
 #endif
 
+#include "attach.h"
 #include "daemon.h"
 #include "fanout.h"
 #include "grist/kernels.h"
+#include "grist/v1/grist.pb-c.h"
+#include "grpc/health/v1/health.pb-c.h"
+#include "health.h"
+#include "http.h"
+#include "jobs.h"
 #include "log.h"
+#include "net.h"
+#include "probe.h"
+#include "publish.h"
+#include "query.h"
+#include "rpc.h"
+#include "snapshot.h"
 #include "tls.h"
 
+/* Every method gristd serves; net.c dispatches from this table. */
+static const struct grist_method g_methods[] = {
+    {"/grpc.health.v1.Health/Check", &grpc__health__v1__health_check_request__descriptor,
+     grist__health_check, NULL, 1},
+    {"/grist.v1.Grist/Attach", NULL, NULL, grist__attach_stream, 0},
+    {"/grist.v1.Grist/ListJobs", &grist__v1__list_jobs_request__descriptor, grist__query_list_jobs,
+     NULL, 0},
+    {"/grist.v1.Grist/GetJob", &grist__v1__get_job_request__descriptor, grist__query_get_job, NULL,
+     0},
+    {"/grist.v1.Grist/GetHistory", &grist__v1__get_history_request__descriptor,
+     grist__query_get_history, NULL, 0},
+    {"/grist.v1.Grist/WatchJob", NULL, NULL, grist__query_watch_job, 0},
+};
+
 static struct grist_daemon g_d;
+static struct grist_net g_net;
 static uv_signal_t g_sigterm, g_sigint, g_sighup;
 static uv_timer_t g_watchdog; /* systemd WatchdogSec=: pinged from the loop thread */
 static int g_watchdog_on;
@@ -66,8 +93,26 @@ static void stop_engines(struct grist_daemon *d)
 
 static void on_net_stopped(struct grist_net *net)
 {
+    (void)net;
     /* no summary comes in any more: the final snapshot sees everything */
-    grist__snapshot_final(grist__daemon_of(net), stop_engines);
+    grist__snapshot_final(&g_d, stop_engines);
+}
+
+/* A compute thread's answer: a snapshot goes to snapshot.c, an evaluation
+ * to the registry. */
+static void on_engine_result(void *ud, struct grist_engine_result *r)
+{
+    if (r->snapshot)
+        grist__snapshot_result(ud, r); /* takes r */
+    else
+        grist__job_on_result(ud, r);
+}
+
+/* A job expires: its subscribers hear it, its file goes. */
+static void on_job_gone(void *ud, struct grist_job *j)
+{
+    grist__publish_gone(NULL, j);
+    grist__snapshot_forget(ud, j);
 }
 
 /* systemd (Type=notify): READY, STOPPING, STATUS and the watchdog. No-ops
@@ -117,8 +162,8 @@ static void begin_shutdown(struct grist_daemon *d)
     grist__http_stop(d->http);
     d->http = NULL;
     grist__streams_finish_all(d);
-    grist__watch_finish_all(d, NULL);
-    grist__net_shutdown(&d->net, 2.0, on_net_stopped);
+    grist__watch_finish_all(d);
+    grist__net_shutdown(d->net, 2.0, on_net_stopped);
 }
 
 static void on_signal(uv_signal_t *s, int signum)
@@ -320,6 +365,9 @@ int main(int argc, char **argv)
     static uv_loop_t loop;
     uv_loop_init(&loop);
     d->loop = &loop;
+    d->net = &g_net;
+    d->events =
+        (struct grist_job_events){grist__publish_version, grist__publish_state, on_job_gone, d};
     int rc = 1, grpc_on = 0;
     d->nengines = (uint32_t)g_cfg.compute_threads;
     for (uint32_t i = 0; i < d->nengines; i++) {
@@ -334,7 +382,7 @@ int main(int argc, char **argv)
             GRIST_INFO("gristd %s: kernels backend %s, %u compute thread%s", GRIST_VERSION,
                        grist_backend_name(be), d->nengines, d->nengines > 1 ? "s" : "");
         if (grist__engine_start(&d->engines[i], &loop, be, (uint32_t)g_cfg.compute_queue,
-                                g_cfg.compute_lag, grist__job_on_result, d) < 0) {
+                                g_cfg.compute_lag, on_engine_result, d) < 0) {
             grist_backend_close(be);
             goto stop_started;
         }
@@ -345,7 +393,9 @@ int main(int argc, char **argv)
         goto stop_started;
     grpc_init();
     grpc_on = 1;
-    r = grist__net_start(&d->net, &loop, &g_cfg, d->tls);
+    const struct grist_net_service svc = {g_methods, sizeof(g_methods) / sizeof(g_methods[0]), d,
+                                          &d->auth, &d->cnt.auth_unauthenticated};
+    r = grist__net_start(d->net, &loop, &g_cfg, d->tls, &svc);
     if (r < 0)
         goto stop_started;
     uv_signal_init(&loop, &g_sigterm);
@@ -368,12 +418,12 @@ int main(int argc, char **argv)
     }
     if (grist__probe_start(d, g_cfg.listener_probe, on_listener_failed, &d->probe) < 0)
         GRIST_WARN("listener probe: out of memory; listeners are not probed");
-    write_ready(g_cfg.ready_fd, &d->net, d->http);
+    write_ready(g_cfg.ready_fd, d->net, d->http);
     start_watchdog(&loop);
     {
         char st[400];
         snprintf(st, sizeof(st), "READY=1\nSTATUS=serving on %.200s%s%.100s, %u jobs restored",
-                 d->net.bound[0], d->http ? ", http " : "",
+                 d->net->bound[0], d->http ? ", http " : "",
                  d->http ? grist__http_bound(d->http) : "", d->njobs);
         notify(st);
     }
@@ -385,7 +435,7 @@ int main(int argc, char **argv)
 teardown: /* the loop ran the ordered shutdown (net, final snapshot, engines) */
     grist__fanout_free(d);
     grist__jobs_free_all(d);
-    grist__net_destroy(&d->net);
+    grist__net_destroy(d->net);
     goto close_loop;
 stop_started: /* start-up failed before serving: stop what had started */
     grist__snapshot_stop(d); /* its timer would keep the loop running */

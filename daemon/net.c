@@ -20,14 +20,13 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
 
 #include "auth.h"
-#include "daemon.h"
 #include "log.h"
 #include "net.h"
+#include "rpc.h"
 #include "tls.h"
 
 #define ACCEPTORS 8
@@ -108,53 +107,6 @@ static void on_async(uv_async_t *a)
 
 static void arm(struct acceptor *a);
 
-struct simple_status {
-    struct grist_tag tag;
-    struct grist_net *net;
-    grpc_call *call;
-    int cancelled;
-    grpc_slice details;
-};
-
-static void simple_status_done(struct grist_tag *tag, int ok)
-{
-    (void)ok;
-    struct simple_status *s = (struct simple_status *)tag;
-    grpc_slice_unref(s->details);
-    grpc_call_unref(s->call);
-    s->net->live_calls--;
-    free(s);
-}
-
-/* Answer a call with a status only (unknown method). */
-static void reply_status(struct grist_net *net, grpc_call *call, grpc_status_code code,
-                         const char *msg)
-{
-    struct simple_status *s = calloc(1, sizeof(*s));
-    if (!s) {
-        grpc_call_cancel(call, NULL);
-        grpc_call_unref(call);
-        net->live_calls--;
-        return;
-    }
-    s->tag.cb = simple_status_done;
-    s->net = net;
-    s->call = call;
-    s->details = grpc_slice_from_copied_string(msg);
-    grpc_op ops[3];
-    memset(ops, 0, sizeof(ops));
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[1].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[1].data.send_status_from_server.status = code;
-    ops[1].data.send_status_from_server.status_details = &s->details;
-    ops[2].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    ops[2].data.recv_close_on_server.cancelled = &s->cancelled;
-    if (grpc_call_start_batch(call, ops, 3, &s->tag, NULL) != GRPC_CALL_OK) {
-        GRIST_ERR("cannot answer an unknown method");
-        simple_status_done(&s->tag, 0);
-    }
-}
-
 static void on_accept(struct grist_tag *tag, int ok)
 {
     struct acceptor *a = (struct acceptor *)tag;
@@ -171,27 +123,25 @@ static void on_accept(struct grist_tag *tag, int ok)
     grpc_call *call = a->call;
     net->live_calls++;
     char *method = grpc_slice_to_c_string(a->details.method);
-    const int health = strcmp(method, "/grpc.health.v1.Health/Check") == 0;
-    struct grist_principal who;
-    if (!health && grist__net_principal(net, &a->md, &who) < 0) {
+    const struct grist_method *m = NULL;
+    for (size_t i = 0; i < net->svc.nmethods && !m; i++)
+        if (strcmp(method, net->svc.methods[i].path) == 0)
+            m = &net->svc.methods[i];
+    struct grist_principal who = {.role = GRIST_ROLE_OPEN};
+    if (!(m && m->open) && grist__net_principal(net, &a->md, &who) < 0) {
         /* the token is never logged, nor echoed */
         GRIST_DEBUG("%s: no valid bearer token", method);
-        grist__daemon_of(net)->cnt.auth_unauthenticated++;
-        reply_status(net, call, GRPC_STATUS_UNAUTHENTICATED,
-                     "a valid 'authorization: Bearer TOKEN' is required (gristd --tokens)");
-    } else if (health) {
-        grist__health_call(net, call);
-    } else if (strcmp(method, "/grist.v1.Grist/Attach") == 0) {
-        grist__attach_call(net, call, &who);
-    } else if (grist__query_method(method)) {
-        grist__query_call(net, call, method, &who);
-    } else {
-        char *m = grpc_slice_to_c_string(a->details.method);
-        GRIST_DEBUG("unknown method %s", m);
+        if (net->svc.unauthenticated)
+            (*net->svc.unauthenticated)++;
+        grist__rpc_reject(net, call, -EACCES,
+                          "a valid 'authorization: Bearer TOKEN' is required (gristd --tokens)");
+    } else if (!m) {
+        GRIST_DEBUG("unknown method %s", method);
         char msg[400];
-        snprintf(msg, sizeof(msg), "method %s is not served by gristd", m);
-        gpr_free(m);
-        reply_status(net, call, GRPC_STATUS_UNIMPLEMENTED, msg);
+        snprintf(msg, sizeof(msg), "method %.300s is not served by gristd", method);
+        grist__rpc_reject(net, call, -ENOSYS, msg);
+    } else {
+        grist__rpc_start(net, call, m, net->svc.ud, &who);
     }
     gpr_free(method);
     grpc_call_details_destroy(&a->details);
@@ -202,7 +152,6 @@ static void on_accept(struct grist_tag *tag, int ok)
 int grist__net_principal(struct grist_net *net, const grpc_metadata_array *md,
                          struct grist_principal *who)
 {
-    const struct grist_daemon *d = grist__daemon_of(net);
     const char *val = NULL;
     size_t len = 0;
     for (size_t i = 0; i < md->count; i++) {
@@ -214,7 +163,7 @@ int grist__net_principal(struct grist_net *net, const grpc_metadata_array *md,
             break;
         }
     }
-    return grist__auth_resolve(d->auth, val, len, who);
+    return grist__auth_resolve(net->svc.auth ? *net->svc.auth : NULL, val, len, who);
 }
 
 static void arm(struct acceptor *a)
@@ -280,11 +229,12 @@ static void drop_server(struct grist_net *net, int started)
 }
 
 int grist__net_start(struct grist_net *net, uv_loop_t *loop, const struct grist_config *cfg,
-                     struct grist_tls *tls)
+                     struct grist_tls *tls, const struct grist_net_service *svc)
 {
     memset(net, 0, sizeof(*net));
     net->loop = loop;
     net->cfg = cfg;
+    net->svc = *svc;
     grpc_arg args[6];
     memset(args, 0, sizeof(args));
     args[0].type = GRPC_ARG_INTEGER;
@@ -436,138 +386,4 @@ void grist__net_destroy(struct grist_net *net)
     free(net->events);
     net->events = NULL;
     uv_mutex_destroy(&net->mu);
-}
-
-grpc_byte_buffer *grist__bb_from(const void *data, size_t len)
-{
-    grpc_slice s = grpc_slice_from_copied_buffer(data, len);
-    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
-    grpc_slice_unref(s);
-    return bb;
-}
-
-unsigned char *grist__bb_read(grpc_byte_buffer *bb, size_t *len)
-{
-    /* one copy, slice by slice (readall would first merge the slices into a
-     * new slice of its own). The buffer starts at the message's length on
-     * the wire; a compressed message reads out longer and the buffer grows. */
-    size_t cap = grpc_byte_buffer_length(bb), off = 0;
-    unsigned char *p = malloc(cap ? cap : 1);
-    grpc_byte_buffer_reader r;
-    if (!p || !grpc_byte_buffer_reader_init(&r, bb)) {
-        free(p);
-        return NULL;
-    }
-    grpc_slice s;
-    while (grpc_byte_buffer_reader_next(&r, &s)) {
-        const size_t n = GRPC_SLICE_LENGTH(s);
-        if (n > cap - off) {
-            const size_t want = off + n > 2 * cap ? off + n : 2 * cap;
-            unsigned char *q = realloc(p, want);
-            if (!q) {
-                grpc_slice_unref(s);
-                grpc_byte_buffer_reader_destroy(&r);
-                free(p);
-                return NULL;
-            }
-            p = q, cap = want;
-        }
-        memcpy(p + off, GRPC_SLICE_START_PTR(s), n);
-        off += n;
-        grpc_slice_unref(s);
-    }
-    grpc_byte_buffer_reader_destroy(&r);
-    *len = off;
-    return p;
-}
-
-/* ---- unary plumbing ---- */
-
-struct unary {
-    struct grist_tag tag;
-    struct grist_net *net;
-    grpc_call *call;
-    grist_unary_fn *fn;
-    struct grist_principal who;
-    int stage;
-    grpc_byte_buffer *recv;
-    grpc_byte_buffer *send;
-    grpc_slice details;
-    int cancelled;
-};
-
-static void unary_free(struct unary *u)
-{
-    if (u->recv)
-        grpc_byte_buffer_destroy(u->recv);
-    if (u->send)
-        grpc_byte_buffer_destroy(u->send);
-    if (u->stage == 2)
-        grpc_slice_unref(u->details);
-    grpc_call_unref(u->call);
-    u->net->live_calls--;
-    free(u);
-}
-
-static void unary_cb(struct grist_tag *tag, int ok)
-{
-    struct unary *u = (struct unary *)tag;
-    if (u->stage == 2 || !ok || !u->recv) {
-        if (u->stage == 1 && !u->recv && ok)
-            GRIST_DEBUG("unary call closed before its request");
-        unary_free(u);
-        return;
-    }
-    size_t in_len = 0;
-    unsigned char *in = grist__bb_read(u->recv, &in_len);
-    unsigned char *out = NULL;
-    size_t out_len = 0;
-    char msg[256] = "";
-    grpc_status_code code = GRPC_STATUS_RESOURCE_EXHAUSTED;
-    if (in)
-        code = u->fn(u->net, &u->who, in, in_len, &out, &out_len, msg, sizeof(msg));
-    free(in);
-    u->stage = 2;
-    u->details = grpc_slice_from_copied_string(msg);
-    grpc_op ops[4];
-    memset(ops, 0, sizeof(ops));
-    size_t n = 0;
-    ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
-    if (code == GRPC_STATUS_OK) {
-        u->send = grist__bb_from(out ? out : (unsigned char *)"", out_len);
-        ops[n].op = GRPC_OP_SEND_MESSAGE;
-        ops[n++].data.send_message.send_message = u->send;
-    }
-    free(out);
-    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[n].data.send_status_from_server.status = code;
-    ops[n++].data.send_status_from_server.status_details = &u->details;
-    ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    ops[n++].data.recv_close_on_server.cancelled = &u->cancelled;
-    if (grpc_call_start_batch(u->call, ops, n, &u->tag, NULL) != GRPC_CALL_OK)
-        unary_free(u);
-}
-
-void grist__unary_start(struct grist_net *net, grpc_call *call, grist_unary_fn *fn,
-                        const struct grist_principal *who)
-{
-    struct unary *u = calloc(1, sizeof(*u));
-    if (!u) {
-        grpc_call_cancel(call, NULL);
-        grpc_call_unref(call);
-        net->live_calls--;
-        return;
-    }
-    u->tag.cb = unary_cb;
-    u->net = net;
-    u->call = call;
-    u->fn = fn;
-    u->who = *who;
-    u->stage = 1;
-    grpc_op op;
-    memset(&op, 0, sizeof(op));
-    op.op = GRPC_OP_RECV_MESSAGE;
-    op.data.recv_message.recv_message = &u->recv;
-    if (grpc_call_start_batch(call, &op, 1, &u->tag, NULL) != GRPC_CALL_OK)
-        unary_free(u);
 }

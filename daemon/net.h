@@ -23,6 +23,19 @@ struct grist_net;
 struct grist_tls;
 struct grist_principal;
 
+struct grist_method;
+struct grist_auth;
+
+/* What a net serves (rpc.h): the method table, the handlers' ud, and the
+ * token table the calls are checked against. */
+struct grist_net_service {
+    const struct grist_method *methods;
+    size_t nmethods;
+    void *ud;
+    struct grist_auth *const *auth; /* the table in force (SIGHUP replaces it); NULL: open */
+    uint64_t *unauthenticated; /* counts the calls refused for want of a token */
+};
+
 struct grist_net_event {
     struct grist_tag *tag;
     int ok;
@@ -33,6 +46,7 @@ struct grist_net {
     grpc_server *server;
     grpc_completion_queue *cq;
     const struct grist_config *cfg;
+    struct grist_net_service svc;
 
     uv_thread_t pump;
     int pump_started;
@@ -54,13 +68,14 @@ struct grist_net {
 };
 
 /**
- * Create the server, bind every listener of cfg and start serving.
+ * Create the server, bind every listener of cfg and start serving the
+ * methods of svc (copied; its table must outlive the net).
  *
  * @return 0; -EADDRINUSE/-EINVAL when a listener cannot bind (its address is
  *         logged); -ENOMEM.
  */
 int grist__net_start(struct grist_net *net, uv_loop_t *loop, const struct grist_config *cfg,
-                     struct grist_tls *tls);
+                     struct grist_tls *tls, const struct grist_net_service *svc);
 
 /** The principal of a call's metadata ("authorization: Bearer TOKEN").
  *  @return 0; -EACCES: gristd has tokens and this call has no valid one. */
@@ -77,24 +92,5 @@ void grist__net_shutdown(struct grist_net *net, double grace_s,
 
 /** Free what grist__net_start() made; after on_stopped ran. */
 void grist__net_destroy(struct grist_net *net);
-
-/* Helpers for handlers. */
-grpc_byte_buffer *grist__bb_from(const void *data, size_t len);
-/* Copy a byte buffer into a malloc'd block (*len set). NULL on ENOMEM. */
-unsigned char *grist__bb_read(grpc_byte_buffer *bb, size_t *len);
-
-/** Handlers (health.c). */
-void grist__health_call(struct grist_net *net, grpc_call *call);
-
-/**
- * Unary call plumbing shared by every unary method: receive one message,
- * run fn on the loop thread, send the reply and status, free everything.
- * fn returns a grpc_status_code; on OK, *out (malloc'd, may be NULL) is sent.
- */
-typedef grpc_status_code grist_unary_fn(struct grist_net *net, const struct grist_principal *who,
-                                        const unsigned char *in, size_t in_len, unsigned char **out,
-                                        size_t *out_len, char *msg, size_t msg_size);
-void grist__unary_start(struct grist_net *net, grpc_call *call, grist_unary_fn *fn,
-                        const struct grist_principal *who);
 
 #endif

@@ -24,6 +24,8 @@
 #include <openssl/ssl.h>
 
 #include "daemon.h"
+#include "net.h"
+#include "probe.h"
 #include "log.h"
 
 #define PROBE_FAILS 3
@@ -191,7 +193,7 @@ static void on_tick(uv_timer_t *t)
             conn_close(p->cur[i]);
         if (p->answered[i]) {
             if (p->fails[i])
-                GRIST_INFO("listener %s answers again", p->d->net.bound[i]);
+                GRIST_INFO("listener %s answers again", p->d->net->bound[i]);
             p->fails[i] = 0;
         } else if (++p->fails[i] >= PROBE_FAILS && !p->gave_up) {
             p->gave_up = 1;
@@ -199,8 +201,8 @@ static void on_tick(uv_timer_t *t)
                       "answer; gRPC stops accepting after EMFILE, see the log above): health is "
                       "NOT_SERVING, shutting down with exit status 1 so that a supervisor "
                       "restarts gristd",
-                      p->d->net.bound[i], PROBE_FAILS);
-            p->d->net.listener_failed = 1;
+                      p->d->net->bound[i], PROBE_FAILS);
+            p->d->net->listener_failed = 1;
             p->failed(p->d);
             return;
         }
@@ -220,10 +222,10 @@ int grist__probe_start(struct grist_daemon *d, double interval_s,
         return -1;
     p->d = d;
     p->failed = failed;
-    p->n = d->net.nbound;
+    p->n = d->net->nbound;
     int any = 0;
     for (int i = 0; i < p->n; i++) {
-        const char *a = d->net.bound[i];
+        const char *a = d->net->bound[i];
         if (strncmp(a, "unix:", 5) == 0) {
             snprintf(p->path[i], sizeof(p->path[i]), "%s", a + 5);
             p->kind[i] = 2;

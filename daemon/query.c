@@ -16,6 +16,8 @@
 #include "jobs.h"
 #include "log.h"
 #include "lttb.h"
+#include "publish.h"
+#include "query.h"
 
 void grist__job_brief(const struct grist_job *j, Grist__V1__JobBrief *b)
 {
@@ -39,51 +41,59 @@ void grist__job_brief(const struct grist_job *j, Grist__V1__JobBrief *b)
 
 /* A job id the caller may read, checked before the job is looked up: a
  * token that does not cover the id learns nothing about whether it exists. */
-static grpc_status_code may_read(struct grist_daemon *d, const struct grist_principal *who,
-                                 const char *id, char *msg, size_t msz)
+static int may_read(struct grist_daemon *d, const struct grist_principal *who, const char *id,
+                    char *msg, size_t msz)
 {
     if (grist__auth_allows(who, GRIST_NEED_READ, id))
-        return GRPC_STATUS_OK;
+        return 0;
     d->cnt.auth_denied++;
     snprintf(msg, msz, "job_id: this token (tokens file line %u, %s) does not cover the job",
              who->line, grist__role_name(who->role));
-    return GRPC_STATUS_PERMISSION_DENIED;
+    return -EPERM;
 }
 
-static grpc_status_code list_jobs(struct grist_net *net, const struct grist_principal *who,
-                                  const unsigned char *in, size_t in_len, unsigned char **out,
-                                  size_t *out_len, char *msg, size_t msz)
+/* ListJobs' reply: the briefs and their pointers, freed by release. */
+struct list_reply {
+    Grist__V1__ListJobsResponse resp;
+    Grist__V1__JobBrief *b, **bp;
+};
+
+static void list_release(struct grist_reply *rep)
 {
-    struct grist_daemon *d = grist__daemon_of(net);
-    Grist__V1__ListJobsRequest *req = grist__v1__list_jobs_request__unpack(NULL, in_len, in);
-    if (!req) {
-        snprintf(msg, msz, "ListJobsRequest does not decode");
-        return GRPC_STATUS_INVALID_ARGUMENT;
+    struct list_reply *l = rep->data;
+    free(l->b), free(l->bp), free(l);
+}
+
+int grist__query_list_jobs(void *ud, const struct grist_principal *who, const ProtobufCMessage *req,
+                           struct grist_reply *rep)
+{
+    (void)req; /* ListJobsRequest has no fields */
+    struct grist_daemon *d = ud;
+    struct list_reply *l = calloc(1, sizeof(*l));
+    if (l) {
+        l->b = calloc(d->njobs + 1, sizeof(*l->b));
+        l->bp = calloc(d->njobs + 1, sizeof(*l->bp));
     }
-    grist__v1__list_jobs_request__free_unpacked(req, NULL);
-    Grist__V1__JobBrief *b = calloc(d->njobs + 1, sizeof(*b));
-    Grist__V1__JobBrief **bp = calloc(d->njobs + 1, sizeof(*bp));
-    if (!b || !bp) {
-        free(b), free(bp);
-        return GRPC_STATUS_RESOURCE_EXHAUSTED;
+    if (!l || !l->b || !l->bp) {
+        if (l)
+            free(l->b), free(l->bp), free(l);
+        return -ENOMEM;
     }
     size_t n = 0;
     for (struct grist_job *j = d->jobs; j; j = j->next) {
         if (!grist__auth_allows(who, GRIST_NEED_READ, j->id))
             continue; /* a reader sees only the jobs its token covers */
-        grist__job_brief(j, &b[n]);
-        bp[n] = &b[n];
+        grist__job_brief(j, &l->b[n]);
+        l->bp[n] = &l->b[n];
         n++;
     }
-    Grist__V1__ListJobsResponse resp = GRIST__V1__LIST_JOBS_RESPONSE__INIT;
-    resp.n_jobs = n;
-    resp.jobs = bp;
-    *out_len = grist__v1__list_jobs_response__get_packed_size(&resp);
-    *out = malloc(*out_len ? *out_len : 1);
-    if (*out)
-        grist__v1__list_jobs_response__pack(&resp, *out);
-    free(b), free(bp);
-    return *out ? GRPC_STATUS_OK : GRPC_STATUS_RESOURCE_EXHAUSTED;
+    grist__v1__list_jobs_response__init(&l->resp);
+    l->resp.n_jobs = n;
+    l->resp.jobs = l->bp;
+    rep->msg = &l->resp.base;
+    rep->data = l;
+    rep->release = list_release;
+    return 0;
 }
 
 int grist__job_response_fill(const struct grist_job *j, struct grist_job_response *jr)
@@ -164,282 +174,168 @@ uint8_t *grist__job_response_encode(const struct grist_job *j, size_t *out_len)
     return out;
 }
 
-static grpc_status_code get_job(struct grist_net *net, const struct grist_principal *who,
-                                const unsigned char *in, size_t in_len, unsigned char **out,
-                                size_t *out_len, char *msg, size_t msz)
+/* The job named by a request that the caller may read. @return 0; -EPERM;
+ * -ENOENT (rep->err says why). */
+static int readable_job(struct grist_daemon *d, const struct grist_principal *who, const char *id,
+                        struct grist_job **out, char *msg, size_t msz)
 {
-    struct grist_daemon *d = grist__daemon_of(net);
-    Grist__V1__GetJobRequest *req = grist__v1__get_job_request__unpack(NULL, in_len, in);
-    if (!req) {
-        snprintf(msg, msz, "GetJobRequest does not decode");
-        return GRPC_STATUS_INVALID_ARGUMENT;
+    id = id ? id : "";
+    const int r = may_read(d, who, id, msg, msz);
+    if (r < 0)
+        return r;
+    if (!(*out = grist__job_find(d, id))) {
+        snprintf(msg, msz, "job_id: no job '%.128s'", id);
+        return -ENOENT;
     }
-    grpc_status_code st = may_read(d, who, req->job_id ? req->job_id : "", msg, msz);
-    if (st != GRPC_STATUS_OK) {
-        grist__v1__get_job_request__free_unpacked(req, NULL);
-        return st;
+    return 0;
+}
+
+static void job_release(struct grist_reply *rep)
+{
+    grist__job_response_release(rep->data);
+    free(rep->data);
+}
+
+int grist__query_get_job(void *ud, const struct grist_principal *who, const ProtobufCMessage *req,
+                         struct grist_reply *rep)
+{
+    const Grist__V1__GetJobRequest *q = (const Grist__V1__GetJobRequest *)req;
+    struct grist_job *j;
+    int r = readable_job(ud, who, q->job_id, &j, rep->err, sizeof(rep->err));
+    if (r < 0)
+        return r;
+    struct grist_job_response *jr = malloc(sizeof(*jr));
+    if (!jr || grist__job_response_fill(j, jr) < 0) {
+        free(jr);
+        return -ENOMEM;
     }
-    struct grist_job *j = grist__job_find(d, req->job_id ? req->job_id : "");
-    if (!j) {
-        snprintf(msg, msz, "job_id: no job '%.128s'", req->job_id ? req->job_id : "");
-        grist__v1__get_job_request__free_unpacked(req, NULL);
-        return GRPC_STATUS_NOT_FOUND;
-    }
-    grist__v1__get_job_request__free_unpacked(req, NULL);
-    *out = grist__job_response_encode(j, out_len);
-    return *out ? GRPC_STATUS_OK : GRPC_STATUS_RESOURCE_EXHAUSTED;
+    rep->msg = &jr->resp.base;
+    rep->data = jr;
+    rep->release = job_release;
+    return 0;
 }
 
 /* ---- WatchJob: a server stream of GetJobResponse, one per evaluation ---- */
 
 struct grist_watch {
-    struct grist_tag recv_tag, send_tag, close_tag;
+    struct grist_call *call; /* NULL once the call ended */
     struct grist_daemon *d;
-    grpc_call *call;
-    struct grist_watch *next; /* d->watches */
-    char job[GRIST_JOB_ID_MAX + 1];
+    struct grist_watch *next, *prev; /* d->watches */
+    struct grist_sub sub; /* on its job, once the request named one */
     struct grist_principal who;
-    grpc_byte_buffer *recv_buf, *send_buf;
-    int refs, md_sent, closed, cancelled, finishing, send_in_flight, status_in_flight;
-    int dirty; /* a newer state exists than the one in flight */
-    grpc_status_code code;
-    grpc_slice details;
-    int details_set;
+    char job[GRIST_JOB_ID_MAX + 1];
 };
 
-#define WATCH_OF(tag, member)                                                                      \
-    ((struct grist_watch *)((char *)(tag)-offsetof(struct grist_watch, member)))
+#define WATCH_OF_SUB(p) ((struct grist_watch *)((char *)(p)-offsetof(struct grist_watch, sub)))
 
-static void watch_unlink(struct grist_watch *w)
+static void watch_finish(struct grist_watch *w, int err, const char *msg)
 {
-    for (struct grist_watch **p = &w->d->watches; *p; p = &(*p)->next)
-        if (*p == w) {
-            *p = w->next;
-            return;
-        }
+    if (w->call)
+        grist__call_finish(w->call, err, msg);
 }
 
-static void watch_maybe_free(struct grist_watch *w)
+/* The job's state now; latest wins (rpc.c keeps at most one waiting). */
+static void watch_send_state(struct grist_watch *w, const struct grist_job *j)
 {
-    if (w->refs > 0)
-        return;
-    watch_unlink(w);
-    if (w->recv_buf)
-        grpc_byte_buffer_destroy(w->recv_buf);
-    if (w->send_buf)
-        grpc_byte_buffer_destroy(w->send_buf);
-    if (w->details_set)
-        grpc_slice_unref(w->details);
-    grpc_call_unref(w->call);
-    w->d->net.live_calls--;
+    size_t len;
+    uint8_t *buf = grist__job_response_encode(j, &len);
+    if (!buf)
+        return; /* the next evaluation brings a newer one */
+    grist__call_send(w->call, buf, len);
+    free(buf);
+}
+
+static void watch_on_state(struct grist_sub *sub, const struct grist_job *j)
+{
+    struct grist_watch *w = WATCH_OF_SUB(sub);
+    if (w->call && !grist__call_finishing(w->call))
+        watch_send_state(w, j);
+}
+
+static void watch_on_gone(struct grist_sub *sub)
+{
+    watch_finish(WATCH_OF_SUB(sub), 0, "the job ended");
+}
+
+static void watch_on_end(struct grist_call *c, void *ud)
+{
+    (void)c;
+    struct grist_watch *w = ud;
+    grist__publish_leave(&w->sub);
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        w->d->watches = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
     free(w);
 }
 
-static void watch_batch(struct grist_watch *w, grpc_op *ops, size_t n)
+static void watch_on_message(struct grist_call *c, void *ud, const uint8_t *buf, size_t len)
 {
-    w->refs++;
-    w->send_in_flight = 1;
-    if (grpc_call_start_batch(w->call, ops, n, &w->send_tag, NULL) != GRPC_CALL_OK) {
-        w->refs--;
-        w->send_in_flight = 0;
-        grpc_call_cancel(w->call, NULL);
-    }
-}
-
-static void watch_send_status(struct grist_watch *w)
-{
-    grpc_op ops[2];
-    memset(ops, 0, sizeof(ops));
-    size_t n = 0;
-    if (!w->md_sent) {
-        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
-        w->md_sent = 1;
-    }
-    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[n].data.send_status_from_server.status = w->code;
-    ops[n++].data.send_status_from_server.status_details = &w->details;
-    w->status_in_flight = 1;
-    watch_batch(w, ops, n);
-}
-
-static void watch_finish(struct grist_watch *w, grpc_status_code code, const char *msg)
-{
-    if (w->finishing)
+    struct grist_watch *w = ud;
+    if (w->job[0] || w->sub.job) /* one request only: what follows is not read */
         return;
-    w->finishing = 1;
-    w->code = code;
-    w->details = grpc_slice_from_copied_string(msg);
-    w->details_set = 1;
-    if (!w->send_in_flight && !w->closed)
-        watch_send_status(w);
-}
-
-static void watch_send_state(struct grist_watch *w)
-{
-    struct grist_job *j = grist__job_find(w->d, w->job);
-    if (!j) {
-        watch_finish(w, GRPC_STATUS_OK, "the job ended");
-        return;
-    }
-    size_t len;
-    uint8_t *buf = grist__job_response_encode(j, &len);
-    if (!buf) {
-        w->dirty = 1; /* try at the next evaluation */
-        return;
-    }
-    w->send_buf = grist__bb_from(buf, len);
-    free(buf);
-    grpc_op ops[2];
-    memset(ops, 0, sizeof(ops));
-    size_t n = 0;
-    if (!w->md_sent) {
-        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
-        w->md_sent = 1;
-    }
-    ops[n].op = GRPC_OP_SEND_MESSAGE;
-    ops[n++].data.send_message.send_message = w->send_buf;
-    w->dirty = 0;
-    watch_batch(w, ops, n);
-}
-
-static void watch_on_send(struct grist_tag *tag, int ok)
-{
-    struct grist_watch *w = WATCH_OF(tag, send_tag);
-    w->refs--;
-    w->send_in_flight = 0;
-    if (w->send_buf) {
-        grpc_byte_buffer_destroy(w->send_buf);
-        w->send_buf = NULL;
-    }
-    if (w->status_in_flight) {
-        w->status_in_flight = 0;
-    } else if (!ok) {
-        watch_finish(w, GRPC_STATUS_UNAVAILABLE, "send failed");
-    } else if (w->finishing) {
-        if (!w->closed)
-            watch_send_status(w);
-    } else if (w->dirty) {
-        watch_send_state(w);
-    }
-    watch_maybe_free(w);
-}
-
-static void watch_on_close(struct grist_tag *tag, int ok)
-{
-    (void)ok;
-    struct grist_watch *w = WATCH_OF(tag, close_tag);
-    w->refs--;
-    w->closed = 1;
-    w->finishing = 1;
-    watch_unlink(w);
-    watch_maybe_free(w);
-}
-
-static void watch_on_recv(struct grist_tag *tag, int ok)
-{
-    struct grist_watch *w = WATCH_OF(tag, recv_tag);
-    w->refs--;
-    grpc_byte_buffer *bb = w->recv_buf;
-    w->recv_buf = NULL;
-    if (!ok || !bb) {
-        if (bb)
-            grpc_byte_buffer_destroy(bb);
-        watch_finish(w, GRPC_STATUS_INVALID_ARGUMENT, "WatchJob needs a WatchJobRequest");
-        watch_maybe_free(w);
-        return;
-    }
-    size_t len;
-    uint8_t *buf = grist__bb_read(bb, &len);
-    grpc_byte_buffer_destroy(bb);
     Grist__V1__WatchJobRequest *req =
         buf ? grist__v1__watch_job_request__unpack(NULL, len, buf) : NULL;
-    free(buf);
+    if (!buf) {
+        watch_finish(w, -EINVAL, "WatchJob needs a WatchJobRequest");
+        return;
+    }
     if (!req) {
-        watch_finish(w, GRPC_STATUS_INVALID_ARGUMENT, "WatchJobRequest does not decode");
+        watch_finish(w, -EINVAL, "WatchJobRequest does not decode");
+        return;
+    }
+    char msg[200];
+    struct grist_job *j;
+    const int r = readable_job(w->d, &w->who, req->job_id, &j, msg, sizeof(msg));
+    grist__v1__watch_job_request__free_unpacked(req, NULL);
+    if (r < 0) {
+        watch_finish(w, r, msg);
+    } else if (w->d->stopping) {
+        watch_finish(w, -ESHUTDOWN, "gristd is shutting down");
     } else {
-        snprintf(w->job, sizeof(w->job), "%s", req->job_id ? req->job_id : "");
-        grist__v1__watch_job_request__free_unpacked(req, NULL);
-        char msg[200];
-        if (may_read(w->d, &w->who, w->job, msg, sizeof(msg)) != GRPC_STATUS_OK) {
-            watch_finish(w, GRPC_STATUS_PERMISSION_DENIED, msg);
-        } else if (!grist__job_find(w->d, w->job)) {
-            snprintf(msg, sizeof(msg), "job_id: no job '%.128s'", w->job);
-            watch_finish(w, GRPC_STATUS_NOT_FOUND, msg);
-        } else if (w->d->stopping) {
-            watch_finish(w, GRPC_STATUS_UNAVAILABLE, "gristd is shutting down");
-        } else {
-            w->next = w->d->watches;
-            w->d->watches = w;
-            watch_send_state(w);
-        }
+        snprintf(w->job, sizeof(w->job), "%s", j->id);
+        w->sub.on_state = watch_on_state;
+        w->sub.on_gone = watch_on_gone;
+        grist__publish_join(j, &w->sub);
+        watch_send_state(w, j);
     }
-    watch_maybe_free(w);
+    (void)c;
 }
 
-static void watch_start(struct grist_net *net, grpc_call *call, const struct grist_principal *who)
+static const struct grist_call_ops watch_ops = {watch_on_message, watch_on_end, NULL};
+
+void grist__query_watch_job(void *ud, struct grist_call *c, const struct grist_principal *who)
 {
-    struct grist_daemon *d = grist__daemon_of(net);
+    struct grist_daemon *d = ud;
     struct grist_watch *w = calloc(1, sizeof(*w));
-    if (!w) {
-        grpc_call_cancel(call, NULL);
-        grpc_call_unref(call);
-        net->live_calls--;
-        return;
-    }
+    if (!w)
+        return; /* unbound: rpc.c ends the call */
     w->d = d;
-    w->call = call;
+    w->call = c;
     w->who = *who;
-    w->recv_tag.cb = watch_on_recv;
-    w->send_tag.cb = watch_on_send;
-    w->close_tag.cb = watch_on_close;
-    grpc_op op;
-    memset(&op, 0, sizeof(op));
-    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    op.data.recv_close_on_server.cancelled = &w->cancelled;
-    w->refs++;
-    if (grpc_call_start_batch(call, &op, 1, &w->close_tag, NULL) != GRPC_CALL_OK) {
-        w->refs--;
-        watch_maybe_free(w);
-        return;
-    }
-    memset(&op, 0, sizeof(op));
-    op.op = GRPC_OP_RECV_MESSAGE;
-    op.data.recv_message.recv_message = &w->recv_buf;
-    w->refs++;
-    if (grpc_call_start_batch(call, &op, 1, &w->recv_tag, NULL) != GRPC_CALL_OK) {
-        w->refs--;
-        grpc_call_cancel(call, NULL);
-    }
-}
-
-void grist__watch_notify(struct grist_daemon *d, const struct grist_job *j)
-{
-    for (struct grist_watch *w = d->watches; w; w = w->next) {
-        if (w->finishing || strcmp(w->job, j->id) != 0)
-            continue;
-        if (w->send_in_flight)
-            w->dirty = 1; /* latest wins: the newest state goes after this one */
-        else
-            watch_send_state(w);
-    }
+    grist__call_bind(c, &watch_ops, w);
+    w->next = d->watches;
+    if (d->watches)
+        d->watches->prev = w;
+    d->watches = w;
+    grist__call_recv(c);
 }
 
 void grist__watch_recheck(struct grist_daemon *d)
 {
-    for (struct grist_watch *w = d->watches, *next; w; w = next) {
-        next = w->next;
-        if (!w->finishing && !grist__still_allowed(d, &w->who, w->job, GRIST_NEED_READ))
-            watch_finish(w, GRPC_STATUS_UNAUTHENTICATED,
+    for (struct grist_watch *w = d->watches; w; w = w->next)
+        if (w->job[0] && !grist__call_finishing(w->call) &&
+            !grist__auth_still_allowed(d->auth, &w->who, w->job, GRIST_NEED_READ))
+            watch_finish(w, -EACCES,
                          "the token of this watch was revoked or no longer covers its job");
-    }
 }
 
-void grist__watch_finish_all(struct grist_daemon *d, const char *job)
+void grist__watch_finish_all(struct grist_daemon *d)
 {
     for (struct grist_watch *w = d->watches; w; w = w->next)
-        if (!job || strcmp(w->job, job) == 0)
-            watch_finish(w, job ? GRPC_STATUS_OK : GRPC_STATUS_UNAVAILABLE,
-                         job ? "the job ended" : "gristd is shutting down");
+        watch_finish(w, -ESHUTDOWN, "gristd is shutting down");
 }
 
 int grist__series_index(const char *s)
@@ -514,73 +410,51 @@ done:
     return r;
 }
 
-static grpc_status_code get_history(struct grist_net *net, const struct grist_principal *who,
-                                    const unsigned char *in, size_t in_len, unsigned char **out,
-                                    size_t *out_len, char *msg, size_t msz)
+struct history_reply {
+    Grist__V1__GetHistoryResponse resp;
+    uint64_t *steps;
+    double *vals;
+};
+
+static void history_release(struct grist_reply *rep)
 {
-    struct grist_daemon *d = grist__daemon_of(net);
-    Grist__V1__GetHistoryRequest *req = grist__v1__get_history_request__unpack(NULL, in_len, in);
-    if (!req) {
-        snprintf(msg, msz, "GetHistoryRequest does not decode");
-        return GRPC_STATUS_INVALID_ARGUMENT;
-    }
-    grpc_status_code code = may_read(d, who, req->job_id ? req->job_id : "", msg, msz);
-    struct grist_job *j =
-        code == GRPC_STATUS_OK ? grist__job_find(d, req->job_id ? req->job_id : "") : NULL;
-    uint64_t *steps = NULL;
-    double *vals = NULL;
+    struct history_reply *h = rep->data;
+    free(h->steps), free(h->vals), free(h);
+}
+
+int grist__query_get_history(void *ud, const struct grist_principal *who,
+                             const ProtobufCMessage *req, struct grist_reply *rep)
+{
+    const Grist__V1__GetHistoryRequest *q = (const Grist__V1__GetHistoryRequest *)req;
+    struct grist_job *j;
+    int r = readable_job(ud, who, q->job_id, &j, rep->err, sizeof(rep->err));
+    if (r < 0)
+        return r;
+    struct history_reply *h = calloc(1, sizeof(*h));
+    if (!h)
+        return -ENOMEM;
     size_t kept = 0;
-    int r;
-    if (code != GRPC_STATUS_OK) {
-        /* msg filled */
-    } else if (!j) {
-        snprintf(msg, msz, "job_id: no job '%.128s'", req->job_id ? req->job_id : "");
-        code = GRPC_STATUS_NOT_FOUND;
-    } else if ((r = grist__history(j, req->group, req->series, req->from_step, req->to_step,
-                                   req->points, &steps, &vals, &kept)) == -ENOENT) {
-        snprintf(msg, msz, "group: %u is not below the job's %u groups", req->group, j->ngroups);
-        code = GRPC_STATUS_INVALID_ARGUMENT;
+    r = grist__history(j, q->group, q->series, q->from_step, q->to_step, q->points, &h->steps,
+                       &h->vals, &kept);
+    if (r == -ENOENT) {
+        snprintf(rep->err, sizeof(rep->err), "group: %u is not below the job's %u groups", q->group,
+                 j->ngroups);
+        r = -EINVAL;
     } else if (r == -EINVAL) {
-        snprintf(msg, msz,
+        snprintf(rep->err, sizeof(rep->err),
                  "series: '%.64s' is not momentum, lr_scale, noise, noise_scale or confidence",
-                 req->series);
-        code = GRPC_STATUS_INVALID_ARGUMENT;
-    } else if (r < 0) {
-        code = GRPC_STATUS_RESOURCE_EXHAUSTED;
-    } else {
-        Grist__V1__GetHistoryResponse resp = GRIST__V1__GET_HISTORY_RESPONSE__INIT;
-        resp.n_steps = resp.n_values = kept;
-        resp.steps = steps;
-        resp.values = vals;
-        *out_len = grist__v1__get_history_response__get_packed_size(&resp);
-        *out = malloc(*out_len ? *out_len : 1);
-        if (*out)
-            grist__v1__get_history_response__pack(&resp, *out);
-        else
-            code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+                 q->series);
     }
-    grist__v1__get_history_request__free_unpacked(req, NULL);
-    free(steps), free(vals);
-    return code;
-}
-
-int grist__query_method(const char *method)
-{
-    return strcmp(method, "/grist.v1.Grist/ListJobs") == 0 ||
-        strcmp(method, "/grist.v1.Grist/GetJob") == 0 ||
-        strcmp(method, "/grist.v1.Grist/GetHistory") == 0 ||
-        strcmp(method, "/grist.v1.Grist/WatchJob") == 0;
-}
-
-void grist__query_call(struct grist_net *net, grpc_call *call, const char *method,
-                       const struct grist_principal *who)
-{
-    if (strcmp(method, "/grist.v1.Grist/ListJobs") == 0)
-        grist__unary_start(net, call, list_jobs, who);
-    else if (strcmp(method, "/grist.v1.Grist/GetJob") == 0)
-        grist__unary_start(net, call, get_job, who);
-    else if (strcmp(method, "/grist.v1.Grist/WatchJob") == 0)
-        watch_start(net, call, who);
-    else
-        grist__unary_start(net, call, get_history, who);
+    if (r < 0) {
+        free(h);
+        return r;
+    }
+    grist__v1__get_history_response__init(&h->resp);
+    h->resp.n_steps = h->resp.n_values = kept;
+    h->resp.steps = h->steps;
+    h->resp.values = h->vals;
+    rep->msg = &h->resp.base;
+    rep->data = h;
+    rep->release = history_release;
+    return 0;
 }

@@ -49,6 +49,7 @@
 #include "jobs.h"
 #include "log.h"
 #include "snapio.h"
+#include "snapshot.h"
 
 #define SUFFIX ".state"
 
@@ -806,7 +807,7 @@ static void load_all(struct grist_daemon *d, struct grist_snapshots *sn)
         char id[GRIST_JOB_ID_MAX + 1];
         snprintf(id, sizeof(id), "%s", j->id);
         char err[256];
-        if (grist__job_restore(d, j, eng, eng_len, err, sizeof(err)) != GRPC_STATUS_OK) {
+        if (grist__job_restore(d, j, eng, eng_len, err, sizeof(err)) < 0) {
             /* not the file's fault (a limit, the memory budget): it stays */
             GRIST_ERR("state: %s not restored: %s", path, err);
         } else {

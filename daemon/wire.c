@@ -3,6 +3,7 @@
  * it failed on, so a user reading the gRPC status knows what to fix. Nothing
  * here touches daemon state. Any thread.
  */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,7 +13,7 @@
 #include "grist/sketch.h"
 #include "wire.h"
 
-#define ERR(...) (snprintf(err, errsz, __VA_ARGS__), GRIST_WIRE_INVALID)
+#define ERR(...) (snprintf(err, errsz, __VA_ARGS__), -EINVAL)
 
 void grist__hello_free(struct grist_hello *h)
 {
@@ -74,9 +75,8 @@ const char *grist__name_problem(const char *s)
     return NULL;
 }
 
-static enum grist_wire_status decode_hello(const Grist__V1__Hello *in,
-                                           const struct grist_limits *lim, struct grist_hello *h,
-                                           char *err, size_t errsz)
+static int decode_hello(const Grist__V1__Hello *in, const struct grist_limits *lim,
+                        struct grist_hello *h, char *err, size_t errsz)
 {
     memset(h, 0, sizeof(*h));
     if (!in->job_id || !in->job_id[0])
@@ -94,7 +94,7 @@ static enum grist_wire_status decode_hello(const Grist__V1__Hello *in,
     if (in->world_size > lim->max_workers) {
         snprintf(err, errsz, "hello.world_size: %u exceeds the limit of %u workers per job",
                  in->world_size, lim->max_workers);
-        return GRIST_WIRE_EXHAUSTED;
+        return -EMSGSIZE;
     }
     if (in->rank >= in->world_size)
         return ERR("hello.rank: %u is not below world_size %u", in->rank, in->world_size);
@@ -103,14 +103,14 @@ static enum grist_wire_status decode_hello(const Grist__V1__Hello *in,
     if (in->sketch_dim > lim->max_sketch_dim) {
         snprintf(err, errsz, "hello.sketch_dim: %u exceeds the limit %u", in->sketch_dim,
                  lim->max_sketch_dim);
-        return GRIST_WIRE_EXHAUSTED;
+        return -EMSGSIZE;
     }
     if (in->n_groups == 0)
         return ERR("hello.groups: at least one group is needed");
     if (in->n_groups > lim->max_groups) {
         snprintf(err, errsz, "hello.groups: %zu groups exceed the limit %u", in->n_groups,
                  lim->max_groups);
-        return GRIST_WIRE_EXHAUSTED;
+        return -EMSGSIZE;
     }
     h->rank = in->rank;
     h->world = in->world_size;
@@ -129,7 +129,7 @@ static enum grist_wire_status decode_hello(const Grist__V1__Hello *in,
     h->ngroups = (uint32_t)in->n_groups;
     h->groups = calloc(in->n_groups, sizeof(*h->groups));
     if (!h->groups)
-        return GRIST_WIRE_NOMEM;
+        return -ENOMEM;
     for (size_t i = 0; i < in->n_groups; i++) {
         const Grist__V1__GroupSpec *g = in->groups[i];
         struct grist_group_spec *o = &h->groups[i];
@@ -188,7 +188,7 @@ static enum grist_wire_status decode_hello(const Grist__V1__Hello *in,
                  GRIST_GROUP_NAME_MAX);
     bad:
         grist__hello_free(h);
-        return GRIST_WIRE_INVALID;
+        return -EINVAL;
     }
     const Grist__V1__Policy *p = in->policy;
     struct grist_policy_req *q = &h->policy;
@@ -219,12 +219,11 @@ static enum grist_wire_status decode_hello(const Grist__V1__Hello *in,
         q->j_ema = p->j_ema;
         q->z_fast = p->hysteresis_z_fast;
     }
-    return GRIST_WIRE_OK;
+    return 0;
 }
 
-static enum grist_wire_status decode_summary(const Grist__V1__Summary *in, uint32_t ngroups,
-                                             uint32_t m, struct grist_summary *s, char *err,
-                                             size_t errsz)
+static int decode_summary(const Grist__V1__Summary *in, uint32_t ngroups, uint32_t m,
+                          struct grist_summary *s, char *err, size_t errsz)
 {
     memset(s, 0, sizeof(*s));
     if (in->n_groups != ngroups)
@@ -263,7 +262,7 @@ static enum grist_wire_status decode_summary(const Grist__V1__Summary *in, uint3
     s->sketch = malloc((size_t)ngroups * m * sizeof(float));
     if (!s->sq_norm || !s->batch || !s->lrb || !s->sketch) {
         grist__summary_free(s);
-        return GRIST_WIRE_NOMEM;
+        return -ENOMEM;
     }
     for (size_t i = 0; i < ngroups; i++) {
         s->sq_norm[i] = in->groups[i]->sq_norm;
@@ -274,7 +273,7 @@ static enum grist_wire_status decode_summary(const Grist__V1__Summary *in, uint3
         s->lrb[ngroups + i] = g->lr > 0.0 ? g->beta : -1.0; /* -1: not reported */
         memcpy(s->sketch + i * m, in->groups[i]->sketch, m * sizeof(float));
     }
-    return GRIST_WIRE_OK;
+    return 0;
 }
 
 void grist__batch_free(struct grist_summary *batch, size_t n)
@@ -390,9 +389,8 @@ static int add_batch(const uint8_t *p, const uint8_t *end, void *ud)
     return wire_count(p, end, 1, check_element, c) < 0 && c->bad >= 0 ? -1 : 0;
 }
 
-static enum grist_wire_status precheck(const uint8_t *buf, size_t len,
-                                       const struct grist_limits *lim, uint32_t ngroups, char *err,
-                                       size_t errsz)
+static int precheck(const uint8_t *buf, size_t len, const struct grist_limits *lim,
+                    uint32_t ngroups, char *err, size_t errsz)
 {
     const uint8_t *end = buf + len;
     struct precheck c = {.field = 4, .bad = -1}; /* Hello.groups */
@@ -400,10 +398,10 @@ static enum grist_wire_status precheck(const uint8_t *buf, size_t len,
     if (c.total > lim->max_groups) {
         snprintf(err, errsz, "hello.groups: %llu groups exceed the limit %u",
                  (unsigned long long)c.total, lim->max_groups);
-        return GRIST_WIRE_EXHAUSTED;
+        return -EMSGSIZE;
     }
     if (!ngroups)
-        return GRIST_WIRE_OK; /* a summary before Hello is refused by the caller */
+        return 0; /* a summary before Hello is refused by the caller */
     c = (struct precheck){.ngroups = ngroups, .field = 2, .bad = -1}; /* Summary.groups */
     if (wire_count(buf, end, 2, add_count, &c) > 0 && c.total != ngroups)
         return ERR("summary.groups: %llu groups, the job attached with %u",
@@ -416,24 +414,23 @@ static enum grist_wire_status precheck(const uint8_t *buf, size_t len,
     if (c.bad >= 0)
         return ERR("batch.summaries[%zu]: summary.groups: %ld groups, the job attached with %u",
                    c.index, c.bad, ngroups);
-    return GRIST_WIRE_OK;
+    return 0;
 }
 
-enum grist_wire_status
-grist__decode_worker(const uint8_t *buf, size_t len, const struct grist_limits *lim,
-                     uint32_t ngroups, uint32_t m, enum grist_wmsg_kind *kind,
-                     struct grist_hello *hello, struct grist_summary *summary,
-                     struct grist_summary **batch, size_t *nbatch, char *err, size_t errsz)
+int grist__decode_worker(const uint8_t *buf, size_t len, const struct grist_limits *lim,
+                         uint32_t ngroups, uint32_t m, enum grist_wmsg_kind *kind,
+                         struct grist_hello *hello, struct grist_summary *summary,
+                         struct grist_summary **batch, size_t *nbatch, char *err, size_t errsz)
 {
     *batch = NULL;
     *nbatch = 0;
-    const enum grist_wire_status pre = precheck(buf, len, lim, ngroups, err, errsz);
-    if (pre != GRIST_WIRE_OK)
+    const int pre = precheck(buf, len, lim, ngroups, err, errsz);
+    if (pre != 0)
         return pre;
     Grist__V1__WorkerMessage *msg = grist__v1__worker_message__unpack(NULL, len, buf);
     if (!msg)
         return ERR("WorkerMessage: the bytes do not decode as grist.v1.WorkerMessage");
-    enum grist_wire_status st;
+    int st;
     switch (msg->msg_case) {
     case GRIST__V1__WORKER_MESSAGE__MSG_HELLO:
         *kind = GRIST_WMSG_HELLO;
@@ -454,18 +451,18 @@ grist__decode_worker(const uint8_t *buf, size_t len, const struct grist_limits *
         }
         struct grist_summary *b = calloc(n, sizeof(*b));
         if (!b) {
-            st = GRIST_WIRE_NOMEM;
+            st = -ENOMEM;
             break;
         }
-        st = GRIST_WIRE_OK;
+        st = 0;
         size_t k = 0;
-        for (; k < n && st == GRIST_WIRE_OK; k++) {
+        for (; k < n && st == 0; k++) {
             char e2[200] = "";
             st = decode_summary(msg->batch->summaries[k], ngroups, m, &b[k], e2, sizeof(e2));
-            if (st != GRIST_WIRE_OK)
+            if (st != 0)
                 snprintf(err, errsz, "batch.summaries[%zu]: %s", k, e2);
         }
-        if (st != GRIST_WIRE_OK) { /* nothing of a bad batch is kept */
+        if (st != 0) { /* nothing of a bad batch is kept */
             grist__batch_free(b, k); /* the failed one is zeroed or freed already */
             break;
         }

@@ -11,14 +11,6 @@
 
 #include "grist/select.h"
 
-/* Outcome of a decode; maps to a gRPC status in attach.c. */
-enum grist_wire_status {
-    GRIST_WIRE_OK = 0,
-    GRIST_WIRE_INVALID, /* INVALID_ARGUMENT */
-    GRIST_WIRE_EXHAUSTED, /* RESOURCE_EXHAUSTED: over a limit */
-    GRIST_WIRE_NOMEM, /* RESOURCE_EXHAUSTED: out of memory */
-};
-
 struct grist_limits {
     uint32_t max_groups;
     uint32_t max_workers;
@@ -76,18 +68,18 @@ enum grist_wmsg_kind { GRIST_WMSG_HELLO = 1, GRIST_WMSG_SUMMARY = 2, GRIST_WMSG_
  * against the job it belongs to (ngroups, m; pass 0, 0 before Hello: the
  * caller refuses the summary with FAILED_PRECONDITION anyway).
  *
- * @param kind  receives the message kind on GRIST_WIRE_OK.
+ * @param kind  receives the message kind on success.
  * @param err   receives a message naming the offending field.
- * @return a grist_wire_status; on OK exactly one of hello, summary or batch
+ * @return 0; -EINVAL (a field is wrong: err names it); -EMSGSIZE (over a
+ *         limit of lim); -ENOMEM. On success exactly one of hello, summary or batch
  *         is filled and owns memory (free with grist__hello_free,
  *         grist__summary_free, grist__batch_free). A batch decodes whole or
  *         not at all: one bad summary refuses it, naming its index.
  */
-enum grist_wire_status
-grist__decode_worker(const uint8_t *buf, size_t len, const struct grist_limits *lim,
-                     uint32_t ngroups, uint32_t m, enum grist_wmsg_kind *kind,
-                     struct grist_hello *hello, struct grist_summary *summary,
-                     struct grist_summary **batch, size_t *nbatch, char *err, size_t errsz);
+int grist__decode_worker(const uint8_t *buf, size_t len, const struct grist_limits *lim,
+                         uint32_t ngroups, uint32_t m, enum grist_wmsg_kind *kind,
+                         struct grist_hello *hello, struct grist_summary *summary,
+                         struct grist_summary **batch, size_t *nbatch, char *err, size_t errsz);
 void grist__batch_free(struct grist_summary *batch, size_t n);
 
 void grist__hello_free(struct grist_hello *h);

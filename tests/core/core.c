@@ -57,9 +57,9 @@ struct grist_job *test_core_attach(struct test_core *c, const char *id, uint32_t
     h.groups = gs;
     struct grist_job *j = NULL;
     static const struct grist_principal open = {.role = GRIST_ROLE_OPEN};
-    const grpc_status_code st = grist__job_attach(&c->d, &h, &open, &j, err, errsz);
+    const int st = grist__job_attach(&c->d, &h, &open, &j, err, errsz);
     free(gs);
-    return st == GRPC_STATUS_OK ? j : NULL;
+    return st == 0 ? j : NULL;
 }
 
 int test_core_submit(struct test_core *c, struct grist_job *j, uint32_t rank, uint64_t step,

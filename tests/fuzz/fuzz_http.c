@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "core/core.h"
+#include "http.h"
 #include "log.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -18,6 +18,7 @@
 #include "daemon.h"
 #include "grist/kernels.h"
 #include "snapio.h"
+#include "snapshot.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

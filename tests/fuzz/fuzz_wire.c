@@ -31,9 +31,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct grist_summary *batch = NULL;
     size_t nbatch = 0;
     char err[256];
-    enum grist_wire_status st = grist__decode_worker(data, size, &lim, ngroups, m, &kind, &h, &s,
-                                                     &batch, &nbatch, err, sizeof(err));
-    if (st == GRIST_WIRE_OK && kind == GRIST_WMSG_HELLO) {
+    int st = grist__decode_worker(data, size, &lim, ngroups, m, &kind, &h, &s, &batch, &nbatch, err,
+                                  sizeof(err));
+    if (st == 0 && kind == GRIST_WMSG_HELLO) {
         struct grist_job_policy def, out;
         memset(&def, 0, sizeof(def));
         grist_policy_default(&def.sel);
@@ -42,9 +42,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         def.ncand = grist_candidates_default(0, 0.9999, def.cand);
         grist__policy_merge(&def, &h.policy, &out, err, sizeof(err));
         grist__hello_free(&h);
-    } else if (st == GRIST_WIRE_OK && kind == GRIST_WMSG_SUMMARY) {
+    } else if (st == 0 && kind == GRIST_WMSG_SUMMARY) {
         grist__summary_free(&s);
-    } else if (st == GRIST_WIRE_OK && kind == GRIST_WMSG_BATCH) {
+    } else if (st == 0 && kind == GRIST_WMSG_BATCH) {
         grist__batch_free(batch, nbatch);
     }
     return 0;

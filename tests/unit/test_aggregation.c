@@ -2,14 +2,21 @@
  * The per-step aggregation rules of daemon/jobs.c, one test per rule, on a
  * daemon core without a network (tests/core: a real engine on the ref
  * backend behind grist__job_attach() and grist__job_submit()), the job's
- * counters read directly. The gRPC path is tested by tests/integration/test_attach.c.
+ * counters read directly; the registry's refusals as grist error codes; and
+ * its events (a new version, a job's expiry) reaching subscribers through
+ * publish.c. This executable links no gRPC library (tests/meson.build).
+ * The gRPC path is tested by tests/integration/test_attach.c.
  */
 #include <check.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include <errno.h>
+
 #include "core/core.h"
+#include "grist/error.h"
+#include "publish.h"
 #include "wire.h"
 #include "../check_main.h"
 
@@ -224,6 +231,124 @@ START_TEST(test_validation_is_no_step)
 }
 END_TEST
 
+/* The registry refuses with grist error codes and says why: another shape
+ * of a known job is -EINVAL naming the field, a job past --max-jobs is
+ * -ENOSPC; nothing of a refused Hello is kept. */
+START_TEST(test_attach_refusals)
+{
+    struct grist_job *j = attach("shape", 2);
+    char err[256] = "";
+    ck_assert_ptr_null(test_core_attach(&core, "shape", 2, G + 1, M, err, sizeof(err)));
+    ck_assert_msg(strstr(err, "hello.groups") != NULL, "%s", err);
+    ck_assert_uint_eq(j->nstreams, 1);
+    core.cfg.max_jobs = 1;
+    err[0] = '\0';
+    ck_assert_ptr_null(test_core_attach(&core, "second", 2, G, M, err, sizeof(err)));
+    ck_assert_msg(strstr(err, "--max-jobs") != NULL, "%s", err);
+    ck_assert_uint_eq(core.d.njobs, 1);
+    ck_assert_ptr_null(grist__job_find(&core.d, "second"));
+}
+END_TEST
+
+/* The subscriber side of the events: what a test subscriber heard. */
+struct heard {
+    struct grist_sub sub;
+    int versions, states, gone;
+    size_t len;
+};
+
+static void heard_version(struct grist_sub *s, const uint8_t *msg, size_t len)
+{
+    struct heard *h = (struct heard *)s;
+    ck_assert_ptr_nonnull(msg);
+    h->versions++;
+    h->len = len;
+}
+
+static void heard_state(struct grist_sub *s, const struct grist_job *j)
+{
+    (void)j;
+    ((struct heard *)s)->states++;
+}
+
+static void heard_gone(struct grist_sub *s)
+{
+    ck_assert_ptr_null(s->pprev); /* unsubscribed before it is told */
+    ((struct heard *)s)->gone++;
+}
+
+static int gone_calls;
+static void on_gone(void *ud, struct grist_job *j)
+{
+    gone_calls++;
+    grist__publish_gone(ud, j);
+}
+
+static void wire_events(void)
+{
+    core.d.events =
+        (struct grist_job_events){grist__publish_version, grist__publish_state, on_gone, NULL};
+}
+
+/* A job's first evaluation after warm-up is a new version: jobs.c reports it
+ * through d->events, and publish.c hands the encoded Hyperparams to every
+ * subscriber of that job and of no other; one that left hears nothing. */
+START_TEST(test_version_reaches_subscribers)
+{
+    wire_events();
+    struct grist_job *j = attach("pub", 1), *other = attach("quiet", 1);
+    struct heard a = {0}, b = {0}, left = {0}, elsewhere = {0};
+    struct heard *all[] = {&a, &b, &left};
+    for (int i = 0; i < 3; i++) {
+        all[i]->sub.on_version = heard_version;
+        all[i]->sub.on_state = heard_state;
+        grist__publish_join(j, &all[i]->sub);
+    }
+    elsewhere.sub.on_version = heard_version;
+    grist__publish_join(other, &elsewhere.sub);
+    grist__publish_leave(&left.sub);
+    grist__publish_leave(&left.sub); /* idempotent */
+    const uint64_t steps = (uint64_t)(core.cfg.min_steps + 2 * core.cfg.solve_every);
+    for (uint64_t t = 1; t <= steps; t++)
+        ck_assert_int_eq(submit(j, 0, t, (float)((t * 2654435761u) % 1000) / 500.0f - 1.0f), 0);
+    for (int i = 0; i < 500 && a.versions == 0; i++) {
+        uv_run(&core.loop, UV_RUN_NOWAIT);
+        usleep(10 * 1000);
+    }
+    ck_assert_int_ge(a.versions, 1);
+    ck_assert_int_eq(b.versions, a.versions);
+    ck_assert_uint_eq(a.len, j->push_len);
+    ck_assert_uint_eq(j->version, (uint64_t)a.versions);
+    ck_assert_int_ge(a.states, a.versions);
+    ck_assert_int_eq(left.versions + left.states, 0);
+    ck_assert_int_eq(elsewhere.versions, 0);
+}
+END_TEST
+
+/* A job without workers expires after --empty-job-expiry; its subscribers
+ * hear it once (unsubscribed first) and the job is gone from the registry. */
+START_TEST(test_expiry_is_an_event)
+{
+    wire_events();
+    gone_calls = 0;
+    core.cfg.empty_job_expiry = 0.02;
+    struct grist_job *j = attach("expire", 1);
+    struct heard w = {0};
+    w.sub.on_gone = heard_gone;
+    grist__publish_join(j, &w.sub);
+    grist__jobs_tick(&core.d);
+    ck_assert_int_eq(gone_calls, 0); /* a worker is attached */
+    grist__job_detach(&core.d, j);
+    usleep(40 * 1000);
+    uv_update_time(&core.loop);
+    grist__jobs_tick(&core.d);
+    ck_assert_int_eq(gone_calls, 1);
+    ck_assert_int_eq(w.gone, 1);
+    ck_assert_ptr_null(grist__job_find(&core.d, "expire"));
+    ck_assert_uint_eq(core.d.cnt.jobs_expired, 1);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("aggregation");
@@ -239,6 +364,13 @@ static Suite *suite(void)
     tcase_add_test(tc, test_world_grows_mid_step);
     tcase_add_test(tc, test_validation_is_no_step);
     suite_add_tcase(s, tc);
+    TCase *reg = tcase_create("registry");
+    tcase_add_checked_fixture(reg, setup, teardown);
+    tcase_set_timeout(reg, 30);
+    tcase_add_test(reg, test_attach_refusals);
+    tcase_add_test(reg, test_version_reaches_subscribers);
+    tcase_add_test(reg, test_expiry_is_an_event);
+    suite_add_tcase(s, reg);
     return s;
 }
 

@@ -25,7 +25,9 @@ extern "C" {
     XX(LAPACK, -4007, "LAPACK routine failed to converge")                                         \
     XX(BADSTATE, -4008, "serialized statistics state is corrupt or of another version")            \
     XX(BADCONF, -4009, "statistics configuration out of bounds")                                   \
-    XX(NOTREADY, -4010, "not enough steps yet for this estimate")
+    XX(NOTREADY, -4010, "not enough steps yet for this estimate")                                  \
+    XX(ORDER, -4011, "message out of order on this stream")                                        \
+    XX(SHARD, -4012, "the job belongs to another shard")
 
 enum grist_errno {
 #define GRIST__ERR_ENUM(name, val, msg) GRIST_E##name = (val),
