@@ -184,7 +184,7 @@ static int query_u64(const char *q, const char *key, uint64_t *v)
     errno = 0;
     unsigned long long x = strtoull(s, &end, 10);
     if (!s[0] || *end || errno || s[0] == '-')
-        return -1;
+        return -EINVAL;
     *v = x;
     return 1;
 }

@@ -58,7 +58,7 @@ static int parse_role(const char *s, enum grist_role *r)
     else if (strcmp(s, "admin") == 0)
         *r = GRIST_ROLE_ADMIN;
     else
-        return -1;
+        return -EINVAL;
     return 0;
 }
 

@@ -216,7 +216,7 @@ static int pct_decode(char *s)
         if (*p == '%') {
             unsigned v;
             if (!p[1] || !p[2] || sscanf(p + 1, "%2x", &v) != 1 || v == 0)
-                return -1;
+                return -EINVAL;
             *o++ = (char)v;
             p += 2;
         } else {
@@ -492,7 +492,7 @@ static int tls_input(struct conn *c, const char *data, size_t len)
 {
     if (BIO_write(c->rbio, data, (int)len) != (int)len) {
         conn_close(c);
-        return -1;
+        return -ECONNRESET;
     }
     for (;;) {
         if (c->in_len + 4096 > c->in_cap) {
@@ -500,7 +500,7 @@ static int tls_input(struct conn *c, const char *data, size_t len)
             char *p = c->in_len + 4096 > HTTP_IN_MAX ? NULL : realloc(c->in, cap);
             if (!p) { /* more than any client needs queued, or no memory */
                 conn_close(c);
-                return -1;
+                return -ECONNRESET;
             }
             c->in = p;
             c->in_cap = cap;
@@ -522,7 +522,7 @@ static int tls_input(struct conn *c, const char *data, size_t len)
         }
         ERR_clear_error();
         tls_flush(c, 1); /* the alert, then close */
-        return -1;
+        return -ECONNRESET;
     }
 }
 

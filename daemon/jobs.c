@@ -41,7 +41,7 @@ static int configure_shards(struct grist_daemon *d, const struct grist_config *c
     if (!c->shard[0]) {
         if (c->shard_peers[0]) {
             fprintf(stderr, "gristd: --shard-peers needs --shard I/N\n");
-            return -1;
+            return -EINVAL;
         }
         return 0;
     }
@@ -51,7 +51,7 @@ static int configure_shards(struct grist_daemon *d, const struct grist_config *c
         i >= n) {
         fprintf(stderr, "gristd: --shard '%s': expected I/N with 0 <= I < N <= %d\n", c->shard,
                 GRIST_MAX_SHARDS);
-        return -1;
+        return -EINVAL;
     }
     d->shard_i = i;
     d->shard_n = n;
@@ -59,7 +59,7 @@ static int configure_shards(struct grist_daemon *d, const struct grist_config *c
         return 0;
     d->shard_peers_buf = strdup(c->shard_peers);
     if (!d->shard_peers_buf)
-        return -1;
+        return -EINVAL;
     unsigned k = 0, extra = 0;
     char *save = NULL;
     for (char *a = strtok_r(d->shard_peers_buf, ",", &save); a; a = strtok_r(NULL, ",", &save)) {
@@ -70,7 +70,7 @@ static int configure_shards(struct grist_daemon *d, const struct grist_config *c
     }
     if (k + extra != n) {
         fprintf(stderr, "gristd: --shard-peers: %u addresses for %u shards\n", k + extra, n);
-        return -1;
+        return -EINVAL;
     }
     return 0;
 }
@@ -79,7 +79,7 @@ int grist__daemon_configure(struct grist_daemon *d, const struct grist_config *c
 {
     d->cfg = c;
     if (configure_shards(d, c) < 0)
-        return -1;
+        return -EINVAL;
     d->limits.max_groups = (uint32_t)c->max_groups;
     d->limits.max_workers = (uint32_t)c->max_workers;
     d->limits.max_sketch_dim = (uint32_t)c->max_sketch_dim;
@@ -94,15 +94,15 @@ int grist__daemon_configure(struct grist_daemon *d, const struct grist_config *c
         fprintf(
             stderr,
             "gristd: bad --mode, --noise-correction, --lr-coupling, --select-on or --rule (see --help)\n");
-        return -1;
+        return -EINVAL;
     }
     if (c->beta_min > c->beta_max) {
         fprintf(stderr, "gristd: --beta-min is above --beta-max\n");
-        return -1;
+        return -EINVAL;
     }
     if (c->cov_dim != 0 && (c->cov_dim < 8 || (c->cov_dim & (c->cov_dim - 1)) != 0)) {
         fprintf(stderr, "gristd: --cov-dim must be 0 or a power of two >= 8\n");
-        return -1;
+        return -EINVAL;
     }
     p->sel.beta_min = c->beta_min;
     p->sel.beta_max = c->beta_max;
@@ -162,7 +162,7 @@ static int agg_grow(struct grist_agg *a, uint32_t world)
     const size_t have = (a->world + 7) / 8, want = (world + 7) / 8;
     uint8_t *seen = realloc(a->seen, want);
     if (!seen)
-        return -1;
+        return -ENOMEM;
     memset(seen + have, 0, want - have);
     a->seen = seen;
     a->world = world;
@@ -573,7 +573,7 @@ int grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t rank
                      (unsigned long long)sum->step, (unsigned long long)(sum->step - newest),
                      (unsigned long long)newest, (long long)d->cfg->max_step_jump);
             grist__summary_free(sum);
-            return -1;
+            return -EINVAL;
         }
         if (aggregated && sum->step <= j->high_step) {
             if (j->high_step - sum->step <= SEGMENT_GAP) {

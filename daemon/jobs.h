@@ -73,7 +73,7 @@ struct grist_job {
 };
 
 /* d->cfg = c, and the daemon-wide policy defaults and limits from it.
- * @return 0, or -1 after a message on stderr naming the bad option. */
+ * @return 0, or -EINVAL after a message on stderr naming the bad option. */
 int grist__daemon_configure(struct grist_daemon *d, const struct grist_config *c);
 
 struct grist_job *grist__job_find(struct grist_daemon *d, const char *id);

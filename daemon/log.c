@@ -1,5 +1,6 @@
 /* DESIGN: leveled logging; any thread; one formatted line per call. */
 #include <stdarg.h>
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -21,7 +22,7 @@ int grist__log_parse_level(const char *s, enum grist_log_level *out)
             *out = (enum grist_log_level)i;
             return 0;
         }
-    return -1;
+    return -EINVAL;
 }
 
 void grist__log(enum grist_log_level lvl, const char *fmt, ...)

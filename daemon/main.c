@@ -260,7 +260,7 @@ static int check_exposure(const struct grist_config *c)
                 "gristd: %s is reachable from other machines and would be served without TLS; "
                 "give --tls-cert and --tls-key (docs/SECURITY.md), or --insecure to accept it\n",
                 open);
-        return -1;
+        return -EINVAL;
     }
     GRIST_WARN("INSECURE: %s is served without TLS to anyone who can reach it (--insecure)%s", open,
                c->tokens[0] ? "; tokens travel in the clear" : " and without tokens");

@@ -16,6 +16,7 @@
  * record. A listener whose address is a host name (not a numeric address or
  * a unix path) is not probed.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -219,7 +220,7 @@ int grist__probe_start(struct grist_daemon *d, double interval_s,
         return 0;
     struct grist_probe *p = calloc(1, sizeof(*p));
     if (!p)
-        return -1;
+        return -ENOMEM;
     p->d = d;
     p->failed = failed;
     p->n = d->net->nbound;

@@ -345,7 +345,7 @@ int grist__series_index(const char *s)
     for (int i = 0; i < 5; i++)
         if (strcmp(s, names[i]) == 0)
             return i;
-    return -1;
+    return -EINVAL;
 }
 
 static double series_value(const struct grist_history_point *p, int k)

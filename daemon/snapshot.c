@@ -124,11 +124,11 @@ int grist__sio_open(const unsigned char *buf, size_t len, const char magic[8], u
     uint64_t n, sum;
     if (len < GRIST_SIO_HEADER) {
         snprintf(why, whysz, "truncated (%zu bytes, shorter than the header)", len);
-        return -1;
+        return GRIST_EBADSTATE;
     }
     if (memcmp(buf, magic, 8) != 0) {
         snprintf(why, whysz, "not a %.8s file", magic);
-        return -1;
+        return GRIST_EBADSTATE;
     }
     memcpy(&ver, buf + 8, 4);
     memcpy(&bom, buf + 12, 4);
@@ -136,21 +136,21 @@ int grist__sio_open(const unsigned char *buf, size_t len, const char magic[8], u
     memcpy(&sum, buf + 24, 8);
     if (bom != BOM) {
         snprintf(why, whysz, "written on a machine of the other byte order");
-        return -1;
+        return GRIST_EBADSTATE;
     }
     if (ver < oldest || ver > version) {
         snprintf(why, whysz, "format version %u (this build reads %u to %u)", ver, oldest, version);
-        return -1;
+        return GRIST_EBADSTATE;
     }
     *got = ver;
     if (n != len - GRIST_SIO_HEADER) {
         snprintf(why, whysz, "truncated or extended (payload %llu bytes, the header says %llu)",
                  (unsigned long long)(len - GRIST_SIO_HEADER), (unsigned long long)n);
-        return -1;
+        return GRIST_EBADSTATE;
     }
     if (grist__sio_fnv1a(buf + GRIST_SIO_HEADER, n) != sum) {
         snprintf(why, whysz, "checksum mismatch (corrupt)");
-        return -1;
+        return GRIST_EBADSTATE;
     }
     *payload = buf + GRIST_SIO_HEADER;
     *plen = n;
@@ -832,7 +832,7 @@ int grist__snapshot_check(const struct grist_daemon *d, struct grist_backend *be
     size_t eng_len = 0;
     struct grist_job *j = decode(d, 0, buf, len, &eng, &eng_len, why, whysz);
     if (!j)
-        return -1;
+        return GRIST_EBADSTATE;
     const struct grist_engine_job_spec spec = {
         .ngroups = j->ngroups,
         .m = j->m,

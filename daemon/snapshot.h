@@ -21,7 +21,7 @@ void grist__snapshot_forget(struct grist_daemon *d, const struct grist_job *j);
  * is written (at once without --state-dir). */
 void grist__snapshot_final(struct grist_daemon *d, void (*done)(struct grist_daemon *d));
 /* Decode a job file completely, its statistics built on be and freed (the
- * fuzz target; needs d's cfg and limits only). @return 0; -1 with why. */
+ * fuzz target; needs d's cfg and limits only). @return 0; GRIST_EBADSTATE with why. */
 int grist__snapshot_check(const struct grist_daemon *d, struct grist_backend *be,
                           const uint8_t *buf, size_t len, char *why, size_t whysz);
 /* Close the timer; free everything (after final). */

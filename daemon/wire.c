@@ -38,7 +38,7 @@ static int copy_str(char *dst, size_t cap, const char *src)
     if (!src)
         src = "";
     if (strlen(src) >= cap)
-        return -1;
+        return -EINVAL;
     strcpy(dst, src);
     return 0;
 }
@@ -302,7 +302,7 @@ static int wire_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
         if (!(b & 0x80))
             return 0;
     }
-    return -1;
+    return -EINVAL;
 }
 
 /* Count the length-delimited fields numbered f in [p, end); on each, call
@@ -315,34 +315,34 @@ static long wire_count(const uint8_t *p, const uint8_t *end, uint32_t f,
     while (p < end) {
         uint64_t key, v;
         if (wire_varint(&p, end, &key) < 0)
-            return -1;
+            return -EINVAL;
         switch (key & 7) {
         case 0:
             if (wire_varint(&p, end, &v) < 0)
-                return -1;
+                return -EINVAL;
             break;
         case 1:
             if (end - p < 8)
-                return -1;
+                return -EINVAL;
             p += 8;
             break;
         case 5:
             if (end - p < 4)
-                return -1;
+                return -EINVAL;
             p += 4;
             break;
         case 2:
             if (wire_varint(&p, end, &v) < 0 || v > (uint64_t)(end - p))
-                return -1;
+                return -EINVAL;
             if ((key >> 3) == f) {
                 n++;
                 if (fn && fn(p, p + v, ud) < 0)
-                    return -1;
+                    return -EINVAL;
             }
             p += v;
             break;
         default:
-            return -1;
+            return -EINVAL;
         }
     }
     return n;
@@ -373,7 +373,7 @@ static int check_element(const uint8_t *p, const uint8_t *end, void *ud)
     const long n = wire_count(p, end, 2, NULL, NULL);
     if (n >= 0 && (uint64_t)n != c->ngroups) {
         c->bad = n;
-        return -1;
+        return -EINVAL;
     }
     c->index++;
     return 0;
@@ -385,7 +385,7 @@ static int add_batch(const uint8_t *p, const uint8_t *end, void *ud)
     struct precheck *c = ud;
     add_count(p, end, c);
     if (c->total > GRIST_MAX_BATCH)
-        return -1;
+        return -EINVAL;
     return wire_count(p, end, 1, check_element, c) < 0 && c->bad >= 0 ? -1 : 0;
 }
 

@@ -95,7 +95,7 @@ struct grist_job_policy {
     double cand[GRIST_MAX_CANDIDATES];
 };
 
-/** Merge a request into defaults; @return 0 or -1 with err naming the field. */
+/** Merge a request into defaults; @return 0 or -EINVAL with err naming the field. */
 int grist__policy_merge(const struct grist_job_policy *defaults, const struct grist_policy_req *req,
                         struct grist_job_policy *out, char *err, size_t errsz);
 

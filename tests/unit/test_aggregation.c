@@ -141,14 +141,14 @@ START_TEST(test_far_jump_refused)
     ck_assert_int_eq(submit(j, 0, UINT64_C(1) << 40, 1.0f), 0); /* the first: any step */
     ck_assert_int_eq(submit(j, 1, UINT64_C(1) << 40, 1.0f), 0);
     ck_assert_uint_eq(j->steps, 1);
-    ck_assert_int_eq(submit(j, 0, (UINT64_C(1) << 40) + 1001, 1.0f), -1);
+    ck_assert_int_eq(submit(j, 0, (UINT64_C(1) << 40) + 1001, 1.0f), -EINVAL);
     ck_assert_uint_eq(open_steps(j), 0);
     ck_assert_uint_eq(j->steps, 1);
     ck_assert_int_eq(submit(j, 0, (UINT64_C(1) << 40) + 1000, 1.0f), 0); /* at the bound */
     ck_assert_uint_eq(open_steps(j), 1);
     /* an open step counts as the newest too */
-    ck_assert_int_eq(submit(j, 0, (UINT64_C(1) << 40) + 2001, 1.0f), -1);
-    ck_assert_int_eq(submit(j, 0, UINT64_MAX, 1.0f), -1); /* 2^64 - 1 cannot freeze the job */
+    ck_assert_int_eq(submit(j, 0, (UINT64_C(1) << 40) + 2001, 1.0f), -EINVAL);
+    ck_assert_int_eq(submit(j, 0, UINT64_MAX, 1.0f), -EINVAL); /* 2^64 - 1 cannot freeze the job */
     ck_assert_uint_eq(open_steps(j), 1);
 }
 END_TEST
