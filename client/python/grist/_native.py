@@ -19,7 +19,12 @@ def _find():
     if env:
         return env
     root = os.path.abspath(os.path.join(_here, "..", "..", ".."))
-    for build in ("build", os.environ.get("GRIST_BUILD", "build")):
+    # the build trees count only for the package in its source tree: an
+    # installed one must not pick up a build named by GRIST_BUILD
+    tree_pkg = os.path.join(root, "client", "python", "grist")
+    in_tree = (os.path.exists(os.path.join(root, "meson.build")) and os.path.isdir(tree_pkg)
+               and os.path.samefile(_here, tree_pkg))
+    for build in ("build", os.environ.get("GRIST_BUILD", "build")) if in_tree else ():
         cand = os.path.join(root, build, "client", "libgrist.so")
         if os.path.exists(cand):
             return cand
