@@ -337,20 +337,47 @@ static void curv_add(struct grist__curv *c, double num, double den, double g)
     c->n++;
 }
 
-static double dot(const double *restrict a, const double *restrict b, uint32_t m)
+/* <a, b> and <r, y - x> (without forming the difference), with sixteen
+ * partial sums in a fixed order: a serial add chain would be bound by the
+ * add latency (m = 1024: about 4 us), this by the loads. Inlined into the
+ * AVX2 + FMA clone of their callers. */
+typedef double grist__s4d __attribute__((vector_size(32)));
+
+static inline __attribute__((always_inline)) double dot(const double *restrict a,
+                                                        const double *restrict b, uint32_t m)
 {
-    double s = 0.0;
-    for (uint32_t i = 0; i < m; i++)
+    grist__s4d q[4] = {{0}};
+    uint32_t i = 0;
+    for (; i + 16 <= m; i += 16)
+        for (int l = 0; l < 4; l++) {
+            grist__s4d x, y;
+            memcpy(&x, a + i + 4 * l, sizeof(x));
+            memcpy(&y, b + i + 4 * l, sizeof(y));
+            q[l] += x * y;
+        }
+    const grist__s4d t = (q[0] + q[1]) + (q[2] + q[3]);
+    double s = (t[0] + t[1]) + (t[2] + t[3]);
+    for (; i < m; i++)
         s += a[i] * b[i];
     return s;
 }
 
-/* <r, y - x> without forming the difference */
-static double dot_diff(const double *restrict r, const double *restrict y, const double *restrict x,
-                       uint32_t m)
+static inline __attribute__((always_inline)) double
+dot_diff(const double *restrict r, const double *restrict y, const double *restrict x, uint32_t m)
 {
-    double s = 0.0;
-    for (uint32_t i = 0; i < m; i++)
+    grist__s4d q[4] = {{0}};
+    uint32_t i = 0;
+    for (; i + 16 <= m; i += 16)
+        for (int l = 0; l < 4; l++) {
+            grist__s4d rv, yv, xv;
+            memcpy(&rv, r + i + 4 * l, sizeof(rv));
+            memcpy(&yv, y + i + 4 * l, sizeof(yv));
+            memcpy(&xv, x + i + 4 * l, sizeof(xv));
+            q[l] += rv * (yv - xv);
+        }
+    const grist__s4d t = (q[0] + q[1]) + (q[2] + q[3]);
+    double s = (t[0] + t[1]) + (t[2] + t[3]);
+    for (; i < m; i++)
         s += r[i] * (y[i] - x[i]);
     return s;
 }
@@ -362,6 +389,7 @@ static double dot_diff(const double *restrict r, const double *restrict y, const
 
 /* The curvature samples of docs/MATH.md 5.4, then the applied update of this
  * step. s is s_t (m doubles); lr and beta are what the worker used with it. */
+GRIST__CLONES_V3
 static void trajectory_step(struct grist_stats *st, const double *restrict s, double lr,
                             double beta)
 {
@@ -420,6 +448,7 @@ static void trajectory_step(struct grist_stats *st, const double *restrict s, do
 }
 
 /* EMA of the features f = (dots, energies, r0) and of f f^T (upper triangle). */
+GRIST__CLONES_V3
 static void features_step(struct grist_stats *st, double r0)
 {
     const uint32_t K = st->cfg.ncand, nf = 2 * K + 1;
