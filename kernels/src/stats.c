@@ -169,6 +169,23 @@ void grist_stats_free(struct grist_stats *st)
     free(st);
 }
 
+size_t grist_stats_footprint(const struct grist_stats_config *cfg)
+{
+    if (!cfg || check_config(cfg) < 0)
+        return 0;
+    const size_t m = cfg->m, K = cfg->ncand, L = cfg->lags, nf = 2 * K + 1, d = sizeof(double);
+    const size_t mc = cfg->cov_dim == 0 ? 0 : (m < cfg->cov_dim ? m : cfg->cov_dim);
+    /* as grist_stats_new allocates them, in its order */
+    size_t b = sizeof(struct grist_stats);
+    b += m * d; /* s_host */
+    b += 2 * nf * nf * d + nf * d; /* FF, FF1, fprev */
+    b += 8 * m * d; /* traj: U, a_prev, a_cur, s_last, R, R_ref, s_ref, Dsp */
+    b += K * m * d + L * m * d + m * d; /* V, ring, s_dev */
+    if (mc)
+        b += 2 * mc * d + mc * mc * d + mc * cfg->cov_batch * d; /* fold, mu, sigma, pending */
+    return b;
+}
+
 int grist_stats_new(struct grist_backend *be, const struct grist_stats_config *cfg,
                     struct grist_stats **out)
 {

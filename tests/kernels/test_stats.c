@@ -6,6 +6,7 @@
  */
 #include <check.h>
 #include <errno.h>
+#include <malloc.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,6 +125,44 @@ START_TEST(test_bad_input_leaves_state_unchanged)
     ck_assert_uint_eq(v.steps, 31);
     free(buf);
     grist_stats_free(st);
+    grist_backend_close(be);
+}
+END_TEST
+
+/* grist_stats_footprint is what grist_stats_new allocates: on the ref
+ * backend (host memory) the heap grows by the footprint plus at most the
+ * allocator's own overhead (chunk headers, mmap pages), for the daemon's
+ * default shape and a small one. Not under a sanitizer's allocator. */
+START_TEST(test_footprint_is_what_new_allocates)
+{
+    if (getenv("GRIST_SANITIZED"))
+        return;
+    struct grist_backend *be;
+    ck_assert_int_eq(grist_backend_open("ref", &be), 0);
+    const uint32_t dims[][3] = {{1024, 256, 16}, {256, 0, 5}};
+    for (int c = 0; c < 2; c++) {
+        struct grist_stats_config cfg;
+        grist_stats_config_default(&cfg);
+        cfg.m = dims[c][0];
+        cfg.cov_dim = dims[c][1];
+        cfg.lags = dims[c][2];
+        const size_t want = grist_stats_footprint(&cfg);
+        ck_assert_uint_gt(want, (size_t)cfg.ncand * cfg.m * sizeof(double));
+        struct mallinfo2 a = mallinfo2();
+        struct grist_stats *st;
+        ck_assert_int_eq(grist_stats_new(be, &cfg, &st), 0);
+        struct mallinfo2 b = mallinfo2();
+        const size_t got = (b.uordblks + b.hblkhd) - (a.uordblks + a.hblkhd);
+        /* (a small chunk freed earlier may come back from glibc's tcache,
+         * which mallinfo counts as in use: hence the slack below want) */
+        ck_assert_msg(got + 4096 >= want && got <= want + want / 50 + 16384,
+                      "m %u: the heap grew by %zu bytes, the footprint says %zu", cfg.m, got, want);
+        grist_stats_free(st);
+    }
+    struct grist_stats_config bad;
+    grist_stats_config_default(&bad);
+    bad.m = 1000; /* not a power of two */
+    ck_assert_uint_eq(grist_stats_footprint(&bad), 0);
     grist_backend_close(be);
 }
 END_TEST
@@ -320,6 +359,7 @@ static Suite *suite(void)
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, test_bad_input_leaves_state_unchanged);
     tcase_add_test(tc, test_bad_config);
+    tcase_add_test(tc, test_footprint_is_what_new_allocates);
     tcase_add_test(tc, test_batched_equals_sequential);
     tcase_add_test(tc, test_snapshot_roundtrip);
     tcase_add_test(tc, test_lr_coupling);

@@ -105,6 +105,16 @@ struct grist_step {
 int grist_stats_new(struct grist_backend *be, const struct grist_stats_config *cfg,
                     struct grist_stats **out);
 
+/**
+ * The bytes a state made with cfg holds: every array grist_stats_new()
+ * allocates (host and backend memory, the momentum buffers, the lag ring,
+ * the trajectory vectors, the feature covariances, the folded covariance and
+ * its staging) and the state itself, without allocator overhead.
+ *
+ * @return the byte count; 0 when cfg is refused (as grist_stats_new would).
+ */
+size_t grist_stats_footprint(const struct grist_stats_config *cfg);
+
 /** Free a state. NULL is allowed. */
 void grist_stats_free(struct grist_stats *st);
 
