@@ -25,7 +25,7 @@
 #include "publish.h"
 
 struct grist_stream {
-    struct grist_call *call; /* NULL once the call ended */
+    struct grist_call *call; /* the stream lives exactly as long as its call (on_end frees it) */
     struct grist_daemon *d;
     struct grist_stream *next, *prev; /* d->streams */
     struct grist_sub sub; /* on its job: the versions (publish.c) */
@@ -41,19 +41,17 @@ struct grist_stream {
 
 static void finish(struct grist_stream *s, int err, const char *msg)
 {
-    if (s->call)
-        grist__call_finish(s->call, err, msg);
+    grist__call_finish(s->call, err, msg);
 }
 
 static int finishing(const struct grist_stream *s)
 {
-    return !s->call || grist__call_finishing(s->call);
+    return grist__call_finishing(s->call);
 }
 
 static void stream_send(struct grist_stream *s, const uint8_t *msg, size_t len)
 {
-    if (s->call)
-        grist__call_send(s->call, msg, len);
+    grist__call_send(s->call, msg, len);
 }
 
 /* The call is over: the stream leaves its job and the daemon's list. */

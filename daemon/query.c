@@ -218,7 +218,7 @@ int grist__query_get_job(void *ud, const struct grist_principal *who, const Prot
 /* ---- WatchJob: a server stream of GetJobResponse, one per evaluation ---- */
 
 struct grist_watch {
-    struct grist_call *call; /* NULL once the call ended */
+    struct grist_call *call; /* the watch lives exactly as long as its call */
     struct grist_daemon *d;
     struct grist_watch *next, *prev; /* d->watches */
     struct grist_sub sub; /* on its job, once the request named one */
@@ -230,8 +230,7 @@ struct grist_watch {
 
 static void watch_finish(struct grist_watch *w, int err, const char *msg)
 {
-    if (w->call)
-        grist__call_finish(w->call, err, msg);
+    grist__call_finish(w->call, err, msg);
 }
 
 /* The job's state now; latest wins (rpc.c keeps at most one waiting). */
@@ -248,7 +247,7 @@ static void watch_send_state(struct grist_watch *w, const struct grist_job *j)
 static void watch_on_state(struct grist_sub *sub, const struct grist_job *j)
 {
     struct grist_watch *w = WATCH_OF_SUB(sub);
-    if (w->call && !grist__call_finishing(w->call))
+    if (!grist__call_finishing(w->call))
         watch_send_state(w, j);
 }
 

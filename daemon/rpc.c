@@ -3,7 +3,8 @@
  *
  * A unary call is one object with two stages: (1) RECV_MESSAGE; (2) the
  * handler ran, and initial metadata, the reply (on success), the status and
- * RECV_CLOSE_ON_SERVER go out in one batch, whose completion frees it.
+ * RECV_CLOSE_ON_SERVER go out in one batch, whose completion frees it. A
+ * rejected call (unknown method, no token) is a unary call that starts at (2).
  *
  * A stream call has three tags that may be outstanding: recv (one
  * RECV_MESSAGE at a time), send (one SEND_MESSAGE or the final status at a
@@ -70,36 +71,6 @@ grpc_status_code grist__rpc_status(int err)
     }
 }
 
-int grist__rpc_err_of_status(grpc_status_code code)
-{
-    switch (code) {
-    case GRPC_STATUS_OK:
-        return 0;
-    case GRPC_STATUS_INVALID_ARGUMENT:
-        return -EINVAL;
-    case GRPC_STATUS_RESOURCE_EXHAUSTED:
-        return -ENOMEM;
-    case GRPC_STATUS_UNAUTHENTICATED:
-        return -EACCES;
-    case GRPC_STATUS_PERMISSION_DENIED:
-        return -EPERM;
-    case GRPC_STATUS_NOT_FOUND:
-        return -ENOENT;
-    case GRPC_STATUS_ALREADY_EXISTS:
-        return -EEXIST;
-    case GRPC_STATUS_FAILED_PRECONDITION:
-        return GRIST_EORDER;
-    case GRPC_STATUS_UNAVAILABLE:
-        return -ECONNRESET;
-    case GRPC_STATUS_DEADLINE_EXCEEDED:
-        return -ETIMEDOUT;
-    case GRPC_STATUS_UNIMPLEMENTED:
-        return -ENOSYS;
-    default:
-        return -EIO;
-    }
-}
-
 /* ---- byte buffers ---- */
 
 grpc_byte_buffer *grist__bb_from(const void *data, size_t len)
@@ -145,56 +116,12 @@ unsigned char *grist__bb_read(grpc_byte_buffer *bb, size_t *len)
     return p;
 }
 
-/* ---- a status only ---- */
-
-struct reject {
-    struct grist_tag tag;
-    struct grist_net *net;
-    grpc_call *call;
-    int cancelled;
-    grpc_slice details;
-};
-
+/* A call that cannot be served at all (out of memory): cancelled. */
 static void drop_call(struct grist_net *net, grpc_call *call)
 {
     grpc_call_cancel(call, NULL);
     grpc_call_unref(call);
     net->live_calls--;
-}
-
-static void reject_done(struct grist_tag *tag, int ok)
-{
-    (void)ok;
-    struct reject *s = (struct reject *)tag;
-    grpc_slice_unref(s->details);
-    grpc_call_unref(s->call);
-    s->net->live_calls--;
-    free(s);
-}
-
-void grist__rpc_reject(struct grist_net *net, grpc_call *call, int err, const char *msg)
-{
-    struct reject *s = calloc(1, sizeof(*s));
-    if (!s) {
-        drop_call(net, call);
-        return;
-    }
-    s->tag.cb = reject_done;
-    s->net = net;
-    s->call = call;
-    s->details = grpc_slice_from_copied_string(msg);
-    grpc_op ops[3];
-    memset(ops, 0, sizeof(ops));
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[1].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[1].data.send_status_from_server.status = grist__rpc_status(err);
-    ops[1].data.send_status_from_server.status_details = &s->details;
-    ops[2].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    ops[2].data.recv_close_on_server.cancelled = &s->cancelled;
-    if (grpc_call_start_batch(call, ops, 3, &s->tag, NULL) != GRPC_CALL_OK) {
-        GRIST_ERR("cannot answer a call with a status");
-        reject_done(&s->tag, 0);
-    }
 }
 
 /* ---- unary ---- */
@@ -254,6 +181,39 @@ static int unary_run(struct unary *u, const uint8_t *in, size_t in_len, uint8_t 
     return r;
 }
 
+/* The final status of a call with err and its message. */
+static void put_status(grpc_op *op, int err, grpc_slice *details)
+{
+    op->op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    op->data.send_status_from_server.status = grist__rpc_status(err);
+    op->data.send_status_from_server.status_details = details;
+}
+
+/* Stage 2: initial metadata, the reply (when err is 0), the status and the
+ * close, in one batch whose completion frees u. */
+static void unary_answer(struct unary *u, int err, const char *msg, const uint8_t *out,
+                         size_t out_len)
+{
+    u->stage = 2;
+    u->details = grpc_slice_from_copied_string(msg);
+    grpc_op ops[4];
+    memset(ops, 0, sizeof(ops));
+    size_t n = 0;
+    ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+    if (err == 0) {
+        u->send = grist__bb_from(out ? out : (const uint8_t *)"", out_len);
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n++].data.send_message.send_message = u->send;
+    }
+    put_status(&ops[n++], err, &u->details);
+    ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    ops[n++].data.recv_close_on_server.cancelled = &u->cancelled;
+    if (grpc_call_start_batch(u->call, ops, n, &u->tag, NULL) != GRPC_CALL_OK) {
+        GRIST_ERR("cannot answer a call");
+        unary_free(u);
+    }
+}
+
 static void unary_cb(struct grist_tag *tag, int ok)
 {
     struct unary *u = (struct unary *)tag;
@@ -268,38 +228,29 @@ static void unary_cb(struct grist_tag *tag, int ok)
     char msg[256] = "";
     int r = in ? unary_run(u, in, in_len, &out, &out_len, msg, sizeof(msg)) : -ENOMEM;
     free(in);
-    u->stage = 2;
-    u->details = grpc_slice_from_copied_string(msg);
-    grpc_op ops[4];
-    memset(ops, 0, sizeof(ops));
-    size_t n = 0;
-    ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
-    if (r == 0) {
-        u->send = grist__bb_from(out ? out : (uint8_t *)"", out_len);
-        ops[n].op = GRPC_OP_SEND_MESSAGE;
-        ops[n++].data.send_message.send_message = u->send;
-    }
+    unary_answer(u, r, msg, out, out_len);
     free(out);
-    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[n].data.send_status_from_server.status = grist__rpc_status(r);
-    ops[n++].data.send_status_from_server.status_details = &u->details;
-    ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    ops[n++].data.recv_close_on_server.cancelled = &u->cancelled;
-    if (grpc_call_start_batch(u->call, ops, n, &u->tag, NULL) != GRPC_CALL_OK)
-        unary_free(u);
+}
+
+static struct unary *unary_new(struct grist_net *net, grpc_call *call)
+{
+    struct unary *u = calloc(1, sizeof(*u));
+    if (!u) {
+        drop_call(net, call);
+        return NULL;
+    }
+    u->tag.cb = unary_cb;
+    u->net = net;
+    u->call = call;
+    return u;
 }
 
 static void unary_start(struct grist_net *net, grpc_call *call, const struct grist_method *m,
                         void *ud, const struct grist_principal *who)
 {
-    struct unary *u = calloc(1, sizeof(*u));
-    if (!u) {
-        drop_call(net, call);
+    struct unary *u = unary_new(net, call);
+    if (!u)
         return;
-    }
-    u->tag.cb = unary_cb;
-    u->net = net;
-    u->call = call;
     u->m = m;
     u->ud = ud;
     u->who = *who;
@@ -310,6 +261,15 @@ static void unary_start(struct grist_net *net, grpc_call *call, const struct gri
     op.data.recv_message.recv_message = &u->recv;
     if (grpc_call_start_batch(call, &op, 1, &u->tag, NULL) != GRPC_CALL_OK)
         unary_free(u);
+}
+
+/* A status only (unknown method, no token): a unary call answered at once,
+ * its request never read. */
+void grist__rpc_reject(struct grist_net *net, grpc_call *call, int err, const char *msg)
+{
+    struct unary *u = unary_new(net, call);
+    if (u)
+        unary_answer(u, err, msg, NULL, 0);
 }
 
 /* ---- the server stream ---- */
@@ -388,11 +348,9 @@ static void send_status(struct grist_call *c)
         ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
         c->md_sent = 1;
     }
-    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[n].data.send_status_from_server.status = grist__rpc_status(c->fin_err);
+    put_status(&ops[n], c->fin_err, &c->fin_details);
     ops[n].data.send_status_from_server.trailing_metadata_count = c->fin_nmd;
-    ops[n].data.send_status_from_server.trailing_metadata = c->fin_nmd ? c->fin_md : NULL;
-    ops[n++].data.send_status_from_server.status_details = &c->fin_details;
+    ops[n++].data.send_status_from_server.trailing_metadata = c->fin_nmd ? c->fin_md : NULL;
     c->status_in_flight = 1;
     call_batch(c, ops, n);
 }
@@ -432,7 +390,7 @@ void grist__call_finish(struct grist_call *c, int err, const char *msg)
 
 int grist__call_finishing(const struct grist_call *c)
 {
-    return c->finishing || c->closed;
+    return c->finishing; /* also set when the call closed */
 }
 
 void grist__call_trailer(struct grist_call *c, const char *key, const char *value)
@@ -446,7 +404,7 @@ void grist__call_trailer(struct grist_call *c, const char *key, const char *valu
 
 int grist__call_send(struct grist_call *c, const uint8_t *msg, size_t len)
 {
-    if (c->finishing || c->closed)
+    if (c->finishing)
         return 0;
     if (!c->send_in_flight) {
         start_send(c, msg, len);
@@ -528,7 +486,7 @@ static void on_recv(struct grist_tag *tag, int ok)
 
 void grist__call_recv(struct grist_call *c)
 {
-    if (c->finishing || c->closed)
+    if (c->finishing)
         return;
     grpc_op op;
     memset(&op, 0, sizeof(op));

@@ -30,10 +30,6 @@
 /** The gRPC status of a grist error code: the project's one table
  *  (docs/ARCHITECTURE.md, "Errors"). Unknown codes are INTERNAL. */
 grpc_status_code grist__rpc_status(int err);
-/** The grist error code a peer's gRPC status stands for (fanout.c reads
- *  other replicas' answers): the inverse of grist__rpc_status on the codes
- *  it produces. */
-int grist__rpc_err_of_status(grpc_status_code code);
 
 /** A unary handler's answer. On 0 the handler sets msg (it stays valid
  *  until release runs, right after it was packed); on an error err says

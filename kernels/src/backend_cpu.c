@@ -43,7 +43,6 @@ static void cpu_set_threads(struct grist_backend *be, int n)
  * through memcpy), summed in a fixed order, so the result does not depend
  * on alignment and a run repeats bit for bit. The AVX2 + FMA clone is picked
  * at load time; the baseline clone is the same code in SSE2 pairs. */
-typedef double grist__v4d __attribute__((vector_size(32)));
 
 GRIST__CLONES_V3
 static void momentum_row(int m, double b, double *restrict v, const double *restrict s, double *d,

@@ -27,6 +27,10 @@
 #define GRIST__CLONES_V3
 #endif
 
+/* Four doubles (GCC vector extension): the host loops' lane type. Loads and
+ * stores go through memcpy, so no alignment is assumed. */
+typedef double grist__v4d __attribute__((vector_size(32)));
+
 struct grist_backend;
 
 /* V_j <- beta_j V_j + s for j < K; dots_j = <s, V_j> and energy_j = |V_j|^2

@@ -358,21 +358,19 @@ static void curv_add(struct grist__curv *c, double num, double den, double g)
  * partial sums in a fixed order: a serial add chain would be bound by the
  * add latency (m = 1024: about 4 us), this by the loads. Inlined into the
  * AVX2 + FMA clone of their callers. */
-typedef double grist__s4d __attribute__((vector_size(32)));
-
 static inline __attribute__((always_inline)) double dot(const double *restrict a,
                                                         const double *restrict b, uint32_t m)
 {
-    grist__s4d q[4] = {{0}};
+    grist__v4d q[4] = {{0}};
     uint32_t i = 0;
     for (; i + 16 <= m; i += 16)
         for (int l = 0; l < 4; l++) {
-            grist__s4d x, y;
+            grist__v4d x, y;
             memcpy(&x, a + i + 4 * l, sizeof(x));
             memcpy(&y, b + i + 4 * l, sizeof(y));
             q[l] += x * y;
         }
-    const grist__s4d t = (q[0] + q[1]) + (q[2] + q[3]);
+    const grist__v4d t = (q[0] + q[1]) + (q[2] + q[3]);
     double s = (t[0] + t[1]) + (t[2] + t[3]);
     for (; i < m; i++)
         s += a[i] * b[i];
@@ -382,17 +380,17 @@ static inline __attribute__((always_inline)) double dot(const double *restrict a
 static inline __attribute__((always_inline)) double
 dot_diff(const double *restrict r, const double *restrict y, const double *restrict x, uint32_t m)
 {
-    grist__s4d q[4] = {{0}};
+    grist__v4d q[4] = {{0}};
     uint32_t i = 0;
     for (; i + 16 <= m; i += 16)
         for (int l = 0; l < 4; l++) {
-            grist__s4d rv, yv, xv;
+            grist__v4d rv, yv, xv;
             memcpy(&rv, r + i + 4 * l, sizeof(rv));
             memcpy(&yv, y + i + 4 * l, sizeof(yv));
             memcpy(&xv, x + i + 4 * l, sizeof(xv));
             q[l] += rv * (yv - xv);
         }
-    const grist__s4d t = (q[0] + q[1]) + (q[2] + q[3]);
+    const grist__v4d t = (q[0] + q[1]) + (q[2] + q[3]);
     double s = (t[0] + t[1]) + (t[2] + t[3]);
     for (; i < m; i++)
         s += r[i] * (y[i] - x[i]);
@@ -493,19 +491,19 @@ static void features_step(struct grist_stats *st, double r0)
 GRIST__CLONES_V3
 double grist_sumsq(const float *x, uint32_t n)
 {
-    typedef double v4d __attribute__((vector_size(32)));
     typedef float v4f __attribute__((vector_size(16)));
-    v4d q0 = {0}, q1 = {0};
+    grist__v4d q0 = {0}, q1 = {0};
     uint32_t i = 0;
     for (; i + 8 <= n; i += 8) {
         v4f f0, f1;
         memcpy(&f0, x + i, sizeof(f0));
         memcpy(&f1, x + i + 4, sizeof(f1));
-        const v4d x0 = __builtin_convertvector(f0, v4d), x1 = __builtin_convertvector(f1, v4d);
+        const grist__v4d x0 = __builtin_convertvector(f0, grist__v4d),
+                         x1 = __builtin_convertvector(f1, grist__v4d);
         q0 += x0 * x0;
         q1 += x1 * x1;
     }
-    const v4d q = q0 + q1;
+    const grist__v4d q = q0 + q1;
     double sq = (q[0] + q[1]) + (q[2] + q[3]);
     for (; i < n; i++)
         sq += (double)x[i] * x[i];
