@@ -13,7 +13,7 @@
  *   4. the whole-cluster simulation: N jobs x 8 workers at 10 steps/s, the
  *      largest N*8 with p99 push latency <= 10 ms and no dropped steps.
  * Lines "#result key=value" are for tests/bench/report.py.
- * Usage: bench-daemon [--quick | --ingest STEPS [RATE]] [-- GRISTD_OPTIONS]   (needs GRISTD=path/to/gristd)
+ * Usage: bench-daemon [--quick | --memory | --ingest STEPS [RATE]] [-- GRISTD_OPTIONS]   (needs GRISTD=path/to/gristd)
  */
 #include <dirent.h>
 #include <math.h>
@@ -27,6 +27,7 @@
 
 #include <grpc/grpc.h>
 
+#include "grist/stats.h"
 #include "grist/v1/grist.pb-c.h"
 #include "harness.h"
 #include "worker.h"
@@ -420,6 +421,8 @@ static void print_latency(double rate, int streams, const struct lat_result *r)
 int main(int argc, char **argv)
 {
     const int quick = argc > 1 && !strcmp(argv[1], "--quick");
+    /* --memory: only the memory table */
+    const int memory_only = argc > 1 && !strcmp(argv[1], "--memory");
     /* --ingest STEPS: only the ingestion table, STEPS per stream (an A/B of
      * two gristd builds: GRISTD=old and GRISTD=new in turn) */
     const int ingest_only = argc > 2 && !strcmp(argv[1], "--ingest") ? atoi(argv[2]) : 0;
@@ -465,11 +468,16 @@ int main(int argc, char **argv)
         enum { MAXJ = 256 };
         struct tw **w = calloc(MAXJ, sizeof(*w));
         double xs[5], ys[5];
-        /* K = 32 candidates, L = 16, m_cov = 256, cov batch 16, doubles */
-        const double need = (32.0 * M + 16.0 * M + M + 256.0 * 256 + 256.0 * 16 + 256) * 8;
+        /* the exact bytes grist_stats_new allocates for one group at gristd's
+         * defaults (its candidates, L 16, m_cov 256, cov batch 16) and m = M */
+        struct grist_stats_config scfg;
+        grist_stats_config_default(&scfg);
+        scfg.m = M;
+        const double need = (double)grist_stats_footprint(&scfg);
         printf(
-            "| jobs | groups | RSS MiB | RSS growth KiB per job since the fresh daemon |\n|---|---|---|---|\n");
-        printf("| 0 | 0 | %.1f | - |\n", base / 1024.0);
+            "| jobs | groups | RSS MiB | RSS growth KiB per job since the fresh daemon | steps dropped "
+            "(shed) |\n|---|---|---|---|---|\n");
+        printf("| 0 | 0 | %.1f | - | - |\n", base / 1024.0);
         float *sk = calloc((size_t)G * M, sizeof(float));
         int opened = 0;
         for (int k = 0; k < nmarks; k++) {
@@ -496,17 +504,20 @@ int main(int argc, char **argv)
                     free(buf);
                 }
             }
+            uint64_t dropped_all = 0;
             for (int j = 0; j < opened; j++) {
                 char id[32];
                 snprintf(id, sizeof(id), "mem-%d", j);
-                while (job_steps(id, NULL) < 20) /* every step applied and evaluated */
+                uint64_t dr = 0; /* every step applied and evaluated, or dropped (shed) */
+                while (job_steps(id, &dr) + dr < 20)
                     usleep(2000);
+                dropped_all += dr;
             }
             const long rss = proc_status_kb(p.pid, "VmRSS");
             xs[k] = marks[k];
             ys[k] = (double)rss;
-            printf("| %d | %d | %.1f | %.0f |\n", marks[k], marks[k] * G, rss / 1024.0,
-                   (double)(rss - base) / marks[k]);
+            printf("| %d | %d | %.1f | %.0f | %llu |\n", marks[k], marks[k] * G, rss / 1024.0,
+                   (double)(rss - base) / marks[k], (unsigned long long)dropped_all);
         }
         free(sk);
         /* least-squares line RSS = a + b * jobs */
@@ -523,8 +534,10 @@ int main(int argc, char **argv)
             pow(nm * sxy - sx * sy, 2) / ((nm * sxx - sx * sx) * (nm * syy - sy * sy));
         printf(
             "\nGrowth: linear in jobs, slope %.0f KiB per job = %.0f KiB per group (R^2 = %.4f); "
-            "the statistics of a group need %.0f KiB (K 32, L 16, m 1024, m_cov 256): ratio %.2f.\n",
-            b, b / G, r2, need / 1024, b * 1024 / G / need);
+            "the statistics of a group need %.0f KiB (grist_stats_footprint: %u candidates, L %u, m %u, "
+            "m_cov %u): ratio %.2f.\n",
+            b, b / G, r2, need / 1024, scfg.ncand, scfg.lags, scfg.m, scfg.cov_dim,
+            b * 1024 / G / need);
         printf("#result rss_kib_per_group=%.1f\n#result rss_ratio=%.3f\n", b / G,
                b * 1024 / G / need);
         for (int j = 0; j < opened; j++) {
@@ -532,6 +545,10 @@ int main(int argc, char **argv)
             tw_free(w[j]);
         }
         free(w);
+    }
+    if (memory_only) {
+        gristd_stop(&p, SIGTERM);
+        return 0;
     }
     printf("\n");
     printf("## Ingestion (8 groups, m = 1024; client threads and gristd share the machine)\n\n");
