@@ -1048,20 +1048,24 @@ static int admit_locked(struct grist_engine *e, struct grist_engine_share *sh, u
     return 0;
 }
 
+/* sk is taken: the item holds it from here, and it is freed on every error. */
 static int queue_data(struct grist_engine *e, struct grist_engine_share *sh, enum item_kind kind,
                       uint64_t key, uint64_t step, uint32_t nworkers, uint32_t ngroups, uint32_t m,
-                      const float *sk, const double *worker_sq, const uint32_t *batch,
-                      const double *lrb)
+                      float *sk, const double *worker_sq, const uint32_t *batch, const double *lrb)
 {
     const uint64_t work = (uint64_t)ngroups * m;
     uv_mutex_lock(&e->mu);
     const int adm = admit_locked(e, sh, work);
     uv_mutex_unlock(&e->mu);
-    if (adm < 0)
+    if (adm < 0) {
+        free(sk);
         return adm;
+    }
     struct item *it = calloc(1, sizeof(*it));
-    if (!it)
+    if (!it) {
+        free(sk);
         return -ENOMEM;
+    }
     it->kind = kind;
     it->key = key;
     it->step = step;
@@ -1069,14 +1073,13 @@ static int queue_data(struct grist_engine *e, struct grist_engine_share *sh, enu
     it->nworkers = nworkers;
     it->ngroups = ngroups;
     it->m = m;
-    it->sketch = malloc((size_t)ngroups * m * sizeof(float));
+    it->sketch = sk;
     it->worker_sq = calloc(ngroups, sizeof(double));
     it->batch = calloc(ngroups, sizeof(uint32_t));
-    if (!it->sketch || !it->worker_sq || !it->batch) {
+    if (!it->worker_sq || !it->batch) {
         item_free(it);
         return -ENOMEM;
     }
-    memcpy(it->sketch, sk, (size_t)ngroups * m * sizeof(float));
     if (worker_sq)
         memcpy(it->worker_sq, worker_sq, ngroups * sizeof(double));
     if (batch)
@@ -1101,15 +1104,14 @@ static int queue_data(struct grist_engine *e, struct grist_engine_share *sh, enu
 }
 
 int grist__engine_step(struct grist_engine *e, struct grist_engine_share *sh, uint64_t key,
-                       uint64_t step, uint32_t nworkers, uint32_t ngroups, uint32_t m,
-                       const float *mean, const double *worker_sq, const uint32_t *batch,
-                       const double *lrb)
+                       uint64_t step, uint32_t nworkers, uint32_t ngroups, uint32_t m, float *mean,
+                       const double *worker_sq, const uint32_t *batch, const double *lrb)
 {
     return queue_data(e, sh, IT_STEP, key, step, nworkers, ngroups, m, mean, worker_sq, batch, lrb);
 }
 
 int grist__engine_validation(struct grist_engine *e, struct grist_engine_share *sh, uint64_t key,
-                             uint32_t ngroups, uint32_t m, const float *sketch)
+                             uint32_t ngroups, uint32_t m, float *sketch)
 {
     return queue_data(e, sh, IT_VALIDATION, key, 0, 1, ngroups, m, sketch, NULL, NULL, NULL);
 }

@@ -116,8 +116,9 @@ int grist__engine_create_job(struct grist_engine *e, const struct grist_engine_j
 void grist__engine_drop_job(struct grist_engine *e, uint64_t key);
 
 /**
- * Queue one aggregated step: mean sketch (ngroups * m floats), per group sum
- * of the workers' |s_w|^2, local batch sizes; copied.
+ * Queue one aggregated step: mean sketch (ngroups * m floats, malloc'd; the
+ * engine takes it and frees it, on every return), per group sum of the
+ * workers' |s_w|^2, local batch sizes and lrb (copied).
  * Fair share: once the thread is behind (its queue half full, or the oldest
  * queued step waited lag_s), a job holding more than 1/N of the queued work (N = jobs on this
  * thread) has its new steps refused, so a heavy job sheds its own steps and
@@ -127,12 +128,12 @@ void grist__engine_drop_job(struct grist_engine *e, uint64_t key);
  *         dropped and counted); -ENOMEM.
  */
 int grist__engine_step(struct grist_engine *e, struct grist_engine_share *sh, uint64_t key,
-                       uint64_t step, uint32_t nworkers, uint32_t ngroups, uint32_t m,
-                       const float *mean, const double *worker_sq, const uint32_t *batch,
-                       const double *lrb);
+                       uint64_t step, uint32_t nworkers, uint32_t ngroups, uint32_t m, float *mean,
+                       const double *worker_sq, const uint32_t *batch, const double *lrb);
 
-/** Queue a validation sketch (ngroups * m floats). Same returns. */
+/** Queue a validation sketch (ngroups * m floats, malloc'd; taken like
+ * grist__engine_step's mean). Same returns. */
 int grist__engine_validation(struct grist_engine *e, struct grist_engine_share *sh, uint64_t key,
-                             uint32_t ngroups, uint32_t m, const float *sketch);
+                             uint32_t ngroups, uint32_t m, float *sketch);
 
 #endif

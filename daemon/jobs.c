@@ -148,6 +148,7 @@ static void agg_free(struct grist_agg *a)
     if (!a)
         return;
     free(a->seen);
+    free(a->first);
     free(a->sum);
     free(a->sq);
     free(a->batch);
@@ -198,18 +199,29 @@ static void unlink_job(struct grist_daemon *d, struct grist_job *j)
         }
 }
 
-/* The statistics memory a job will hold, before any of it is allocated:
- * per group the K candidate buffers and the lag ring (m doubles each), four
- * more m-vectors, the folded covariance and its staging (kernels/src/stats.c),
- * times 1.35, the RSS per group measured against this count
- * (docs/PERFORMANCE.md, daemon memory: 1.34). */
-static uint64_t job_stats_bytes(const struct grist_daemon *d, uint32_t ngroups, uint32_t m,
-                                uint32_t ncand, uint32_t cov)
+/* The memory a job will hold, before any of it is allocated: per group the
+ * exact bytes its statistics state allocates (grist_stats_footprint, the
+ * configuration the compute thread will build), its history ring and the
+ * double sum of an open step's aggregate. The RSS per group measured
+ * against this count is in docs/PERFORMANCE.md (daemon memory). */
+static uint64_t job_stats_bytes(const struct grist_daemon *d, const struct grist_job *j,
+                                uint32_t cov)
 {
-    const double per = ((double)(ncand + (uint32_t)d->cfg->lags + 4u) * m + (double)cov * cov +
-                        (double)cov * (double)d->cfg->cov_batch) *
-        8.0;
-    return (uint64_t)(1.35 * per * ngroups);
+    struct grist_stats_config cfg;
+    grist_stats_config_default(&cfg);
+    cfg.m = j->m;
+    cfg.cov_dim = cov;
+    cfg.lags = (uint32_t)d->cfg->lags;
+    cfg.cov_batch = (uint32_t)d->cfg->cov_batch;
+    cfg.gamma = j->policy.gamma;
+    cfg.ncand = j->policy.ncand;
+    memcpy(cfg.cand, j->policy.cand, cfg.ncand * sizeof(double));
+    const size_t stats = grist_stats_footprint(&cfg);
+    const uint64_t per = stats + (uint64_t)d->cfg->history * sizeof(struct grist_history_point) +
+        (uint64_t)j->m * sizeof(double);
+    /* a configuration the kernels refuse is refused later with its own
+     * error; count it as the ring and the aggregate only */
+    return per * j->ngroups;
 }
 
 static uint64_t memory_budget_bytes(const struct grist_daemon *d)
@@ -269,7 +281,7 @@ static int job_admit(struct grist_daemon *d, struct grist_job *j, const void *re
     if (cov > j->m)
         cov = j->m;
     /* the memory budget, checked before anything is allocated for the statistics */
-    j->stats_bytes = job_stats_bytes(d, j->ngroups, j->m, j->policy.ncand, cov);
+    j->stats_bytes = job_stats_bytes(d, j, cov);
     const uint64_t budget = memory_budget_bytes(d);
     const uint64_t job_limit = (uint64_t)(d->cfg->job_memory_budget * 1048576.0);
     GRIST_DEBUG(
@@ -472,9 +484,11 @@ void grist__job_detach(struct grist_daemon *d, struct grist_job *j)
 static void complete(struct grist_daemon *d, struct grist_job *j, struct grist_agg *a)
 {
     const size_t gm = (size_t)j->ngroups * j->m;
-    float *mean = malloc(gm * sizeof(float));
+    /* one rank: its own sketch is the mean, handed on without a copy */
+    float *mean = a->first ? a->first : malloc(gm * sizeof(float));
+    a->first = NULL;
     uint32_t *batch = malloc(j->ngroups * sizeof(uint32_t));
-    if (mean && batch) {
+    if (mean && batch && a->n > 0) {
         /* not reported: the configured lr times the pushed lr_scale, and the
          * momentum in force (what a worker applying every push uses) */
         for (uint32_t g = 0; g < j->ngroups; g++) {
@@ -483,13 +497,16 @@ static void complete(struct grist_daemon *d, struct grist_job *j, struct grist_a
             if (a->lrb[j->ngroups + g] < 0.0)
                 a->lrb[j->ngroups + g] = grist__job_momentum(j, g);
         }
-        const double inv = 1.0 / a->n;
-        for (size_t i = 0; i < gm; i++)
-            mean[i] = (float)(a->sum[i] * inv);
+        if (a->sum) {
+            const double inv = 1.0 / a->n;
+            for (size_t i = 0; i < gm; i++)
+                mean[i] = (float)(a->sum[i] * inv);
+        }
         for (uint32_t g = 0; g < j->ngroups; g++)
             batch[g] = (uint32_t)(a->batch[g] / a->n);
         int r = grist__engine_step(grist__engine_of(d, j->key), &j->share, j->key, a->step, a->n,
                                    j->ngroups, j->m, mean, a->sq, batch, a->lrb);
+        mean = NULL; /* the engine's now */
         if (r < 0) {
             j->dropped++;
             d->cnt.steps_dropped++;
@@ -547,8 +564,10 @@ int grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t rank
 {
     d->cnt.summaries++;
     if (sum->validation) {
+        float *sk = sum->sketch;
+        sum->sketch = NULL; /* the engine's now */
         if (grist__engine_validation(grist__engine_of(d, j->key), &j->share, j->key, j->ngroups,
-                                     j->m, sum->sketch) < 0)
+                                     j->m, sk) < 0)
             d->cnt.steps_dropped++;
         else
             j->validation++;
@@ -592,16 +611,14 @@ int grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t rank
             complete(d, j, old);
         }
         a = calloc(1, sizeof(*a));
-        const size_t gm = (size_t)j->ngroups * j->m;
         if (a) {
             a->seen = calloc((j->world + 7) / 8, 1);
             a->world = j->world;
-            a->sum = calloc(gm, sizeof(double));
             a->sq = calloc(j->ngroups, sizeof(double));
             a->batch = calloc(j->ngroups, sizeof(uint64_t));
             a->lrb = malloc(2 * (size_t)j->ngroups * sizeof(double));
         }
-        if (!a || !a->seen || !a->sum || !a->sq || !a->batch || !a->lrb) {
+        if (!a || !a->seen || !a->sq || !a->batch || !a->lrb) {
             agg_free(a);
             j->dropped++;
             d->cnt.steps_dropped++;
@@ -629,10 +646,29 @@ int grist__job_submit(struct grist_daemon *d, struct grist_job *j, uint32_t rank
         grist__summary_free(sum);
         return 0;
     }
+    const size_t gm = (size_t)j->ngroups * j->m;
+    if (a->n == 1) { /* a second rank: the sum starts from the first one's sketch */
+        a->sum = malloc(gm * sizeof(double));
+        if (!a->sum) {
+            j->dropped++;
+            d->cnt.steps_dropped++;
+            grist__summary_free(sum);
+            return 0;
+        }
+        for (size_t i = 0; i < gm; i++)
+            a->sum[i] = a->first[i];
+        free(a->first);
+        a->first = NULL;
+    }
     a->seen[rank / 8] |= (uint8_t)(1u << (rank % 8));
     for (uint32_t g = 0; g < j->ngroups; g++) {
-        a->sq[g] += acc_add(a->sum + (size_t)g * j->m, sum->sketch + (size_t)g * j->m, j->m);
+        const float *s = sum->sketch + (size_t)g * j->m;
+        a->sq[g] += a->n == 0 ? grist_sumsq(s, j->m) : acc_add(a->sum + (size_t)g * j->m, s, j->m);
         a->batch[g] += sum->batch[g];
+    }
+    if (a->n == 0) { /* the first rank: its sketch is kept as it came, no copy */
+        a->first = sum->sketch;
+        sum->sketch = NULL;
     }
     a->n++;
     grist__summary_free(sum);

@@ -21,7 +21,8 @@ struct grist_agg {
     uint64_t t0_ms;
     uint8_t *seen; /* one bit per rank < world */
     uint32_t world; /* ranks seen[] holds: the job's world when it last grew */
-    double *sum; /* ngroups * m */
+    float *first; /* ngroups * m: the first rank's sketch, taken from its summary, while n == 1 */
+    double *sum; /* ngroups * m: the sum of the sketches, from the second rank on (else NULL) */
     double *sq; /* ngroups: sum over workers of |s_w|^2 */
     uint64_t *batch; /* ngroups */
     double *lrb; /* 2 * ngroups: update multiplier and beta of the first summary */
