@@ -33,7 +33,10 @@
  * copies each group's Sigma (grist_stats_sigma_snapshot) into a request and
  * goes on; the families thread solves it and stores the values in the
  * job's family box, which every later result of the job copies. A job has
- * at most one request in flight (a due solve is skipped while one runs).
+ * at most one request in flight (a due solve is skipped while one runs),
+ * and the thread at most one waiting besides the one it solves: a job
+ * falling due while another's request waits is postponed to its next
+ * evaluation, so the Sigma copies in memory stay bounded under any load.
  * The box is reference-counted (job + request) under fmu, so a job dropped
  * while its request runs is freed by whichever lets go last.
  */
@@ -128,7 +131,8 @@ struct grist_engine {
     uv_thread_t fthread;
     uv_mutex_t fmu;
     uv_cond_t fcv;
-    struct fam_req *fhead, *ftail;
+    struct fam_req *fhead, *ftail; /* at most one waiting (families_request) */
+    uint64_t fdeferred; /* due family solves postponed: a request was waiting */
     uint64_t families_interval_ns; /* at most one family request per job this often */
     unsigned families_delay_ms; /* fault injection only */
     unsigned slow_us_per_group; /* fault injection only: each step costs this per group */
@@ -215,28 +219,37 @@ static void families_main(void *arg)
     uv_mutex_unlock(&e->fmu);
 }
 
-/* compute thread: queue the family solves of job j (skipped while one runs) */
-static void families_request(struct grist_engine *e, struct e_job *j)
+/* compute thread: queue the family solves of job j (skipped while one of
+ * its own runs). @return 1 when postponed because another job's request is
+ * waiting (the caller retries at the job's next evaluation), else 0. */
+static int families_request(struct grist_engine *e, struct e_job *j)
 {
     if (!e->have_fthread || !j->box)
-        return;
+        return 0;
     const uint32_t n = grist_stats_cov_dim(j->stats[0]);
     if (n == 0)
-        return;
+        return 0;
     /* the time floor: family values are diagnostics a person reads, so a
      * job stepping 1,000 times a second needs them no more often than one
      * stepping once (each request costs an eigendecomposition per group) */
     const uint64_t now = uv_hrtime();
     if (j->families_ns && now - j->families_ns < e->families_interval_ns)
-        return;
+        return 0;
     uv_mutex_lock(&e->fmu);
-    const int busy = j->box->busy;
+    const int busy = j->box->busy, waiting = e->fhead != NULL;
+    if (!busy && waiting)
+        e->fdeferred++;
     uv_mutex_unlock(&e->fmu);
-    if (busy)
-        return;
+    /* another job's request is waiting: this one is postponed to the job's
+     * next evaluation (j->families_ns stays), so the thread's queue holds at
+     * most one Sigma copy besides the one being solved, however many jobs
+     * fall due at once (an unbounded queue held ngroups x n^2 doubles per
+     * job: 512 KiB per group at n = 256) */
+    if (busy || waiting)
+        return !busy;
     struct fam_req *q = calloc(1, sizeof(*q));
     if (!q)
-        return;
+        return 0;
     j->families_ns = now;
     q->key = j->key;
     q->ngroups = j->ngroups;
@@ -245,7 +258,7 @@ static void families_request(struct grist_engine *e, struct e_job *j)
     q->c = calloc(j->ngroups, sizeof(double));
     if (!q->sigma || !q->c) {
         req_free(q);
-        return;
+        return 0;
     }
     int any = 0;
     for (uint32_t g = 0; g < j->ngroups; g++) {
@@ -258,7 +271,7 @@ static void families_request(struct grist_engine *e, struct e_job *j)
     }
     if (!any) {
         req_free(q);
-        return;
+        return 0;
     }
     uv_mutex_lock(&e->fmu);
     q->box = j->box;
@@ -271,6 +284,7 @@ static void families_request(struct grist_engine *e, struct e_job *j)
     e->ftail = q;
     uv_cond_signal(&e->fcv);
     uv_mutex_unlock(&e->fmu);
+    return 0;
 }
 
 static void item_free(struct item *it)
@@ -634,8 +648,10 @@ static void evaluate(struct grist_engine *e, struct e_job *j)
     free(ch);
     r->solve_s = (double)(uv_hrtime() - t0) * 1e-9;
     post(e, r);
-    if (families) /* after the result is posted: the push does not wait for the snapshot */
-        families_request(e, j);
+    /* after the result is posted: the push does not wait for the snapshot;
+     * postponed behind another job's request, it is due again at once */
+    if (families && families_request(e, j))
+        j->next_families = j->steps + 1;
 }
 
 static void flush(struct grist_engine *e, struct e_job *j)
@@ -1122,6 +1138,14 @@ uint64_t grist__engine_shed(struct grist_engine *e)
     const uint64_t s = e->shed;
     uv_mutex_unlock(&e->mu);
     return s;
+}
+
+uint64_t grist__engine_families_deferred(struct grist_engine *e)
+{
+    uv_mutex_lock(&e->fmu);
+    const uint64_t n = e->fdeferred;
+    uv_mutex_unlock(&e->fmu);
+    return n;
 }
 
 uint32_t grist__engine_depth(struct grist_engine *e)

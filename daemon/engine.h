@@ -56,6 +56,10 @@ typedef void grist_engine_result_fn(void *ud, struct grist_engine_result *r);
 uint32_t grist__engine_depth(struct grist_engine *e);
 /** Steps refused so far for being over their job's share (thread-safe). */
 uint64_t grist__engine_shed(struct grist_engine *e);
+/** Family solves postponed so far to their job's next evaluation because
+ * another job's request was already waiting for the families thread
+ * (thread-safe). */
+uint64_t grist__engine_families_deferred(struct grist_engine *e);
 
 struct grist_engine_job_spec {
     uint64_t key;

@@ -201,7 +201,7 @@ static void unlink_job(struct grist_daemon *d, struct grist_job *j)
 
 /* The memory a job will hold, before any of it is allocated: per group the
  * exact bytes its statistics state allocates (grist_stats_footprint, the
- * configuration the compute thread will build), its history ring and the
+ * configuration the compute thread will build), its history and the
  * double sum of an open step's aggregate. The RSS per group measured
  * against this count is in docs/PERFORMANCE.md (daemon memory). */
 static uint64_t job_stats_bytes(const struct grist_daemon *d, const struct grist_job *j,
@@ -683,15 +683,22 @@ static void job_state(struct grist_daemon *d, struct grist_job *j)
         d->events.state(d->events.ud, j);
 }
 
-static void history_add(struct grist_history *h, const struct grist_history_point *p)
+void grist__history_add(struct grist_history *h, const struct grist_history_point *p)
 {
-    if (!h->cap)
+    if (h->cap < 2)
         return;
-    h->pts[(h->head + h->len) % h->cap] = *p;
-    if (h->len < h->cap)
-        h->len++;
-    else
-        h->head = (h->head + 1) % h->cap;
+    if (h->stride == 0)
+        h->stride = 1;
+    if (h->len > 0 && ++h->skip < h->stride)
+        return;
+    h->skip = 0;
+    if (h->len == h->cap) { /* full: keep points 0, 2, 4, ...; half the rate from now on */
+        for (uint32_t i = 0; 2 * i < h->len; i++)
+            h->pts[i] = h->pts[2 * i];
+        h->len = (h->len + 1) / 2;
+        h->stride *= 2;
+    }
+    h->pts[h->len++] = *p;
 }
 
 void grist__job_on_result(void *ud, struct grist_engine_result *r)
@@ -728,12 +735,12 @@ void grist__job_on_result(void *ud, struct grist_engine_result *r)
         const struct grist_engine_group_result *gr = &r->groups[g];
         const struct grist_choice *c = &gr->choice;
         struct grist_history_point p = {r->step,
-                                        c->beta,
-                                        c->lr_scale,
-                                        c->noise,
-                                        c->noise_scale,
-                                        isfinite(c->confidence) ? c->confidence : 1e9};
-        history_add(&j->history[g], &p);
+                                        grist__f32(c->beta),
+                                        grist__f32(c->lr_scale),
+                                        grist__f32(c->noise),
+                                        grist__f32(c->noise_scale),
+                                        isfinite(c->confidence) ? grist__f32(c->confidence) : 1e9f};
+        grist__history_add(&j->history[g], &p);
         if (gr->steps < j->policy.sel.min_steps)
             warm = 1;
         if (fabs(c->beta - j->push[g].momentum) > 1e-12 ||

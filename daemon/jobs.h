@@ -9,6 +9,8 @@
 #ifndef GRIST_DAEMON_JOBS_H
 #define GRIST_DAEMON_JOBS_H
 
+#include <float.h>
+#include <math.h>
 #include <stdint.h>
 
 #include "daemon.h"
@@ -28,15 +30,33 @@ struct grist_agg {
     double *lrb; /* 2 * ngroups: update multiplier and beta of the first summary */
 };
 
+/* One evaluation of a group, for dashboards: float32 values (a dashboard
+ * reads 7 digits; the pushed values themselves are doubles elsewhere). */
 struct grist_history_point {
     uint64_t step;
-    double momentum, lr_scale, noise, noise_scale, confidence;
+    float momentum, lr_scale, noise, noise_scale, confidence;
 };
 
+/* A group's history over the whole run in at most cap points: every
+ * stride-th evaluation is kept; when the array is full, every other point
+ * goes and the stride doubles, so it always spans the run from its first
+ * evaluation at an even spacing (docs/ARCHITECTURE.md, history). pts[0 ..
+ * len) in step order. */
 struct grist_history {
     struct grist_history_point *pts;
-    uint32_t cap, head, len;
+    uint32_t cap, len;
+    uint32_t stride, skip; /* keep one evaluation in stride; evaluations since the last kept */
 };
+
+/* x as a float, out-of-range values as +-inf (a plain conversion of them
+ * is undefined behaviour) */
+static inline float grist__f32(double x)
+{
+    return x > FLT_MAX ? INFINITY : x < -FLT_MAX ? -INFINITY : (float)x;
+}
+
+/* Add one evaluation to h (thinning as above). */
+void grist__history_add(struct grist_history *h, const struct grist_history_point *p);
 
 struct grist_job {
     struct grist_job *next;

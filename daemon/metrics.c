@@ -5,6 +5,9 @@
  * jobs the caller's token covers. Runs on the loop (http.c serves it).
  */
 #include <math.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -167,11 +170,28 @@ void grist__http_metrics(struct conn *c, const struct grist_principal *who, int 
     metric_u64(&b, "gristd_streams", "gauge", "Live Attach streams (workers connected).",
                d->nstreams);
     metric_u64(&b, "gristd_jobs", "gauge", "Jobs known to the daemon.", d->njobs);
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 33)
+    /* what the heap holds for the program (every arena's chunks in use plus
+     * mmap'd blocks), against the RSS: the gap is the allocator's retention
+     * and gRPC's own pools. mallinfo2 walks the arenas under their locks:
+     * microseconds, once per scrape */
+    const struct mallinfo2 mi = mallinfo2();
+    metric_u64(&b, "gristd_heap_in_use_bytes", "gauge",
+               "Bytes of the C heap in use (malloc'd chunks and mmap'd blocks; glibc mallinfo2).",
+               (uint64_t)(mi.uordblks + mi.hblkhd));
+#endif
     metric_head(&b, "gristd_compute_queue_depth", "gauge",
                 "Aggregated steps waiting for a compute thread.");
     for (uint32_t i = 0; i < d->nengines; i++)
         sb_printf(&b, "gristd_compute_queue_depth{thread=\"%u\"} %u\n", i,
                   d->engines[i] ? grist__engine_depth(d->engines[i]) : 0);
+    uint64_t deferred = 0;
+    for (uint32_t i = 0; i < d->nengines; i++)
+        deferred += d->engines[i] ? grist__engine_families_deferred(d->engines[i]) : 0;
+    metric_u64(&b, "gristd_family_solves_deferred_total", "counter",
+               "Family solves postponed to their job's next evaluation: the families thread "
+               "had a request waiting.",
+               deferred);
     for (size_t i = 0; i < sizeof(counter_table) / sizeof(counter_table[0]); i++) {
         uint64_t v;
         memcpy(&v, (const char *)&d->cnt + counter_table[i].off, sizeof(v));

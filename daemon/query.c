@@ -382,7 +382,7 @@ int grist__history(const struct grist_job *j, uint32_t group, const char *series
         goto done;
     size_t n = 0;
     for (uint32_t i = 0; i < h->len; i++) {
-        const struct grist_history_point *p = &h->pts[(h->head + i) % h->cap];
+        const struct grist_history_point *p = &h->pts[i];
         if (p->step < from || p->step > to)
             continue;
         x[n] = (double)p->step;

@@ -279,24 +279,22 @@ static void visit_history(struct grist_sio *s, struct grist_history *h, uint32_t
             return;
         }
         h->cap = cap;
-        h->head = h->len = 0;
+        h->len = h->skip = 0;
+        h->stride = 1;
     }
     for (uint32_t i = 0; i < n && !s->bad; i++) {
-        struct grist_history_point p;
+        struct grist_history_point p = {0};
         if (!s->reading)
-            p = h->pts[(h->head + i) % h->cap];
+            p = h->pts[i];
+        /* doubles on disk (the format before float32 points, unchanged) */
+        double v[5] = {p.momentum, p.lr_scale, p.noise, p.noise_scale, p.confidence};
         sio_u64(s, &p.step);
-        sio_f64(s, &p.momentum);
-        sio_f64(s, &p.lr_scale);
-        sio_f64(s, &p.noise);
-        sio_f64(s, &p.noise_scale);
-        sio_f64(s, &p.confidence);
-        if (s->reading && cap) { /* the newest cap points when the ring shrank */
-            h->pts[(h->head + h->len) % cap] = p;
-            if (h->len < cap)
-                h->len++;
-            else
-                h->head = (h->head + 1) % cap;
+        for (int k = 0; k < 5; k++)
+            sio_f64(s, &v[k]);
+        if (s->reading) { /* thinned again, as they came, when the cap shrank */
+            p = (struct grist_history_point){p.step,           grist__f32(v[0]), grist__f32(v[1]),
+                                             grist__f32(v[2]), grist__f32(v[3]), grist__f32(v[4])};
+            grist__history_add(h, &p);
         }
     }
 }

@@ -418,6 +418,105 @@ static void print_latency(double rate, int streams, const struct lat_result *r)
                (unsigned long long)r->dropped);
 }
 
+/* ---- 3. memory ---- */
+
+struct mem_fit {
+    double slope, r2; /* KiB of RSS per job, least squares over the marks */
+    double heap_slope; /* KiB of heap in use per job (gristd_heap_in_use_bytes) */
+};
+
+/* least-squares slope of y against x */
+static double lsq_slope(const double *x, const double *y, int n, double *r2)
+{
+    double sx = 0, sy = 0, sxx = 0, sxy = 0, syy = 0;
+    for (int k = 0; k < n; k++) {
+        sx += x[k];
+        sy += y[k];
+        sxx += x[k] * x[k];
+        sxy += x[k] * y[k];
+        syy += y[k] * y[k];
+    }
+    if (r2)
+        *r2 = pow(n * sxy - sx * sy, 2) / ((n * sxx - sx * sx) * (n * syy - sy * sy));
+    return (n * sxy - sx * sy) / (n * sxx - sx * sx);
+}
+
+/* Opens jobs of `groups` groups (one rank each, 20 steps sent and applied)
+ * on the gristd `d` until each mark of jobs, printing its RSS; the slope of
+ * RSS against jobs into *f. The jobs are finished before it returns. */
+static void memory_series(const struct gristd_proc *d, int groups, const int *marks, int nmarks,
+                          struct mem_fit *f)
+{
+    const char *addr = g_addr;
+    g_addr = d->addr[0]; /* job_steps queries this daemon */
+    const long base = proc_status_kb(d->pid, "VmRSS");
+    const int maxj = marks[nmarks - 1];
+    struct tw **w = calloc((size_t)maxj, sizeof(*w));
+    double xs[8], ys[8], hs[8];
+    const double heap0 = gristd_metric(d, "gristd_heap_in_use_bytes") / 1024;
+    printf(
+        "| jobs | groups | RSS MiB | RSS growth KiB per job since the fresh daemon | heap in use "
+        "MiB | steps dropped (shed) |\n|---|---|---|---|---|---|\n");
+    printf("| 0 | 0 | %.1f | - | %.1f | - |\n", base / 1024.0, heap0 / 1024);
+    float *sk = calloc((size_t)groups * M, sizeof(float));
+    int opened = 0;
+    for (int k = 0; k < nmarks; k++) {
+        for (; opened < marks[k]; opened++) {
+            char id[32];
+            snprintf(id, sizeof(id), "mem%d-%d", groups, opened);
+            struct tw_opts o = {.job = id,
+                                .rank = 0,
+                                .world = 1,
+                                .ngroups = (uint32_t)groups,
+                                .m = M,
+                                .n = 1 << 20,
+                                .beta0 = 0.9,
+                                .solve_every = 10};
+            w[opened] = tw_open(g_addr, &o);
+            uint32_t seed;
+            tw_welcome(w[opened], &seed, 30);
+            for (int t = 1; t <= 20; t++) { /* touch every buffer */
+                for (int i = 0; i < groups * M; i++)
+                    sk[i] = (float)((i * 31 + t) % 17) - 8.0f;
+                uint8_t *buf;
+                size_t len =
+                    tw_encode_summary(&buf, (uint64_t)t, (uint32_t)groups, M, sk, NULL, 32);
+                tw_send_raw(w[opened], buf, len);
+                free(buf);
+            }
+        }
+        uint64_t dropped_all = 0;
+        for (int j = 0; j < opened; j++) {
+            char id[32];
+            snprintf(id, sizeof(id), "mem%d-%d", groups, j);
+            /* every step applied and evaluated, or dropped (shed); a job
+             * that shed a step before its last evaluation (step 20) stays
+             * evaluated at 10, so with drops the wait ends at the deadline */
+            uint64_t dr = 0;
+            const double deadline = mono_s() + 30;
+            while (job_steps(id, &dr) + dr < 20 && (dr == 0 || mono_s() < deadline))
+                usleep(2000);
+            dropped_all += dr;
+        }
+        const long rss = proc_status_kb(d->pid, "VmRSS");
+        xs[k] = marks[k];
+        ys[k] = (double)rss;
+        hs[k] = gristd_metric(d, "gristd_heap_in_use_bytes") / 1024;
+        printf("| %d | %d | %.1f | %.0f | %.1f | %llu |\n", marks[k], marks[k] * groups,
+               rss / 1024.0, (double)(rss - base) / marks[k], hs[k] / 1024,
+               (unsigned long long)dropped_all);
+    }
+    free(sk);
+    f->slope = lsq_slope(xs, ys, nmarks, &f->r2);
+    f->heap_slope = lsq_slope(xs, hs, nmarks, NULL);
+    for (int j = 0; j < opened; j++) {
+        tw_finish(w[j], NULL, 0, 10);
+        tw_free(w[j]);
+    }
+    free(w);
+    g_addr = addr;
+}
+
 int main(int argc, char **argv)
 {
     const int quick = argc > 1 && !strcmp(argv[1], "--quick");
@@ -430,8 +529,9 @@ int main(int argc, char **argv)
         g_ingest_rate = atof(argv[3]);
     setvbuf(stdout, NULL, _IOLBF, 0);
     struct gristd_proc p;
-    const char *args[24] = {"--listen", "127.0.0.1:0", "--log-level", "warn", "--max-jobs", "4096"};
-    int na = 6;
+    const char *args[24] = {"--listen",   "127.0.0.1:0", "--log-level", "warn",
+                            "--max-jobs", "4096",        "--http",      "127.0.0.1:0"};
+    int na = 8;
     /* more gristd options: everything after "--" on the command line */
     for (int i = 1; i < argc && na < 22; i++)
         if (!strcmp(argv[i], "--")) {
@@ -462,89 +562,50 @@ int main(int argc, char **argv)
     }
     printf("## Memory (RSS of gristd as jobs are added, measured first on a fresh daemon)\n\n");
     {
-        const long base = proc_status_kb(p.pid, "VmRSS");
-        const int marks[] = {1, 4, 16, 64, 256};
-        const int nmarks = quick ? 3 : 5;
-        enum { MAXJ = 256 };
-        struct tw **w = calloc(MAXJ, sizeof(*w));
-        double xs[5], ys[5];
         /* the exact bytes grist_stats_new allocates for one group at gristd's
          * defaults (its candidates, L 16, m_cov 256, cov batch 16) and m = M */
         struct grist_stats_config scfg;
         grist_stats_config_default(&scfg);
         scfg.m = M;
         const double need = (double)grist_stats_footprint(&scfg);
-        printf(
-            "| jobs | groups | RSS MiB | RSS growth KiB per job since the fresh daemon | steps dropped "
-            "(shed) |\n|---|---|---|---|---|\n");
-        printf("| 0 | 0 | %.1f | - | - |\n", base / 1024.0);
-        float *sk = calloc((size_t)G * M, sizeof(float));
-        int opened = 0;
-        for (int k = 0; k < nmarks; k++) {
-            for (; opened < marks[k]; opened++) {
-                char id[32];
-                snprintf(id, sizeof(id), "mem-%d", opened);
-                struct tw_opts o = {.job = id,
-                                    .rank = 0,
-                                    .world = 1,
-                                    .ngroups = G,
-                                    .m = M,
-                                    .n = 1 << 20,
-                                    .beta0 = 0.9,
-                                    .solve_every = 10};
-                w[opened] = tw_open(g_addr, &o);
-                uint32_t seed;
-                tw_welcome(w[opened], &seed, 30);
-                for (int t = 1; t <= 20; t++) { /* touch every buffer */
-                    for (int i = 0; i < G * M; i++)
-                        sk[i] = (float)((i * 31 + t) % 17) - 8.0f;
-                    uint8_t *buf;
-                    size_t len = tw_encode_summary(&buf, (uint64_t)t, G, M, sk, NULL, 32);
-                    tw_send_raw(w[opened], buf, len);
-                    free(buf);
-                }
-            }
-            uint64_t dropped_all = 0;
-            for (int j = 0; j < opened; j++) {
-                char id[32];
-                snprintf(id, sizeof(id), "mem-%d", j);
-                uint64_t dr = 0; /* every step applied and evaluated, or dropped (shed) */
-                while (job_steps(id, &dr) + dr < 20)
-                    usleep(2000);
-                dropped_all += dr;
-            }
-            const long rss = proc_status_kb(p.pid, "VmRSS");
-            xs[k] = marks[k];
-            ys[k] = (double)rss;
-            printf("| %d | %d | %.1f | %.0f | %llu |\n", marks[k], marks[k] * G, rss / 1024.0,
-                   (double)(rss - base) / marks[k], (unsigned long long)dropped_all);
+        const int marks8[] = {1, 4, 16, 64, 256}, marks32[] = {1, 4, 16, 64};
+        struct mem_fit f8, f32;
+        printf("Jobs of %d groups (one stream each), on this run's gristd:\n\n", G);
+        memory_series(&p, G, marks8, quick ? 3 : 5, &f8);
+        /* the same with 4x the groups per job, on a fresh gristd of the same
+         * options: the two slopes separate what a job costs (its stream, its
+         * connection) from what a group costs */
+        struct gristd_proc p2;
+        if (gristd_start(&p2, args) != 0) {
+            fprintf(stderr, "bench: cannot start a second gristd\n");
+            return 1;
         }
-        free(sk);
-        /* least-squares line RSS = a + b * jobs */
-        double sx = 0, sy = 0, sxx = 0, sxy = 0, syy = 0;
-        for (int k = 0; k < nmarks; k++) {
-            sx += xs[k];
-            sy += ys[k];
-            sxx += xs[k] * xs[k];
-            sxy += xs[k] * ys[k];
-            syy += ys[k] * ys[k];
-        }
-        const double nm = nmarks, b = (nm * sxy - sx * sy) / (nm * sxx - sx * sx);
-        const double r2 =
-            pow(nm * sxy - sx * sy, 2) / ((nm * sxx - sx * sx) * (nm * syy - sy * sy));
-        printf(
-            "\nGrowth: linear in jobs, slope %.0f KiB per job = %.0f KiB per group (R^2 = %.4f); "
-            "the statistics of a group need %.0f KiB (grist_stats_footprint: %u candidates, L %u, m %u, "
-            "m_cov %u): ratio %.2f.\n",
-            b, b / G, r2, need / 1024, scfg.ncand, scfg.lags, scfg.m, scfg.cov_dim,
-            b * 1024 / G / need);
-        printf("#result rss_kib_per_group=%.1f\n#result rss_ratio=%.3f\n", b / G,
-               b * 1024 / G / need);
-        for (int j = 0; j < opened; j++) {
-            tw_finish(w[j], NULL, 0, 10);
-            tw_free(w[j]);
-        }
-        free(w);
+        printf("\nJobs of %d groups, on a fresh gristd:\n\n", 4 * G);
+        memory_series(&p2, 4 * G, marks32, quick ? 3 : 4, &f32);
+        gristd_stop(&p2, SIGTERM);
+        /* slope per job = a + groups * c for the two shapes, for the RSS
+         * and for the heap in use (what the program holds, without the
+         * allocator's retention) */
+        const double c = (f32.slope - f8.slope) / (3 * G), a = f8.slope - G * c;
+        const double hc = (f32.heap_slope - f8.heap_slope) / (3 * G), ha = f8.heap_slope - G * hc;
+        printf("\nGrowth, linear in jobs: RSS %.0f KiB per job of %d groups (R^2 = %.4f), %.0f KiB "
+               "per job of %d (R^2 = %.4f); heap in use %.0f and %.0f KiB.\n\n",
+               f8.slope, G, f8.r2, f32.slope, 4 * G, f32.r2, f8.heap_slope, f32.heap_slope);
+        printf("| per | RSS KiB | heap in use KiB |\n|---|---|---|\n");
+        printf("| group (the two shapes' difference) | %.0f | %.0f |\n", c, hc);
+        printf("| job, besides its groups | %.0f | %.0f |\n", a, ha);
+        printf("| group of a job of %d, its share of the job included | %.0f | %.0f |\n", G,
+               f8.slope / G, f8.heap_slope / G);
+        printf("\nThe statistics of a group need %.0f KiB (grist_stats_footprint: %u candidates, "
+               "L %u, m %u, m_cov %u). Ratio to it: RSS per group %.2f, per group of a job of %d "
+               "%.2f; heap in use per group %.2f, per group of a job of %d %.2f.\n",
+               need / 1024, scfg.ncand, scfg.lags, scfg.m, scfg.cov_dim, c * 1024 / need, G,
+               f8.slope * 1024 / G / need, hc * 1024 / need, G, f8.heap_slope * 1024 / G / need);
+        printf("#result rss_kib_per_group=%.1f\n#result rss_ratio=%.3f\n"
+               "#result rss_kib_per_job=%.1f\n#result rss_ratio_job8=%.3f\n"
+               "#result heap_ratio=%.3f\n#result heap_ratio_job8=%.3f\n",
+               c, c * 1024 / need, a, f8.slope * 1024 / G / need, hc * 1024 / need,
+               f8.heap_slope * 1024 / G / need);
     }
     if (memory_only) {
         gristd_stop(&p, SIGTERM);

@@ -622,8 +622,9 @@ def item_storm(a):
 def item_soak(a):
     it = Item("soak", f"a fixed load for {a.soak_min:g} min")
     tmp = tempfile.mkdtemp(prefix="grist-soak-")
-    # --history 256: the history rings (touched page by page as evaluations
-    # come) are full after 2,560 steps, so what grows after that is a leak
+    # --history 256: the group histories (touched page by page as evaluations
+    # come) are full after 2,560 steps and then thinned in place, so what
+    # grows after that is a leak
     d = Gristd(a.gristd, os.path.join(tmp, "s"), "--state-dir", os.path.join(tmp, "state"),
                "--snapshot-interval", "10", "--history", "256")
     load = Load(d.addr, 8, 2, rate=10, groups=4, m=1024, prefix="soak", policy={})

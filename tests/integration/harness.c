@@ -1,11 +1,15 @@
 /* DESIGN: see harness.h. The daemon is exec'd with a pipe's write end as
  * its ready fd; we read until EOF, which the daemon causes by closing it. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -212,6 +216,41 @@ long proc_status_kb(pid_t pid, const char *key)
     if (f)
         fclose(f);
     return kb;
+}
+
+double gristd_metric(const struct gristd_proc *p, const char *name)
+{
+    const char *colon = strrchr(p->http, ':');
+    if (!p->http[0] || !colon)
+        return NAN;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
+    if (inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr) != 1)
+        return NAN;
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return NAN;
+    static const char req[] = "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
+        write(fd, req, sizeof(req) - 1) != (ssize_t)sizeof(req) - 1) {
+        close(fd);
+        return NAN;
+    }
+    enum { CAP = 1 << 20 };
+    char *buf = malloc(CAP);
+    size_t n = 0;
+    ssize_t k;
+    while (buf && n < CAP - 1 && (k = read(fd, buf + n, CAP - 1 - n)) > 0)
+        n += (size_t)k;
+    close(fd);
+    if (!buf)
+        return NAN;
+    buf[n] = '\0';
+    char key[160];
+    snprintf(key, sizeof(key), "\n%s ", name);
+    const char *at = strstr(buf, key);
+    const double v = at ? strtod(at + strlen(key), NULL) : NAN;
+    free(buf);
+    return v;
 }
 
 double mono_s(void)

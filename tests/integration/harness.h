@@ -24,6 +24,10 @@ int gristd_stop(struct gristd_proc *p, int sig);
 
 /* A "key: N kB" line of /proc/PID/status ("VmRSS", "VmHWM"); -1 if absent. */
 long proc_status_kb(pid_t pid, const char *key);
+/* A sample without labels ("name value") from GET /metrics on p's http
+ * address; NAN when gristd has no http listener, cannot be reached, or
+ * does not report it. */
+double gristd_metric(const struct gristd_proc *p, const char *name);
 /* Seconds on the monotonic clock. */
 double mono_s(void);
 

@@ -998,6 +998,93 @@ START_TEST(test_families_after_last_step)
 }
 END_TEST
 
+/* Whether job id has family diagnostics yet. */
+static int has_families(const char *addr, const char *id)
+{
+    grpc_status_code st;
+    Grist__V1__GetJobResponse *r = get_job(addr, id, &st);
+    ck_assert_ptr_nonnull(r);
+    const int have =
+        r->n_groups == 1 && r->groups[0]->families && r->groups[0]->families->trace > 0.0;
+    grist__v1__get_job_response__free_unpacked(r, NULL);
+    return have;
+}
+
+/* Four jobs fall due for their family solves in the same instant, with
+ * every solve slowed down (GRISTD_FAULT=families-slow) and one compute
+ * thread: the families thread takes one request, one waits, and the others
+ * are postponed (gristd_family_solves_deferred_total counts them) instead
+ * of each queueing a copy of its Sigma; kept stepping, every job gets its
+ * families in turn. */
+START_TEST(test_families_queue_bounded)
+{
+    setenv("GRISTD_FAULT", "families-slow", 1);
+    const char *extra[] = {"--http", "127.0.0.1:0", "--compute-threads", "1", "--families-interval",
+                           "0",      NULL};
+    struct gristd_proc p = start_daemon(extra);
+    unsetenv("GRISTD_FAULT");
+    ck_assert_double_eq(gristd_metric(&p, "gristd_family_solves_deferred_total"), 0.0);
+    grpc_init();
+    enum { J = 4 };
+    struct tw *w[J];
+    char ids[J][16];
+    for (int j = 0; j < J; j++) {
+        snprintf(ids[j], sizeof(ids[j]), "famq-%d", j);
+        struct tw_opts o = {.job = ids[j],
+                            .rank = 0,
+                            .world = 1,
+                            .ngroups = 1,
+                            .m = M,
+                            .n = 1000,
+                            .beta0 = 0.9,
+                            .solve_every = 1,
+                            .min_steps = 1};
+        w[j] = tw_open(p.addr[0], &o);
+        uint32_t seed;
+        ck_assert_int_eq(tw_welcome(w[j], &seed, 10), 0);
+    }
+    static float sk[M];
+    uint64_t t = 0;
+    /* step by step, every job in turn: all reach their first family solve
+     * (step 50) within milliseconds of one another, inside one slow solve */
+    for (; t < 60; t++)
+        for (int j = 0; j < J; j++) {
+            for (int i = 0; i < M; i++)
+                sk[i] = (float)sin(0.37 * (double)(i + 1 + j) * (double)(t + 1));
+            uint8_t *buf;
+            size_t len = tw_encode_summary(&buf, t + 1, 1, M, sk, NULL, 8);
+            ck_assert_int_eq(tw_send_raw(w[j], buf, len), 0);
+            free(buf);
+        }
+    for (int j = 0; j < J; j++)
+        wait_evaluated(p.addr[0], ids[j], t);
+    const double deferred = gristd_metric(&p, "gristd_family_solves_deferred_total");
+    ck_assert_msg(deferred >= 1, "no family solve was postponed (deferred %g)", deferred);
+    /* one step per job every 100 ms: a postponed job asks again at each */
+    int all = 0;
+    for (int round = 0; round < 300 && !all; round++) {
+        all = 1;
+        for (int j = 0; j < J; j++) {
+            all &= has_families(p.addr[0], ids[j]);
+            for (int i = 0; i < M; i++)
+                sk[i] = (float)sin(0.37 * (double)(i + 1 + j) * (double)(t + 1));
+            uint8_t *buf;
+            size_t len = tw_encode_summary(&buf, t + 1, 1, M, sk, NULL, 8);
+            ck_assert_int_eq(tw_send_raw(w[j], buf, len), 0);
+            free(buf);
+        }
+        t++;
+        if (!all)
+            usleep(100000);
+    }
+    ck_assert_msg(all, "a postponed job never got its family diagnostics");
+    for (int j = 0; j < J; j++)
+        tw_free(w[j]);
+    grpc_shutdown();
+    ck_assert_int_eq(gristd_stop(&p, SIGTERM), 0);
+}
+END_TEST
+
 /* WorkerMessage.batch of the given encoded WorkerMessage.summary messages,
  * the way libgrist builds it: each re-tagged as SummaryBatch field 1. */
 static size_t encode_batch(uint8_t **out, uint8_t *const *msgs, const size_t *lens, int n)
@@ -1247,6 +1334,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_hello_timeout);
     tcase_add_test(tc, test_sketch_kind);
     tcase_add_test(tc, test_families_after_last_step);
+    tcase_add_test(tc, test_families_queue_bounded);
     tcase_add_test(tc, test_batches);
     tcase_add_test(tc, test_memory_budget);
     tcase_add_test(tc, test_counted_before_decoding);

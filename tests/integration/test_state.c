@@ -104,28 +104,9 @@ static Grist__V1__GetJobResponse *wait_steps(const char *addr, const char *id, u
 /* A counter from /metrics (HTTP on p's "http HOST:PORT" ready line). */
 static double metric(const struct gristd_proc *p, const char *name)
 {
-    const char *hp = p->http;
-    ck_assert_msg(hp[0], "gristd gave no http address");
-    const char *colon = strrchr(hp, ':');
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
-    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    ck_assert_int_ge(fd, 0);
-    ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    const char req[] = "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
-    ck_assert_int_eq(write(fd, req, sizeof(req) - 1), (ssize_t)sizeof(req) - 1);
-    static char buf[1 << 20];
-    size_t n = 0;
-    ssize_t k;
-    while (n < sizeof(buf) - 1 && (k = read(fd, buf + n, sizeof(buf) - 1 - n)) > 0)
-        n += (size_t)k;
-    close(fd);
-    buf[n] = '\0';
-    char key[128];
-    snprintf(key, sizeof(key), "\n%s ", name);
-    const char *at = strstr(buf, key);
-    ck_assert_msg(at, "no %s in /metrics", name);
-    return strtod(at + strlen(key), NULL);
+    const double v = gristd_metric(p, name);
+    ck_assert_msg(!isnan(v), "no %s in gristd's /metrics", name);
+    return v;
 }
 
 /* Deterministic worker: AR(1) sketches (rho 0.9) from a fixed seed, so two

@@ -349,6 +349,37 @@ START_TEST(test_expiry_is_an_event)
 }
 END_TEST
 
+/* A group's history keeps the whole run in at most cap points, evenly
+ * spaced: thinned to every other point each time it fills. */
+START_TEST(test_history_thinned)
+{
+    enum { CAP = 16 };
+    struct grist_history_point pts[CAP];
+    struct grist_history h = {.pts = pts, .cap = CAP};
+    for (uint64_t t = 1; t <= 1000; t++) {
+        const struct grist_history_point p = {.step = t, .momentum = (float)t * 1e-3f};
+        grist__history_add(&h, &p);
+        ck_assert_uint_le(h.len, CAP);
+        ck_assert_uint_eq(pts[0].step, 1); /* the first evaluation stays */
+        for (uint32_t i = 1; i < h.len; i++) /* even spacing: the stride */
+            ck_assert_uint_eq(pts[i].step - pts[i - 1].step, h.stride);
+        /* the newest kept point is within one stride of the newest evaluation */
+        ck_assert_uint_lt(t - pts[h.len - 1].step, h.stride);
+    }
+    ck_assert_uint_ge(h.len, CAP / 2);
+    ck_assert_uint_eq(h.stride, 64); /* 1000 evaluations in 16 points: 1 in 64 */
+    ck_assert_float_eq(pts[3].momentum, (float)pts[3].step * 1e-3f);
+    /* below its capacity it keeps every evaluation */
+    struct grist_history h2 = {.pts = pts, .cap = CAP};
+    for (uint64_t t = 1; t <= CAP; t++) {
+        const struct grist_history_point p = {.step = 10 * t};
+        grist__history_add(&h2, &p);
+    }
+    ck_assert_uint_eq(h2.len, CAP);
+    ck_assert_uint_eq(pts[CAP - 1].step, 10 * CAP);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("aggregation");
@@ -370,6 +401,7 @@ static Suite *suite(void)
     tcase_add_test(reg, test_attach_refusals);
     tcase_add_test(reg, test_version_reaches_subscribers);
     tcase_add_test(reg, test_expiry_is_an_event);
+    tcase_add_test(reg, test_history_thinned);
     suite_add_tcase(s, reg);
     return s;
 }
