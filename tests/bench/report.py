@@ -182,6 +182,12 @@ def main():
         n = int(R["cluster_streams_w8"])
         rows.append((">= 500 worker streams at 10 steps/s (8 groups, m 1024), p99 push <= 10 ms, "
                      "no drops", f"{n} streams (W = 8)", "met" if n >= 500 else "not met"))
+    if "rss_ratio" in R and "heap_ratio" in R:
+        worst = max(R["rss_ratio"], R["rss_ratio_job8"], R["heap_ratio"], R["heap_ratio_job8"])
+        rows.append(("memory per group <= 1.1x what its statistics need (grist_stats_footprint)",
+                     f"RSS {R['rss_ratio']:.2f} (two job shapes), {R['rss_ratio_job8']:.2f} "
+                     f"(jobs of 8 groups); heap in use {R['heap_ratio']:.2f}, "
+                     f"{R['heap_ratio_job8']:.2f}", "met" if worst <= 1.1 else "not met"))
     over = [(k, v) for k, v in R.items() if k.startswith("client_overhead_")]
     if over:
         worst = max(v for _, v in over)
