@@ -156,8 +156,8 @@ static void box_unref_locked(struct fam_box *b)
  * 2 x 8, docs/PERFORMANCE.md). */
 static double *sigma_alloc(size_t n)
 {
-    void *p =
-        mmap(NULL, n * sizeof(double), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *p = mmap(NULL, n * sizeof(double), PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
     return p == MAP_FAILED ? NULL : p;
 }
 

@@ -13,7 +13,9 @@
  *   4. the whole-cluster simulation: N jobs x 8 workers at 10 steps/s, the
  *      largest N*8 with p99 push latency <= 10 ms and no dropped steps.
  * Lines "#result key=value" are for tests/bench/report.py.
- * Usage: bench-daemon [--quick | --memory | --ingest STEPS [RATE]] [-- GRISTD_OPTIONS]   (needs GRISTD=path/to/gristd)
+ *   5. --scale only: CPU per worker-step and push latency as ranks, jobs,
+ *      groups and m grow, one at a time.
+ * Usage: bench-daemon [--quick | --memory | --scale | --ingest STEPS [RATE]] [-- GRISTD_OPTIONS]   (needs GRISTD=path/to/gristd)
  */
 #include <dirent.h>
 #include <math.h>
@@ -125,14 +127,17 @@ struct ing_arg {
     int default_policy; /* leave every Policy field unset: gristd's defaults */
 };
 
+/* the shape of every ingestion and latency stream (--scale varies it) */
+static uint32_t g_groups = G, g_m = M;
+
 static void *ing_thread(void *p)
 {
     struct ing_arg *a = p;
     struct tw_opts o = {.job = a->job,
                         .rank = a->rank,
                         .world = a->world,
-                        .ngroups = G,
-                        .m = M,
+                        .ngroups = g_groups,
+                        .m = g_m,
                         .n = 1 << 20,
                         .beta0 = 0.9,
                         .solve_every = a->rate > 0 ? 1 : (uint32_t)a->steps,
@@ -155,13 +160,13 @@ static void *ing_thread(void *p)
     enum { CYCLE = 80 };
     struct grist_rng r;
     grist_rng_seed(&r, (uint64_t)a->rank * 7 + (uint64_t)a->job[4]);
-    float *pre = malloc((size_t)CYCLE * G * M * sizeof(float));
-    double *prev = calloc((size_t)G * M, sizeof(double));
+    float *pre = malloc((size_t)CYCLE * g_groups * g_m * sizeof(float));
+    double *prev = calloc((size_t)g_groups * g_m, sizeof(double));
     for (int t = 0; t < CYCLE; t++) {
         const double rho = t < CYCLE / 2 ? 0.1 : 0.95;
-        for (int i = 0; i < G * M; i++) {
+        for (int i = 0; i < (int)(g_groups * g_m); i++) {
             prev[i] = rho * prev[i] + sqrt(1 - rho * rho) * grist_rng_normal(&r);
-            pre[(size_t)t * G * M + i] = (float)prev[i];
+            pre[(size_t)t * g_groups * g_m + i] = (float)prev[i];
         }
     }
     free(prev);
@@ -169,9 +174,9 @@ static void *ing_thread(void *p)
         pthread_barrier_wait(a->start);
     const double t0 = mono_s() + a->phase;
     for (int t = 1; t <= a->steps; t++) {
-        const float *sk = pre + (size_t)(t % CYCLE) * G * M;
+        const float *sk = pre + (size_t)(t % CYCLE) * g_groups * g_m;
         uint8_t *buf;
-        size_t len = tw_encode_summary(&buf, (uint64_t)t, G, M, sk, NULL, 32);
+        size_t len = tw_encode_summary(&buf, (uint64_t)t, g_groups, g_m, sk, NULL, 32);
         if (a->rate > 0) {
             /* wait for the send time while receiving pushes as they come */
             const double due = t0 + t / a->rate;
@@ -283,8 +288,14 @@ static void print_thread_cpu(const struct thread_cpu *a, const struct thread_cpu
 
 static int g_ingest_default_policy; /* --ingest: the jobs run gristd's default policy */
 
-/* world 0: jobs of 4 workers from 4 streams up (the report's rows) */
-static void ingestion(int streams, int steps, int round, int world_size)
+struct ing_result {
+    double ws, cpu_us, minflt; /* worker-steps/s; gristd CPU us and page faults per worker-step */
+    uint64_t dropped;
+};
+
+/* world 0: jobs of 4 workers from 4 streams up (the report's rows). With
+ * out, the figures go there instead of a printed row. */
+static void ingestion(int streams, int steps, int round, int world_size, struct ing_result *out)
 {
     const int world = world_size > 0 ? world_size : streams >= 4 ? 4 : 1, jobs = streams / world;
     pthread_t th[128];
@@ -323,7 +334,13 @@ static void ingestion(int streams, int steps, int round, int world_size)
     thread_cpu(g_pid, &tc1);
     const double dt = mono_s() - t0, cpu = u1.cpu_s - u0.cpu_s;
     const double ws = (double)streams * steps / dt;
-    const double bytes = ws * (G * (M * 4.0 + 16));
+    const double bytes = ws * (g_groups * (g_m * 4.0 + 16));
+    if (out) {
+        *out = (struct ing_result){ws, 1e6 * cpu / ((double)streams * steps),
+                                   (u1.minflt - u0.minflt) / ((double)streams * steps), dropped};
+        free(args);
+        return;
+    }
     printf("| %d | %d x %d | %d | %.0f | %.1f | %llu | %.0f%% | %.0f | %.1f |\n", streams, jobs,
            world, steps, ws, bytes / 1e6, (unsigned long long)dropped, 100.0 * t_sent / dt,
            1e6 * cpu / ((double)streams * steps),
@@ -517,9 +534,60 @@ static void memory_series(const struct gristd_proc *d, int groups, const int *ma
     g_addr = addr;
 }
 
+/* ---- 5. cost across scale ---- */
+
+/* --scale: gristd's CPU per worker-step (its default policy) and push
+ * latency (selection every step) at 10 steps/s per stream, one axis moved at
+ * a time from 1 job x 8 ranks, 8 groups, m 1024: ranks per job, jobs,
+ * groups, m. Each cell runs on the same gristd with its own job names. */
+static void scale(void)
+{
+    static const struct {
+        int jobs, world;
+        uint32_t groups, m;
+    } cells[] = {{1, 1, 8, 1024}, {1, 2, 8, 1024},  {1, 4, 8, 1024}, {1, 8, 8, 1024},
+                 {4, 8, 8, 1024}, {16, 8, 8, 1024}, {1, 8, 1, 1024}, {1, 8, 32, 1024},
+                 {1, 8, 8, 256},  {1, 8, 8, 4096}};
+    const double rate = 10;
+    const int steps = 100;
+    printf("## Cost across scale (10 steps/s per stream, %d steps; one axis moved at a time from "
+           "1 job x 8 ranks, 8 groups, m 1024)\n\n",
+           steps);
+    printf("| jobs x ranks | groups | m | streams | worker-steps/s | gristd CPU us per worker-step "
+           "| page faults per worker-step | push p50 ms | push p99 ms | dropped steps |\n"
+           "|---|---|---|---|---|---|---|---|---|---|\n");
+    g_ingest_rate = rate;
+    for (size_t k = 0; k < sizeof(cells) / sizeof(cells[0]); k++) {
+        g_groups = cells[k].groups;
+        g_m = cells[k].m;
+        const int streams = cells[k].jobs * cells[k].world;
+        struct ing_result ir;
+        g_ingest_default_policy = 1;
+        ingestion(streams, steps, 100 + (int)k, cells[k].world, &ir);
+        g_ingest_default_policy = 0;
+        struct lat_result lr;
+        char tag[16];
+        snprintf(tag, sizeof(tag), "sc%zu", k);
+        latency_run(tag, cells[k].jobs, cells[k].world, rate, steps, &lr);
+        printf("| %d x %d | %u | %u | %d | %.0f | %.0f | %.1f | %.2f | %.2f | %llu |\n",
+               cells[k].jobs, cells[k].world, g_groups, g_m, streams, ir.ws, ir.cpu_us, ir.minflt,
+               lr.p50 * 1e3, lr.p99 * 1e3, (unsigned long long)(ir.dropped + lr.dropped));
+        const char *what[] = {"cpu", "p50", "p99"};
+        const double v[] = {ir.cpu_us, lr.p50 * 1e3, lr.p99 * 1e3};
+        for (int q = 0; q < 3; q++)
+            printf("#result scale_%s_%dx%d_g%u_m%u=%.3f\n", what[q], cells[k].jobs, cells[k].world,
+                   g_groups, g_m, v[q]);
+    }
+    g_groups = G;
+    g_m = M;
+    g_ingest_rate = 0;
+}
+
 int main(int argc, char **argv)
 {
     const int quick = argc > 1 && !strcmp(argv[1], "--quick");
+    /* --scale: only the cost-across-scale table */
+    const int scale_only = argc > 1 && !strcmp(argv[1], "--scale");
     /* --memory: only the memory table */
     const int memory_only = argc > 1 && !strcmp(argv[1], "--memory");
     /* --ingest STEPS: only the ingestion table, STEPS per stream (an A/B of
@@ -547,6 +615,11 @@ int main(int argc, char **argv)
     g_addr = p.addr[0];
     g_pid = p.pid;
     grpc_init();
+    if (scale_only) {
+        scale();
+        grpc_shutdown();
+        return gristd_stop(&p, SIGTERM);
+    }
     if (ingest_only > 0) {
         g_ingest_default_policy = 1;
         printf("## Ingestion (8 groups, m = 1024, gristd's default policy), %d steps per stream "
@@ -555,8 +628,8 @@ int main(int argc, char **argv)
         printf(
             "| streams | jobs x workers | steps per stream | worker-steps/s | MB/s in | dropped steps | time spent sending | gristd CPU us per worker-step | gristd page faults per worker-step |\n|---|---|---|---|---|---|---|---|---|\n");
         /* the rows of the CPU targets: one rank per job, eight ranks per job */
-        ingestion(1, ingest_only, 0, 1);
-        ingestion(16, ingest_only, 1, 8);
+        ingestion(1, ingest_only, 0, 1, NULL);
+        ingestion(16, ingest_only, 1, 8, NULL);
         gristd_stop(&p, SIGTERM);
         return 0;
     }
@@ -622,7 +695,7 @@ int main(int argc, char **argv)
                         : (counts[i] == 1        ? 2000
                                : counts[i] == 16 ? 300
                                                  : 100),
-                  i, 0);
+                  i, 0, NULL);
 
     printf("\n## Push latency (16 jobs x 4 workers, 8 groups, m = 1024, selection every step)\n\n");
     printf(

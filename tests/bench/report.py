@@ -152,6 +152,23 @@ def main():
                      "threads; the load generator runs on the same machine, one thread per "
                      "stream).", md))
 
+    if not quick:
+        md, r, dt = run([os.path.join(BUILD, "tests", "bench-daemon"), "--scale"],
+                        env={"GRISTD": os.path.join(BUILD, "daemon", "gristd")})
+        R.update(r)
+        times["daemon"] += dt
+        raw = os.path.join(BUILD, "bench-scale.txt")
+        with open(raw, "w") as f:
+            f.writelines(f"#result {k}={v}\n" for k, v in r.items() if k.startswith("scale_"))
+        os.makedirs(os.path.join(ROOT, "docs", "perf"), exist_ok=True)
+        subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tests", "bench", "scale_plot.py"),
+                        raw, os.path.join(ROOT, "docs", "perf", "scale.svg")], check=True)
+        sections.append(("Daemon cost across scale", "Command: `GRISTD=build/daemon/gristd "
+                         "build/tests/bench-daemon --scale` (gristd's defaults; the CPU column "
+                         "with gristd's default policy, the latency columns with a selection "
+                         "every step, as in the push latency table). Plot: "
+                         "[perf/scale.svg](perf/scale.svg) (`tests/bench/scale_plot.py`).", md))
+
     prof = profile_daemon(quick)
     if prof:
         sections.append(("Where gristd's CPU goes", "Command: `perf record -e cpu-clock -F 499` "
