@@ -150,10 +150,10 @@ static void box_unref_locked(struct fam_box *b)
  * to it: they are megabytes (ngroups x n^2 doubles) that live for one solve,
  * allocated on the compute thread and freed on the families thread, and
  * from malloc they left their pages resident in the compute thread's arena
- * among the statistics (bench-daemon --memory: RSS per group 1.15 of the
- * statistics' need for jobs of 32 groups, 1.09 with this; a process-wide
- * fixed mmap threshold did the same but doubled the CPU per worker-step at
- * 2 x 8, docs/PERFORMANCE.md). */
+ * among the statistics (bench-daemon --memory, RSS per group against the
+ * statistics' need: 1.15 -> 1.12 from the two job shapes; a process-wide
+ * fixed mmap threshold did as much but doubled the CPU per worker-step at
+ * 2 x 8; docs/PERFORMANCE.analysis.md, memory). */
 static double *sigma_alloc(size_t n)
 {
     void *p = mmap(NULL, n * sizeof(double), PROT_READ | PROT_WRITE,
@@ -257,18 +257,20 @@ static int families_request(struct grist_engine *e, struct e_job *j)
     const uint64_t now = uv_hrtime();
     if (j->families_ns && now - j->families_ns < e->families_interval_ns)
         return 0;
-    uv_mutex_lock(&e->fmu);
-    const int busy = j->box->busy, waiting = e->fhead != NULL;
-    if (!busy && waiting)
-        e->fdeferred++;
-    uv_mutex_unlock(&e->fmu);
     /* another job's request is waiting: this one is postponed to the job's
      * next evaluation (j->families_ns stays), so the thread's queue holds at
      * most one Sigma copy besides the one being solved, however many jobs
      * fall due at once (an unbounded queue held ngroups x n^2 doubles per
-     * job: 512 KiB per group at n = 256) */
-    if (busy || waiting)
-        return !busy;
+     * job: 512 KiB per group at n = 256). Only this thread queues, so the
+     * queue cannot fill between here and the append below. */
+    uv_mutex_lock(&e->fmu);
+    const int busy = j->box->busy, postpone = !busy && e->fhead != NULL;
+    e->fdeferred += (uint64_t)postpone;
+    uv_mutex_unlock(&e->fmu);
+    if (busy)
+        return 0;
+    if (postpone)
+        return 1;
     struct fam_req *q = calloc(1, sizeof(*q));
     if (!q)
         return 0;

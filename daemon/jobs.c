@@ -692,7 +692,9 @@ void grist__history_add(struct grist_history *h, const struct grist_history_poin
     if (h->len > 0 && ++h->skip < h->stride)
         return;
     h->skip = 0;
-    if (h->len == h->cap) { /* full: keep points 0, 2, 4, ...; half the rate from now on */
+    /* full (an even count, so that the point after a thinning is one new
+     * stride from the last kept): keep points 0, 2, 4, ...; half the rate */
+    if (h->len == (h->cap & ~1u)) {
         for (uint32_t i = 0; 2 * i < h->len; i++)
             h->pts[i] = h->pts[2 * i];
         h->len = (h->len + 1) / 2;

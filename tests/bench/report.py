@@ -153,16 +153,13 @@ def main():
                      "stream).", md))
 
     if not quick:
+        import scale_plot  # next to this file (matplotlib: only the full report plots)
         md, r, dt = run([os.path.join(BUILD, "tests", "bench-daemon"), "--scale"],
                         env={"GRISTD": os.path.join(BUILD, "daemon", "gristd")})
         R.update(r)
         times["daemon"] += dt
-        raw = os.path.join(BUILD, "bench-scale.txt")
-        with open(raw, "w") as f:
-            f.writelines(f"#result {k}={v}\n" for k, v in r.items() if k.startswith("scale_"))
         os.makedirs(os.path.join(ROOT, "docs", "perf"), exist_ok=True)
-        subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tests", "bench", "scale_plot.py"),
-                        raw, os.path.join(ROOT, "docs", "perf", "scale.svg")], check=True)
+        scale_plot.plot(scale_plot.cells_of(r), os.path.join(ROOT, "docs", "perf", "scale.svg"))
         sections.append(("Daemon cost across scale", "Command: `GRISTD=build/daemon/gristd "
                          "build/tests/bench-daemon --scale` (gristd's defaults; the CPU column "
                          "with gristd's default policy, the latency columns with a selection "

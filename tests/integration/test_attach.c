@@ -947,6 +947,37 @@ START_TEST(test_sketch_kind)
 }
 END_TEST
 
+/* A one-group job that evaluates every step (the family tests). */
+static struct tw *fam_open(const char *addr, const char *id)
+{
+    struct tw_opts o = {.job = id,
+                        .rank = 0,
+                        .world = 1,
+                        .ngroups = 1,
+                        .m = M,
+                        .n = 1000,
+                        .beta0 = 0.9,
+                        .solve_every = 1,
+                        .min_steps = 1};
+    struct tw *w = tw_open(addr, &o);
+    uint32_t seed;
+    ck_assert_int_eq(tw_welcome(w, &seed, 10), 0);
+    return w;
+}
+
+/* Step t of a fam_open job: a sinusoidal sketch, its frequency shifted by
+ * phase so that jobs differ. */
+static void fam_step(struct tw *w, uint64_t t, int phase)
+{
+    static float sk[M];
+    for (int i = 0; i < M; i++)
+        sk[i] = (float)sin(0.37 * (double)(i + 1 + phase) * (double)t);
+    uint8_t *buf;
+    size_t len = tw_encode_summary(&buf, t, 1, M, sk, NULL, 8);
+    ck_assert_int_eq(tw_send_raw(w, buf, len), 0);
+    free(buf);
+}
+
 /* The family diagnostics of a run that ended before its family solve did
  * still appear: the families thread posts them itself (with every solve
  * slowed down, GRISTD_FAULT=families-slow, no evaluation comes after). */
@@ -956,27 +987,9 @@ START_TEST(test_families_after_last_step)
     struct gristd_proc p = start_daemon(NULL);
     unsetenv("GRISTD_FAULT");
     grpc_init();
-    struct tw_opts o = {.job = "fam",
-                        .rank = 0,
-                        .world = 1,
-                        .ngroups = 1,
-                        .m = M,
-                        .n = 1000,
-                        .beta0 = 0.9,
-                        .solve_every = 1,
-                        .min_steps = 1};
-    struct tw *w = tw_open(p.addr[0], &o);
-    uint32_t seed;
-    ck_assert_int_eq(tw_welcome(w, &seed, 10), 0);
-    static float sk[M];
-    for (uint64_t t = 1; t <= 60; t++) {
-        for (int i = 0; i < M; i++)
-            sk[i] = (float)sin(0.37 * (double)(i + 1) * (double)t);
-        uint8_t *buf;
-        size_t len = tw_encode_summary(&buf, t, 1, M, sk, NULL, 8);
-        ck_assert_int_eq(tw_send_raw(w, buf, len), 0);
-        free(buf);
-    }
+    struct tw *w = fam_open(p.addr[0], "fam");
+    for (uint64_t t = 1; t <= 60; t++)
+        fam_step(w, t, 0);
     wait_evaluated(p.addr[0], "fam", 60); /* every step in, before the stream ends */
     tw_free(w);
     int have = 0;
@@ -1030,50 +1043,26 @@ START_TEST(test_families_queue_bounded)
     char ids[J][16];
     for (int j = 0; j < J; j++) {
         snprintf(ids[j], sizeof(ids[j]), "famq-%d", j);
-        struct tw_opts o = {.job = ids[j],
-                            .rank = 0,
-                            .world = 1,
-                            .ngroups = 1,
-                            .m = M,
-                            .n = 1000,
-                            .beta0 = 0.9,
-                            .solve_every = 1,
-                            .min_steps = 1};
-        w[j] = tw_open(p.addr[0], &o);
-        uint32_t seed;
-        ck_assert_int_eq(tw_welcome(w[j], &seed, 10), 0);
+        w[j] = fam_open(p.addr[0], ids[j]);
     }
-    static float sk[M];
-    uint64_t t = 0;
     /* step by step, every job in turn: all reach their first family solve
      * (step 50) within milliseconds of one another, inside one slow solve */
-    for (; t < 60; t++)
-        for (int j = 0; j < J; j++) {
-            for (int i = 0; i < M; i++)
-                sk[i] = (float)sin(0.37 * (double)(i + 1 + j) * (double)(t + 1));
-            uint8_t *buf;
-            size_t len = tw_encode_summary(&buf, t + 1, 1, M, sk, NULL, 8);
-            ck_assert_int_eq(tw_send_raw(w[j], buf, len), 0);
-            free(buf);
-        }
+    uint64_t t = 1;
+    for (; t <= 60; t++)
+        for (int j = 0; j < J; j++)
+            fam_step(w[j], t, j);
     for (int j = 0; j < J; j++)
-        wait_evaluated(p.addr[0], ids[j], t);
+        wait_evaluated(p.addr[0], ids[j], 60);
     const double deferred = gristd_metric(&p, "gristd_family_solves_deferred_total");
     ck_assert_msg(deferred >= 1, "no family solve was postponed (deferred %g)", deferred);
     /* one step per job every 100 ms: a postponed job asks again at each */
     int all = 0;
-    for (int round = 0; round < 300 && !all; round++) {
+    for (int round = 0; round < 300 && !all; round++, t++) {
         all = 1;
         for (int j = 0; j < J; j++) {
             all &= has_families(p.addr[0], ids[j]);
-            for (int i = 0; i < M; i++)
-                sk[i] = (float)sin(0.37 * (double)(i + 1 + j) * (double)(t + 1));
-            uint8_t *buf;
-            size_t len = tw_encode_summary(&buf, t + 1, 1, M, sk, NULL, 8);
-            ck_assert_int_eq(tw_send_raw(w[j], buf, len), 0);
-            free(buf);
+            fam_step(w[j], t, j);
         }
-        t++;
         if (!all)
             usleep(100000);
     }
