@@ -34,6 +34,7 @@ struct grist_config {
     int64_t solve_every;
     int64_t families_every;
     double families_interval; /* s, the time floor of family solves */
+    double families_idle_interval; /* s, the same for a job nobody has read that long */
     int64_t min_steps;
     int64_t hysteresis_h;
     int64_t history;

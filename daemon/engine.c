@@ -62,6 +62,7 @@ struct item {
     struct item *next;
     enum item_kind kind;
     uint64_t key, step, queued_ns;
+    uint64_t read_ns; /* the job's share's read_ns when queued */
     uint32_t nworkers, ngroups, m;
     struct grist_engine_job_spec *spec; /* IT_CREATE */
     float *sketch; /* ngroups * m */
@@ -96,6 +97,7 @@ struct e_job {
     struct fam_box *box;
     uint64_t steps, last_step, last_queued_ns, next_solve, next_families;
     uint64_t families_ns; /* uv_hrtime() of the last family request (0: none yet) */
+    uint64_t read_ns; /* the newest read_ns its steps brought */
     uint32_t families_phase;
     /* steps of the current batch */
     struct item **pend;
@@ -134,7 +136,9 @@ struct grist_engine {
     uv_cond_t fcv;
     struct fam_req *fhead, *ftail; /* at most one waiting (families_request) */
     uint64_t fdeferred; /* due family solves postponed: a request was waiting */
+    uint64_t frequested; /* family solves queued for the families thread */
     uint64_t families_interval_ns; /* at most one family request per job this often */
+    uint64_t families_idle_ns; /* ... and this often for a job nobody read that long */
     unsigned families_delay_ms; /* fault injection only */
     unsigned slow_us_per_group; /* fault injection only: each step costs this per group */
     int fstop, have_fthread;
@@ -255,7 +259,13 @@ static int families_request(struct grist_engine *e, struct e_job *j)
      * job stepping 1,000 times a second needs them no more often than one
      * stepping once (each request costs an eigendecomposition per group) */
     const uint64_t now = uv_hrtime();
-    if (j->families_ns && now - j->families_ns < e->families_interval_ns)
+    /* a job nobody reads (no dashboard, no query) in the idle interval gets
+     * the idle floor: on a shared daemon most jobs are unwatched, and their
+     * family solves were the largest part of its CPU at low step rates */
+    const uint64_t floor = j->read_ns && now - j->read_ns < e->families_idle_ns
+        ? e->families_interval_ns
+        : e->families_idle_ns;
+    if (j->families_ns && now - j->families_ns < floor)
         return 0;
     /* another job's request is waiting: this one is postponed to the job's
      * next evaluation (j->families_ns stays), so the thread's queue holds at
@@ -306,6 +316,7 @@ static int families_request(struct grist_engine *e, struct e_job *j)
     else
         e->fhead = q;
     e->ftail = q;
+    e->frequested++;
     uv_cond_signal(&e->fcv);
     uv_mutex_unlock(&e->fmu);
     return 0;
@@ -794,6 +805,8 @@ static void thread_main(void *arg)
                     j->cap_pend = cap;
                 }
                 j->pend[j->npend++] = it;
+                if (it->read_ns > j->read_ns)
+                    j->read_ns = it->read_ns;
                 if (!j->dirty) {
                     j->dirty = 1;
                     j->dirty_next = dirty;
@@ -874,9 +887,14 @@ static void on_async_closed_free(uv_handle_t *h)
     free(e);
 }
 
-void grist__engine_set_families_interval(struct grist_engine *e, double seconds)
+void grist__engine_set_families_interval(struct grist_engine *e, double seconds,
+                                         double idle_seconds)
 {
     e->families_interval_ns = seconds > 0 ? (uint64_t)(seconds * 1e9) : 0;
+    /* 0 means every --families-every steps, read or not */
+    e->families_idle_ns = e->families_interval_ns == 0 ? 0
+        : idle_seconds > seconds                       ? (uint64_t)(idle_seconds * 1e9)
+                                                       : e->families_interval_ns;
 }
 
 int grist__engine_start(struct grist_engine **out, uv_loop_t *loop, struct grist_backend *be,
@@ -1110,6 +1128,7 @@ static int queue_data(struct grist_engine *e, struct grist_engine_share *sh, enu
     it->key = key;
     it->step = step;
     it->queued_ns = uv_hrtime();
+    it->read_ns = sh->read_ns;
     it->nworkers = nworkers;
     it->ngroups = ngroups;
     it->m = m;
@@ -1168,6 +1187,14 @@ uint64_t grist__engine_families_deferred(struct grist_engine *e)
 {
     uv_mutex_lock(&e->fmu);
     const uint64_t n = e->fdeferred;
+    uv_mutex_unlock(&e->fmu);
+    return n;
+}
+
+uint64_t grist__engine_families_requested(struct grist_engine *e)
+{
+    uv_mutex_lock(&e->fmu);
+    const uint64_t n = e->frequested;
     uv_mutex_unlock(&e->fmu);
     return n;
 }

@@ -60,6 +60,8 @@ uint64_t grist__engine_shed(struct grist_engine *e);
  * another job's request was already waiting for the families thread
  * (thread-safe). */
 uint64_t grist__engine_families_deferred(struct grist_engine *e);
+/** Family solves queued for the families thread so far. Any thread. */
+uint64_t grist__engine_families_requested(struct grist_engine *e);
 
 struct grist_engine_job_spec {
     uint64_t key;
@@ -77,7 +79,8 @@ struct grist_engine_job_spec {
  */
 /* At most one family solve per job per `seconds` (0: the step cadence,
  * families_every, alone). Set before jobs arrive. */
-void grist__engine_set_families_interval(struct grist_engine *e, double seconds);
+void grist__engine_set_families_interval(struct grist_engine *e, double seconds,
+                                         double idle_seconds);
 
 int grist__engine_start(struct grist_engine **out, uv_loop_t *loop, struct grist_backend *be,
                         uint32_t capacity, double lag_s, grist_engine_result_fn *cb, void *ud);
@@ -91,6 +94,10 @@ struct grist_engine_share {
     uint64_t gen; /* the engine's take count when `work` was last reset */
     uint64_t work; /* floats queued (ngroups * m per step) */
     uint32_t steps; /* steps queued */
+    /* uv_hrtime() when someone last read the job (loop only; handed to the
+     * compute thread with each step: family solves keep the fast cadence
+     * while it is recent) */
+    uint64_t read_ns;
 };
 
 /** Stop the thread (after it drained its queue), free everything. Loop thread. */

@@ -313,6 +313,7 @@ static void route(struct conn *c)
             grist__http_error(c, 404, "no such job", keep);
             return;
         }
+        grist__job_mark_read(j);
         if (!rest || !*rest) {
             grist__api_job(c, j, keep);
             return;

@@ -119,6 +119,11 @@ int grist__daemon_configure(struct grist_daemon *d, const struct grist_config *c
     return 0;
 }
 
+void grist__job_mark_read(struct grist_job *j)
+{
+    j->share.read_ns = uv_hrtime();
+}
+
 struct grist_job *grist__job_find(struct grist_daemon *d, const char *id)
 {
     for (struct grist_job *j = d->jobs; j; j = j->next)

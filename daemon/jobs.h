@@ -98,6 +98,9 @@ struct grist_job {
 int grist__daemon_configure(struct grist_daemon *d, const struct grist_config *c);
 
 struct grist_job *grist__job_find(struct grist_daemon *d, const char *id);
+/* Someone read the job (a query, a watch, an HTTP view): its family values
+ * keep the --families-interval cadence for --families-idle-interval. */
+void grist__job_mark_read(struct grist_job *j);
 /* Attach a worker to the job named in hello, creating the job on first use;
  * the job counts it in nstreams until grist__job_detach. @return 0; -EPERM
  * (the token may not); -EINVAL (another shape, a bad policy); -ENOSPC

@@ -386,7 +386,8 @@ int main(int argc, char **argv)
             grist_backend_close(be);
             goto stop_started;
         }
-        grist__engine_set_families_interval(d->engines[i], g_cfg.families_interval);
+        grist__engine_set_families_interval(d->engines[i], g_cfg.families_interval,
+                                            g_cfg.families_idle_interval);
         d->engines_running++;
     }
     if (grist__snapshot_start(d) < 0)

@@ -185,9 +185,14 @@ void grist__http_metrics(struct conn *c, const struct grist_principal *who, int 
     for (uint32_t i = 0; i < d->nengines; i++)
         sb_printf(&b, "gristd_compute_queue_depth{thread=\"%u\"} %u\n", i,
                   d->engines[i] ? grist__engine_depth(d->engines[i]) : 0);
-    uint64_t deferred = 0;
-    for (uint32_t i = 0; i < d->nengines; i++)
+    uint64_t deferred = 0, requested = 0;
+    for (uint32_t i = 0; i < d->nengines; i++) {
         deferred += d->engines[i] ? grist__engine_families_deferred(d->engines[i]) : 0;
+        requested += d->engines[i] ? grist__engine_families_requested(d->engines[i]) : 0;
+    }
+    metric_u64(&b, "gristd_family_solves_total", "counter",
+               "Family solves handed to the families thread (one eigendecomposition per group).",
+               requested);
     metric_u64(&b, "gristd_family_solves_deferred_total", "counter",
                "Family solves postponed to their job's next evaluation: the families thread "
                "had a request waiting.",

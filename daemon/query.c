@@ -187,6 +187,7 @@ static int readable_job(struct grist_daemon *d, const struct grist_principal *wh
         snprintf(msg, msz, "job_id: no job '%.128s'", id);
         return -ENOENT;
     }
+    grist__job_mark_read(*out);
     return 0;
 }
 
@@ -247,8 +248,10 @@ static void watch_send_state(struct grist_watch *w, const struct grist_job *j)
 static void watch_on_state(struct grist_sub *sub, const struct grist_job *j)
 {
     struct grist_watch *w = WATCH_OF_SUB(sub);
-    if (!grist__call_finishing(w->call))
+    if (!grist__call_finishing(w->call)) {
+        grist__job_mark_read(sub->job); /* a watch reads every evaluation */
         watch_send_state(w, j);
+    }
 }
 
 static void watch_on_gone(struct grist_sub *sub)

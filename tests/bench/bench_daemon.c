@@ -10,14 +10,19 @@
  *      AR(1) regimes so that beta moves and pushes happen;
  *   3. memory: gristd's RSS as jobs are added (1 to 256), its slope per job
  *      and per group, against what the statistics of a group need;
- *   4. the whole-cluster simulation: N jobs x 8 workers at 10 steps/s, the
- *      largest N*8 with p99 push latency <= 10 ms and no dropped steps.
+ *   4. the whole-cluster simulation: N jobs x 8 workers at 10 steps/s from
+ *      the one-thread load generator (loadgen.c, pinned to CPU 0, gristd to
+ *      CPU 1), the largest N*8 with p99 push latency <= 10 ms and no dropped
+ *      steps, then past it.
  * Lines "#result key=value" are for tests/bench/report.py.
  *   5. --scale only: CPU per worker-step and push latency as ranks, jobs,
  *      groups and m grow, one at a time.
- * Usage: bench-daemon [--quick | --memory | --scale | --ingest STEPS [RATE]] [-- GRISTD_OPTIONS]   (needs GRISTD=path/to/gristd)
+ * Usage: bench-daemon [--quick | --memory | --scale | --cluster [per-job] [N] |
+ *                      --ingest STEPS [RATE]] [-- GRISTD_OPTIONS]   (needs GRISTD=path/to/gristd)
  */
 #include <dirent.h>
+#include <sched.h>
+#include <sys/resource.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -32,6 +37,7 @@
 #include "grist/stats.h"
 #include "grist/v1/grist.pb-c.h"
 #include "harness.h"
+#include "loadgen.h"
 #include "worker.h"
 #include "../rng.h"
 
@@ -357,8 +363,6 @@ struct lat_result {
     uint64_t dropped;
 };
 
-enum { MAX_STREAMS = 1024 };
-
 /* jobs x world streams at rate steps/s for steps steps; latency = arrival
  * of the Hyperparams computed from a step - the last send of that step
  * among the job's ranks. */
@@ -583,6 +587,118 @@ static void scale(void)
     g_ingest_rate = 0;
 }
 
+/* ---- 4. the whole-cluster simulation ---- */
+
+static double gristd_cpu_s(void)
+{
+    return proc_usage(g_pid).cpu_s;
+}
+
+/* Every thread of process pid on the one CPU cpu; 0 or -1. */
+static int pin_process(pid_t pid, int cpu)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return -1;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    int r = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        if (e->d_name[0] != '.' && sched_setaffinity(atoi(e->d_name), sizeof(set), &set) != 0)
+            r = -1;
+    closedir(d);
+    return r;
+}
+
+/* N jobs x 8 workers at 10 steps/s from the one-thread load generator
+ * (loadgen.c) on CPU 0, gristd on CPU 1 (when there are two): N doubled,
+ * then bisected, until p99 exceeds 10 ms or steps are dropped, and then
+ * doubled on past the knee to show what breaks. */
+static void cluster(int quick, int conn_per_job, int default_policy, int only)
+{
+    const int pinned = sysconf(_SC_NPROCESSORS_ONLN) >= 2 && pin_process(getpid(), 0) == 0 &&
+        pin_process(g_pid, 1) == 0;
+    printf("\n## Cluster simulation (N jobs x 8 workers, 10 steps/s each, 8 groups, m = 1024, "
+           "%s)\n\n",
+           default_policy ? "gristd's default policy" : "selection every step");
+    printf("Load generator: one thread, one completion queue, pre-encoded summaries, %s%s.\n\n",
+           conn_per_job ? "one connection per job" : "one connection per worker stream",
+           pinned ? "; it runs on CPU 0 and gristd on CPU 1" : " (not pinned)");
+    printf("| jobs x workers | streams | offered worker-steps/s | pushes timed | p50 ms | p99 ms | "
+           "max ms | send lag p99 ms | dropped steps | gristd CPU us per worker-step | gristd "
+           "CPU share | load generator CPU share | within target |\n"
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    int best = 0, lo = 0, hi = 0, beyond = 0;
+    const int duration_s = quick ? 4 : 8;
+    for (int n = only ? only : 2, round = 0; round < 16; round++) {
+        struct lg_result r;
+        char tag[16];
+        snprintf(tag, sizeof(tag), "cl%d", round);
+        struct lg_opts o = {.target = g_addr,
+                            .tag = tag,
+                            .jobs = n,
+                            .world = 8,
+                            .steps = 10 * duration_s,
+                            .rate = 10,
+                            .ngroups = G,
+                            .m = M,
+                            .conn_per_job = conn_per_job,
+                            .default_policy = default_policy,
+                            .cpu_of = gristd_cpu_s};
+        if (lg_run(&o, &r) != 0) {
+            printf("| %d x 8 | %d | streams could not be opened (%llu failed) |\n", n, n * 8,
+                   (unsigned long long)r.failed_streams);
+            break;
+        }
+        uint64_t dropped = 0;
+        for (int j = 0; j < n; j++) { /* let the daemon drain; count drops */
+            char id[32];
+            snprintf(id, sizeof(id), "%s-%d", tag, j);
+            uint64_t d = 0;
+            for (int k = 0; k < 5000 && job_steps(id, &d) + d < (uint64_t)o.steps; k++)
+                usleep(2000);
+            dropped += d;
+        }
+        const double ws = (double)n * 8 * o.steps;
+        const int ok = r.n > 0 && r.p99 <= 0.010 && dropped == 0 && r.failed_streams == 0;
+        printf(
+            "| %d x 8 | %d | %d | %zu | %.2f | %.2f | %.2f | %.2f | %llu | %.0f | %.0f %% | %.0f "
+            "%% | %s |\n",
+            n, n * 8, n * 80, r.n, r.p50 * 1e3, r.p99 * 1e3, r.max * 1e3, r.lag_p99 * 1e3,
+            (unsigned long long)dropped, r.target_cpu_s / ws * 1e6, 100 * r.target_cpu_s / r.wall_s,
+            100 * r.cpu_s / r.wall_s, ok ? "yes" : "no");
+        printf("#result cluster_p99_ms_%dx8=%.3f\n", n, r.p99 * 1e3);
+        if (ok) {
+            best = n > best ? n : best;
+            lo = n;
+        } else {
+            hi = hi && hi < n ? hi : n;
+        }
+        if (only) {
+            break;
+        } else if (!hi) {
+            n *= 2;
+        } else if (hi - lo > (lo / 8 > 1 ? lo / 8 : 1)) {
+            n = (lo + hi) / 2;
+        } else if (!quick && beyond < 2 && hi * 2 * 8 <= 8192) {
+            /* past the knee: two doublings show how it degrades */
+            n = (beyond++ ? n : hi) * 2;
+        } else {
+            break;
+        }
+    }
+    printf("\nLargest sustained: %d jobs x 8 workers = %d streams (p99 push latency <= 10 ms, no "
+           "dropped steps).\n",
+           best, best * 8);
+    printf("#result cluster_streams_w8=%d\n", best * 8);
+    printf("\n(latency: from the start of the last of a job's 8 ranks' sends of a step to each "
+           "rank receiving the Hyperparams computed from that step; send lag: a send's start after "
+           "its due time; CPU shares are of one core over the sending time.)\n");
+}
+
 int main(int argc, char **argv)
 {
     const int quick = argc > 1 && !strcmp(argv[1], "--quick");
@@ -597,13 +713,36 @@ int main(int argc, char **argv)
         g_ingest_rate = atof(argv[3]);
     setvbuf(stdout, NULL, _IOLBF, 0);
     struct gristd_proc p;
-    const char *args[24] = {"--listen",   "127.0.0.1:0", "--log-level", "warn",
-                            "--max-jobs", "4096",        "--http",      "127.0.0.1:0"};
-    int na = 8;
+    /* --cluster [per-job]: only the cluster simulation (per-job: the ranks of
+     * a job share a connection) */
+    const int cluster_only = argc > 1 && !strcmp(argv[1], "--cluster");
+    /* --cluster [per-job] [default] [N]: only the cluster simulation;
+     * per-job: the ranks of a job share a connection; default: gristd's
+     * default policy instead of a selection every step; N: only N jobs x 8 */
+    int cluster_per_job = 0, cluster_default = 0, cluster_n = 0;
+    for (int i = 2; cluster_only && i < argc && strcmp(argv[i], "--"); i++) {
+        if (!strcmp(argv[i], "per-job"))
+            cluster_per_job = 1;
+        else if (!strcmp(argv[i], "default"))
+            cluster_default = 1;
+        else
+            cluster_n = atoi(argv[i]);
+    }
+    /* thousands of streams, each on its own connection, on both sides */
+    struct rlimit nf;
+    if (getrlimit(RLIMIT_NOFILE, &nf) == 0 && nf.rlim_cur < nf.rlim_max) {
+        nf.rlim_cur = nf.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &nf);
+    }
+    const char *args[28] = {"--listen", "127.0.0.1:0",       "--log-level",
+                            "warn",     "--max-jobs",        "4096",
+                            "--http",   "127.0.0.1:0",       "--job-create-burst",
+                            "65536",    "--job-create-rate", "100000"};
+    int na = 12;
     /* more gristd options: everything after "--" on the command line */
-    for (int i = 1; i < argc && na < 22; i++)
+    for (int i = 1; i < argc && na < 26; i++)
         if (!strcmp(argv[i], "--")) {
-            for (int k = i + 1; k < argc && na < 22; k++)
+            for (int k = i + 1; k < argc && na < 26; k++)
                 args[na++] = argv[k];
             break;
         }
@@ -615,6 +754,11 @@ int main(int argc, char **argv)
     g_addr = p.addr[0];
     g_pid = p.pid;
     grpc_init();
+    if (cluster_only) {
+        cluster(1, cluster_per_job, cluster_default, cluster_n);
+        grpc_shutdown();
+        return gristd_stop(&p, SIGTERM);
+    }
     if (scale_only) {
         scale();
         grpc_shutdown();
@@ -710,44 +854,7 @@ int main(int argc, char **argv)
         printf("#result p99_ms_64x%.0f=%.3f\n", rates[ri], r.p99 * 1e3);
     }
 
-    /* the whole-cluster simulation: N jobs x 8 workers at 10 steps/s, N
-     * doubled (then bisected) until p99 exceeds 10 ms or steps are dropped */
-    printf("\n## Cluster simulation (N jobs x 8 workers, 10 steps/s each, 8 groups, m = 1024)\n\n");
-    printf(
-        "| jobs x workers | streams | offered worker-steps/s | pushes observed | p50 ms | p99 ms | max ms | dropped steps | within target |\n|---|---|---|---|---|---|---|---|---|\n");
-    int best = 0, lo = 0, hi = 0;
-    const int duration_s = quick ? 4 : 8;
-    for (int n = 2, round = 0; round < 8; round++) {
-        struct lat_result r;
-        char tag[16];
-        snprintf(tag, sizeof(tag), "cl%d", round);
-        latency_run(tag, n, 8, 10.0, 10 * duration_s, &r);
-        const int ok = r.n > 0 && r.p99 <= 0.010 && r.dropped == 0;
-        printf("| %d x 8 | %d | %d | %zu | %.2f | %.2f | %.2f | %llu | %s |\n", n, n * 8, n * 80,
-               r.n, r.p50 * 1e3, r.p99 * 1e3, r.max * 1e3, (unsigned long long)r.dropped,
-               ok ? "yes" : "no");
-        if (ok) {
-            best = n > best ? n : best;
-            lo = n;
-        } else {
-            hi = n;
-        }
-        if (!hi)
-            n *= 2;
-        else if (hi - lo <= (lo / 8 > 1 ? lo / 8 : 1))
-            break;
-        else
-            n = (lo + hi) / 2;
-        if (n * 8 > MAX_STREAMS)
-            break;
-    }
-    printf(
-        "\nLargest sustained: %d jobs x 8 workers = %d streams (p99 push latency <= 10 ms, no dropped steps).\n",
-        best, best * 8);
-    printf("#result cluster_streams_w8=%d\n", best * 8);
-    printf(
-        "\n(latency: from the last of the job's 4 ranks sending a step's summary to each rank\n"
-        "receiving the Hyperparams computed from that step; client clocks are one machine's.)\n");
+    cluster(quick, 0, 0, 0);
     grpc_shutdown();
     return gristd_stop(&p, SIGTERM);
 }

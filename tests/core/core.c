@@ -21,7 +21,8 @@ int test_core_start(struct test_core *c)
     if (grist__engine_start(&c->d.engines[0], &c->loop, be, (uint32_t)c->cfg.compute_queue,
                             c->cfg.compute_lag, grist__job_on_result, &c->d) < 0)
         return -1;
-    grist__engine_set_families_interval(c->d.engines[0], c->cfg.families_interval);
+    grist__engine_set_families_interval(c->d.engines[0], c->cfg.families_interval,
+                                        c->cfg.families_idle_interval);
     return 0;
 }
 

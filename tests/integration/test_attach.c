@@ -1074,6 +1074,53 @@ START_TEST(test_families_queue_bounded)
 }
 END_TEST
 
+/* Six rounds of 50 steps, 150 ms apart, of a fam_open job (one family
+ * point per round); the job is read (GetJob) after each round when read. */
+static void fam_rounds(const char *addr, const char *id, int read)
+{
+    struct tw *w = fam_open(addr, id);
+    uint64_t t = 1;
+    for (int round = 0; round < 6; round++) {
+        for (int k = 0; k < 50; k++, t++)
+            fam_step(w, t, 3);
+        usleep(150000);
+        if (read)
+            ck_assert(has_families(addr, id) || round == 0);
+    }
+    tw_free(w);
+}
+
+/* A job nobody reads gets its family values once per
+ * --families-idle-interval; one that is read, once per --families-interval
+ * (here 50 ms, so once per family point). Without the idle floor the
+ * unread job would be solved at each of its six family points. */
+START_TEST(test_families_idle_cadence)
+{
+    const char *extra[] = {"--http",
+                           "127.0.0.1:0",
+                           "--compute-threads",
+                           "1",
+                           "--families-interval",
+                           "0.05",
+                           "--families-idle-interval",
+                           "3600",
+                           NULL};
+    struct gristd_proc p = start_daemon(extra);
+    grpc_init();
+    fam_rounds(p.addr[0], "fam-unread", 0);
+    usleep(300000);
+    const double unread = gristd_metric(&p, "gristd_family_solves_total");
+    ck_assert_msg(unread == 1.0, "an unread job was solved %g times (expected its first only)",
+                  unread);
+    fam_rounds(p.addr[0], "fam-read", 1);
+    usleep(300000);
+    const double read = gristd_metric(&p, "gristd_family_solves_total") - unread;
+    ck_assert_msg(read >= 4.0, "a job read after each round was solved only %g times", read);
+    grpc_shutdown();
+    ck_assert_int_eq(gristd_stop(&p, SIGTERM), 0);
+}
+END_TEST
+
 /* WorkerMessage.batch of the given encoded WorkerMessage.summary messages,
  * the way libgrist builds it: each re-tagged as SummaryBatch field 1. */
 static size_t encode_batch(uint8_t **out, uint8_t *const *msgs, const size_t *lens, int n)
@@ -1324,6 +1371,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_sketch_kind);
     tcase_add_test(tc, test_families_after_last_step);
     tcase_add_test(tc, test_families_queue_bounded);
+    tcase_add_test(tc, test_families_idle_cadence);
     tcase_add_test(tc, test_batches);
     tcase_add_test(tc, test_memory_budget);
     tcase_add_test(tc, test_counted_before_decoding);

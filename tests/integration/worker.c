@@ -146,9 +146,8 @@ static struct tw *open_call(const char *target, const char *method)
     return w;
 }
 
-struct tw *tw_hello(struct tw *w, const struct tw_opts *o)
+size_t tw_encode_hello(uint8_t **out, const struct tw_opts *o)
 {
-    /* Hello */
     Grist__V1__GroupSpec *gs = calloc(o->ngroups, sizeof(*gs));
     Grist__V1__GroupSpec **gp = calloc(o->ngroups, sizeof(*gp));
     for (uint32_t g = 0; g < o->ngroups; g++) {
@@ -182,12 +181,19 @@ struct tw *tw_hello(struct tw *w, const struct tw_opts *o)
     wm.msg_case = GRIST__V1__WORKER_MESSAGE__MSG_HELLO;
     wm.hello = &h;
     size_t len = grist__v1__worker_message__get_packed_size(&wm);
-    uint8_t *buf = malloc(len);
-    grist__v1__worker_message__pack(&wm, buf);
-    send_bytes(w, buf, len, 1);
-    free(buf);
+    *out = malloc(len);
+    grist__v1__worker_message__pack(&wm, *out);
     free(gs);
     free(gp);
+    return len;
+}
+
+struct tw *tw_hello(struct tw *w, const struct tw_opts *o)
+{
+    uint8_t *buf;
+    size_t len = tw_encode_hello(&buf, o);
+    send_bytes(w, buf, len, 1);
+    free(buf);
     return w;
 }
 

@@ -55,6 +55,7 @@ void tw_cancel(struct tw *w);
 void tw_free(struct tw *w);
 
 /* Encoders for raw tests. */
+size_t tw_encode_hello(uint8_t **out, const struct tw_opts *o);
 size_t tw_encode_summary(uint8_t **out, uint64_t step, uint32_t ngroups, uint32_t m,
                          const float *sketch, const double *sq_norm, uint32_t batch);
 
